@@ -1,0 +1,42 @@
+"""What a plugin hands the engine: model backends that build feature extractors, and dataset loaders."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from .manifest import DatasetManifest, ModelManifest
+from .samples import Sample, SampleSet
+
+
+class FeatureExtractor(ABC):
+    """A loaded model that maps a batch of samples to one pooled vector per sample and layer."""
+
+    #: layer names in network order; fixed once the extractor is built
+    layer_names: list[str]
+
+    @abstractmethod
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        """Features of one batch: a list (one per layer) of B x D float tensors."""
+
+
+class ModelBackend(Protocol):
+    """Builds extractors for model manifests whose `backend` names it."""
+
+    #: distributions whose versions change features: they enter the feature-cache key
+    libraries: tuple[str, ...]
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        """Load the model (raising WeightsUnavailable with a how-to when weights are missing)."""
+        ...
+
+
+class DatasetLoader(Protocol):
+    """Builds the sample set of a dataset manifest whose `loader` names it."""
+
+    def __call__(self, manifest: DatasetManifest) -> SampleSet:
+        """All samples, in a stable order, each with a stable id."""
+        ...

@@ -1,0 +1,238 @@
+"""The `prh-bench` command. Exit codes: 0 ok, 2 bad input, 1 failure."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from tabulate import tabulate
+
+from .errors import BadInput, ManifestError, PrhBenchError
+
+KIND_NAMES = {"models": "model", "datasets": "dataset", "metrics": "metric", "suites": "suite"}
+DEFAULT_SUITE = "pocket"
+
+
+class Ctx:
+    def __init__(self, registry_dirs: tuple[Path, ...], quiet: bool):
+        self.registry_dirs, self.quiet = registry_dirs, quiet
+
+    @functools.cached_property
+    def registry(self):
+        from .manager import load_plugins
+        from .registry import Registry
+
+        return Registry.load(load_plugins(), self.registry_dirs)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BadInput as exc:
+            click.echo(f"error: {exc}" if not isinstance(exc, ManifestError) else
+                       "error: invalid manifests:\n" + "\n".join(f"  {p}" for p in exc.problems), err=True)
+            sys.exit(2)
+        except PrhBenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--registry", "registry_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Extra folder of manifests (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--offline", is_flag=True, envvar="PRH_BENCH_OFFLINE",
+              help="Never contact model hubs: missing weights fail at once (env PRH_BENCH_OFFLINE=1).")
+@click.pass_context
+def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offline: bool) -> None:
+    """prh-bench: representational alignment across model zoos."""
+    if offline:  # before any hub library is imported: they read these at import time
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    ctx.obj = Ctx(registry_dirs, quiet)
+
+
+@main.command()
+@click.option("--suite", default=DEFAULT_SUITE, show_default=True, help="Suite id (see `prh-bench ls suites`).")
+@click.option("--force", is_flag=True, help="Recompute features even when cached.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--max-samples", type=click.IntRange(min=4), help="Use only the first N samples (a quick look).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default ./prh-runs/SUITE/TIME).")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths and the scores as JSON.")
+@click.pass_obj
+@handle_errors
+def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None, out: Path | None, as_json: bool) -> None:
+    """Extract features (or reuse the cache) and score every model pair of a suite."""
+    from .features import FeatureCache, cache_root
+    from .report import write_run
+    from .runner import run_suite
+
+    cache = FeatureCache(cache_root())
+    result = run_suite(obj.registry, suite, cache, device=device, force=force, progress=not (obj.quiet or as_json),
+                       max_samples=max_samples)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = out or Path("prh-runs") / suite / stamp
+    written = write_run(result, obj.registry, run_dir)
+    if as_json:
+        click.echo(json.dumps({"suite": suite, "run_dir": str(run_dir), **written,
+                               "models": {o.model: {"status": o.status, "error": o.error} for o in result.outcomes}},
+                              indent=2))
+    else:
+        for o in result.outcomes:
+            click.echo(f"  {o.status:9s} {o.model} ({o.seconds:.1f} s){'  ' + o.error if o.error else ''}")
+        for name, path in written["files"].items():
+            if name.startswith("ranking"):
+                click.echo("\n" + Path(path).read_text(encoding="utf-8"))
+        click.echo(f"run folder: {run_dir}")
+        for name, path in written["files"].items():
+            click.echo(f"  {name}: {path}")
+    if result.failures:
+        click.echo(f"error: {len(result.failures)} model(s) failed: {', '.join(o.model for o in result.failures)}", err=True)
+        sys.exit(1)
+
+
+@main.command("ls")
+@click.argument("what", type=click.Choice([*KIND_NAMES, "plugins"]))
+@click.option("--suite", help="Only the models of this suite.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def ls(obj: Ctx, what: str, suite: str | None, as_json: bool) -> None:
+    """List models, datasets, metrics, suites or plugins."""
+    from .manifest import ModelManifest, SuiteManifest
+
+    reg = obj.registry
+    if what == "plugins":
+        rows = reg.plugins.plugin_rows()
+    else:
+        kind = KIND_NAMES[what]
+        entries = [m for m in reg.entries.values() if m.kind == kind]
+        if suite is not None:
+            s = reg.get(suite, SuiteManifest)
+            keep = {m.id for m in reg.suite_models(s)} | {s.dataset}
+            entries = [m for m in entries if m.id in keep]
+        rows = []
+        for m in entries:
+            row: dict[str, Any] = {"id": m.id, "version": m.version}
+            if isinstance(m, ModelManifest):
+                row |= {"backend": m.backend, "modality": m.modality,
+                        "weights": m.weights_label}
+            row["tags"] = ",".join(m.tags)
+            rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(tabulate(rows, headers="keys") if rows else f"no {what}")
+
+
+@main.command()
+@click.argument("manifest_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def show(obj: Ctx, manifest_id: str, as_json: bool) -> None:
+    """A manifest and its resolved details (file, providing plugin, suite members, cache status)."""
+    from .manifest import DatasetManifest, MetricManifest, ModelManifest, SuiteManifest
+
+    reg = obj.registry
+    m = reg.get(manifest_id)
+    doc: dict[str, Any] = {"manifest": m.model_dump(mode="json"), "file": str(reg.paths[m.id])}
+    if isinstance(m, ModelManifest):
+        doc["provided_by"] = reg.plugins.provider[("backend", m.backend)]
+        doc["libraries"] = list(reg.plugins.backends[m.backend].libraries)
+    elif isinstance(m, DatasetManifest):
+        doc["provided_by"] = reg.plugins.provider[("loader", m.loader)]
+    elif isinstance(m, MetricManifest):
+        metric = reg.plugins.metrics[m.name]
+        doc["resolved_params"] = metric.params(**m.params)
+        doc["provided_by"] = reg.plugins.provider[("metric", m.name)]
+    elif isinstance(m, SuiteManifest):
+        doc["models"] = [x.id for x in reg.suite_models(m)]
+        doc["metrics"] = [{"name": u.name, **reg.plugins.metrics[reg.get(u.name).name].params(
+            **{**reg.get(u.name).params, **u.params})} for u in m.metrics]
+    click.echo(json.dumps(doc, indent=2) if as_json else yaml.safe_dump(doc, sort_keys=False))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.pass_obj
+@handle_errors
+def validate(obj: Ctx, paths: tuple[Path, ...]) -> None:
+    """Check the registry, or the given manifest files/folders, against the schema and the known plugins."""
+    from .manifest import load_manifest
+    from .registry import manifest_files
+
+    reg = obj.registry
+    problems: list[str] = []
+    files = manifest_files(paths)
+    checked = []
+    for path in files:  # load all first, so files may refer to each other
+        try:
+            m = load_manifest(path)
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+            continue
+        reg.entries[m.id], reg.paths[m.id] = m, path
+        checked.append(m.id)
+    problems.extend(reg.reference_problems(only=checked))
+    if problems:
+        raise ManifestError(problems)
+    click.echo(f"ok: {len(files) if paths else len(reg.entries)} manifest(s) valid")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--samples", "n", default=8, show_default=True, type=click.IntRange(min=4))
+@click.option("--random-weights", is_flag=True, help="Replace the manifest's weights by random ones (seed 0).")
+@click.option("--dataset", help="Dataset id (default: pocket-photos for vision, glove-words for text).")
+@click.option("--device", default="auto", show_default=True)
+@click.pass_obj
+@handle_errors
+def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | None, device: str) -> None:
+    """Check one model manifest (an id or a YAML file) end to end on a handful of samples, without caching."""
+    import time
+
+    from .align import prepare, score_layers
+    from .features import extract
+    from .manifest import DatasetManifest, ModelManifest, RandomWeights, load_manifest
+    from .runner import check_modalities, load_samples, resolve_device
+
+    reg = obj.registry
+    if Path(model).is_file():
+        m = load_manifest(Path(model))
+        reg.entries[m.id], reg.paths[m.id] = m, Path(model)
+        if problems := reg.reference_problems(only=[m.id]):
+            raise ManifestError(problems)
+    else:
+        m = reg.get(model)
+    if not isinstance(m, ModelManifest):
+        raise BadInput(f"'{model}' is a {m.kind} manifest; smoke checks model manifests")
+    if random_weights:
+        m = m.model_copy(update={"weights": RandomWeights(random=0)})
+    ds = reg.get(dataset or {"vision": "pocket-photos", "text": "glove-words"}[m.modality], DatasetManifest)
+    samples = load_samples(reg, ds, n)
+    check_modalities([m], samples, ds)
+    t0 = time.perf_counter()
+    feats = extract(reg.plugins.backends[m.backend].load(m, resolve_device(device)), samples, m.batch_size,
+                    desc=m.id, progress=not obj.quiet)
+    took = time.perf_counter() - t0
+    rows = [{"layer": name, "shape": tuple(t.shape), "std": float(t.std())} for name, t in zip(feats.layer_names, feats.tensors)]
+    click.echo(tabulate(rows, headers="keys"))
+    prepared = prepare(feats.tensors)
+    self_score = score_layers("mutual_knn", prepared, prepared, k=min(3, n - 1)).matrix.diagonal().min().item()
+    click.echo(f"ok: '{m.id}' gave {len(rows)} layers of finite features for {n} samples of '{ds.id}' in {took:.1f} s"
+               f" (self-alignment {self_score:.2f})")

@@ -1,0 +1,104 @@
+"""The plugin manager: built-ins first, then entry points of group `prh_bench`, then check_pending().
+
+`PRH_BENCH_PLUGINS` restricts which third-party plugins load: a comma-separated list of entry-point names
+(empty: none). Built-ins always load; they are the harness's own backends, datasets and metrics.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import BadInput
+
+BUILTINS = (
+    "prh_bench.plugins.registry_dirs",
+    "prh_bench.plugins.metrics",
+    "prh_bench.plugins.datasets.photos",
+    "prh_bench.plugins.datasets.text",
+    "prh_bench.plugins.backends.timm_backend",
+    "prh_bench.plugins.backends.transformers_backend",
+    "prh_bench.plugins.backends.glove_backend",
+)
+ENV_ALLOW = "PRH_BENCH_PLUGINS"
+
+
+def allowed_external() -> set[str] | None:
+    raw = os.environ.get(ENV_ALLOW)
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def build_plugin_manager(extra: tuple[object, ...] = ()) -> pluggy.PluginManager:
+    """A PluginManager with built-ins, allowed entry-point plugins, and `extra` plugin objects (tests)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for modname in BUILTINS:
+        pm.register(importlib.import_module(modname), name=modname)
+    allowed = allowed_external()
+    for ep in entry_points(group=hookspecs.PROJECT):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is None:
+            pm.register(ep.load(), name=ep.name)
+    for plugin in extra:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+@dataclass
+class Plugins:
+    """What the registered plugins provide, each item tagged with the plugin that provided it."""
+
+    pm: pluggy.PluginManager
+    backends: dict[str, Any] = field(default_factory=dict)
+    loaders: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    manifest_dirs: list[Path] = field(default_factory=list)
+    provider: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def collect(cls, pm: pluggy.PluginManager) -> Plugins:
+        self = cls(pm)
+        for kind, hook in (
+            ("backend", pm.hook.prh_model_backends),
+            ("loader", pm.hook.prh_dataset_loaders),
+            ("metric", pm.hook.prh_metrics),
+        ):
+            target = getattr(self, kind + "s")
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                for name, obj in (impl.function() or {}).items():
+                    if name in target:
+                        raise BadInput(
+                            f"{kind} '{name}' is provided by two plugins: "
+                            f"{self.provider[(kind, name)]} and {impl.plugin_name}"
+                        )
+                    target[name] = obj
+                    self.provider[(kind, name)] = impl.plugin_name
+        for impl in reversed(pm.hook.prh_manifest_dirs.get_hookimpls()):
+            self.manifest_dirs.extend(Path(p) for p in impl.function() or [])
+        return self
+
+    def plugin_rows(self) -> list[dict[str, Any]]:
+        """One row per registered plugin, with what it provides (for `prh-bench ls plugins`)."""
+        rows = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            provides = sorted(f"{k}:{n}" for (k, n), p in self.provider.items() if p == name)
+            dist = next((d.project_name for p, d in self.pm.list_plugin_distinfo() if p is plugin), "prh-bench")
+            rows.append({"plugin": name, "distribution": dist, "provides": ", ".join(provides)})
+        return rows
+
+
+def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
+    return Plugins.collect(build_plugin_manager(extra))

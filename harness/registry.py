@@ -1,0 +1,118 @@
+"""All manifests: from plugins' folders and from --registry DIR; lookup by id; cross-reference checks."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BadInput, ManifestError
+from .manager import Plugins
+from .manifest import (
+    DatasetManifest,
+    Manifest,
+    MetricManifest,
+    ModelManifest,
+    SuiteManifest,
+    TagQuery,
+    load_manifest,
+)
+
+
+def manifest_files(paths: Iterable[Path]) -> list[Path]:
+    """YAML files under folders (recursively, skipping templates/) or given directly."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(f for f in sorted(p.rglob("*.y*ml")) if "templates" not in f.relative_to(p).parts)
+        else:
+            files.append(p)
+    return files
+
+
+@dataclass
+class Registry:
+    plugins: Plugins
+    entries: dict[str, Manifest] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, plugins: Plugins, extra_dirs: Iterable[Path] = ()) -> Registry:
+        """Load every manifest; raise ManifestError listing all problems (schema and references)."""
+        self = cls(plugins)
+        problems: list[str] = []
+        for path in manifest_files([*plugins.manifest_dirs, *extra_dirs]):
+            try:
+                m = load_manifest(path)
+            except ManifestError as exc:
+                problems.extend(exc.problems)
+                continue
+            if m.id in self.entries:
+                problems.append(f"{path}: field 'id': '{m.id}' is already defined in {self.paths[m.id]}")
+                continue
+            self.entries[m.id] = m
+            self.paths[m.id] = path
+        problems.extend(self.reference_problems())
+        if problems:
+            raise ManifestError(problems)
+        return self
+
+    def reference_problems(self, only: Iterable[str] | None = None) -> list[str]:
+        """Fields that name something unknown: a backend, loader, metric, dataset or model."""
+        out = []
+        ids = self.entries.keys() if only is None else only
+        for mid in ids:
+            m, path = self.entries[mid], self.paths[mid]
+
+            def unknown(fieldname: str, value: str, known: Iterable[str], what: str) -> None:
+                known = sorted(known)
+                near = difflib.get_close_matches(value, known, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else f"; known: {', '.join(known) or 'none'}"
+                out.append(f"{path}: field '{fieldname}': unknown {what} '{value}'{hint}")
+
+            if isinstance(m, ModelManifest) and m.backend not in self.plugins.backends:
+                unknown("backend", m.backend, self.plugins.backends, "backend")
+            elif isinstance(m, DatasetManifest) and m.loader not in self.plugins.loaders:
+                unknown("loader", m.loader, self.plugins.loaders, "dataset loader")
+            elif isinstance(m, MetricManifest) and m.name not in self.plugins.metrics:
+                unknown("name", m.name, self.plugins.metrics, "metric")
+            elif isinstance(m, SuiteManifest):
+                if not isinstance(self.entries.get(m.dataset), DatasetManifest):
+                    unknown("dataset", m.dataset, self.of_kind(DatasetManifest), "dataset")
+                for i, use in enumerate(m.metrics):
+                    if not isinstance(self.entries.get(use.name), MetricManifest):
+                        unknown(f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric")
+                if isinstance(m.models, list):
+                    for i, model_id in enumerate(m.models):
+                        if not isinstance(self.entries.get(model_id), ModelManifest):
+                            unknown(f"models.{i}", model_id, self.of_kind(ModelManifest), "model")
+                elif not self._tagged(m.models):
+                    out.append(f"{path}: field 'models.tags': no model carries all of {m.models.tags}")
+                if m.reference is not None and m.reference not in [x.id for x in self._resolve(m)]:
+                    out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
+        return out
+
+    def of_kind(self, kind: type) -> dict[str, Manifest]:
+        return {k: v for k, v in self.entries.items() if isinstance(v, kind)}
+
+    def get(self, mid: str, kind: type | None = None) -> Manifest:
+        m = self.entries.get(mid)
+        if m is None or (kind is not None and not isinstance(m, kind)):
+            pool = self.entries if kind is None else self.of_kind(kind)
+            what = "manifest" if kind is None else kind.__name__.removesuffix("Manifest").lower()
+            near = difflib.get_close_matches(mid, list(pool), n=3)
+            hint = f" Did you mean: {', '.join(near)}?" if near else f" See `prh-bench ls {what}s`."
+            raise BadInput(f"no {what} with id '{mid}'.{hint}")
+        return m
+
+    def _tagged(self, query: TagQuery) -> list[ModelManifest]:
+        return [m for m in self.of_kind(ModelManifest).values() if set(query.tags) <= set(m.tags)]
+
+    def _resolve(self, suite: SuiteManifest) -> list[ModelManifest]:
+        if isinstance(suite.models, TagQuery):
+            return self._tagged(suite.models)
+        return [m for mid in suite.models if isinstance(m := self.entries.get(mid), ModelManifest)]
+
+    def suite_models(self, suite: SuiteManifest) -> list[ModelManifest]:
+        return self._resolve(suite)

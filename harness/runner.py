@@ -1,0 +1,144 @@
+"""Plans and executes a suite: load data, get each model's features (cache or extraction), score every
+model pair at every layer pair, and hand the results to the report writer. One model failing never loses
+the others' results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .align import prepare, summarize_layers
+from .errors import BadInput, PrhBenchError
+from .features import FeatureCache, Features, extract, feature_key
+from .manifest import DatasetManifest, ModelManifest, SuiteManifest
+from .registry import Registry
+from .samples import SampleSet
+
+log = logging.getLogger(__name__)
+NEEDS = {"vision": "image", "text": "text"}
+
+
+@dataclass
+class ModelOutcome:
+    model: str
+    status: str  # cached | extracted | failed
+    seconds: float = 0.0
+    error: str = ""
+    key: str = ""
+    layers: int = 0
+
+
+@dataclass
+class SuiteRun:
+    suite: SuiteManifest
+    dataset: DatasetManifest
+    n_samples: int
+    outcomes: list[ModelOutcome]
+    scores: pd.DataFrame  # long table: one row per (model pair, layer pair, metric)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[ModelOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is available here")
+    return torch.device(name)
+
+
+def load_samples(registry: Registry, dataset: DatasetManifest, limit: int | None) -> SampleSet:
+    loader = registry.plugins.loaders[dataset.loader]
+    return loader(dataset).head(limit)
+
+
+def check_modalities(models: list[ModelManifest], samples: SampleSet, dataset: DatasetManifest) -> None:
+    first = samples.samples[0]
+    for m in models:
+        if getattr(first, NEEDS[m.modality]) is None:
+            raise BadInput(f"model '{m.id}' reads {m.modality} but dataset '{dataset.id}' has no {NEEDS[m.modality]}s")
+
+
+def model_features(
+    registry: Registry, m: ModelManifest, dataset: DatasetManifest, samples: SampleSet, cache: FeatureCache,
+    device: torch.device, force: bool, progress: bool,
+) -> tuple[Features | None, ModelOutcome]:
+    backend = registry.plugins.backends[m.backend]
+    key, doc = feature_key(m, backend.libraries, dataset, samples)
+    start = time.perf_counter()
+    if not force and (feats := cache.load(m.id, key)) is not None:
+        return feats, ModelOutcome(m.id, "cached", time.perf_counter() - start, key=key, layers=len(feats.layer_names))
+    try:
+        extractor = backend.load(m, device)
+        feats = extract(extractor, samples, m.batch_size, desc=m.id, progress=progress)
+        cache.save(m.id, key, feats, doc)
+    except (PrhBenchError, RuntimeError, OSError, ValueError) as exc:
+        log.error("model '%s' failed: %s", m.id, exc)
+        return None, ModelOutcome(m.id, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", key)
+    return feats, ModelOutcome(m.id, "extracted", time.perf_counter() - start, key=key, layers=len(feats.layer_names))
+
+
+def score_pairs(
+    registry: Registry, suite: SuiteManifest, feats: dict[str, Features], progress: bool
+) -> pd.DataFrame:
+    """Every model pair x every layer pair x every metric, as a long table. Per-layer summaries are computed
+    once per model and metric and reused across all pairs."""
+    rows: list[dict[str, Any]] = []
+    ids = list(feats)
+    prepared = {mid: prepare(f.tensors, suite.prepare.clamp_quantile, suite.prepare.l2_normalize) for mid, f in feats.items()}
+    for use in suite.metrics:
+        metric = registry.plugins.metrics[registry.get(use.name).name]
+        params = metric.params(**{**registry.get(use.name).params, **use.params})
+        summaries = {mid: summarize_layers(metric, prepared[mid], **params) for mid in ids}
+        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+        if not metric.symmetric:
+            pairs += [(b, a) for a, b in pairs]
+        for a, b in tqdm(pairs, desc=metric.name, disable=not progress, leave=False):
+            matrix = metric.pair_scores(summaries[a], summaries[b], **params)
+            for i, lx in enumerate(feats[a].layer_names):
+                for j, ly in enumerate(feats[b].layer_names):
+                    rows.append({"model_x": a, "model_y": b, "layer_x": lx, "layer_y": ly, "metric": metric.name,
+                                 "params": json.dumps(params, sort_keys=True), "score": float(matrix[i, j])})
+    return pd.DataFrame(rows, columns=["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"])
+
+
+def run_suite(
+    registry: Registry, suite_id: str, cache: FeatureCache, *, device: str = "auto", force: bool = False,
+    progress: bool = True, max_samples: int | None = None,
+) -> SuiteRun:
+    suite = registry.get(suite_id, SuiteManifest)
+    assert isinstance(suite, SuiteManifest)
+    dataset = registry.get(suite.dataset, DatasetManifest)
+    assert isinstance(dataset, DatasetManifest)
+    models = registry.suite_models(suite)
+    timings = {}
+    t0 = time.perf_counter()
+    samples = load_samples(registry, dataset, max_samples or suite.max_samples)
+    check_modalities(models, samples, dataset)
+    timings["load_data"] = time.perf_counter() - t0
+    dev = resolve_device(device)
+
+    feats: dict[str, Features] = {}
+    outcomes = []
+    t0 = time.perf_counter()
+    for m in tqdm(models, desc=f"{suite.id}: models", disable=not progress, unit="model"):
+        f, outcome = model_features(registry, m, dataset, samples, cache, dev, force, progress)
+        outcomes.append(outcome)
+        if f is not None:
+            feats[m.id] = f
+    timings["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = score_pairs(registry, suite, feats, progress)
+    timings["scoring"] = time.perf_counter() - t0
+    return SuiteRun(suite, dataset, len(samples), outcomes, scores, timings)

