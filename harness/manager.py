@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,11 @@ def build_plugin_manager(extra: tuple[object, ...] = ()) -> pluggy.PluginManager
     for modname in BUILTINS:
         pm.register(importlib.import_module(modname), name=modname)
     allowed = allowed_external()
-    for ep in entry_points(group=hookspecs.PROJECT):
-        if allowed is not None and ep.name not in allowed:
-            continue
-        if pm.get_plugin(ep.name) is None:
-            pm.register(ep.load(), name=ep.name)
+    if allowed is None:
+        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    else:
+        for name in sorted(allowed):
+            pm.load_setuptools_entrypoints(hookspecs.PROJECT, name=name)
     for plugin in extra:
         pm.register(plugin)
     pm.check_pending()

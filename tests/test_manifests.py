@@ -1,0 +1,115 @@
+"""Manifest schema, validation messages (file + field + expectation) and registry references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prh_bench.errors import ManifestError
+from prh_bench.manifest import ModelManifest, RandomWeights, load_manifest
+from prh_bench.registry import Registry
+
+from .conftest import cli, write_yaml
+
+GOOD_MODEL = """\
+kind: model
+id: tiny-resnet
+version: 1
+backend: timm
+source: resnet18
+modality: vision
+weights: {random: 3}
+layers: {nodes: ["layer*"], pool: avg}
+tags: [test]
+"""
+
+
+def test_good_model_parses(tmp_path: Path) -> None:
+    m = load_manifest(write_yaml(tmp_path / "m.yaml", GOOD_MODEL))
+    assert isinstance(m, ModelManifest)
+    assert m.weights == RandomWeights(random=3)
+    assert m.layers.nodes == ["layer*"]
+
+
+def test_registry_ships_valid_manifests() -> None:
+    result = cli("validate")
+    assert result.exit_code == 0, result.output
+    assert "manifest(s) valid" in result.output
+
+
+def test_three_mistakes_give_three_clear_errors_and_exit_2(tmp_path: Path) -> None:
+    misspelled = write_yaml(tmp_path / "misspelled.yaml", GOOD_MODEL.replace("modality:", "modalty:"))
+    wrong_type = write_yaml(tmp_path / "wrong_type.yaml", GOOD_MODEL.replace("version: 1", "version: one"))
+    unknown = write_yaml(tmp_path / "unknown_backend.yaml", GOOD_MODEL.replace("backend: timm", "backend: timmm"))
+    result = cli("validate", misspelled, wrong_type, unknown)
+    assert result.exit_code == 2
+    err = result.stderr
+    assert f"{misspelled}: field 'modalty': unknown field (misspelled?)" in err
+    assert f"{misspelled}: field 'modality': required field is missing" in err
+    assert f"{wrong_type}: field 'version': Input should be a valid integer" in err and "'one'" in err
+    assert f"{unknown}: field 'backend': unknown backend 'timmm'; did you mean 'timm'?" in err
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[1, 2]", "expected a mapping"),
+        ("id: x\nversion: 1\n", "field 'kind': required field is missing"),
+        ("kind: modle\nid: x\nversion: 1\n", "expected kind to be one of model, dataset, metric, suite"),
+        ("kind: model\nid: x\nversion: 1\nbackend: timm\nsource: r\nmodality: vision\nweights: {random: a}\n",
+         "field 'weights.random'"),
+        ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: []\nmetrics: [{name: mutual_knn}]\n",
+         "a suite needs at least one model"),
+        ("kind: model\nid: x\n  bad: [\n", "not valid YAML"),
+    ],
+)
+def test_schema_errors_name_file_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = write_yaml(tmp_path / "bad.yaml", text)
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(path)
+    assert str(path) in str(exc.value) and expected in str(exc.value)
+
+
+def test_suite_references_are_checked(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "suite.yaml", """\
+kind: suite
+id: broken-suite
+version: 1
+dataset: no-such-dataset
+models: [efficientnet-lite0, no-such-model]
+metrics: [{name: mutual_knn, k: 5}, {name: cka}]
+reference: resnet18-random
+""")
+    result = cli("validate", tmp_path)
+    assert result.exit_code == 2
+    for needle in ("field 'dataset': unknown dataset 'no-such-dataset'", "field 'models.1': unknown model 'no-such-model'",
+                   "field 'metrics.1.name': unknown metric 'cka'", "field 'reference': 'resnet18-random' is not one"):
+        assert needle in result.stderr
+
+
+def test_duplicate_ids_and_broken_extra_registry_block_runs(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "dup.yaml", GOOD_MODEL.replace("id: tiny-resnet", "id: efficientnet-lite0"))
+    result = cli("--registry", tmp_path, "ls", "models")
+    assert result.exit_code == 2
+    assert "field 'id': 'efficientnet-lite0' is already defined in" in result.stderr
+
+
+def test_unknown_suite_is_bad_input() -> None:
+    result = cli("run", "--suite", "does-not-exist")
+    assert result.exit_code == 2
+    assert "no suite with id 'does-not-exist'" in result.stderr
+
+
+def test_unknown_id_suggests_close_matches() -> None:
+    result = cli("show", "efficientnet-lite")
+    assert result.exit_code == 2
+    assert "Did you mean: efficientnet-lite" in result.stderr
+
+
+def test_registry_lookup_by_kind() -> None:
+    from prh_bench.manager import load_plugins
+
+    reg = Registry.load(load_plugins())
+    assert {"pocket", "pocket-text"} <= set(reg.of_kind(type(reg.get("pocket"))))
+    assert [m.id for m in reg.suite_models(reg.get("pocket-text"))] == ["glove-6b-50d", "minilm-l6-random", "minilm-l6"]
