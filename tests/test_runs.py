@@ -1,0 +1,103 @@
+"""Whole runs through the CLI: the offline default suite, failures that keep the others' results, smoke checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import cli, cli_json, write_yaml
+
+PRETRAINED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+
+
+@pytest.mark.slow
+def test_pocket_default_run_pretrained_models_align_more_with_each_other(tmp_path: Path) -> None:
+    first = cli("run", "--out", tmp_path / "r1")  # no --suite: the default
+    assert first.exit_code == 0, first.output
+    assert "run folder: " in first.output and "ranking_mutual_knn" in first.output
+    mat = pd.read_csv(tmp_path / "r1" / "alignment_mutual_knn.csv", index_col=0)
+    controls = [m for m in mat.index if m not in PRETRAINED]
+    assert len(controls) >= 3
+    for m in PRETRAINED:
+        to_pretrained = mat.loc[m, [p for p in PRETRAINED if p != m]].min()
+        to_controls = mat.loc[m, controls].max()
+        assert to_pretrained > to_controls, (m, to_pretrained, to_controls)
+    for f in ("scores.csv", "heatmap_mutual_knn.png", "ranking_mutual_knn.md", "run.json"):
+        assert (tmp_path / "r1" / f).stat().st_size > 0
+    long = pd.read_csv(tmp_path / "r1" / "scores.csv")
+    assert list(long.columns) == ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
+    assert long.groupby(["model_x", "model_y"]).ngroups == 21
+
+    second = cli_json("run", "--out", tmp_path / "r2")
+    assert {v["status"] for v in second["models"].values()} == {"cached"}
+    assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()
+
+
+def test_pocket_text_run(tmp_path: Path) -> None:
+    out = cli_json("run", "--suite", "pocket-text", "--out", tmp_path)
+    best = {frozenset((b["model_x"], b["model_y"])): b["score"] for b in out["best"]}
+    real = best[frozenset(("minilm-l6", "glove-6b-50d"))]
+    chance = 10 / 299
+    assert real > 5 * chance
+    assert best[frozenset(("minilm-l6", "minilm-l6-random"))] < 2 * chance
+
+
+def test_missing_weights_fail_one_model_and_keep_the_rest(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: with-hub-model
+version: 1
+dataset: pocket-photos
+models: [resnet18.a1_in1k, efficientnet-lite0-random, vit-tiny-random]
+metrics: [{name: mutual_knn, k: 3}]
+max_samples: 12
+""")
+    result = cli("--offline", "--registry", tmp_path / "reg", "run", "--suite", "with-hub-model", "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k' are not available here" in result.output
+    assert "1 model(s) failed: resnet18.a1_in1k" in result.stderr
+    mat = pd.read_csv(tmp_path / "run" / "alignment_mutual_knn.csv", index_col=0)
+    assert list(mat.index) == ["efficientnet-lite0-random", "vit-tiny-random"]
+    assert "**failed**: `resnet18.a1_in1k`" in (tmp_path / "run" / "ranking_mutual_knn.md").read_text()
+    side = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert side["models"]["resnet18.a1_in1k"]["status"] == "failed"
+
+
+def test_modality_mismatch_is_bad_input(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "suite.yaml", """\
+kind: suite
+id: text-on-images
+version: 1
+dataset: pocket-photos
+models: [minilm-l6, efficientnet-lite0]
+metrics: [{name: mutual_knn}]
+""")
+    result = cli("--registry", tmp_path, "run", "--suite", "text-on-images")
+    assert result.exit_code == 2
+    assert "model 'minilm-l6' reads text but dataset 'pocket-photos' has no texts" in result.stderr
+
+
+def test_smoke_checks_a_manifest_file_with_random_weights(tmp_path: Path) -> None:
+    template = Path(__file__).parents[1] / "registry" / "templates" / "model.yaml"
+    mine = write_yaml(tmp_path / "mine.yaml", template.read_text().replace("resnet50.a1_in1k", "resnet18.a1_in1k"))
+    result = cli("--offline", "smoke", mine, "--random-weights", "--samples", "6")
+    assert result.exit_code == 0, result.output
+    assert "layer4" in result.output and "pre_logits" in result.output
+    assert "ok: 'my-model' gave 6 layers of finite features for 6 samples of 'pocket-photos'" in result.output
+    result = cli("--offline", "smoke", mine)  # its real weights are not here: a clear failure
+    assert result.exit_code == 1 and "pretrained weights for timm 'resnet18.a1_in1k'" in result.stderr
+
+
+def test_ls_and_show_json() -> None:
+    suites = {r["id"] for r in cli_json("ls", "suites")}
+    assert {"pocket", "pocket-text"} <= suites
+    pocket_models = cli_json("ls", "models", "--suite", "pocket")
+    assert len(pocket_models) == 7
+    shown = cli_json("show", "pocket")
+    assert shown["metrics"] == [{"name": "mutual_knn", "k": 10}]
+    assert shown["file"].endswith("registry/suites/pocket.yaml")
+    lite = cli_json("show", "efficientnet-lite0")
+    assert lite["provided_by"] == "prh_bench.plugins.backends.timm_backend" and lite["libraries"] == ["torch", "timm"]
