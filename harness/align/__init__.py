@@ -15,11 +15,19 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
-from .knn import MutualKNN
+from .calibrate import Calibrated, calibrate_summaries
+from .kernels import CKA, CKNNA, UnbiasedCKA
+from .knn import CycleKNN, EditDistanceKNN, LCSKNN, MutualKNN
 from .metric import Metric
 from .prepare import prepare
+from .rsa import RSA
+from .subspace import SVCCA, LinearRegression, Permutation, Procrustes, SoftMatching
 
-_BUILTIN: dict[str, Metric] = {m.name: m for m in (MutualKNN(),)}
+_BUILTIN: dict[str, Metric] = {
+    m.name: m
+    for m in (MutualKNN(), CycleKNN(), LCSKNN(), EditDistanceKNN(), CKA(), UnbiasedCKA(), CKNNA(), SVCCA(),
+              LinearRegression(), Procrustes(), Permutation(), SoftMatching(), RSA())
+}
 METRICS: tuple[str, ...] = tuple(_BUILTIN)
 
 
@@ -27,6 +35,7 @@ METRICS: tuple[str, ...] = tuple(_BUILTIN)
 class LayerScores:
     matrix: torch.Tensor
     higher_is_better: bool = True
+    calibration: Calibrated | None = None
 
     @property
     def best_index(self) -> tuple[int, int]:
@@ -54,7 +63,12 @@ def _layers(feats: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
             return [feats]
         if feats.ndim != 3:
             raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {tuple(feats.shape)}")
-    return list(feats)
+    layers = list(feats)
+    if not layers:
+        raise BadInput("no layers given")
+    if len({x.shape[0] for x in layers}) != 1:
+        raise BadInput(f"all layers of a model must have the same N, got {sorted({x.shape[0] for x in layers})}")
+    return layers
 
 
 def summarize_layers(metric: Metric, feats: Sequence[torch.Tensor] | torch.Tensor, **params: Any) -> list[Any]:
@@ -66,16 +80,27 @@ def score_layers(
     metric: str | Metric,
     feats_x: Sequence[torch.Tensor] | torch.Tensor,
     feats_y: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    permutations: int = 0,
+    permutation_seed: int = 0,
     **params: Any,
 ) -> LayerScores:
-    """Score every (x layer, y layer) pair of two models' features as given (apply `prepare` first)."""
+    """Score every (x layer, y layer) pair of two models' features as given (apply `prepare` first).
+
+    With permutations=R > 0, the result also carries a permutation null of the best score (R shuffles of
+    Y's sample order), its p-value and the calibrated score."""
     m = get_metric(metric)
     p = m.params(**params)
     fx, fy = _layers(feats_x), _layers(feats_y)
     if fx[0].shape[0] != fy[0].shape[0]:
         raise BadInput(f"the two models have different sample counts ({fx[0].shape[0]} vs {fy[0].shape[0]})")
     sx, sy = summarize_layers(m, fx, **p), summarize_layers(m, fy, **p)
-    return LayerScores(m.pair_scores(sx, sy, **p), m.higher_is_better)
+    scores = LayerScores(m.pair_scores(sx, sy, **p), m.higher_is_better)
+    if permutations > 0:
+        cal = calibrate_summaries(m, sx, sy, scores.best, p, permutations, permutation_seed)
+        scores = LayerScores(scores.matrix, m.higher_is_better, cal)
+    return scores
 
 
-__all__ = ["METRICS", "LayerScores", "Metric", "get_metric", "prepare", "score_layers", "summarize_layers"]
+__all__ = ["METRICS", "Calibrated", "LayerScores", "Metric", "get_metric", "prepare", "score_layers",
+           "summarize_layers"]

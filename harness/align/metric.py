@@ -8,15 +8,25 @@ from typing import Any
 
 import torch
 
+from ..errors import BadInput
+
 
 class Metric(ABC):
-    """An alignment metric between two models' per-layer features on the same samples."""
+    """An alignment metric between two models' per-layer features on the same samples.
+
+    `summarize` does the per-layer work once (neighbour sets, centred Gram matrices, ...); `pair_scores` scores
+    every layer pair of two models from their summaries; `permute` reorders a summary's samples, so that
+    permutation nulls reuse summaries instead of recomputing them."""
 
     name: str
     defaults: dict[str, Any] = {}
     higher_is_better: bool = True
     #: score(x, y) == score(y, x): the runner scores each unordered model pair once
     symmetric: bool = True
+    #: the score of identical inputs; calibration measures the way from the null to it
+    maximum: float = 1.0
+    #: fewest samples the definition allows
+    min_samples: int = 2
 
     def params(self, **overrides: Any) -> dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -24,10 +34,25 @@ class Metric(ABC):
             raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
         return {**self.defaults, **overrides}
 
+    def check(self, feats: torch.Tensor) -> None:
+        """Reject what would give a silent NaN: wrong shape, too few samples, non-finite or constant features."""
+        if feats.ndim != 2:
+            raise BadInput(f"{self.name}: expected an N x D tensor per layer, got shape {tuple(feats.shape)}")
+        if feats.shape[0] < self.min_samples:
+            raise BadInput(f"{self.name}: needs at least {self.min_samples} samples, got N={feats.shape[0]}")
+        if not torch.isfinite(feats).all():
+            raise BadInput(f"{self.name}: features contain NaN or infinite values")
+        if (feats == feats[:1]).all():
+            raise BadInput(f"{self.name}: features are constant across samples; no similarity structure to compare")
+
     @abstractmethod
     def summarize(self, feats: torch.Tensor, **params: Any) -> Any:
-        """Per-layer work (e.g. nearest-neighbour sets) on one N x D tensor; reused across all pairs."""
+        """Per-layer work on one N x D tensor; reused across all pairs the layer enters."""
 
     @abstractmethod
     def pair_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
         """Scores of every (x layer, y layer) pair from their summaries: an Lx x Ly float64 tensor."""
+
+    @abstractmethod
+    def permute(self, summary: Any, perm: torch.Tensor) -> Any:
+        """The summary of the same layer with samples reordered: new sample i is old sample perm[i]."""

@@ -1,0 +1,435 @@
+"""Every metric against a plain, slow implementation of its published definition (loops, numpy/scipy/sklearn,
+no engine code), invariances the definitions imply, hand-computed cases and degenerate input."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from prh_bench.align import METRICS, prepare, score_layers
+from prh_bench.errors import BadInput
+
+# ---- plain reference implementations ---------------------------------------------------------------------
+
+
+def ref_knn(x: np.ndarray, k: int) -> list[list[int]]:
+    """Ordered k nearest neighbours by inner product, self excluded, ties to the lower index."""
+    n = len(x)
+    out = []
+    for i in range(n):
+        sims = sorted((-float(np.dot(x[i], x[j])), j) for j in range(n) if j != i)
+        out.append([j for _, j in sims[:k]])
+    return out
+
+
+def ref_mutual_knn(a, b, k):
+    na, nb = ref_knn(a, k), ref_knn(b, k)
+    return np.mean([len(set(p) & set(q)) / k for p, q in zip(na, nb)])
+
+
+def ref_cycle_knn(a, b, k):
+    na, nb = ref_knn(a, k), ref_knn(b, k)
+    return np.mean([any(i in na[j] for j in nb[i]) for i in range(len(a))])
+
+
+def ref_lcs(p, q):
+    dp = [[0] * (len(q) + 1) for _ in range(len(p) + 1)]
+    for i, x in enumerate(p):
+        for j, y in enumerate(q):
+            dp[i + 1][j + 1] = dp[i][j] + 1 if x == y else max(dp[i][j + 1], dp[i + 1][j])
+    return dp[-1][-1]
+
+
+def ref_levenshtein(p, q):
+    dp = list(range(len(q) + 1))
+    for i, x in enumerate(p, 1):
+        prev, dp[0] = dp[0], i
+        for j, y in enumerate(q, 1):
+            prev, dp[j] = dp[j], min(dp[j] + 1, dp[j - 1] + 1, prev + (x != y))
+    return dp[-1]
+
+
+def ref_lcs_knn(a, b, k):
+    return np.mean([ref_lcs(p, q) for p, q in zip(ref_knn(a, k), ref_knn(b, k))]) / k
+
+
+def ref_edit_knn(a, b, k):
+    return 1 - np.mean([ref_levenshtein(p, q) for p, q in zip(ref_knn(a, k), ref_knn(b, k))]) / k
+
+
+def hsic_biased(K, L):
+    n = len(K)
+    H = np.eye(n) - np.ones((n, n)) / n
+    return np.trace(K @ H @ L @ H)
+
+
+def hsic_unbiased(K, L):
+    """Song et al. 2012, as written in the PRH paper's code."""
+    m = len(K)
+    Kt, Lt = K.copy(), L.copy()
+    np.fill_diagonal(Kt, 0)
+    np.fill_diagonal(Lt, 0)
+    value = (np.sum(Kt * Lt.T) + Kt.sum() * Lt.sum() / ((m - 1) * (m - 2))
+             - 2 * Kt.sum(0).dot(Lt.sum(0)) / (m - 2))
+    return value / (m * (m - 3))
+
+
+def rbf(x, sigma):
+    n = len(x)
+    K = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            K[i, j] = np.exp(-np.sum((x[i] - x[j]) ** 2) / (2 * sigma**2))
+    return K
+
+
+def ref_cka(a, b, kernel="linear", sigma=1.0):
+    K, L = (a @ a.T, b @ b.T) if kernel == "linear" else (rbf(a, sigma), rbf(b, sigma))
+    return hsic_biased(K, L) / np.sqrt(hsic_biased(K, K) * hsic_biased(L, L))
+
+
+def ref_unbiased_cka(a, b):
+    K, L = a @ a.T, b @ b.T
+    return hsic_unbiased(K, L) / np.sqrt(hsic_unbiased(K, K) * hsic_unbiased(L, L))
+
+
+def ref_cknna(a, b, k):
+    K, L = a @ a.T, b @ b.T
+    n = len(a)
+
+    def mask(x):
+        m = np.zeros((n, n))
+        for i, row in enumerate(ref_knn(x, k)):
+            m[i, row] = 1
+        return m
+
+    def sim(K, L, mk, ml):
+        m = mk * ml
+        return hsic_unbiased(m * K, m * L)
+
+    ma, mb = mask(a), mask(b)
+    return sim(K, L, ma, mb) / np.sqrt(sim(K, K, ma, ma) * sim(L, L, mb, mb))
+
+
+def ref_svcca(a, b, dims):
+    """Top singular directions of standardised data, then CCA from covariance matrices."""
+    def reduce(x):
+        x = (x - x.mean(0)) / x.std(0, ddof=1)
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        return x @ vt[:dims].T
+
+    ra, rb = reduce(a), reduce(b)
+    n = len(a)
+    caa, cbb, cab = ra.T @ ra / (n - 1), rb.T @ rb / (n - 1), ra.T @ rb / (n - 1)
+
+    def inv_sqrt(c):
+        w, v = np.linalg.eigh(c)
+        return v @ np.diag(w**-0.5) @ v.T
+
+    return np.linalg.svd(inv_sqrt(caa) @ cab @ inv_sqrt(cbb), compute_uv=False).mean()
+
+
+def ref_regression(a, b, folds, alpha, seed):
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    n = len(a)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    sse = sst = 0.0
+    for test in np.array_split(order, folds):
+        train = np.setdiff1d(np.arange(n), test)
+        model = LinearRegression() if alpha == 0 else Ridge(alpha=alpha)
+        model.fit(a[train], b[train])
+        pred = model.predict(a[test])
+        sse += np.sum((b[test] - pred) ** 2)
+        sst += np.sum((b[test] - b[test].mean(0)) ** 2)
+    return 1 - sse / sst
+
+
+def ref_procrustes(a, b):
+    from scipy.linalg import orthogonal_procrustes
+
+    a, b = a - a.mean(0), b - b.mean(0)
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    d = max(a.shape[1], b.shape[1])
+    a = np.pad(a, ((0, 0), (0, d - a.shape[1])))
+    b = np.pad(b, ((0, 0), (0, d - b.shape[1])))
+    _, scale = orthogonal_procrustes(b, a)  # max over orthogonal R of <b R, a> = nuclear norm of b^T a
+    return scale
+
+
+def unit_corr(a, b):
+    return np.array([[np.corrcoef(a[:, i], b[:, j])[0, 1] for j in range(b.shape[1])] for i in range(a.shape[1])])
+
+
+def ref_permutation(a, b):
+    c = unit_corr(a, b)
+    small, large = sorted(c.shape)
+    c = c if c.shape[0] <= c.shape[1] else c.T
+    return max(np.mean([c[i, p[i]] for i in range(small)]) for p in itertools.permutations(range(large), small))
+
+
+def ref_soft_matching(a, b):
+    from scipy.optimize import linprog
+
+    c = unit_corr(a, b)
+    dx, dy = c.shape
+    a_eq = np.zeros((dx + dy, dx * dy))
+    for i in range(dx):
+        a_eq[i, i * dy:(i + 1) * dy] = 1
+    for j in range(dy):
+        a_eq[dx + j, j::dy] = 1
+    b_eq = np.concatenate([np.full(dx, 1 / dx), np.full(dy, 1 / dy)])
+    res = linprog(-c.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+    return -res.fun
+
+
+def ref_rsa(a, b):
+    from scipy.stats import spearmanr
+
+    iu = np.triu_indices(len(a), 1)
+    return spearmanr((1 - np.corrcoef(a))[iu], (1 - np.corrcoef(b))[iu]).statistic
+
+
+REFERENCES = {
+    "mutual_knn": (ref_mutual_knn, {"k": 4}),
+    "cycle_knn": (ref_cycle_knn, {"k": 4}),
+    "lcs_knn": (ref_lcs_knn, {"k": 4}),
+    "edit_distance_knn": (ref_edit_knn, {"k": 4}),
+    "cka": (ref_cka, {}),
+    "unbiased_cka": (ref_unbiased_cka, {}),
+    "cknna": (ref_cknna, {"k": 5}),
+    "svcca": (ref_svcca, {"dims": 3}),
+    "linear_regression": (ref_regression, {"folds": 4, "alpha": 0.0, "seed": 0}),
+    "procrustes": (ref_procrustes, {}),
+    "permutation": (ref_permutation, {}),
+    "soft_matching": (ref_soft_matching, {}),
+    "rsa": (ref_rsa, {}),
+}
+
+
+def feature_sets(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Random layers, and structured ones: a shared latent seen through different maps, plus clusters."""
+    g = torch.Generator().manual_seed(seed)
+    n = 24
+    latent = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    clusters = torch.randn(4, 5, generator=g, dtype=torch.float64)[torch.arange(n) % 4]
+    x = [torch.randn(n, 5, generator=g, dtype=torch.float64),
+         latent @ torch.randn(3, 6, generator=g, dtype=torch.float64) + 0.1 * torch.randn(n, 6, generator=g, dtype=torch.float64)]
+    y = [torch.tanh(latent @ torch.randn(3, 4, generator=g, dtype=torch.float64)),
+         clusters + 0.3 * torch.randn(n, 5, generator=g, dtype=torch.float64),
+         torch.randn(n, 3, generator=g, dtype=torch.float64)]
+    return x, y
+
+
+def test_every_metric_has_a_reference() -> None:
+    assert set(METRICS) == set(REFERENCES)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_metric_matches_reference(name: str, seed: int) -> None:
+    ref, params = REFERENCES[name]
+    x, y = feature_sets(seed)
+    got = score_layers(name, x, y, **params).matrix
+    assert got.shape == (len(x), len(y))
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            assert got[i, j].item() == pytest.approx(float(ref(a.numpy(), b.numpy(), **params)), abs=1e-6), (i, j)
+
+
+@pytest.mark.parametrize("kernel, sigma", [("rbf", 1.0), ("rbf", 3.0)])
+def test_rbf_cka_matches_reference(kernel: str, sigma: float) -> None:
+    x, y = feature_sets(2)
+    got = score_layers("cka", x, y, kernel=kernel, sigma=sigma).matrix
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            assert got[i, j].item() == pytest.approx(ref_cka(a.numpy(), b.numpy(), kernel, sigma), abs=1e-6)
+
+
+def test_ridge_regression_matches_sklearn() -> None:
+    x, y = feature_sets(3)
+    params = {"folds": 3, "alpha": 2.5, "seed": 7}
+    got = score_layers("linear_regression", x, y, **params).matrix
+    assert got[1, 0].item() == pytest.approx(ref_regression(x[1].numpy(), y[0].numpy(), **params), abs=1e-6)
+
+
+def test_float32_features_agree_with_float64() -> None:
+    x, y = feature_sets(4)
+    for name in ("cka", "unbiased_cka", "cknna", "mutual_knn"):
+        params = {"k": 5} if name in ("cknna", "mutual_knn") else {}
+        hi = score_layers(name, x, y, **params).matrix
+        lo = score_layers(name, [t.float() for t in x], [t.float() for t in y], **params).matrix
+        torch.testing.assert_close(lo, hi, atol=1e-5, rtol=0)
+
+
+# ---- invariances ------------------------------------------------------------------------------------------
+
+
+def rotation(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q
+
+
+@pytest.mark.parametrize("name, params", [("cka", {}), ("unbiased_cka", {}), ("mutual_knn", {"k": 5}),
+                                          ("cknna", {"k": 5}), ("procrustes", {})])
+def test_invariant_to_rotation_and_isotropic_scaling(name: str, params: dict) -> None:
+    x, y = feature_sets(5)
+    base = score_layers(name, x, y, **params).matrix
+    moved = score_layers(name, [a @ rotation(a.shape[1], 1) * 4.2 for a in x], y, **params).matrix
+    torch.testing.assert_close(moved, base, atol=1e-9, rtol=0)
+
+
+def test_procrustes_is_one_for_a_rotated_shifted_scaled_copy() -> None:
+    x, _ = feature_sets(6)
+    a = x[1]
+    assert score_layers("procrustes", [a], [a @ rotation(6, 2) * 3 + 1]).best == pytest.approx(1.0, abs=1e-12)
+
+
+def test_permutation_and_soft_matching_are_one_for_a_unit_permuted_copy() -> None:
+    x, _ = feature_sets(7)
+    a = x[1]
+    copy = a[:, torch.tensor([3, 0, 5, 1, 4, 2])] * torch.tensor([2.0, 0.5, 1, 3, 1, 7], dtype=torch.float64) - 1
+    for name in ("permutation", "soft_matching"):
+        assert score_layers(name, [a], [copy]).best == pytest.approx(1.0, abs=1e-12)
+    rotated = score_layers("permutation", [a], [a @ rotation(6, 3)]).best
+    assert rotated < 0.95  # a rotation is not a relabelling of units
+
+
+@pytest.mark.parametrize("name", sorted(set(REFERENCES) - {"cycle_knn"}))
+def test_identical_inputs_give_the_maximum(name: str) -> None:
+    # cycle_knn is excluded: with identical inputs a neighbour j of i need not have i among its own neighbours.
+    x, y = feature_sets(8)
+    params = dict(REFERENCES[name][1])
+    same = score_layers(name, [x[1]], [x[1]], **params).best
+    assert same == pytest.approx(1.0, abs=1e-9)
+    assert score_layers(name, [x[1]], y, **params).best <= same + 1e-12
+
+
+def test_mutual_knn_near_chance_for_independent_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, k = 400, 10
+    scores = [score_layers("mutual_knn", prepare([torch.randn(n, 64, generator=g)]),
+                           prepare([torch.randn(n, 64, generator=g)]), k=k).best for _ in range(5)]
+    chance = k / (n - 1)
+    assert abs(np.mean(scores) - chance) < 0.01
+
+
+# ---- hand-computed cases ----------------------------------------------------------------------------------
+
+LINE = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]], dtype=torch.float64)
+SHUFFLED = torch.tensor([[3.0], [1.0], [2.0], [5.0], [4.0]], dtype=torch.float64)
+
+
+def test_hand_computed_mutual_knn() -> None:
+    # Scalars: the inner product is a product. k=2 neighbour sets of 1..5: {3,4} {3,4} {3,4} {2,4} {2,3};
+    # of (3,1,2,5,4): {3,4} {3,4} {3,4} {0,4} {0,3}. Shared 2,2,2,1,1 -> 8 / (5 * 2) = 0.8.
+    assert score_layers("mutual_knn", [LINE], [SHUFFLED], k=2).best == pytest.approx(0.8, abs=1e-15)
+    # k=1: reversing the values reverses the roles -> no shared neighbour at all.
+    assert score_layers("mutual_knn", [LINE], [LINE.flip(0)], k=1).best == 0.0
+
+
+def test_hand_computed_cycle_knn() -> None:
+    # k=1: N_line = [4, 4, 4, 4, 3]; N_shuffled = [3, 3, 3, 4, 3]. i -> shuffled -> line -> i holds for i = 3
+    # (3 -> 4 -> 3) and i = 4 (4 -> 3 -> 4): 2 of 5.
+    assert score_layers("cycle_knn", [LINE], [SHUFFLED], k=1).best == pytest.approx(0.4, abs=1e-15)
+
+
+def test_hand_computed_cka() -> None:
+    # For one-dimensional features linear CKA is the squared Pearson correlation: x = 1..5, y = (1, 2, 3, 4, 6):
+    # x_c.y_c = 12, |x_c|^2 = 10, |y_c|^2 = 14.8 -> 144 / 148 = 36/37.
+    y = torch.tensor([[1.0], [2.0], [3.0], [4.0], [6.0]], dtype=torch.float64)
+    assert score_layers("cka", [LINE], [y]).best == pytest.approx(36 / 37, abs=1e-12)
+
+
+def test_ties_break_to_lower_index() -> None:
+    from prh_bench.align.knn import knn_indices
+
+    assert knn_indices(torch.ones(6, 3), 2).tolist() == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]
+
+
+# ---- degenerate input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, x, y, params, message",
+    [
+        ("unbiased_cka", torch.randn(3, 4), torch.randn(3, 4), {}, "needs at least 4 samples, got N=3"),
+        ("cknna", torch.randn(3, 4), torch.randn(3, 4), {"k": 2}, "needs at least 4 samples"),
+        ("mutual_knn", torch.randn(6, 3), torch.randn(6, 3), {"k": 6}, "k must be in \\[1, N-1\\]"),
+        ("cknna", torch.randn(8, 3), torch.randn(8, 3), {"k": 1}, "k must be at least 2"),
+        ("cka", torch.ones(6, 3), torch.randn(6, 3), {}, "constant across samples"),
+        ("rsa", torch.randn(6, 3), torch.full((6, 3), float("inf")), {}, "NaN or infinite"),
+        ("cka", torch.randn(6, 3), torch.randn(7, 3), {}, "different sample counts \\(6 vs 7\\)"),
+        ("svcca", torch.randn(6, 3), torch.randn(6, 3), {"dims": 5}, "exceeds the rank"),
+        ("linear_regression", torch.randn(6, 3), torch.randn(6, 3), {"folds": 4}, "folds must be in"),
+        ("cka", torch.randn(6, 3), torch.randn(6, 3), {"kernel": "poly"}, "kernel must be 'linear' or 'rbf'"),
+    ],
+)
+def test_degenerate_input_is_a_clear_error(name, x, y, params, message) -> None:
+    with pytest.raises(BadInput, match=message):
+        score_layers(name, [x], [y], **params)
+
+
+def test_no_nan_escapes_for_any_metric_on_dead_units() -> None:
+    x, y = feature_sets(9)
+    dead = torch.cat([x[1], torch.zeros(24, 2, dtype=torch.float64)], dim=1)  # ReLU units that never fire
+    for name in METRICS:
+        params = dict(REFERENCES[name][1])
+        assert torch.isfinite(score_layers(name, [dead], y, **params).matrix).all(), name
+
+
+# ---- layer handling and calibration -----------------------------------------------------------------------
+
+
+def test_best_index_and_3d_input() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 30, 8, generator=g)
+    y = torch.stack([torch.randn(30, 8, generator=g), x[2], torch.randn(30, 8, generator=g)])
+    res = score_layers("mutual_knn", x, y, k=4)
+    assert res.best_index == (2, 1) and res.best == 1.0
+
+
+def test_prepare_clamps_at_quantile_normalises_and_concatenates() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    x[0, 0] = 1000.0
+    (out,) = prepare([x], clamp_quantile=0.95)
+    t = torch.quantile(x.abs().flatten(), 0.95)
+    torch.testing.assert_close(out, torch.nn.functional.normalize(x.clamp(-t, t), dim=-1))
+    (raw,) = prepare([x.float()], clamp_quantile=None, l2_normalize=False)
+    assert raw.dtype == torch.float32 and torch.equal(raw, x.float())
+    y = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    layers = prepare([x, y], clamp_quantile=None, concat_layers=True)
+    assert len(layers) == 3 and layers[2].shape == (50, 10)
+    torch.testing.assert_close(layers[2], torch.nn.functional.normalize(torch.cat([x, y], 1), dim=-1))
+
+
+def test_calibration_reuses_summaries_and_separates_signal_from_chance() -> None:
+    x, y = feature_sets(10)
+    related = score_layers("cka", x, [x[1] @ rotation(6, 4) + 0.05 * y[1][:, :1]], permutations=200)
+    cal = related.calibration
+    assert cal is not None and len(cal.null) == 200
+    assert cal.p_value == pytest.approx(1 / 201)
+    assert cal.calibrated == pytest.approx((related.best - cal.null.mean().item()) / (1 - cal.null.mean().item()))
+    g = torch.Generator().manual_seed(11)
+    noise = score_layers("mutual_knn", [torch.randn(40, 8, generator=g)], [torch.randn(40, 8, generator=g)],
+                         k=5, permutations=200)
+    assert noise.calibration.p_value > 0.05 and abs(noise.calibration.calibrated) < 0.1
+
+
+def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> None:
+    """The permuted summary must equal the summary of permuted features, for every metric."""
+    from prh_bench.align import get_metric
+
+    x, y = feature_sets(12)
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(0))
+    for name in METRICS:
+        m = get_metric(name)
+        params = m.params(**REFERENCES[name][1])
+        sx = [m.summarize(a, **params) for a in x]
+        via_summary = m.pair_scores(sx, [m.permute(m.summarize(b, **params), perm) for b in y], **params)
+        direct = m.pair_scores(sx, [m.summarize(b[perm], **params) for b in y], **params)
+        torch.testing.assert_close(via_summary, direct, atol=1e-9, rtol=0, msg=name)
