@@ -194,6 +194,82 @@ def validate(obj: Ctx, paths: tuple[Path, ...]) -> None:
     click.echo(f"ok: {len(files) if paths else len(reg.entries)} manifest(s) valid")
 
 
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BadInput(f"--param expects NAME=VALUE, got {pair!r}")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+@main.command()
+@click.argument("metric")
+@click.option("--files", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Two cached feature files (safetensors written by prh-bench).")
+@click.option("--suite", help="Score two models of this suite on its dataset (extracting them if not cached).")
+@click.option("--models", nargs=2, help="The two model ids, with --suite.")
+@click.option("--param", "param_pairs", multiple=True, help="Metric parameter NAME=VALUE (repeatable), e.g. k=10.")
+@click.option("--prepare/--no-prepare", "do_prepare", default=True, show_default=True,
+              help="Clamp at the 0.95 quantile and L2-normalise first (the paper's preparation).")
+@click.option("--concat-layers", is_flag=True, help="Add all layers concatenated as one more layer.")
+@click.option("--permutations", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Permutation null of the best score, with p-value and calibrated score.")
+@click.pass_obj
+@handle_errors
+def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | None, models: tuple[str, str] | None,
+          param_pairs: tuple[str, ...], do_prepare: bool, concat_layers: bool, permutations: int) -> None:
+    """Score every layer pair of two models' features with one metric; print JSON."""
+    from .align import prepare, score_layers
+    from .align.prepare import CONCAT
+    from .features import FeatureCache, cache_root, read_features
+
+    reg = obj.registry
+    if metric not in reg.plugins.metrics:
+        raise BadInput(f"unknown metric '{metric}'; see `prh-bench ls metrics`")
+    if files and not suite:
+        (fx, mx), (fy, my) = (read_features(p) for p in files)
+        ids_x, ids_y = (json.loads(m.get("key_doc", "{}")).get("sample_ids") for m in (mx, my))
+        if ids_x != ids_y:
+            raise BadInput(f"{files[0]} and {files[1]} hold features of different samples; scores need the same samples")
+        labels = [str(p) for p in files]
+    elif suite and models and not files:
+        from .manifest import DatasetManifest, ModelManifest, SuiteManifest
+        from .runner import load_samples, model_features, resolve_device
+
+        s = reg.get(suite, SuiteManifest)
+        ds = reg.get(s.dataset, DatasetManifest)
+        samples = load_samples(reg, ds, s.max_samples)
+        got = []
+        for mid in models:
+            m = reg.get(mid, ModelManifest)
+            f, outcome = model_features(reg, m, ds, samples, FeatureCache(cache_root()), resolve_device("auto"),
+                                        False, not obj.quiet)
+            if f is None:
+                raise PrhBenchError(outcome.error)
+            got.append(f)
+        fx, fy = got
+        labels = list(models)
+    else:
+        raise BadInput("give either --files A B, or --suite ID --models X Y")
+    m = reg.plugins.metrics[metric]
+    params = m.params(**{**(reg.get(metric).params if metric in reg.entries else {}), **_parse_params(param_pairs)})
+    tx, ty = fx.tensors, fy.tensors
+    if do_prepare or concat_layers:
+        clamp = 0.95 if do_prepare else None
+        tx, ty = (prepare(t, clamp, do_prepare, concat_layers) for t in (tx, ty))
+    extra = [CONCAT] if concat_layers else []
+    res = score_layers(m, tx, ty, permutations=permutations, **params)
+    i, j = res.best_index
+    lx, ly = fx.layer_names + extra, fy.layer_names + extra
+    out = {"metric": metric, "params": params, "x": labels[0], "y": labels[1], "layers_x": lx, "layers_y": ly,
+           "best": res.best, "best_layers": [lx[i], ly[j]], "matrix": res.matrix.tolist()}
+    if res.calibration is not None:
+        out["calibration"] = res.calibration.as_dict()
+    click.echo(json.dumps(out, indent=2))
+
+
 @main.command()
 @click.argument("model")
 @click.option("--samples", "n", default=8, show_default=True, type=click.IntRange(min=4))

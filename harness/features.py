@@ -80,6 +80,17 @@ class Features:
         return self.tensors[0].shape[0]
 
 
+def read_features(path: Path) -> tuple[Features, dict[str, str]]:
+    """Features and metadata of one cache file (safetensors: no pickle)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        layers = json.loads(meta["layers"])
+        tensors = [f.get_tensor(f"layer{i:03d}") for i in range(len(layers))]
+    return Features(layers, tensors), meta
+
+
 class FeatureCache:
     def __init__(self, root: Path):
         self.root = root
@@ -89,23 +100,18 @@ class FeatureCache:
 
     def load(self, model_id: str, key: str) -> Features | None:
         """The cached features, or None when absent, unreadable or stored under another key."""
-        from safetensors import safe_open
-
         path = self.path(model_id, key)
         if not path.exists():
             return None
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                layers = json.loads(meta["layers"])
-                tensors = [f.get_tensor(f"layer{i:03d}") for i in range(len(layers))]
+            feats, meta = read_features(path)
         except Exception as exc:  # a truncated or foreign file: never trust it
             log.warning("cache entry %s is unreadable (%s); recomputing", path, exc)
             return None
         if meta.get("key") != key:
             log.warning("cache entry %s was stored under another key; recomputing", path)
             return None
-        return Features(layers, tensors)
+        return feats
 
     def save(self, model_id: str, key: str, feats: Features, doc: dict[str, Any]) -> Path:
         """Write atomically: a reader sees the old entry or the complete new one, never a partial file."""

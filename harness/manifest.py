@@ -129,6 +129,14 @@ class Prepare(_Strict):
 
     clamp_quantile: float | None = Field(default=0.95, gt=0, le=1)
     l2_normalize: bool = True
+    concat_layers: bool = Field(default=False, description="append all layers concatenated as one more layer")
+
+
+class Calibration(_Strict):
+    """A permutation null for every model pair's best score (R shuffles of one model's sample order)."""
+
+    permutations: int = Field(ge=1)
+    seed: int = 0
 
 
 class SuiteManifest(ManifestBase):
@@ -140,6 +148,7 @@ class SuiteManifest(ManifestBase):
     reduce: Literal["max_over_layer_pairs"] = "max_over_layer_pairs"
     reference: str | None = None
     max_samples: int | None = Field(default=None, ge=4)
+    calibrate: Calibration | None = None
 
     @field_validator("models")
     @classmethod

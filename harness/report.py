@@ -91,6 +91,10 @@ def write_run(run: SuiteRun, registry: Registry, run_dir: Path) -> dict[str, Any
     scores_path = run_dir / "scores.csv"
     run.scores.to_csv(scores_path, index=False)
     files["scores"] = str(scores_path)
+    if not run.calibration.empty:
+        cal_path = run_dir / "calibration.csv"
+        run.calibration.to_csv(cal_path, index=False)
+        files["calibration"] = str(cal_path)
     best = best_pairs(run.scores)
     order = [o.model for o in run.outcomes if o.status != "failed"]
     for metric in dict.fromkeys(best.metric) if not best.empty else []:
@@ -119,6 +123,7 @@ def write_run(run: SuiteRun, registry: Registry, run_dir: Path) -> dict[str, Any
         "models": {o.model: {"status": o.status, "cache_key": o.key, "layers": o.layers,
                              "seconds": round(o.seconds, 3), "error": o.error,
                              "manifest_version": registry.get(o.model).version} for o in run.outcomes},
+        "metrics": {u.name: {"version": registry.get(u.name).version} for u in run.suite.metrics},
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
     }
     side = run_dir / "run.json"

@@ -15,7 +15,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .align import prepare, summarize_layers
+from .align import LayerScores, prepare, summarize_layers
+from .align.calibrate import calibrate_summaries
+from .align.matrix import score_models
+from .align.prepare import CONCAT
 from .errors import BadInput, PrhBenchError
 from .features import FeatureCache, Features, extract, feature_key
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
@@ -43,6 +46,7 @@ class SuiteRun:
     n_samples: int
     outcomes: list[ModelOutcome]
     scores: pd.DataFrame  # long table: one row per (model pair, layer pair, metric)
+    calibration: pd.DataFrame  # one row per (model pair, metric) when the suite asks for permutation nulls
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,26 +95,39 @@ def model_features(
 
 def score_pairs(
     registry: Registry, suite: SuiteManifest, feats: dict[str, Features], progress: bool
-) -> pd.DataFrame:
-    """Every model pair x every layer pair x every metric, as a long table. Per-layer summaries are computed
-    once per model and metric and reused across all pairs."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model pair x every layer pair x every metric, as a long table (and permutation nulls of each
+    pair's best score when the suite asks). Per-layer summaries are computed once per model and metric and
+    reused across all pairs and all permutations."""
     rows: list[dict[str, Any]] = []
+    nulls: list[dict[str, Any]] = []
     ids = list(feats)
-    prepared = {mid: prepare(f.tensors, suite.prepare.clamp_quantile, suite.prepare.l2_normalize) for mid, f in feats.items()}
+    prep = suite.prepare
+    prepared = {mid: prepare(f.tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers)
+                for mid, f in feats.items()}
+    names = {mid: f.layer_names + ([CONCAT] if prep.concat_layers else []) for mid, f in feats.items()}
     for use in suite.metrics:
-        metric = registry.plugins.metrics[registry.get(use.name).name]
-        params = metric.params(**{**registry.get(use.name).params, **use.params})
+        manifest = registry.get(use.name)
+        metric = registry.plugins.metrics[manifest.name]
+        params = metric.params(**{**manifest.params, **use.params})
         summaries = {mid: summarize_layers(metric, prepared[mid], **params) for mid in ids}
+        zoo = score_models(metric, summaries, params)
         pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
         if not metric.symmetric:
             pairs += [(b, a) for a, b in pairs]
         for a, b in tqdm(pairs, desc=metric.name, disable=not progress, leave=False):
-            matrix = metric.pair_scores(summaries[a], summaries[b], **params)
-            for i, lx in enumerate(feats[a].layer_names):
-                for j, ly in enumerate(feats[b].layer_names):
+            matrix = zoo.block(a, b)
+            for i, lx in enumerate(names[a]):
+                for j, ly in enumerate(names[b]):
                     rows.append({"model_x": a, "model_y": b, "layer_x": lx, "layer_y": ly, "metric": metric.name,
                                  "params": json.dumps(params, sort_keys=True), "score": float(matrix[i, j])})
-    return pd.DataFrame(rows, columns=["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"])
+            if suite.calibrate is not None:
+                best = LayerScores(matrix, metric.higher_is_better).best
+                cal = calibrate_summaries(metric, summaries[a], summaries[b], best, params, feats[a].n,
+                                          suite.calibrate.permutations, suite.calibrate.seed)
+                nulls.append({"model_x": a, "model_y": b, "metric": metric.name, **cal.as_dict()})
+    columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
+    return pd.DataFrame(rows, columns=columns), pd.DataFrame(nulls)
 
 
 def run_suite(
@@ -139,6 +156,6 @@ def run_suite(
             feats[m.id] = f
     timings["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = score_pairs(registry, suite, feats, progress)
+    scores, calibration = score_pairs(registry, suite, feats, progress)
     timings["scoring"] = time.perf_counter() - t0
-    return SuiteRun(suite, dataset, len(samples), outcomes, scores, timings)
+    return SuiteRun(suite, dataset, len(samples), outcomes, scores, calibration, timings)

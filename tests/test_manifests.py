@@ -78,13 +78,13 @@ id: broken-suite
 version: 1
 dataset: no-such-dataset
 models: [efficientnet-lite0, no-such-model]
-metrics: [{name: mutual_knn, k: 5}, {name: cka}]
+metrics: [{name: mutual_knn, k: 5}, {name: ckaa}]
 reference: resnet18-random
 """)
     result = cli("validate", tmp_path)
     assert result.exit_code == 2
     for needle in ("field 'dataset': unknown dataset 'no-such-dataset'", "field 'models.1': unknown model 'no-such-model'",
-                   "field 'metrics.1.name': unknown metric 'cka'", "field 'reference': 'resnet18-random' is not one"):
+                   "field 'metrics.1.name': unknown metric 'ckaa'; did you mean 'cka'?", "field 'reference': 'resnet18-random' is not one"):
         assert needle in result.stderr
 
 

@@ -433,3 +433,39 @@ def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> No
         via_summary = m.pair_scores(sx, [m.permute(m.summarize(b, **params), perm) for b in y], **params)
         direct = m.pair_scores(sx, [m.summarize(b[perm], **params) for b in y], **params)
         torch.testing.assert_close(via_summary, direct, atol=1e-9, rtol=0, msg=name)
+
+
+# ---- whole zoos -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_zoo_scores_equal_pairwise_scores(name: str) -> None:
+    from prh_bench.align import get_metric
+    from prh_bench.align.matrix import score_models
+
+    m = get_metric(name)
+    params = m.params(**REFERENCES[name][1])
+    x, y = feature_sets(13)
+    z, _ = feature_sets(14)
+    models = {"x": x, "y": y, "z": z[:1]}
+    summaries = {k: [m.summarize(t, **params) for t in v] for k, v in models.items()}
+    zoo = score_models(m, summaries, params)
+    for a in models:
+        assert torch.isnan(zoo.block(a, a)).all()
+        for b in models:
+            if a != b:
+                expected = m.pair_scores(summaries[a], summaries[b], **params)
+                torch.testing.assert_close(zoo.block(a, b), expected, atol=1e-12, rtol=0, msg=f"{name} {a}-{b}")
+
+
+def test_blocked_gram_on_larger_inputs() -> None:
+    from prh_bench.align.knn import gram
+
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(300, 20, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(gram(x), x @ x.T, atol=1e-12, rtol=0)
+    assert torch.equal(gram(x), gram(x).T)
+    y = torch.tanh(x[:, :5] @ torch.randn(5, 8, generator=g, dtype=torch.float64))
+    assert score_layers("cka", [x], [y]).best == pytest.approx(ref_cka(x.numpy(), y.numpy()), abs=1e-9)
+    assert score_layers("mutual_knn", [x], [y], k=10).best == pytest.approx(
+        ref_mutual_knn(x.numpy(), y.numpy(), 10), abs=1e-12)

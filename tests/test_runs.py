@@ -101,3 +101,49 @@ def test_ls_and_show_json() -> None:
     assert shown["file"].endswith("registry/suites/pocket.yaml")
     lite = cli_json("show", "efficientnet-lite0")
     assert lite["provided_by"] == "prh_bench.plugins.backends.timm_backend" and lite["libraries"] == ["torch", "timm"]
+
+
+def test_suite_with_concat_layers_calibration_and_an_asymmetric_metric(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: many-metrics
+version: 1
+dataset: glove-words
+models: [minilm-l6, glove-6b-50d]
+metrics: [{name: cycle_knn, k: 5}, {name: cknna, k: 5}, {name: linear_regression, folds: 3}]
+prepare: {concat_layers: true}
+calibrate: {permutations: 20}
+max_samples: 60
+""")
+    out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "many-metrics", "--out", tmp_path / "run")
+    long = pd.read_csv(tmp_path / "run" / "scores.csv")
+    cyc = long[long.metric == "cycle_knn"]
+    assert set(zip(cyc.model_x, cyc.model_y)) == {("minilm-l6", "glove-6b-50d"), ("glove-6b-50d", "minilm-l6")}
+    assert "all_layers" in set(long.layer_x) and len(long[long.metric == "cknna"]) == 8 * 2
+    cal = pd.read_csv(out["files"]["calibration"])
+    assert len(cal) == 2 + 1 + 2 and cal.permutations.eq(20).all()
+    assert cal.p_value.between(1 / 21, 1).all()
+    side = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert side["metrics"] == {"cycle_knn": {"version": 1}, "cknna": {"version": 1}, "linear_regression": {"version": 1}}
+
+
+def score_json(*args: str) -> dict:
+    result = cli("score", *args)  # score always prints JSON
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_score_verb_on_cached_files_and_on_suite_models(tmp_path: Path, isolated_cache: Path) -> None:
+    out = score_json("cka", "--suite", "pocket-text", "--models", "minilm-l6", "glove-6b-50d", "--permutations", "10")
+    assert out["layers_x"][0] == "hidden_states.0" and out["layers_y"] == ["embedding"]
+    assert len(out["matrix"]) == 7 and 0 < out["best"] <= 1 and out["calibration"]["permutations"] == 10
+    files = sorted(isolated_cache.glob("features/*/*.safetensors"))
+    assert len(files) == 2
+    again = score_json("cka", "--files", *files)
+    assert {again["best"], out["best"]} == {out["best"]}
+    # Features of different samples cannot be compared.
+    cli("run", "--suite", "pocket-text", "--max-samples", "40", "--out", tmp_path / "small")
+    small = next(p for p in isolated_cache.glob("features/glove-6b-50d/*.safetensors") if p not in files)
+    bad = cli("score", "cka", "--files", files[0], small)
+    assert bad.exit_code == 2 and "different samples" in bad.stderr
+    assert cli("score", "nope", "--files", *files).exit_code == 2

@@ -97,7 +97,7 @@ def score_layers(
     sx, sy = summarize_layers(m, fx, **p), summarize_layers(m, fy, **p)
     scores = LayerScores(m.pair_scores(sx, sy, **p), m.higher_is_better)
     if permutations > 0:
-        cal = calibrate_summaries(m, sx, sy, scores.best, p, permutations, permutation_seed)
+        cal = calibrate_summaries(m, sx, sy, scores.best, p, fx[0].shape[0], permutations, permutation_seed)
         scores = LayerScores(scores.matrix, m.higher_is_better, cal)
     return scores
 

@@ -31,11 +31,11 @@ class Calibrated:
 
 
 def calibrate_summaries(
-    metric: Metric, sx: Sequence[Any], sy: Sequence[Any], observed: float, params: dict[str, Any],
+    metric: Metric, sx: Sequence[Any], sy: Sequence[Any], observed: float, params: dict[str, Any], n: int,
     permutations: int, seed: int = 0,
 ) -> Calibrated:
+    """The null of the best score over layer pairs, from summaries of N = n samples."""
     g = torch.Generator().manual_seed(seed)
-    n = _n_samples(sy[0])
     sign = 1.0 if metric.higher_is_better else -1.0
     null = torch.empty(permutations, dtype=torch.float64)
     for r in range(permutations):
@@ -48,10 +48,3 @@ def calibrate_summaries(
     return Calibrated(observed, null, (1 + exceed) / (permutations + 1),
                       (observed - mean) / span if span != 0 else float("nan"))
 
-
-def _n_samples(summary: Any) -> int:
-    for attr in ("nb", "idx", "x", "y", "rdm"):
-        value = getattr(summary, attr, None)
-        if value is not None:
-            return _n_samples(value) if not isinstance(value, torch.Tensor) else value.shape[0]
-    return int(summary.n)

@@ -20,20 +20,18 @@ from .knn import Neighbours, gram, knn_from_gram
 from .metric import Metric
 
 
-def kernel(x: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
-    g = gram(x).double()
+def centered_kernel(x: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
+    """H K H with H = I - 11^T / n. For the linear kernel that is the Gram matrix of the column-centred
+    features, which spares a pass over the N x N matrix."""
     if kind == "linear":
-        return g
+        return gram(x - x.mean(0, keepdim=True))
     if kind == "rbf":
+        g = gram(x).double()
         sq = g.diagonal()
-        d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
-        return torch.exp(-d2 / (2 * sigma**2))
+        k = torch.exp(-(sq[:, None] + sq[None, :] - 2 * g).clamp_min(0) / (2 * sigma**2))
+        mean = k.mean(0)  # symmetric: row means = column means
+        return k - mean[None, :] - mean[:, None] + mean.mean()
     raise BadInput(f"cka: kernel must be 'linear' or 'rbf', got {kind!r}")
-
-
-def center(k: torch.Tensor) -> torch.Tensor:
-    """H K H with H = I - 11^T / n."""
-    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
 def u_center(k: torch.Tensor) -> torch.Tensor:
@@ -49,7 +47,7 @@ def u_center(k: torch.Tensor) -> torch.Tensor:
 class FlatKernel:
     """A centred kernel, flattened and scaled to unit norm: pair scores are plain inner products."""
 
-    unit: torch.Tensor  # N*N float64
+    unit: torch.Tensor  # N*N, in the features' precision (at least float32)
     n: int
 
     def permuted(self, perm: torch.Tensor) -> FlatKernel:
@@ -65,7 +63,11 @@ def _unit(m: torch.Tensor, name: str) -> FlatKernel:
 
 
 def _inner(sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
-    return torch.stack([s.unit for s in sx]) @ torch.stack([s.unit for s in sy]).T
+    """All pairwise inner products in one matrix product (in the summaries' precision: float32 features give
+    scores good to about 1e-6, float64 features to about 1e-12)."""
+    x = torch.stack([s.unit for s in sx])
+    y = x if len(sx) == len(sy) and all(a is b for a, b in zip(sx, sy)) else torch.stack([s.unit for s in sy])
+    return (x @ y.T).double()
 
 
 class CKA(Metric):
@@ -74,13 +76,30 @@ class CKA(Metric):
 
     name = "cka"
     defaults = {"kernel": "linear", "sigma": 1.0}
+    block = 256  # 256 flattened kernels are 1 GiB at N = 1024 (float32)
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
-        return _unit(center(kernel(feats, params["kernel"], params["sigma"])), self.name)
+        return _unit(centered_kernel(feats, params["kernel"], params["sigma"]), self.name)
 
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
         return _inner(sx, sy)
+
+    def zoo_scores(self, flat: Sequence[FlatKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
+        """All layers against all in blocks of `block` layers: one stacked matrix product per block pair, the
+        upper block triangle only (the pair stage is symmetric)."""
+        n = len(flat)
+        out = torch.empty(n, n, dtype=torch.float64)
+        for x0 in range(0, n, self.block):
+            x1 = min(x0 + self.block, n)
+            for y0 in range(x0, n, self.block):
+                y1 = min(y0 + self.block, n)
+                scores = _inner(flat[x0:x1], flat[y0:y1])
+                out[x0:x1, y0:y1] = scores
+                out[y0:y1, x0:x1] = scores.T
+        for a0, a1 in spans:
+            out[a0:a1, a0:a1] = float("nan")
+        return out
 
     def permute(self, summary: FlatKernel, perm: torch.Tensor) -> FlatKernel:
         return summary.permuted(perm)
@@ -95,42 +114,84 @@ class UnbiasedCKA(CKA):
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
-        return _unit(u_center(gram(feats).double()), self.name)
+        return _unit(u_center(gram(feats)), self.name)
 
 
 @dataclass(frozen=True)
 class KnnKernel:
-    """What CKNNA needs of one layer: the Gram matrix, the neighbour lists, and derived per-layer terms."""
+    """What CKNNA needs of one layer, all at its own neighbour positions (i, cols[i, s]), each row's
+    neighbours sorted by index: no N x N matrix is kept, and the pair stage matches neighbour lists by binary
+    search."""
 
-    k: torch.Tensor  # N x N float64 Gram
-    nb: Neighbours
-    member: torch.Tensor  # N x N bool
+    cols: torch.Tensor  # N x k neighbour indices, ascending per row
+    kv: torch.Tensor  # N x k float64: K at those positions
+    recip: torch.Tensor  # N x k bool: i is also among the neighbours of cols[i, s]
     self_hsic: float  # unbiased HSIC of the layer with itself under its own neighbour mask
 
+    @classmethod
+    def of(cls, cols: torch.Tensor, kv: torch.Tensor, recip: torch.Tensor, self_hsic: float) -> KnnKernel:
+        cols, order = cols.sort(dim=1)
+        return cls(cols, kv.gather(1, order), recip.gather(1, order), self_hsic)
+
     def permuted(self, perm: torch.Tensor) -> KnnKernel:
-        nb = self.nb.permuted(perm)
-        return KnnKernel(self.k[perm][:, perm], nb, nb.member, self.self_hsic)
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(len(perm))
+        return KnnKernel.of(inv[self.cols[perm]], self.kv[perm], self.recip[perm], self.self_hsic)
 
 
-def _masked_hsic(kv: torch.Tensor, lv: torch.Tensor, hit: torch.Tensor, recip: torch.Tensor, cols: torch.Tensor,
-                 n: int) -> torch.Tensor:
-    """Unbiased HSIC(M∘K, M∘L) for the mask M = hits at the x neighbour positions (i, cols[i, s]).
+def _masked_hsic(kv: torch.Tensor, lv: torch.Tensor, recip: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
+    """Unbiased HSIC(M∘K, M∘L) for masks M supported on the positions (i, cols[i, s]), flattened to P = N*k rows,
+    one column per layer pair (P x C).
 
-    kv, lv: K and L at those positions (... x N x k); hit: the position is in M; recip: (j, i) is in M too.
-    HSIC_u(A, B) = [sum_ij A_ij B_ji + sum(A) sum(B) / ((n-1)(n-2)) - 2 colsum(A).colsum(B) / (n-2)] / (n(n-3))."""
-    a, b = kv * hit, lv * hit
-    t1 = (a * b * recip).sum(dim=(-2, -1))
-    t2 = a.sum(dim=(-2, -1)) * b.sum(dim=(-2, -1)) / ((n - 1) * (n - 2))
-    flat_cols = cols.expand_as(a).reshape(*a.shape[:-2], -1)
-    ca = torch.zeros(*a.shape[:-2], n, dtype=a.dtype).scatter_add_(-1, flat_cols, a.reshape(*a.shape[:-2], -1))
-    cb = torch.zeros(*b.shape[:-2], n, dtype=b.dtype).scatter_add_(-1, flat_cols, b.reshape(*b.shape[:-2], -1))
-    t3 = 2 * (ca * cb).sum(-1) / (n - 2)
+    kv, lv: K and L at those positions, zero where M is 0; recip: M[j, i] is 1 too.
+    HSIC_u(A, B) = [sum_ij A_ij B_ji + sum(A) sum(B) / ((n-1)(n-2)) - 2 colsum(A).colsum(B) / (n-2)] / (n(n-3))
+    with A = M∘K, B = M∘L, K and L symmetric (Song et al. 2012, as in the PRH code)."""
+    t1 = (kv * lv * recip).sum(0)
+    t2 = kv.sum(0) * lv.sum(0) / ((n - 1) * (n - 2))
+    flat = cols.reshape(-1)
+    ca = torch.zeros(n, kv.shape[1], dtype=kv.dtype).index_add_(0, flat, kv)
+    cb = torch.zeros(n, lv.shape[1], dtype=lv.dtype).index_add_(0, flat, lv)
+    t3 = 2 * (ca * cb).sum(0) / (n - 2)
     return (t1 + t2 - t3) / (n * (n - 3))
+
+
+class _SlotTable:
+    """For a set of y layers: slot[i*n + j, l] = 1 + the place of j in layer l's neighbour list of i, or 0.
+    One table answers, for any position and every y layer at once, membership, reciprocity and the kernel
+    value stored there, so scoring an x layer reads only its own N x k positions."""
+
+    def __init__(self, sy: Sequence[KnnKernel]):
+        n, k = sy[0].kv.shape
+        self.n, self.k = n, k
+        self.rows = torch.arange(n)[:, None]
+        dtype = torch.uint8 if k < 255 else torch.int32
+        self.slot = torch.zeros(n * n, len(sy), dtype=dtype)
+        places = torch.arange(1, k + 1, dtype=dtype).expand(n, k).reshape(-1)
+        for layer, y in enumerate(sy):
+            self.slot[(self.rows * n + y.cols).view(-1), layer] = places
+        self.lv = torch.stack([y.kv for y in sy], dim=-1).view(n * k, len(sy))  # (i, place) x Ly
+        self.self_hsic = torch.tensor([y.self_hsic for y in sy], dtype=torch.float64)
+        self.base = (self.rows * k).expand(n, k).reshape(-1, 1)
+
+    def scores(self, x: KnnKernel, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x against the table's layers (those where `keep` is true)."""
+        n, k = self.n, self.k
+        s_at = self.slot.index_select(0, (self.rows * n + x.cols).view(-1))  # N*k x Ly
+        s_back = self.slot.index_select(0, (x.cols * n + self.rows).view(-1))
+        lv, self_y = self.lv, self.self_hsic
+        if keep is not None:
+            s_at, s_back, lv, self_y = s_at[:, keep], s_back[:, keep], lv[:, keep], self_y[keep]
+        s_at = s_at.long()
+        hit = s_at > 0
+        lv_at = lv.gather(0, self.base + (s_at - 1).clamp_min(0)) * hit
+        recip = x.recip.view(-1, 1) & (s_back > 0) & hit
+        num = _masked_hsic(x.kv.view(-1, 1) * hit, lv_at, recip, x.cols, n)
+        return num / torch.sqrt(x.self_hsic * self_y)
 
 
 class CKNNA(Metric):
     """CKNNA(K, L) = HSIC_u(M∘K, M∘L) / sqrt(HSIC_u(M_K∘K, M_K∘K) HSIC_u(M_L∘L, M_L∘L)), where M_K[i, j] = 1 when
-    j is among the k nearest neighbours of i in K (self excluded) and M = M_K ∘ M_L (Huh et al. 2024, eq. in
+    j is among the k nearest neighbours of i in K (self excluded) and M = M_K ∘ M_L (Huh et al. 2024,
     Appendix A; unbiased HSIC of Song et al. 2012). Needs N >= 4 and k >= 2."""
 
     name = "cknna"
@@ -143,35 +204,18 @@ class CKNNA(Metric):
             raise BadInput(f"cknna: k must be at least 2, got {params['k']}")
         g = gram(feats)
         nb = Neighbours(knn_from_gram(g, params["k"]))
-        k = g.double()
-        member = nb.member
-        n = k.shape[0]
+        n = g.shape[0]
         rows = torch.arange(n)[:, None]
-        kv = k[rows, nb.idx]
-        recip = member[nb.idx, rows]
-        hit = torch.ones_like(recip)
-        self_hsic = float(_masked_hsic(kv, kv, hit, recip, nb.idx, n))
+        kv = g[rows, nb.idx].double()
+        recip = nb.member[nb.idx, rows]
+        self_hsic = float(_masked_hsic(kv.view(-1, 1), kv.view(-1, 1), recip.view(-1, 1), nb.idx, n))
         if self_hsic <= 0:
             raise BadInput("cknna: a layer's neighbourhood kernel has no positive self-similarity; score undefined")
-        return KnnKernel(k, nb, member, self_hsic)
+        return KnnKernel.of(nb.idx, kv, recip, self_hsic)
 
     def pair_scores(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any) -> torch.Tensor:
-        n = sx[0].k.shape[0]
-        rows = torch.arange(n)[:, None]
-        out = torch.empty(len(sx), len(sy), dtype=torch.float64)
-        for a, x in enumerate(sx):
-            # Everything at x's neighbour positions (i, j = idx[i, s]), for all y layers at once.
-            cols = x.nb.idx
-            kv = x.k[rows, cols]  # N x k
-            recip_x = x.member[cols, rows]  # (j, i) in M_K
-            my = torch.stack([y.member for y in sy])  # Ly x N x N
-            hit = my[:, rows, cols]  # (i, j) in M_L
-            recip = recip_x & my[:, cols, rows]  # (j, i) in M_K and M_L
-            lv = torch.stack([y.k[rows, cols] for y in sy])
-            num = _masked_hsic(kv.expand_as(lv), lv, hit.double(), recip.double(), cols, n)
-            denom = torch.sqrt(torch.tensor([x.self_hsic * y.self_hsic for y in sy], dtype=torch.float64))
-            out[a] = num / denom
-        return out
+        table = _SlotTable(sy)
+        return torch.stack([table.scores(x) for x in sx])
 
     def permute(self, summary: KnnKernel, perm: torch.Tensor) -> KnnKernel:
         return summary.permuted(perm)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -18,19 +19,50 @@ from ..errors import BadInput
 from .metric import Metric
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """X X^T in float32, or float64 when the features are float64 (half precision is upcast)."""
+def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """X X^T in float32, or float64 when the features are float64 (half precision is upcast).
+
+    Only the upper block triangle is multiplied (10 of 16 blocks) and mirrored: about a third less work than
+    x @ x.T, and exactly symmetric."""
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    return x @ x.T
+    n = x.shape[0]
+    if n < 256:
+        return x @ x.T
+    parts = x.tensor_split(blocks)
+    edges = [0]
+    for p in parts:
+        edges.append(edges[-1] + p.shape[0])
+    g = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    for i in range(blocks):
+        for j in range(i, blocks):
+            block = parts[i] @ parts[j].T
+            g[edges[i] : edges[i + 1], edges[j] : edges[j + 1]] = block
+            if i != j:
+                g[edges[j] : edges[j + 1], edges[i] : edges[i + 1]] = block.T
+    return g
 
 
 def knn_from_gram(g: torch.Tensor, k: int) -> torch.Tensor:
-    """N x k indices of each row's k largest similarities, self excluded, ties to the lower index."""
+    """N x k indices of each row's k largest similarities, self excluded, nearest first, ties to the lower
+    index. Overwrites the diagonal of g with -inf (callers never read it again). topk does the work; rows where
+    ties straddle the k-th place (rare with real features) fall back to a stable full sort, so the tie rule
+    holds exactly."""
     n = g.shape[0]
     if not 1 <= k < n:
         raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
-    sim = g.clone().fill_diagonal_(-torch.inf)
-    return torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :k]
+    sim = g.fill_diagonal_(-torch.inf)
+    vals, idx = sim.topk(min(k + 1, n), dim=1)
+    # A tie straddles the k-th place when the (k+1)-th similarity equals the k-th.
+    straddle = vals[:, k] == vals[:, k - 1] if k < n - 1 else torch.zeros(n, dtype=torch.bool)
+    vals, idx = vals[:, :k], idx[:, :k]
+    # Order the chosen k by (similarity desc, index asc): sort by index, then stable sort by value.
+    idx, order = idx.sort(dim=1)
+    vals = vals.gather(1, order)
+    idx = idx.gather(1, vals.sort(dim=1, descending=True, stable=True).indices)
+    if straddle.any():
+        rows = straddle.nonzero().flatten()
+        idx[rows] = torch.sort(sim[rows], dim=1, descending=True, stable=True).indices[:, :k]
+    return idx
 
 
 def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -42,7 +74,7 @@ def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
 class Neighbours:
     idx: torch.Tensor  # N x k, ordered nearest first
 
-    @property
+    @cached_property
     def member(self) -> torch.Tensor:
         """N x N boolean: member[i, j] is j in N(i)."""
         n = self.idx.shape[0]
@@ -56,6 +88,20 @@ class Neighbours:
 
 def stack_idx(summaries: Sequence[Neighbours]) -> torch.Tensor:
     return torch.stack([s.idx for s in summaries])
+
+
+def shared_counts(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.Tensor:
+    """Lx x Ly: sum over samples of |N_x(i) ∩ N_y(i)| for every layer pair. x's neighbour sets are N x N
+    membership masks; y's neighbour positions (i, j) index into all of them in one index_select."""
+    n, k = sy[0].idx.shape
+    rows = torch.arange(n, device=sy[0].idx.device)[:, None] * n
+    # Membership of all x layers interleaved (N*N x Lx): one memory read answers for every x layer.
+    member = torch.zeros(n * n, len(sx), dtype=torch.bool, device=rows.device)
+    for layer, s in enumerate(sx):
+        member[(rows + s.idx).view(-1), layer] = True
+    at = torch.stack([rows + s.idx for s in sy]).view(-1)  # Ly*N*k flat positions
+    hits = member.index_select(0, at).view(len(sy), n * k, len(sx))
+    return hits.sum(1, dtype=torch.int32).T
 
 
 class KNNMetric(Metric):
@@ -76,14 +122,8 @@ class MutualKNN(KNNMetric):
     name = "mutual_knn"
 
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
-        k = params["k"]
-        ix, iy = stack_idx(sx), stack_idx(sy)  # Lx x N x k, Ly x N x k
-        n = ix.shape[1]
-        # x's neighbour membership as N x N masks; y's neighbour lists index into them, so all Lx x Ly overlaps
-        # come from one gather instead of a loop over layer pairs.
-        member = torch.stack([s.member for s in sx])
-        hits = member[:, torch.arange(n, device=ix.device)[:, None], iy]  # Lx x Ly x N x k
-        return hits.sum(dim=(2, 3)).double() / (n * k)
+        n = sx[0].idx.shape[0]
+        return shared_counts(sx, sy).double() / (n * params["k"])
 
 
 class CycleKNN(KNNMetric):

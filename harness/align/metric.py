@@ -27,6 +27,8 @@ class Metric(ABC):
     maximum: float = 1.0
     #: fewest samples the definition allows
     min_samples: int = 2
+    #: most layers on the y side of one pair_scores call in zoo_scores: bounds memory
+    block: int = 256
 
     def params(self, **overrides: Any) -> dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -40,9 +42,10 @@ class Metric(ABC):
             raise BadInput(f"{self.name}: expected an N x D tensor per layer, got shape {tuple(feats.shape)}")
         if feats.shape[0] < self.min_samples:
             raise BadInput(f"{self.name}: needs at least {self.min_samples} samples, got N={feats.shape[0]}")
-        if not torch.isfinite(feats).all():
+        # Cheap reductions first: a NaN or inf anywhere makes the sum non-finite.
+        if not torch.isfinite(feats.sum()) and not torch.isfinite(feats).all():
             raise BadInput(f"{self.name}: features contain NaN or infinite values")
-        if (feats == feats[:1]).all():
+        if torch.equal(feats.amax(0), feats.amin(0)):
             raise BadInput(f"{self.name}: features are constant across samples; no similarity structure to compare")
 
     @abstractmethod
@@ -52,6 +55,22 @@ class Metric(ABC):
     @abstractmethod
     def pair_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
         """Scores of every (x layer, y layer) pair from their summaries: an Lx x Ly float64 tensor."""
+
+    def zoo_scores(self, flat: Sequence[Any], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
+        """Scores of all layer pairs of different models (L x L over `flat`, models at `spans`; NaN within a
+        model). Each model's layers meet all later models' layers (all others if not symmetric) in one call,
+        in chunks of at most `block` layers. Metrics whose pair stage is one matrix product override this."""
+        out = torch.full((len(flat), len(flat)), float("nan"), dtype=torch.float64)
+        for a, (x0, x1) in enumerate(spans):
+            others = spans[a + 1 :] if self.symmetric else [s for b, s in enumerate(spans) if b != a]
+            ys = [i for y0, y1 in others for i in range(y0, y1)]
+            for c in range(0, len(ys), self.block):
+                cols = ys[c : c + self.block]
+                scores = self.pair_scores(flat[x0:x1], [flat[i] for i in cols], **params)
+                out[x0:x1, cols] = scores
+                if self.symmetric:
+                    out[cols, x0:x1] = scores.T
+        return out
 
     @abstractmethod
     def permute(self, summary: Any, perm: torch.Tensor) -> Any:
