@@ -147,3 +147,40 @@ def test_score_verb_on_cached_files_and_on_suite_models(tmp_path: Path, isolated
     bad = cli("score", "cka", "--files", files[0], small)
     assert bad.exit_code == 2 and "different samples" in bad.stderr
     assert cli("score", "nope", "--files", *files).exit_code == 2
+
+
+def test_cross_modal_suite_on_image_caption_pairs(tmp_path: Path) -> None:
+    """Each model reads its own modality of the same samples: photos for the CNN, captions for the text model."""
+    import skimage.data
+    from PIL import Image
+
+    lines = []
+    for i, (name, caption) in enumerate([("chelsea", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket"),
+                                         ("astronaut", "an astronaut"), ("camera", "a man with a camera"),
+                                         ("coins", "old coins"), ("clock", "a clock"), ("moon", "the moon surface")]):
+        Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.png")
+        lines.append(json.dumps({"id": f"p{i}", "image": f"{name}.png", "text": caption}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    write_yaml(tmp_path / "reg" / "pairs.yaml", f"""\
+kind: dataset
+id: tiny-pairs
+version: 1
+loader: image_captions
+modality: vision-text
+options: {{path: {tmp_path / 'pairs.jsonl'}}}
+""")
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: cross-modal
+version: 1
+dataset: tiny-pairs
+models: [efficientnet-lite0, minilm-l6]
+metrics: [{name: mutual_knn, k: 2}]
+""")
+    out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "cross-modal", "--out", tmp_path / "run")
+    (pair,) = out["best"]
+    assert {pair["model_x"], pair["model_y"]} == {"efficientnet-lite0", "minilm-l6"}
+    assert 0 <= pair["score"] <= 1
+    (tmp_path / "pairs.jsonl").write_text(lines[0] + '\n{"id": "x", "image": "missing.png", "text": "t"}\n')
+    bad = cli("--registry", tmp_path / "reg", "run", "--suite", "cross-modal")
+    assert bad.exit_code == 2 and "pairs.jsonl:2: expected" in bad.stderr

@@ -119,24 +119,18 @@ class UnbiasedCKA(CKA):
 
 @dataclass(frozen=True)
 class KnnKernel:
-    """What CKNNA needs of one layer, all at its own neighbour positions (i, cols[i, s]), each row's
-    neighbours sorted by index: no N x N matrix is kept, and the pair stage matches neighbour lists by binary
-    search."""
+    """What CKNNA needs of one layer, all at its own neighbour positions (i, cols[i, s]): no N x N matrix is
+    kept."""
 
-    cols: torch.Tensor  # N x k neighbour indices, ascending per row
+    cols: torch.Tensor  # N x k neighbour indices
     kv: torch.Tensor  # N x k float64: K at those positions
     recip: torch.Tensor  # N x k bool: i is also among the neighbours of cols[i, s]
     self_hsic: float  # unbiased HSIC of the layer with itself under its own neighbour mask
 
-    @classmethod
-    def of(cls, cols: torch.Tensor, kv: torch.Tensor, recip: torch.Tensor, self_hsic: float) -> KnnKernel:
-        cols, order = cols.sort(dim=1)
-        return cls(cols, kv.gather(1, order), recip.gather(1, order), self_hsic)
-
     def permuted(self, perm: torch.Tensor) -> KnnKernel:
         inv = torch.empty_like(perm)
         inv[perm] = torch.arange(len(perm))
-        return KnnKernel.of(inv[self.cols[perm]], self.kv[perm], self.recip[perm], self.self_hsic)
+        return KnnKernel(inv[self.cols[perm]], self.kv[perm], self.recip[perm], self.self_hsic)
 
 
 def _masked_hsic(kv: torch.Tensor, lv: torch.Tensor, recip: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
@@ -162,7 +156,7 @@ class _SlotTable:
 
     def __init__(self, sy: Sequence[KnnKernel]):
         n, k = sy[0].kv.shape
-        self.n, self.k = n, k
+        self.n = n
         self.rows = torch.arange(n)[:, None]
         dtype = torch.uint8 if k < 255 else torch.int32
         self.slot = torch.zeros(n * n, len(sy), dtype=dtype)
@@ -173,20 +167,16 @@ class _SlotTable:
         self.self_hsic = torch.tensor([y.self_hsic for y in sy], dtype=torch.float64)
         self.base = (self.rows * k).expand(n, k).reshape(-1, 1)
 
-    def scores(self, x: KnnKernel, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """x against the table's layers (those where `keep` is true)."""
-        n, k = self.n, self.k
-        s_at = self.slot.index_select(0, (self.rows * n + x.cols).view(-1))  # N*k x Ly
+    def scores(self, x: KnnKernel) -> torch.Tensor:
+        """x against every layer of the table."""
+        n = self.n
+        s_at = self.slot.index_select(0, (self.rows * n + x.cols).view(-1)).long()  # N*k x Ly
         s_back = self.slot.index_select(0, (x.cols * n + self.rows).view(-1))
-        lv, self_y = self.lv, self.self_hsic
-        if keep is not None:
-            s_at, s_back, lv, self_y = s_at[:, keep], s_back[:, keep], lv[:, keep], self_y[keep]
-        s_at = s_at.long()
         hit = s_at > 0
-        lv_at = lv.gather(0, self.base + (s_at - 1).clamp_min(0)) * hit
+        lv_at = self.lv.gather(0, self.base + (s_at - 1).clamp_min(0)) * hit
         recip = x.recip.view(-1, 1) & (s_back > 0) & hit
         num = _masked_hsic(x.kv.view(-1, 1) * hit, lv_at, recip, x.cols, n)
-        return num / torch.sqrt(x.self_hsic * self_y)
+        return num / torch.sqrt(x.self_hsic * self.self_hsic)
 
 
 class CKNNA(Metric):
@@ -211,7 +201,7 @@ class CKNNA(Metric):
         self_hsic = float(_masked_hsic(kv.view(-1, 1), kv.view(-1, 1), recip.view(-1, 1), nb.idx, n))
         if self_hsic <= 0:
             raise BadInput("cknna: a layer's neighbourhood kernel has no positive self-similarity; score undefined")
-        return KnnKernel.of(nb.idx, kv, recip, self_hsic)
+        return KnnKernel(nb.idx, kv, recip, self_hsic)
 
     def pair_scores(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any) -> torch.Tensor:
         table = _SlotTable(sy)

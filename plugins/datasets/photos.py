@@ -88,6 +88,28 @@ def sklearn_digits(m: DatasetManifest) -> SampleSet:
     return SampleSet(tuple(samples))
 
 
+def image_captions(m: DatasetManifest) -> SampleSet:
+    """Image-caption pairs from a JSON-lines file (`options.path`): one {"id", "image", "text"} object per line,
+    image paths relative to the file. Each model reads its own modality of the same samples."""
+    import json
+    from pathlib import Path
+
+    path = Path(m.options.get("path", ""))
+    if not path.is_file():
+        raise BadInput(f"dataset '{m.id}': field 'options.path': no such file '{path}'")
+    samples = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image = Image.open(path.parent / row["image"]).convert("RGB")
+            samples.append(Sample(id=str(row["id"]), image=image, text=str(row["text"])))
+        except (ValueError, KeyError, OSError) as exc:
+            raise BadInput(f"{path}:{n}: expected {{'id', 'image', 'text'}} with a readable image ({exc})") from None
+    return SampleSet(tuple(samples))
+
+
 @hookimpl
 def prh_dataset_loaders() -> dict[str, Any]:
-    return {"photo_crops": photo_crops, "sklearn_digits": sklearn_digits}
+    return {"photo_crops": photo_crops, "sklearn_digits": sklearn_digits, "image_captions": image_captions}
