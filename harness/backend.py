@@ -17,10 +17,12 @@ class FeatureExtractor(ABC):
 
     #: layer names in network order; fixed once the extractor is built
     layer_names: list[str]
+    #: per-sample scores computed on the way (e.g. bits per byte of a language model)
+    extra_names: tuple[str, ...] = ()
 
     @abstractmethod
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
-        """Features of one batch: a list (one per layer) of B x D float tensors."""
+        """Features of one batch: one B x D float tensor per layer, then one B-vector per extra name."""
 
 
 class ModelBackend(Protocol):

@@ -86,14 +86,15 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
                        max_samples=max_samples)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = out or Path("prh-runs") / suite / stamp
-    written = write_run(result, obj.registry, run_dir)
+    written = write_run(result, run_dir)
     if as_json:
         click.echo(json.dumps({"suite": suite, "run_dir": str(run_dir), **written,
-                               "models": {o.model: {"status": o.status, "error": o.error} for o in result.outcomes}},
-                              indent=2))
+                               "models": {o.model: {"status": o.status, "error": o.error} for o in result.outcomes},
+                               "runs": [vars(o) for o in result.outcomes]}, indent=2))
     else:
         for o in result.outcomes:
-            click.echo(f"  {o.status:9s} {o.model} ({o.seconds:.1f} s){'  ' + o.error if o.error else ''}")
+            where = f" [{o.condition}]" if len(result.conditions) > 1 else ""
+            click.echo(f"  {o.status:9s} {o.model}{where} ({o.seconds:.1f} s){'  ' + o.error if o.error else ''}")
         for name, path in written["files"].items():
             if name.startswith("ranking"):
                 click.echo("\n" + Path(path).read_text(encoding="utf-8"))

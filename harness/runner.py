@@ -4,6 +4,8 @@ the others' results."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -11,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from .align import LayerScores, prepare, summarize_layers
@@ -37,21 +41,76 @@ class ModelOutcome:
     error: str = ""
     key: str = ""
     layers: int = 0
+    condition: str = ""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One dataset, possibly transformed at one level: a suite runs once per condition of its sweep."""
+
+    dataset: DatasetManifest
+    transform: str | None = None
+    level: float | None = None
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.dataset.id + (f" {self.transform}={self.level:g}" if self.transform is not None else "")
 
 
 @dataclass
 class SuiteRun:
     suite: SuiteManifest
-    dataset: DatasetManifest
-    n_samples: int
+    models: dict[str, ModelManifest]  # as run (revision sweeps make 'ID@REVISION' models)
+    conditions: list[Condition]
+    n_samples: dict[str, int]  # per condition label
     outcomes: list[ModelOutcome]
-    scores: pd.DataFrame  # long table: one row per (model pair, layer pair, metric)
-    calibration: pd.DataFrame  # one row per (model pair, metric) when the suite asks for permutation nulls
+    scores: pd.DataFrame  # long table: one row per (condition, model pair, layer pair, metric)
+    calibration: pd.DataFrame  # one row per (condition, model pair, metric) when the suite asks for nulls
+    model_scores: pd.DataFrame  # per condition and model, the mean of each per-sample extra (bits per byte)
+    metric_versions: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[ModelOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
+
+
+def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition]:
+    sweep = suite.sweep
+    datasets = sweep.datasets if sweep and sweep.datasets else [suite.dataset]
+    levels: list[float | None] = list(sweep.levels) if sweep and sweep.levels else [None]
+    out = []
+    for ds in datasets:
+        manifest = registry.get(ds, DatasetManifest)
+        assert isinstance(manifest, DatasetManifest)
+        for level in levels:
+            out.append(Condition(manifest, sweep.transform if level is not None else None, level,
+                                 sweep.seed if sweep else 0))
+    return out
+
+
+def apply_transform(samples: SampleSet, cond: Condition) -> SampleSet:
+    """Images under a condition's transform, each with noise seeded by the sweep seed and the sample id:
+    gaussian_noise adds N(0, level^2) to pixels in [0, 1]; blend_noise mixes (1 - level) image + level
+    uniform noise. Texts pass unchanged."""
+    if cond.transform is None:
+        return samples
+    out = []
+    for s in samples.samples:
+        if s.image is None:
+            out.append(s)
+            continue
+        seed = int.from_bytes(hashlib.sha256(f"{cond.seed}/{s.id}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        x = np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255
+        if cond.transform == "gaussian_noise":
+            x = x + rng.normal(0.0, cond.level, x.shape)
+        else:
+            x = (1 - cond.level) * x + cond.level * rng.random(x.shape)
+        img = Image.fromarray((np.clip(x, 0, 1) * 255).round().astype(np.uint8))
+        out.append(dataclasses.replace(s, image=img))
+    return SampleSet(tuple(out))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,26 +195,39 @@ def run_suite(
 ) -> SuiteRun:
     suite = registry.get(suite_id, SuiteManifest)
     assert isinstance(suite, SuiteManifest)
-    dataset = registry.get(suite.dataset, DatasetManifest)
-    assert isinstance(dataset, DatasetManifest)
     models = registry.suite_models(suite)
-    timings = {}
-    t0 = time.perf_counter()
-    samples = load_samples(registry, dataset, max_samples or suite.max_samples)
-    check_modalities(models, samples, dataset)
-    timings["load_data"] = time.perf_counter() - t0
+    conds = suite_conditions(registry, suite)
     dev = resolve_device(device)
-
-    feats: dict[str, Features] = {}
-    outcomes = []
-    t0 = time.perf_counter()
-    for m in tqdm(models, desc=f"{suite.id}: models", disable=not progress, unit="model"):
-        f, outcome = model_features(registry, m, dataset, samples, cache, dev, force, progress)
-        outcomes.append(outcome)
-        if f is not None:
-            feats[m.id] = f
-    timings["features"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores, calibration = score_pairs(registry, suite, feats, progress)
-    timings["scoring"] = time.perf_counter() - t0
-    return SuiteRun(suite, dataset, len(samples), outcomes, scores, calibration, timings)
+    timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
+    outcomes: list[ModelOutcome] = []
+    scores, nulls, extras, sizes = [], [], [], {}
+    loaded: dict[str, SampleSet] = {}
+    for cond in conds:
+        t0 = time.perf_counter()
+        if cond.dataset.id not in loaded:
+            loaded[cond.dataset.id] = load_samples(registry, cond.dataset, max_samples or suite.max_samples)
+            check_modalities(models, loaded[cond.dataset.id], cond.dataset)
+        samples = apply_transform(loaded[cond.dataset.id], cond)
+        sizes[cond.label] = len(samples)
+        timings["load_data"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        feats: dict[str, Features] = {}
+        desc = f"{suite.id}: models" + (f" ({cond.label})" if len(conds) > 1 else "")
+        for m in tqdm(models, desc=desc, disable=not progress, unit="model"):
+            f, outcome = model_features(registry, m, cond.dataset, samples, cache, dev, force, progress)
+            outcome.condition = cond.label
+            outcomes.append(outcome)
+            if f is not None:
+                feats[m.id] = f
+                extras += [{"condition": cond.label, "model": m.id, "score": k, "mean": float(v.mean())}
+                           for k, v in f.extras.items()]
+        timings["features"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        table, cal = score_pairs(registry, suite, feats, progress)
+        scores.append(table.assign(condition=cond.label))
+        nulls.append(cal.assign(condition=cond.label))
+        timings["scoring"] += time.perf_counter() - t0
+    order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
+    versions = {u.name: registry.get(u.name).version for u in suite.metrics}
+    return SuiteRun(suite, {m.id: m for m in models}, conds, sizes, outcomes, pd.concat(scores)[order],
+                    pd.concat(nulls), pd.DataFrame(extras), versions, timings)

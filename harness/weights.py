@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
 
 from .errors import BadInput, WeightsUnavailable
+from .manifest import PathWeights, UrlWeights
 
 PKG_SCHEME = "pkg://"
+log = logging.getLogger(__name__)
 
 
 def resolve_path(ref: str, model_id: str) -> Path:
@@ -27,7 +31,7 @@ def resolve_path(ref: str, model_id: str) -> Path:
             )
         path = Path(next(iter(spec.submodule_search_locations))) / rel
     else:
-        path = Path(os.path.expanduser(ref))
+        path = Path(os.path.expanduser(os.path.expandvars(ref)))
     if not path.exists():
         raise WeightsUnavailable(f"model '{model_id}': weights not found at {path}; fix the manifest's path")
     return path
@@ -49,9 +53,11 @@ def verify_sha256(path: Path, expected: str | None, model_id: str) -> None:
         )
 
 
-def download(url: str, sha256: str, cache_dir: Path, model_id: str) -> Path:
-    """Download `url` once into `cache_dir`, checked against sha256 before use."""
-    dst = cache_dir / "weights" / sha256 / Path(url).name
+def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Path:
+    """Download `url` once into `cache_dir`, checked against sha256 before use. Without a pinned sha256 the
+    first download's hash is recorded and every later use is checked against it."""
+    folder = sha256 or hashlib.sha256(url.encode()).hexdigest()
+    dst = cache_dir / "weights" / folder / Path(url).name
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -61,6 +67,13 @@ def download(url: str, sha256: str, cache_dir: Path, model_id: str) -> Path:
                 f"model '{model_id}': cannot download {url} ({exc}); download it yourself and set "
                 "`weights: {path: FILE, sha256: ...}` in the manifest"
             ) from None
+    if sha256 is None:
+        record = dst.with_name(dst.name + ".sha256")
+        if not record.exists():
+            record.write_text(sha256_of(dst))
+            log.warning("model '%s': no sha256 pinned for %s; recorded %s: pin it in the manifest",
+                        model_id, url, record.read_text())
+        sha256 = record.read_text().strip()
     verify_sha256(dst, sha256, model_id)
     return dst
 
@@ -78,15 +91,22 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def match_state_dict(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], key_map: str, model_id: str
+def adapt_state_dict(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: PathWeights | UrlWeights, model_id: str
 ) -> dict[str, torch.Tensor]:
-    """Rename checkpoint keys to the target's: `by_name` keeps them, `by_order` pairs tensors in order,
-    refusing any shape mismatch (used for ports whose tensors match timm's in shape and order)."""
-    if key_map == "by_name":
+    """Rename checkpoint keys to the target's. `strip_prefix` keeps only keys under a prefix (the query encoder
+    of a MoCo checkpoint: 'module.encoder_q.'), `drop` removes keys matching globs (a projection head), then
+    `by_name` keeps names and `by_order` pairs tensors in order, refusing any shape mismatch (ports whose
+    tensors match timm's in shape and order)."""
+    if w.strip_prefix:
+        state = {k[len(w.strip_prefix) :]: v for k, v in state.items() if k.startswith(w.strip_prefix)}
+        if not state:
+            raise BadInput(f"model '{model_id}': no checkpoint key starts with strip_prefix '{w.strip_prefix}'")
+    state = {k: v for k, v in state.items() if not any(fnmatch(k, pat) for pat in w.drop)}
+    if w.key_map == "by_name":
         return state
     src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
-    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    dst = [k for k in target if not k.endswith("num_batches_tracked") and not any(fnmatch(k, p) for p in w.drop)]
     if len(src) != len(dst):
         raise BadInput(f"model '{model_id}': key_map by_order needs equal tensor counts, got {len(src)} vs {len(dst)}")
     out = {}
@@ -98,3 +118,22 @@ def match_state_dict(
             )
         out[dk] = sv
     return out
+
+
+def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights, model_id: str, cache_dir: Path) -> Path:
+    """Fetch (or find) the checkpoint, check its sha256, adapt its keys and load it; every parameter the model
+    has must come from the checkpoint, except those `drop` names."""
+    if isinstance(w, UrlWeights):
+        path = download(w.url, w.sha256, cache_dir, model_id)
+    else:
+        path = resolve_path(w.path, model_id)
+        verify_sha256(path, w.sha256, model_id)
+    state = adapt_state_dict(read_state_dict(path), model.state_dict(), w, model_id)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not any(fnmatch(k, pat) for pat in w.drop)]
+    if missing or unexpected:
+        raise BadInput(
+            f"model '{model_id}': checkpoint {path} does not fit the architecture: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]} (see `strip_prefix` and `drop` in the manifest)"
+        )
+    return path

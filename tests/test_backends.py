@@ -11,7 +11,8 @@ from prh_bench.features import extract
 from prh_bench.manager import load_plugins
 from prh_bench.manifest import ModelManifest
 from prh_bench.plugins.backends.pooling import pool
-from prh_bench.plugins.backends.timm_backend import create_model, glob_regex
+from prh_bench.plugins.backends.hooks import glob_regex
+from prh_bench.plugins.backends.timm_backend import create_model
 from prh_bench.registry import Registry
 from prh_bench.samples import Sample, SampleSet
 

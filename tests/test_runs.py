@@ -28,7 +28,7 @@ def test_pocket_default_run_pretrained_models_align_more_with_each_other(tmp_pat
     for f in ("scores.csv", "heatmap_mutual_knn.png", "ranking_mutual_knn.md", "run.json"):
         assert (tmp_path / "r1" / f).stat().st_size > 0
     long = pd.read_csv(tmp_path / "r1" / "scores.csv")
-    assert list(long.columns) == ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
+    assert list(long.columns) == ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     assert long.groupby(["model_x", "model_y"]).ngroups == 21
 
     second = cli_json("run", "--out", tmp_path / "r2")
@@ -63,7 +63,7 @@ max_samples: 12
     assert list(mat.index) == ["efficientnet-lite0-random", "vit-tiny-random"]
     assert "**failed**: `resnet18.a1_in1k`" in (tmp_path / "run" / "ranking_mutual_knn.md").read_text()
     side = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert side["models"]["resnet18.a1_in1k"]["status"] == "failed"
+    assert side["models"]["resnet18.a1_in1k"]["runs"][0]["status"] == "failed"
 
 
 def test_modality_mismatch_is_bad_input(tmp_path: Path) -> None:

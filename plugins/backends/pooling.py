@@ -7,9 +7,10 @@ import torch
 from prh_bench.errors import BadInput
 
 
-def pool(out: torch.Tensor, how: str, where: str) -> torch.Tensor:
+def pool(out: torch.Tensor, how: str, where: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """B x C x H x W maps: spatial mean ('avg'/'mean'); B x T x D tokens: 'cls' = first token, 'mean' or 'avg'
-    = mean over tokens, 'last' = last token; B x D vectors pass through; 'none' flattens whatever comes."""
+    = mean over tokens, 'last' = last token, where `mask` (B x T, True = valid) restricts both to valid tokens;
+    B x D vectors pass through; 'none' flattens whatever comes."""
     if how == "none":
         return out.flatten(1)
     if out.ndim == 2:
@@ -19,7 +20,11 @@ def pool(out: torch.Tensor, how: str, where: str) -> torch.Tensor:
     if out.ndim == 3:
         if how == "cls":
             return out[:, 0]
+        if mask is None:
+            return out[:, -1] if how == "last" else out.mean(dim=1)
         if how == "last":
-            return out[:, -1]
-        return out.mean(dim=1)
+            last = mask.long().cumsum(1).argmax(1)  # the last valid position
+            return out[torch.arange(out.shape[0], device=out.device), last]
+        m = mask.unsqueeze(-1).to(out.dtype)
+        return (out * m).sum(1) / m.sum(1).clamp_min(1)
     raise BadInput(f"{where}: cannot pool an output of shape {tuple(out.shape)} with pool '{how}'")

@@ -5,7 +5,6 @@ with the manifest's `preprocess` overrides."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,17 +16,12 @@ from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
 from prh_bench.samples import Sample
-from prh_bench.weights import download, match_state_dict, read_state_dict, resolve_path, verify_sha256
+from prh_bench.weights import load_checkpoint
 
-from .pooling import pool
+from .hooks import LayerHooks
 
 PRE_LOGITS = "pre_logits"
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A module-name glob where '*' matches one dotted segment: 'blocks.*' matches blocks.3, not blocks.3.mlp."""
-    return re.compile("^" + ".".join("[^.]+" if part == "*" else re.escape(part) for part in pattern.split(".")) + "$")
 
 
 def create_model(m: ModelManifest) -> torch.nn.Module:
@@ -46,20 +40,8 @@ def create_model(m: ModelManifest) -> torch.nn.Module:
         torch.manual_seed(m.weights.random)
         return timm.create_model(m.source, pretrained=False)
     model = timm.create_model(m.source, pretrained=False)
-    w = m.weights
-    if isinstance(w, UrlWeights):
-        path = download(w.url, w.sha256, cache_root(), m.id)
-    else:
-        assert isinstance(w, PathWeights)
-        path = resolve_path(w.path, m.id)
-        verify_sha256(path, w.sha256, m.id)
-    state = match_state_dict(read_state_dict(path), model.state_dict(), w.key_map, m.id)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BadInput(
-            f"model '{m.id}': checkpoint {path} does not fit timm '{m.source}': "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    assert isinstance(m.weights, (PathWeights, UrlWeights))
+    load_checkpoint(model, m.weights, m.id, cache_root())
     return model
 
 
@@ -67,7 +49,7 @@ class TimmExtractor(FeatureExtractor):
     def __init__(self, m: ModelManifest, model: torch.nn.Module, device: torch.device):
         import timm.data
 
-        self.device, self.dtype, self.pool_mode = device, TORCH_DTYPES[m.dtype], m.layers.pool
+        self.device, self.dtype = device, TORCH_DTYPES[m.dtype]
         self.model = model.eval().to(device=device, dtype=self.dtype)
         cfg = timm.data.resolve_data_config(model=model)
         unknown = set(m.preprocess) - set(cfg)
@@ -75,36 +57,17 @@ class TimmExtractor(FeatureExtractor):
             raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(cfg)}")
         cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in m.preprocess.items()})
         self.transform = timm.data.create_transform(**cfg, is_training=False)
-
         patterns = m.layers.nodes or [f["module"] for f in model.feature_info] + [PRE_LOGITS]
-        modules = dict(model.named_modules())
-        self.layer_names, self._outputs = [], {}
-        for pat in patterns:
-            if pat == PRE_LOGITS:
-                self.layer_names.append(PRE_LOGITS)
-                continue
-            rx = glob_regex(pat)
-            hits = [name for name in modules if name and rx.match(name)]
-            if not hits:
-                raise BadInput(f"model '{m.id}': field 'layers.nodes': '{pat}' matches no module of timm '{m.source}'")
-            for name in hits:
-                modules[name].register_forward_hook(self._hook(name))
-                self.layer_names.append(name)
-
-    def _hook(self, name: str):
-        def store(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            self._outputs[name] = pool(out, self.pool_mode, f"layer '{name}'")
-
-        return store
+        self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'", computed=[PRE_LOGITS])
+        self.layer_names = self.hooks.names
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
         x = torch.stack([self.transform(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
-        self._outputs.clear()
+        self.hooks.clear()
         feats = self.model.forward_features(x)
         if PRE_LOGITS in self.layer_names:
-            self._outputs[PRE_LOGITS] = self.model.forward_head(feats, pre_logits=True)
-        return [self._outputs[name].float().cpu() for name in self.layer_names]
+            self.hooks.put(PRE_LOGITS, self.model.forward_head(feats, pre_logits=True))
+        return self.hooks.collect()
 
 
 class TimmBackend:

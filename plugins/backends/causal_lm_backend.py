@@ -1,0 +1,99 @@
+"""transformers causal language models: the hidden state after the embeddings and after every layer, pooled
+over valid tokens ('mean', the default, or 'last' valid token), and each text's bits per byte from the same
+forward pass (the paper's language-competence axis).
+
+Bits per byte: the cross-entropy of every token after the first, summed, in bits, divided by the UTF-8 bytes of
+the (templated) text. `preprocess` takes `template` (e.g. "Caption: {text}"), `max_length` (default 512) and
+`device_map` ("auto" shards a large model over the GPUs, via accelerate)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prh_bench.backend import FeatureExtractor
+from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import ModelManifest, RandomWeights
+from prh_bench.samples import Sample
+
+from .pooling import pool
+from .text_sources import hub_kwargs, model_location
+from .timm_backend import TORCH_DTYPES
+
+OPTIONS = {"template": "{text}", "max_length": 512, "device_map": None}
+
+
+class CausalLMExtractor(FeatureExtractor):
+    extra_names = ("bits_per_byte",)
+
+    def __init__(self, m: ModelManifest, device: torch.device):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        unknown = set(m.preprocess) - set(OPTIONS)
+        if unknown:
+            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(OPTIONS)}")
+        if m.layers.pool not in ("mean", "avg", "last"):
+            raise BadInput(f"model '{m.id}': field 'layers.pool': causal LMs pool by 'mean' or 'last', got '{m.layers.pool}'")
+        if m.layers.nodes is not None:
+            raise BadInput(f"model '{m.id}': field 'layers.nodes': causal LMs always give every hidden state; remove it")
+        self.opts = {**OPTIONS, **m.preprocess}
+        if "{text}" not in self.opts["template"]:
+            raise BadInput(f"model '{m.id}': field 'preprocess.template' must contain '{{text}}'")
+        where, kw = model_location(m), hub_kwargs(m)
+        dtype = TORCH_DTYPES[m.dtype]
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+            if isinstance(m.weights, RandomWeights):
+                torch.manual_seed(m.weights.random)
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(where, **kw), dtype=dtype)
+            elif m.weights == "pretrained":
+                extra = {"device_map": self.opts["device_map"]} if self.opts["device_map"] else {}
+                model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw, **extra)
+            else:
+                raise BadInput(f"model '{m.id}': field 'weights': causal LMs take 'pretrained' (from `source` and "
+                               "`revision`) or {random: SEED}")
+        except OSError as exc:
+            raise WeightsUnavailable(
+                f"model '{m.id}': cannot load '{where}'{' at revision ' + m.revision if m.revision else ''} "
+                f"({exc.__class__.__name__}). Run once where the Hugging Face Hub is reachable (files are cached "
+                "under HF_HOME), or point `source` at a local folder."
+            ) from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "right"
+        self.sharded = bool(self.opts["device_map"]) and m.weights == "pretrained"
+        self.device = next(model.parameters()).device if self.sharded else device
+        self.model = model.eval() if self.sharded else model.eval().to(device)
+        self.pool_mode, self.where = "last" if m.layers.pool == "last" else "mean", f"model '{m.id}'"
+        self.layer_names = [f"hidden_states.{i}" for i in range(model.config.num_hidden_layers + 1)]
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        texts = [self.opts["template"].format(text=s.text) for s in batch]
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts["max_length"],
+                             return_tensors="pt").to(self.device)
+        out = self.model(**enc, output_hidden_states=True)
+        mask = enc["attention_mask"].bool()
+        feats = [pool(h, self.pool_mode, self.where, mask).float().cpu() for h in out.hidden_states]
+        # Cross-entropy of each next token, over valid positions only, in bits.
+        logits = out.logits[:, :-1].float()
+        target = enc["input_ids"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        bits = (nll * mask[:, 1:]).sum(1) / math.log(2)
+        nbytes = torch.tensor([len(t.encode("utf-8")) for t in texts], dtype=torch.float32)
+        return feats + [(bits.float().cpu() / nbytes)]
+
+
+class CausalLMBackend:
+    libraries = ("torch", "transformers", "tokenizers")
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        return CausalLMExtractor(manifest, device)
+
+
+@hookimpl
+def prh_model_backends() -> dict[str, Any]:
+    return {"transformers-causal-lm": CausalLMBackend()}

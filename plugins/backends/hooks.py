@@ -1,0 +1,59 @@
+"""Layers as module outputs: pick modules by glob, hook them, pool each output to one vector per sample."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prh_bench.errors import BadInput
+
+from .pooling import pool
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A module-name glob where '*' matches one dotted segment: 'blocks.*' matches blocks.3, not blocks.3.mlp."""
+    return re.compile("^" + ".".join("[^.]+" if part == "*" else re.escape(part) for part in pattern.split(".")) + "$")
+
+
+class LayerHooks:
+    """Forward hooks on the modules matching `patterns` (in network order per pattern). Names listed in
+    `computed` are not modules: the extractor stores those outputs itself with `put`."""
+
+    def __init__(self, model: torch.nn.Module, patterns: Sequence[str], pool_mode: str, where: str,
+                 computed: Sequence[str] = ()):
+        self.pool_mode, self.where = pool_mode, where
+        #: per-sample token mask (B x T, True = valid) for token outputs; None pools over all tokens
+        self.mask: torch.Tensor | None = None
+        self.names: list[str] = []
+        self._outputs: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        for pat in patterns:
+            if pat in computed:
+                self.names.append(pat)
+                continue
+            rx = glob_regex(pat)
+            hits = [name for name in modules if name and rx.match(name)]
+            if not hits:
+                raise BadInput(f"{where}: field 'layers.nodes': '{pat}' matches no module")
+            for name in hits:
+                modules[name].register_forward_hook(self._hook(name))
+                self.names.append(name)
+
+    def _hook(self, name: str):
+        def store(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self._outputs[name] = pool(out, self.pool_mode, f"{self.where}: layer '{name}'", self.mask)
+
+        return store
+
+    def put(self, name: str, value: torch.Tensor) -> None:
+        self._outputs[name] = value
+
+    def clear(self) -> None:
+        self._outputs.clear()
+
+    def collect(self) -> list[torch.Tensor]:
+        return [self._outputs[name].float().cpu() for name in self.names]

@@ -1,0 +1,98 @@
+"""open_clip models (CLIP and relatives): the image tower for `modality: vision`, the text tower for
+`modality: text`. `source` is 'ARCH/PRETRAINED_TAG' (e.g. ViT-B-32/laion2b_s34b_b79k) or 'ARCH'. Layers are
+the residual blocks (class token for images; tokens up to the end-of-text token, pooled by `pool`, for text)
+plus the final projected embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prh_bench.backend import FeatureExtractor
+from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from prh_bench.samples import Sample
+from prh_bench.weights import resolve_path, verify_sha256
+
+from .hooks import LayerHooks
+from .timm_backend import TORCH_DTYPES
+
+EMBEDDING = "embedding"
+
+
+def create_model(m: ModelManifest) -> tuple[torch.nn.Module, Any, str]:
+    import open_clip
+
+    arch, _, tag = m.source.partition("/")
+    if arch not in open_clip.list_models():
+        raise BadInput(f"model '{m.id}': field 'source': '{arch}' is not an open_clip architecture")
+    if m.weights == "pretrained":
+        if not tag:
+            raise BadInput(f"model '{m.id}': field 'source': pretrained weights need 'ARCH/TAG', got '{m.source}'")
+        pretrained: str | None = tag
+    elif isinstance(m.weights, RandomWeights):
+        torch.manual_seed(m.weights.random)
+        pretrained = None
+    elif isinstance(m.weights, PathWeights):
+        path = resolve_path(m.weights.path, m.id)
+        verify_sha256(path, m.weights.sha256, m.id)
+        pretrained = str(path)
+    else:
+        assert isinstance(m.weights, UrlWeights)
+        raise BadInput(f"model '{m.id}': field 'weights': open_clip takes a pretrained tag or a local path, not a URL")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsUnavailable(
+            f"model '{m.id}': open_clip weights '{m.source}' are not available here ({type(exc).__name__}). "
+            "Run once where the Hugging Face Hub is reachable, or set `weights: {path: FILE}` in the manifest."
+        ) from None
+    return model, preprocess, arch
+
+
+class OpenClipExtractor(FeatureExtractor):
+    def __init__(self, m: ModelManifest, device: torch.device):
+        import open_clip
+
+        model, self.preprocess, arch = create_model(m)
+        self.device, self.dtype, self.text = device, TORCH_DTYPES[m.dtype], m.modality == "text"
+        self.model = model.eval().to(device=device, dtype=self.dtype)
+        if self.text:
+            self.tokenizer = open_clip.get_tokenizer(arch)
+            default, pool_mode = ["transformer.resblocks.*", EMBEDDING], m.layers.pool
+            if pool_mode == "avg":  # the manifest default: for tokens, mean over the valid ones
+                pool_mode = "mean"
+        else:
+            default, pool_mode = ["visual.transformer.resblocks.*", EMBEDDING], m.layers.pool
+        self.hooks = LayerHooks(model, m.layers.nodes or default, pool_mode, f"model '{m.id}'", computed=[EMBEDDING])
+        self.layer_names = self.hooks.names
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        self.hooks.clear()
+        if self.text:
+            tokens = self.tokenizer([s.text for s in batch]).to(self.device)
+            # Valid tokens run up to and including end-of-text, which has the largest id in CLIP's vocabulary.
+            eot = tokens.argmax(dim=-1, keepdim=True)
+            self.hooks.mask = torch.arange(tokens.shape[1], device=self.device)[None, :] <= eot
+            emb = self.model.encode_text(tokens)
+        else:
+            x = torch.stack([self.preprocess(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
+            emb = self.model.encode_image(x)
+        if EMBEDDING in self.layer_names:
+            self.hooks.put(EMBEDDING, emb)
+        return self.hooks.collect()
+
+
+class OpenClipBackend:
+    libraries = ("torch", "open_clip_torch")
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        return OpenClipExtractor(manifest, device)
+
+
+@hookimpl
+def prh_model_backends() -> dict[str, Any]:
+    return {"open_clip": OpenClipBackend()}

@@ -1,0 +1,83 @@
+"""torchvision image models (ResNets and the rest of torchvision.models): pretrained torchvision weights,
+random with a seed, or a checkpoint (local, URL) with key adapters, e.g. MoCo v2 checkpoints whose query
+encoder sits under 'module.encoder_q.' and whose MLP head replaces fc. Layers default to the four ResNet
+stages plus the global pool; preprocessing is the ImageNet one (resize 256, centre crop 224)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prh_bench.backend import FeatureExtractor
+from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.features import cache_root
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from prh_bench.samples import Sample
+from prh_bench.weights import load_checkpoint
+
+from .hooks import LayerHooks
+from .timm_backend import TORCH_DTYPES
+
+PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def create_model(m: ModelManifest) -> torch.nn.Module:
+    import torchvision
+
+    if m.source not in torchvision.models.list_models():
+        raise BadInput(f"model '{m.id}': field 'source': '{m.source}' is not a torchvision model")
+    if m.weights == "pretrained":
+        try:
+            return torchvision.models.get_model(m.source, weights="DEFAULT")
+        except (OSError, RuntimeError) as exc:  # URLError derives from OSError
+            raise WeightsUnavailable(
+                f"model '{m.id}': torchvision's pretrained weights for '{m.source}' cannot be downloaded here "
+                f"({type(exc).__name__}). Run once with network access (they are cached under TORCH_HOME), or "
+                "set `weights: {path: FILE, sha256: HASH}` in the manifest."
+            ) from None
+    if isinstance(m.weights, RandomWeights):
+        torch.manual_seed(m.weights.random)
+    model = torchvision.models.get_model(m.source, weights=None)
+    if isinstance(m.weights, (PathWeights, UrlWeights)):
+        load_checkpoint(model, m.weights, m.id, cache_root())
+    return model
+
+
+class TorchvisionExtractor(FeatureExtractor):
+    def __init__(self, m: ModelManifest, model: torch.nn.Module, device: torch.device):
+        from torchvision.transforms import v2
+
+        unknown = set(m.preprocess) - set(PREPROCESS)
+        if unknown:
+            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(PREPROCESS)}")
+        cfg = {**PREPROCESS, **m.preprocess}
+        self.transform = v2.Compose([
+            v2.PILToTensor(), v2.Resize(cfg["resize"], antialias=True), v2.CenterCrop(cfg["crop"]),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"]),
+        ])
+        self.device, self.dtype = device, TORCH_DTYPES[m.dtype]
+        self.model = model.eval().to(device=device, dtype=self.dtype)
+        patterns = m.layers.nodes or ["layer*", "avgpool"]
+        self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'")
+        self.layer_names = self.hooks.names
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        x = torch.stack([self.transform(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
+        self.hooks.clear()
+        self.model(x)
+        return self.hooks.collect()
+
+
+class TorchvisionBackend:
+    libraries = ("torch", "torchvision")
+
+    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
+        return TorchvisionExtractor(manifest, create_model(manifest), device)
+
+
+@hookimpl
+def prh_model_backends() -> dict[str, Any]:
+    return {"torchvision": TorchvisionBackend()}

@@ -1,0 +1,90 @@
+"""Image sets for the paper's experiments: a local image folder (e.g. Places-365 validation), a Hugging Face
+dataset (e.g. minhuh/prh at revision wit_1024 with images and captions, cais/imagenet-o), and seeded noise
+images. Every loader takes `limit` and `seed` options: a seeded random subset of `limit` samples, in a stable
+order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from prh_bench.errors import BadInput
+from prh_bench.hookspecs import hookimpl
+from prh_bench.manifest import DatasetManifest
+from prh_bench.samples import Sample, SampleSet
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def subset(n: int, opts: dict[str, Any]) -> list[int]:
+    """Indices of a seeded random subset of `limit` of n items (all of them, in order, without a limit)."""
+    limit = opts.get("limit")
+    if limit is None or limit >= n:
+        return list(range(n))
+    rng = np.random.default_rng(opts.get("seed", 0))
+    return sorted(rng.choice(n, size=limit, replace=False).tolist())
+
+
+def image_folder(m: DatasetManifest) -> SampleSet:
+    """Images under `options.path` ($VARS expand), recursively, sorted by relative path (the sample id)."""
+    raw = str(m.options.get("path", ""))
+    root = Path(os.path.expandvars(raw)).expanduser()
+    if not raw or not root.is_dir():
+        hint = m.options.get("how_to_get", "")
+        raise BadInput(f"dataset '{m.id}': field 'options.path': no folder at '{raw}' (expanded: '{root}'). {hint}".strip())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BadInput(f"dataset '{m.id}': no images under {root}")
+    return SampleSet(tuple(Sample(id=files[i].relative_to(root).as_posix(), image=Image.open(files[i]).convert("RGB"))
+                           for i in subset(len(files), m.options)))
+
+
+def hf_dataset(m: DatasetManifest) -> SampleSet:
+    """A Hugging Face dataset: `options.path` (hub id or local folder), `split`, `image_column`, `text_column`,
+    `id_column` (default: the row index); the manifest's `revision` pins the hub revision."""
+    try:
+        import datasets
+    except ModuleNotFoundError:
+        raise BadInput(f"dataset '{m.id}' needs the `datasets` package: pip install 'prh-bench[hf]'") from None
+    opts = {"split": "train", "image_column": None, "text_column": None, "id_column": None, **m.options}
+    if not opts.get("path"):
+        raise BadInput(f"dataset '{m.id}': field 'options.path': expected a hub id or a local folder")
+    try:
+        ds = datasets.load_dataset(opts["path"], revision=m.revision, split=opts["split"])
+    except (OSError, ValueError, ConnectionError) as exc:
+        raise BadInput(
+            f"dataset '{m.id}': cannot load '{opts['path']}'{' at revision ' + m.revision if m.revision else ''} "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Run once where the Hugging Face Hub is reachable "
+            "(it is then cached under HF_HOME), or point options.path at a local copy."
+        ) from None
+    for col in ("image_column", "text_column", "id_column"):
+        if opts[col] is not None and opts[col] not in ds.column_names:
+            raise BadInput(f"dataset '{m.id}': field 'options.{col}': no column '{opts[col]}' in {ds.column_names}")
+    if opts["image_column"] is None and opts["text_column"] is None:
+        raise BadInput(f"dataset '{m.id}': set options.image_column and/or options.text_column")
+    samples = []
+    for i in subset(len(ds), opts):
+        row = ds[i]
+        image = row[opts["image_column"]].convert("RGB") if opts["image_column"] else None
+        text = str(row[opts["text_column"]]) if opts["text_column"] else None
+        sid = str(row[opts["id_column"]]) if opts["id_column"] else f"{opts['split']}/{i}"
+        samples.append(Sample(id=sid, image=image, text=text))
+    return SampleSet(tuple(samples))
+
+
+def noise_images(m: DatasetManifest) -> SampleSet:
+    """`count` images of i.i.d. uniform pixel noise, `size` x `size`, from `seed` (the 'pure noise' data type)."""
+    opts = {"count": 250, "size": 224, "seed": 0, **m.options}
+    rng = np.random.default_rng(opts["seed"])
+    return SampleSet(tuple(
+        Sample(id=f"noise/{opts['seed']}/{i}", image=Image.fromarray(rng.integers(0, 256, (opts["size"],) * 2 + (3,), dtype=np.uint8)))
+        for i in range(opts["count"])))
+
+
+@hookimpl
+def prh_dataset_loaders() -> dict[str, Any]:
+    return {"image_folder": image_folder, "hf_dataset": hf_dataset, "noise_images": noise_images}
