@@ -35,6 +35,10 @@ class ModelBackend(Protocol):
         """Load the model (raising WeightsUnavailable with a how-to when weights are missing)."""
         ...
 
+    # Optional, for `prh-bench plan` and `show` (without them the plan says 'unknown'):
+    #   weights_status(manifest) -> str: 'local', 'download' or 'unavailable: why', without loading weights
+    #   feature_widths(manifest) -> list[int] | None: the width of every layer, without loading weights
+
 
 class DatasetLoader(Protocol):
     """Builds the sample set of a dataset manifest whose `loader` names it."""

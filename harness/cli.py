@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pandas as pd
 import yaml
 from tabulate import tabulate
 
@@ -106,6 +107,32 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
         sys.exit(1)
 
 
+@main.command()
+@click.option("--suite", required=True, help="Suite id.")
+@click.option("--max-samples", type=click.IntRange(min=4), help="As for run.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def plan(obj: Ctx, suite: str, max_samples: int | None, as_json: bool) -> None:
+    """Without running: each model's status (cached / to extract / weights unavailable here) and feature storage."""
+    from .features import FeatureCache, cache_root
+    from .plan import plan_suite
+
+    table = plan_suite(obj.registry, suite, FeatureCache(cache_root()), max_samples)
+    total = table.feature_MiB.sum(min_count=1)
+    if as_json:
+        click.echo(json.dumps({"suite": suite, "rows": json.loads(table.to_json(orient="records")),
+                               "feature_MiB": None if pd.isna(total) else float(total)}, indent=2))
+        return
+    shown = table.drop(columns="note").assign(weights=table.weights.str.slice(0, 60))  # `show ID` has the rest
+    click.echo(tabulate(shown, headers="keys", showindex=False, floatfmt=".1f"))
+    for note in dict.fromkeys(n for n in table.note if n):
+        click.echo(f"note: {note}")
+    counts = table.status.value_counts().to_dict()
+    click.echo(f"{len(table)} model runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+               + (f"; estimated features {total:.0f} MiB" if not pd.isna(total) else ""))
+
+
 @main.command("ls")
 @click.argument("what", type=click.Choice([*KIND_NAMES, "plugins"]))
 @click.option("--suite", help="Only the models of this suite.")
@@ -124,13 +151,17 @@ def ls(obj: Ctx, what: str, suite: str | None, as_json: bool) -> None:
         entries = [m for m in reg.entries.values() if m.kind == kind]
         if suite is not None:
             s = reg.get(suite, SuiteManifest)
-            keep = {m.id for m in reg.suite_models(s)} | {s.dataset}
-            entries = [m for m in entries if m.id in keep]
+            assert isinstance(s, SuiteManifest)
+            if kind == "model":  # as the suite runs them (revision sweeps make ID@REVISION)
+                entries = list(reg.suite_models(s))
+            else:
+                keep = {s.dataset, *(s.sweep.datasets or [] if s.sweep else []), *(u.name for u in s.metrics)}
+                entries = [m for m in entries if m.id in keep]
         rows = []
         for m in entries:
             row: dict[str, Any] = {"id": m.id, "version": m.version}
             if isinstance(m, ModelManifest):
-                row |= {"backend": m.backend, "modality": m.modality,
+                row |= {"backend": m.backend, "modality": m.modality, "revision": m.revision or "",
                         "weights": m.weights_label}
             row["tags"] = ",".join(m.tags)
             rows.append(row)
@@ -153,8 +184,13 @@ def show(obj: Ctx, manifest_id: str, as_json: bool) -> None:
     m = reg.get(manifest_id)
     doc: dict[str, Any] = {"manifest": m.model_dump(mode="json"), "file": str(reg.paths[m.id])}
     if isinstance(m, ModelManifest):
+        from .plan import weights_status
+
         doc["provided_by"] = reg.plugins.provider[("backend", m.backend)]
         doc["libraries"] = list(reg.plugins.backends[m.backend].libraries)
+        doc["weights_here"] = weights_status(reg, m)
+        if note := getattr(m.weights, "source_note", ""):
+            doc["weights_source"] = note
     elif isinstance(m, DatasetManifest):
         doc["provided_by"] = reg.plugins.provider[("loader", m.loader)]
     elif isinstance(m, MetricManifest):

@@ -118,7 +118,7 @@ class ModelManifest(ManifestBase):
             return w
         if isinstance(w, RandomWeights):
             return f"random (seed {w.random})"
-        return "url" if isinstance(w, UrlWeights) else "local file"
+        return "checkpoint url" if isinstance(w, UrlWeights) else "checkpoint file"
 
     def feature_fields(self) -> dict[str, Any]:
         """The fields that change the features; tags, citation and the like do not invalidate caches."""
@@ -144,7 +144,20 @@ class MetricManifest(ManifestBase):
 
 
 class TagQuery(_Strict):
-    tags: list[str] = Field(min_length=1, description="models carrying every one of these tags")
+    """Models by tags: those carrying every one of `tags`, and/or any one of `any_tags`."""
+
+    tags: list[str] = []
+    any_tags: list[str] = []
+
+    @field_validator("any_tags")
+    @classmethod
+    def _some(cls, v: list[str], info: Any) -> list[str]:
+        if not v and not info.data.get("tags"):
+            raise ValueError("give tags (all must match) and/or any_tags (one must match)")
+        return v
+
+    def matches(self, tags: list[str]) -> bool:
+        return set(self.tags) <= set(tags) and (not self.any_tags or bool(set(self.any_tags) & set(tags)))
 
 
 class MetricUse(BaseModel):

@@ -88,7 +88,7 @@ class Registry:
                         if not isinstance(self.entries.get(model_id), ModelManifest):
                             unknown(f"models.{i}", model_id, self.of_kind(ModelManifest), "model")
                 elif not self._tagged(m.models):
-                    out.append(f"{path}: field 'models.tags': no model carries all of {m.models.tags}")
+                    out.append(f"{path}: field 'models': no model matches {m.models.model_dump()}")
                 if m.reference is not None and m.reference not in [x.id for x in self.suite_models(m)]:
                     out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
@@ -112,7 +112,7 @@ class Registry:
         return m
 
     def _tagged(self, query: TagQuery) -> list[ModelManifest]:
-        return [m for m in self.of_kind(ModelManifest).values() if set(query.tags) <= set(m.tags)]
+        return [m for m in self.of_kind(ModelManifest).values() if query.matches(m.tags)]
 
     def _resolve(self, suite: SuiteManifest) -> list[ModelManifest]:
         if isinstance(suite.models, TagQuery):

@@ -18,6 +18,7 @@ from prh_bench.samples import Sample
 from prh_bench.weights import resolve_path, verify_sha256
 
 from .hooks import LayerHooks
+from .hub_status import checkpoint_status, hub_file_status
 from .timm_backend import TORCH_DTYPES
 
 EMBEDDING = "embedding"
@@ -91,6 +92,28 @@ class OpenClipBackend:
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return OpenClipExtractor(manifest, device)
+
+    def weights_status(self, m: ModelManifest) -> str:
+        import open_clip
+
+        if (status := checkpoint_status(m)) is not None:
+            return status
+        arch, _, tag = m.source.partition("/")
+        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        if not cfg.get("hf_hub"):
+            return "download" if cfg else f"unavailable: open_clip has no pretrained tag '{m.source}'"
+        repo = cfg["hf_hub"].rstrip("/")
+        return hub_file_status(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+
+    def feature_widths(self, m: ModelManifest) -> list[int] | None:
+        """Block widths and the embedding width from the architecture's config (default layers only)."""
+        import open_clip
+
+        if m.layers.nodes is not None:
+            return None
+        cfg = open_clip.get_model_config(m.source.partition("/")[0])
+        tower = cfg["text_cfg"] if m.modality == "text" else cfg["vision_cfg"]
+        return [tower["width"]] * tower["layers"] + [cfg["embed_dim"]]
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from prh_bench.samples import Sample
 from prh_bench.weights import load_checkpoint
 
 from .hooks import LayerHooks
+from .hub_status import checkpoint_status, hub_file_status
 
 PRE_LOGITS = "pre_logits"
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,6 +76,31 @@ class TimmBackend:
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return TimmExtractor(manifest, create_model(manifest), device)
+
+    def weights_status(self, m: ModelManifest) -> str:
+        import timm
+
+        if (status := checkpoint_status(m)) is not None:
+            return status
+        cfg = timm.models.get_pretrained_cfg(m.source)
+        if cfg is None or not cfg.hf_hub_id:
+            return "download" if cfg is not None else f"unavailable: timm has no pretrained weights '{m.source}'"
+        repo = cfg.hf_hub_id.split("@")[0]
+        return hub_file_status(repo, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+    def feature_widths(self, m: ModelManifest) -> list[int]:
+        """Layer widths from a forward pass on the meta device: no weights, no memory, no arithmetic."""
+        import timm
+
+        with torch.device("meta"):
+            model = timm.create_model(m.source.split("@")[0], pretrained=False)
+        ext = TimmExtractor(m.model_copy(update={"dtype": "float32"}), model, torch.device("meta"))
+        size = timm.data.resolve_data_config(model=model)["input_size"]
+        ext.hooks.clear()
+        feats = ext.model.forward_features(torch.empty(1, *size, device="meta"))
+        if PRE_LOGITS in ext.layer_names:
+            ext.hooks.put(PRE_LOGITS, ext.model.forward_head(feats, pre_logits=True))
+        return [ext.hooks._outputs[name].shape[-1] for name in ext.layer_names]
 
 
 @hookimpl

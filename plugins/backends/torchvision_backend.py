@@ -19,6 +19,7 @@ from prh_bench.samples import Sample
 from prh_bench.weights import load_checkpoint
 
 from .hooks import LayerHooks
+from .hub_status import checkpoint_status, offline
 from .timm_backend import TORCH_DTYPES
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -76,6 +77,23 @@ class TorchvisionBackend:
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return TorchvisionExtractor(manifest, create_model(manifest), device)
+
+    def weights_status(self, m: ModelManifest) -> str:
+        status = checkpoint_status(m)
+        if status is not None:
+            return status
+        return "unavailable: torchvision downloads need network" if offline() else "download"
+
+    def feature_widths(self, m: ModelManifest) -> list[int]:
+        import torchvision
+
+        with torch.device("meta"):
+            model = torchvision.models.get_model(m.source, weights=None)
+        ext = TorchvisionExtractor(m.model_copy(update={"dtype": "float32"}), model, torch.device("meta"))
+        crop = {**PREPROCESS, **m.preprocess}["crop"]
+        ext.hooks.clear()
+        ext.model(torch.empty(1, 3, crop, crop, device="meta"))
+        return [ext.hooks._outputs[name].shape[-1] for name in ext.layer_names]
 
 
 @hookimpl
