@@ -14,8 +14,10 @@ from .pooling import pool
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A module-name glob where '*' matches one dotted segment: 'blocks.*' matches blocks.3, not blocks.3.mlp."""
-    return re.compile("^" + ".".join("[^.]+" if part == "*" else re.escape(part) for part in pattern.split(".")) + "$")
+    """A module-name glob where '*' never crosses a dot: 'blocks.*' matches blocks.3, not blocks.3.mlp;
+    'layer*' matches layer1 to layer4."""
+    parts = ("[^.]+" if part == "*" else re.escape(part).replace(r"\*", "[^.]*") for part in pattern.split("."))
+    return re.compile("^" + ".".join(parts) + "$")
 
 
 class LayerHooks:

