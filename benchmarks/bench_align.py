@@ -8,8 +8,9 @@ Case 2: 10 models of 13 layers of width 768 (45 model pairs, 7,605 layer pairs);
 sample of layer pairs and extrapolated, since it costs the same for every pair.
 Prints time per metric (the once-per-layer L2 normalisation apart from the engine), the speedup over the loop
 (against normalisation + engine), the engine's time as a multiple of the Gram-matrix floor (38 plain x @ x.T)
-and the floor's share of it, the largest score difference to the loop, and peak memory (max RSS of a fresh
-process holding the 10 models' features and running only the engine; the base column is before the engine)."""
+and the floor's share of it, the largest score difference to the loop, the largest error of engine and loop
+against the loop run in float64 (20 pairs), and peak memory (max RSS of a fresh process holding the 10 models'
+features and running only the engine; the base column is before the engine)."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def main() -> None:
     floor1 = gram_floor([x, y])
     print(f"case 1: 13 x 768 vs 25 x 1024, 325 layer pairs; Gram floor (38 Gram matrices) {floor1:.2f} s")
     print(f"{'metric':12s} {'loop s':>9s} {'prep s':>7s} {'engine s':>9s} {'speedup':>8s} {'x floor':>8s} "
-          f"{'Gram share':>10s} {'max |diff|':>11s}")
+          f"{'Gram share':>10s} {'vs loop':>9s} {'eng err':>9s} {'loop err':>9s}")
     all_pairs = [(a, b) for a in x for b in y]
     for metric in METRICS:
         idx = list(range(0, len(all_pairs), len(all_pairs) // 40))[:40] if args.quick else range(len(all_pairs))
@@ -158,8 +159,12 @@ def main() -> None:
         prep_s, eng_s, mats = engine_matrix(metric, [x, y])
         flat = mats[(0, 1)].flatten()
         diff = max(abs(flat[i].item() - s) for i, s in zip(idx, loop_scores))
+        # Errors against the same loop run in float64 on 20 pairs: the reference for both.
+        ref = {i: LOOPS[metric](all_pairs[i][0].double(), all_pairs[i][1].double()) for i in list(idx)[:: max(1, len(idx) // 20)]}
+        eng_err = max(abs(flat[i].item() - v) for i, v in ref.items())
+        loop_err = max(abs(loop_scores[list(idx).index(i)] - v) for i, v in ref.items())
         print(f"{metric:12s} {loop_s:9.2f} {prep_s:7.3f} {eng_s:9.3f} {loop_s / (prep_s + eng_s):7.0f}x "
-              f"{eng_s / floor1:7.2f}x {min(floor1 / eng_s, 1):9.0%} {diff:11.1e}")
+              f"{eng_s / floor1:7.2f}x {min(floor1 / eng_s, 1):9.0%} {diff:9.1e} {eng_err:9.1e} {loop_err:9.1e}")
 
     print(f"\ncase 2: 10 models x 13 layers x 768, 45 model pairs, 7,605 layer pairs "
           f"(baseline: {args.case2_sample} pairs timed, extrapolated)")
