@@ -49,7 +49,7 @@ def loop_mutual_knn(a, b, k):
 
 
 def _hsic_biased(k, l):
-    h = torch.eye(k.shape[0]) - 1 / k.shape[0]
+    h = torch.eye(k.shape[0], dtype=k.dtype) - 1 / k.shape[0]
     return torch.trace(k @ h @ l @ h)
 
 

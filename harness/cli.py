@@ -221,7 +221,7 @@ def validate(obj: Ctx, paths: tuple[Path, ...]) -> None:
         try:
             m = load_manifest(path)
         except ManifestError as exc:
-            problems.extend(exc.problems)
+            problems.extend(exc.problems + reg.plugin_problems(exc.data, path))
             continue
         reg.entries[m.id], reg.paths[m.id] = m, path
         checked.append(m.id)

@@ -12,8 +12,9 @@ class BadInput(PrhBenchError):
 class ManifestError(BadInput):
     """One or more problems in manifest files, each naming the file and the field."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], data: object = None):
         self.problems = problems
+        self.data = data  # the decoded document, when there was one: lets callers check what else they can
         super().__init__("\n".join(problems))
 
 

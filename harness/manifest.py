@@ -264,7 +264,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
         problems = list(dict.fromkeys(_format_error(path, e) for e in exc.errors()))
-        raise ManifestError(problems) from None
+        raise ManifestError(problems, data) from None
 
 
 def load_manifest(path: Path) -> Manifest:

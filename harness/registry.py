@@ -20,6 +20,13 @@ from .manifest import (
 )
 
 
+def unknown_problem(path: Path, fieldname: str, value: str, known: Iterable[str], what: str) -> str:
+    known = sorted(known)
+    near = difflib.get_close_matches(value, known, n=1)
+    hint = f"; did you mean '{near[0]}'?" if near else f"; known: {', '.join(known) or 'none'}"
+    return f"{path}: field '{fieldname}': unknown {what} '{value}'{hint}"
+
+
 def manifest_files(paths: Iterable[Path]) -> list[Path]:
     """YAML files under folders (recursively, skipping templates/) or given directly."""
     files: list[Path] = []
@@ -46,7 +53,7 @@ class Registry:
             try:
                 m = load_manifest(path)
             except ManifestError as exc:
-                problems.extend(exc.problems)
+                problems.extend(exc.problems + self.plugin_problems(exc.data, path))
                 continue
             if m.id in self.entries:
                 problems.append(f"{path}: field 'id': '{m.id}' is already defined in {self.paths[m.id]}")
@@ -58,6 +65,21 @@ class Registry:
             raise ManifestError(problems)
         return self
 
+    def plugin_problems(self, data: object, path: Path) -> list[str]:
+        """The plugin a manifest names (backend, loader, metric) must exist; checked on the raw document too,
+        so a file with schema errors still hears about an unknown backend."""
+        if not isinstance(data, dict):
+            return []
+        fieldname, what, known = {
+            "model": ("backend", "backend", self.plugins.backends),
+            "dataset": ("loader", "dataset loader", self.plugins.loaders),
+            "metric": ("name", "metric", self.plugins.metrics),
+        }.get(data.get("kind"), (None, None, {}))
+        value = data.get(fieldname) if fieldname else None
+        if not isinstance(value, str) or value in known:
+            return []
+        return [unknown_problem(path, fieldname, value, known, what)]
+
     def reference_problems(self, only: Iterable[str] | None = None) -> list[str]:
         """Fields that name something unknown: a backend, loader, metric, dataset or model."""
         out = []
@@ -66,17 +88,10 @@ class Registry:
             m, path = self.entries[mid], self.paths[mid]
 
             def unknown(fieldname: str, value: str, known: Iterable[str], what: str) -> None:
-                known = sorted(known)
-                near = difflib.get_close_matches(value, known, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else f"; known: {', '.join(known) or 'none'}"
-                out.append(f"{path}: field '{fieldname}': unknown {what} '{value}'{hint}")
+                out.append(unknown_problem(path, fieldname, value, known, what))
 
-            if isinstance(m, ModelManifest) and m.backend not in self.plugins.backends:
-                unknown("backend", m.backend, self.plugins.backends, "backend")
-            elif isinstance(m, DatasetManifest) and m.loader not in self.plugins.loaders:
-                unknown("loader", m.loader, self.plugins.loaders, "dataset loader")
-            elif isinstance(m, MetricManifest) and m.name not in self.plugins.metrics:
-                unknown("name", m.name, self.plugins.metrics, "metric")
+            if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
+                out.extend(self.plugin_problems(m.model_dump(), path))
             elif isinstance(m, SuiteManifest):
                 if not isinstance(self.entries.get(m.dataset), DatasetManifest):
                     unknown("dataset", m.dataset, self.of_kind(DatasetManifest), "dataset")

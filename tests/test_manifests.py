@@ -113,3 +113,14 @@ def test_registry_lookup_by_kind() -> None:
     reg = Registry.load(load_plugins())
     assert {"pocket", "pocket-text"} <= set(reg.of_kind(type(reg.get("pocket"))))
     assert [m.id for m in reg.suite_models(reg.get("pocket-text"))] == ["glove-6b-50d", "minilm-l6-random", "minilm-l6"]
+
+
+def test_one_file_with_all_three_mistakes_reports_each(tmp_path: Path) -> None:
+    bad = write_yaml(tmp_path / "bad.yaml", GOOD_MODEL.replace("version: 1", "version: one")
+                     .replace("backend: timm", "backend: timmm").replace("modality:", "modalty:"))
+    result = cli("validate", bad)
+    assert result.exit_code == 2
+    lines = [ln.strip() for ln in result.stderr.splitlines()[1:]]
+    assert f"{bad}: field 'version': Input should be a valid integer, unable to parse string as an integer, got 'one'" in lines
+    assert f"{bad}: field 'modalty': unknown field (misspelled?)" in lines
+    assert f"{bad}: field 'backend': unknown backend 'timmm'; did you mean 'timm'?" in lines
