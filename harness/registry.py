@@ -87,28 +87,25 @@ class Registry:
         for mid in ids:
             m, path = self.entries[mid], self.paths[mid]
 
-            def unknown(fieldname: str, value: str, known: Iterable[str], what: str) -> None:
-                out.append(unknown_problem(path, fieldname, value, known, what))
-
             if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
                 out.extend(self.plugin_problems(m.model_dump(), path))
             elif isinstance(m, SuiteManifest):
                 if not isinstance(self.entries.get(m.dataset), DatasetManifest):
-                    unknown("dataset", m.dataset, self.of_kind(DatasetManifest), "dataset")
+                    out.append(unknown_problem(path, "dataset", m.dataset, self.of_kind(DatasetManifest), "dataset"))
                 for i, use in enumerate(m.metrics):
                     if not isinstance(self.entries.get(use.name), MetricManifest):
-                        unknown(f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric")
+                        out.append(unknown_problem(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric"))
                 if isinstance(m.models, list):
                     for i, model_id in enumerate(m.models):
                         if not isinstance(self.entries.get(model_id), ModelManifest):
-                            unknown(f"models.{i}", model_id, self.of_kind(ModelManifest), "model")
+                            out.append(unknown_problem(path, f"models.{i}", model_id, self.of_kind(ModelManifest), "model"))
                 elif not self._tagged(m.models):
                     out.append(f"{path}: field 'models': no model matches {m.models.model_dump()}")
                 if m.reference is not None and m.reference not in [x.id for x in self.suite_models(m)]:
                     out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
                     if not isinstance(self.entries.get(ds), DatasetManifest):
-                        unknown(f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset")
+                        out.append(unknown_problem(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset"))
                 if m.sweep and (m.sweep.transform is None) != (m.sweep.levels is None):
                     out.append(f"{path}: field 'sweep': give both 'transform' and 'levels', or neither")
         return out

@@ -33,3 +33,22 @@ def write_yaml(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+CAPTIONED_PHOTOS = [("chelsea", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket"),
+                    ("astronaut", "an astronaut"), ("camera", "a man with a camera"), ("coins", "old coins"),
+                    ("clock", "a clock"), ("moon", "the moon surface"), ("retina", "a retina"), ("page", "a printed page")]
+
+
+def caption_pairs(folder: Path, n: int) -> tuple[Path, list[str]]:
+    """Real scikit-image photos with hand-written captions as an `image_captions` JSON-lines file."""
+    import skimage.data
+    from PIL import Image
+
+    lines = []
+    for i, (name, caption) in enumerate(CAPTIONED_PHOTOS[:n]):
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.png")
+        lines.append(json.dumps({"id": f"p{i}", "image": f"{name}.png", "text": caption}))
+    path = folder / "pairs.jsonl"
+    path.write_text("\n".join(lines))
+    return path, lines

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .conftest import cli, cli_json, write_yaml
+from .conftest import caption_pairs, cli, cli_json, write_yaml
 
 PRETRAINED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
 
@@ -151,16 +151,7 @@ def test_score_verb_on_cached_files_and_on_suite_models(tmp_path: Path, isolated
 
 def test_cross_modal_suite_on_image_caption_pairs(tmp_path: Path) -> None:
     """Each model reads its own modality of the same samples: photos for the CNN, captions for the text model."""
-    import skimage.data
-    from PIL import Image
-
-    lines = []
-    for i, (name, caption) in enumerate([("chelsea", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket"),
-                                         ("astronaut", "an astronaut"), ("camera", "a man with a camera"),
-                                         ("coins", "old coins"), ("clock", "a clock"), ("moon", "the moon surface")]):
-        Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.png")
-        lines.append(json.dumps({"id": f"p{i}", "image": f"{name}.png", "text": caption}))
-    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    pairs, lines = caption_pairs(tmp_path, 8)
     write_yaml(tmp_path / "reg" / "pairs.yaml", f"""\
 kind: dataset
 id: tiny-pairs

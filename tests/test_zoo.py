@@ -22,7 +22,7 @@ from prh_bench.manifest import DatasetManifest, ModelManifest
 from prh_bench.registry import Registry
 from prh_bench.samples import Sample, SampleSet
 
-from .conftest import cli, cli_json, write_yaml
+from .conftest import caption_pairs, cli, cli_json, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -171,17 +171,8 @@ def test_reduced_zoo_suite_offline_with_two_revisions(tmp_path: Path) -> None:
     """timm ViT, torchvision ResNet, open_clip image tower, BERT-style encoder and a causal LM at two hub
     revisions, all random-initialised real architectures (MiniLM real), on image-caption pairs; run in a fresh
     process whose Hugging Face cache is the local one built here."""
-    import skimage.data
-
     hub = make_hub(tmp_path / "hub")
-    lines = []
-    for i, (name, caption) in enumerate([("chelsea", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket"),
-                                         ("astronaut", "an astronaut"), ("camera", "a man with a camera"),
-                                         ("coins", "old coins"), ("clock", "a clock"), ("moon", "the moon"),
-                                         ("retina", "a retina"), ("page", "a printed page")]):
-        Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.png")
-        lines.append(json.dumps({"id": f"p{i}", "image": f"{name}.png", "text": caption}))
-    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    caption_pairs(tmp_path, 10)
     reg = tmp_path / "reg"
     write_yaml(reg / "pairs.yaml", f"kind: dataset\nid: pairs\nversion: 1\nloader: image_captions\n"
                                    f"modality: vision-text\noptions: {{path: {tmp_path / 'pairs.jsonl'}}}\n")

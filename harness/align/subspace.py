@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,57 +93,48 @@ class Procrustes(RowMetric):
         return out
 
 
-def _unit_correlations(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    return (x.T @ y).numpy()
+class UnitMatching(RowMetric):
+    """Matching of units by their Pearson correlation over samples; subclasses say how units are matched."""
+
+    defaults = {}
+
+    def summarize(self, feats: torch.Tensor, **params: Any) -> Rows:
+        self.check(feats)
+        return Rows(zscored(feats))
+
+    @abstractmethod
+    def match(self, corr: np.ndarray) -> float:
+        """The score of one Dx x Dy unit-correlation matrix."""
+
+    def pair_scores(self, sx: Sequence[Rows], sy: Sequence[Rows], **params: Any) -> torch.Tensor:
+        return torch.tensor([[self.match((x.x.T @ y.x).numpy()) for y in sy] for x in sx], dtype=torch.float64)
 
 
-class Permutation(RowMetric):
+class Permutation(UnitMatching):
     """Hard one-to-one matching of units: the mean Pearson correlation (over samples) of matched unit pairs,
     maximised over one-to-one assignments (Hungarian algorithm); min(Dx, Dy) pairs are matched. 1 for a copy
     with permuted units."""
 
     name = "permutation"
-    defaults = {}
 
-    def summarize(self, feats: torch.Tensor, **params: Any) -> Rows:
-        self.check(feats)
-        return Rows(zscored(feats))
-
-    def pair_scores(self, sx: Sequence[Rows], sy: Sequence[Rows], **params: Any) -> torch.Tensor:
+    def match(self, corr: np.ndarray) -> float:
         from scipy.optimize import linear_sum_assignment
 
-        out = torch.empty(len(sx), len(sy), dtype=torch.float64)
-        for a, x in enumerate(sx):
-            for b, y in enumerate(sy):
-                c = _unit_correlations(x.x, y.x)
-                r, col = linear_sum_assignment(c, maximize=True)
-                out[a, b] = float(c[r, col].mean())
-        return out
+        rows, cols = linear_sum_assignment(corr, maximize=True)
+        return float(corr[rows, cols].mean())
 
 
-class SoftMatching(RowMetric):
+class SoftMatching(UnitMatching):
     """Soft matching of units (Khosla & Williams 2023): max over transport plans T with uniform marginals
     (rows sum to 1/Dx, columns to 1/Dy) of sum_ij T_ij corr(x_i, y_j); equals `permutation` when Dx = Dy."""
 
     name = "soft_matching"
-    defaults = {}
 
-    def summarize(self, feats: torch.Tensor, **params: Any) -> Rows:
-        self.check(feats)
-        return Rows(zscored(feats))
-
-    def pair_scores(self, sx: Sequence[Rows], sy: Sequence[Rows], **params: Any) -> torch.Tensor:
+    def match(self, corr: np.ndarray) -> float:
         import ot
 
-        out = torch.empty(len(sx), len(sy), dtype=torch.float64)
-        for a, x in enumerate(sx):
-            for b, y in enumerate(sy):
-                c = _unit_correlations(x.x, y.x)
-                wx = np.full(c.shape[0], 1 / c.shape[0])
-                wy = np.full(c.shape[1], 1 / c.shape[1])
-                plan = ot.emd(wx, wy, -c, numItermax=10_000_000)
-                out[a, b] = float((plan * c).sum())
-        return out
+        wx, wy = np.full(corr.shape[0], 1 / corr.shape[0]), np.full(corr.shape[1], 1 / corr.shape[1])
+        return float((ot.emd(wx, wy, -corr, numItermax=10_000_000) * corr).sum())
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 
 from .pooling import pool
-from .text_sources import hidden_widths, hub_kwargs, hub_weights_status, model_location
+from .text_sources import HubTextBackend, hub_kwargs, model_location
 from .timm_backend import TORCH_DTYPES
 
 OPTIONS = {"template": "{text}", "max_length": 512, "device_map": None}
@@ -87,13 +87,8 @@ class CausalLMExtractor(FeatureExtractor):
         return feats + [(bits.float().cpu() / nbytes)]
 
 
-class CausalLMBackend:
-    libraries = ("torch", "transformers", "tokenizers")
-    weights_status = staticmethod(hub_weights_status)
-    feature_widths = staticmethod(hidden_widths)
-
-    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
-        return CausalLMExtractor(manifest, device)
+class CausalLMBackend(HubTextBackend):
+    extractor = CausalLMExtractor
 
 
 @hookimpl

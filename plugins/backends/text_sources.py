@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.weights import PKG_SCHEME, resolve_path
@@ -36,3 +37,15 @@ def hidden_widths(m: ModelManifest) -> list[int]:
     cfg = AutoConfig.from_pretrained(model_location(m), local_files_only=True, **hub_kwargs(m))
     cfg = getattr(cfg, "text_config", cfg)
     return [cfg.hidden_size] * (cfg.num_hidden_layers + 1)
+
+
+class HubTextBackend:
+    """A backend of transformers text models: `extractor` builds the extractor from the manifest."""
+
+    libraries = ("torch", "transformers", "tokenizers")
+    extractor: type
+    weights_status = staticmethod(hub_weights_status)
+    feature_widths = staticmethod(hidden_widths)
+
+    def load(self, manifest: ModelManifest, device: Any) -> Any:
+        return self.extractor(manifest, device)

@@ -14,7 +14,7 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 
-from .text_sources import hidden_widths, hub_kwargs, hub_weights_status, model_location
+from .text_sources import HubTextBackend, hub_kwargs, model_location
 from .timm_backend import TORCH_DTYPES
 
 
@@ -57,13 +57,8 @@ class EncoderExtractor(FeatureExtractor):
         return [((h * mask).sum(1) / mask.sum(1)).float().cpu() for h in hidden]
 
 
-class TransformersEncoderBackend:
-    libraries = ("torch", "transformers", "tokenizers")
-    weights_status = staticmethod(hub_weights_status)
-    feature_widths = staticmethod(hidden_widths)
-
-    def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
-        return EncoderExtractor(manifest, device)
+class TransformersEncoderBackend(HubTextBackend):
+    extractor = EncoderExtractor
 
 
 @hookimpl
