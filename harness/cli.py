@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from .errors import BadInput, ManifestError, PrhBenchError
 
-KIND_NAMES = {"models": "model", "datasets": "dataset", "metrics": "metric", "suites": "suite"}
+KIND_NAMES = {"models": "model", "datasets": "dataset", "metrics": "metric", "suites": "suite", "scores": "scores"}
 DEFAULT_SUITE = "pocket"
 
 
@@ -131,6 +131,48 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, as_json: bool) -> None:
     counts = table.status.value_counts().to_dict()
     click.echo(f"{len(table)} model runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                + (f"; estimated features {total:.0f} MiB" if not pd.isna(total) else ""))
+
+
+@main.command()
+@click.option("--suite", required=True, help="Suite id.")
+@click.option("--reference", help="Model to rank against (default: the suite's reference).")
+@click.option("--metric", help="Metric of the suite's results to rank by (default: its first).")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A run folder (default: the newest under --runs).")
+@click.option("--runs", "runs_root", default=Path("prh-runs"), show_default=True, type=click.Path(path_type=Path),
+              help="Where `run` wrote its folders.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: leaderboards/SUITE.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None, run_dir: Path | None,
+                runs_root: Path, out: Path | None, as_json: bool) -> None:
+    """Rank models by alignment to a reference and correlate with downstream scores, from stored results."""
+    from .leaderboard import build, latest_run
+    from .publish import write_leaderboard
+
+    lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric)
+    files = write_leaderboard(lb, out or Path("leaderboards") / suite)
+    if as_json:
+        click.echo(json.dumps({"files": files, "correlations": json.loads(lb.correlations.to_json(orient="records"))}, indent=2))
+        return
+    click.echo(Path(files["leaderboard.md"]).read_text(encoding="utf-8"))
+    click.echo(f"leaderboard folder: {Path(files['index.html']).parent}")
+
+
+@main.command()
+@click.option("--suite", required=True)
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--from", "src_root", default=Path("leaderboards"), show_default=True, type=click.Path(path_type=Path))
+@handle_errors
+def publish(suite: str, dest: Path, src_root: Path) -> None:
+    """Copy a suite's leaderboard bundle (tables, figures, index.html) to DIR."""
+    from .publish import publish as copy_bundle
+
+    src = src_root / suite
+    if not (src / "index.html").exists():
+        raise BadInput(f"no leaderboard at {src}; run `prh-bench leaderboard --suite {suite}` first")
+    click.echo(f"published: {copy_bundle(src, dest)}")
 
 
 @main.command("ls")

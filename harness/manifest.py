@@ -143,6 +143,16 @@ class MetricManifest(ManifestBase):
     higher_is_better: bool = True
 
 
+class ScoresManifest(ManifestBase):
+    """A downstream score per model (e.g. HellaSwag accuracy), with where the numbers come from."""
+
+    kind: Literal["scores"]
+    name: str = Field(description="the score's name, as suites list it (e.g. hellaswag)")
+    higher_is_better: bool = True
+    source: str = Field(min_length=1, description="where the numbers come from")
+    values: dict[str, float] = Field(min_length=1, description="model id -> score")
+
+
 class TagQuery(_Strict):
     """Models by tags: those carrying every one of `tags`, and/or any one of `any_tags`."""
 
@@ -217,6 +227,10 @@ class SuiteManifest(ManifestBase):
         default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"
     )
     sweep: Sweep | None = None
+    scores: list[str] = Field(
+        default=[], description="downstream scores to correlate alignment with: names of scores manifests, or "
+        "bits_per_byte (computed during extraction)"
+    )
 
     @field_validator("models")
     @classmethod
@@ -227,10 +241,10 @@ class SuiteManifest(ManifestBase):
 
 
 Manifest = Annotated[
-    Union[ModelManifest, DatasetManifest, MetricManifest, SuiteManifest], Field(discriminator="kind")
+    Union[ModelManifest, DatasetManifest, MetricManifest, SuiteManifest, ScoresManifest], Field(discriminator="kind")
 ]
 _ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
-KINDS = ("model", "dataset", "metric", "suite")
+KINDS = ("model", "dataset", "metric", "suite", "scores")
 
 
 def _format_error(path: Path, err: dict[str, Any]) -> str:

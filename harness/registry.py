@@ -14,6 +14,7 @@ from .manifest import (
     Manifest,
     MetricManifest,
     ModelManifest,
+    ScoresManifest,
     SuiteManifest,
     TagQuery,
     load_manifest,
@@ -89,6 +90,9 @@ class Registry:
 
             if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
                 out.extend(self.plugin_problems(m.model_dump(), path))
+            elif isinstance(m, ScoresManifest):
+                models = self.of_kind(ModelManifest)
+                out.extend(unknown_problem(path, f"values.{k}", k, models, "model") for k in m.values if k not in models)
             elif isinstance(m, SuiteManifest):
                 if not isinstance(self.entries.get(m.dataset), DatasetManifest):
                     out.append(unknown_problem(path, "dataset", m.dataset, self.of_kind(DatasetManifest), "dataset"))
@@ -106,9 +110,16 @@ class Registry:
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
                     if not isinstance(self.entries.get(ds), DatasetManifest):
                         out.append(unknown_problem(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset"))
+                known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | {"bits_per_byte"}
+                for i, name in enumerate(m.scores):
+                    if name not in known_scores:
+                        out.append(unknown_problem(path, f"scores.{i}", name, known_scores, "score"))
                 if m.sweep and (m.sweep.transform is None) != (m.sweep.levels is None):
                     out.append(f"{path}: field 'sweep': give both 'transform' and 'levels', or neither")
         return out
+
+    def score_table(self, name: str) -> ScoresManifest | None:
+        return next((m for m in self.of_kind(ScoresManifest).values() if m.name == name), None)
 
     def of_kind(self, kind: type) -> dict[str, Manifest]:
         return {k: v for k, v in self.entries.items() if isinstance(v, kind)}

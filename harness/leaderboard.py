@@ -1,0 +1,139 @@
+"""Leaderboards from stored results only (never re-extracting): models ranked by alignment to a reference,
+with mean alignment to all others, best layer pair and downstream scores, and how alignment correlates with
+each downstream score (Pearson and Spearman, bootstrap 95% intervals, permutation p-values)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import BadInput
+from .manifest import SuiteManifest
+from .registry import Registry
+from .report import alignment_matrix, best_pairs
+
+RESAMPLES = 2000
+
+
+def latest_run(runs_root: Path, suite: str) -> Path:
+    """The newest run folder of a suite under runs_root (names are UTC timestamps)."""
+    folder = runs_root / suite
+    runs = sorted(p for p in folder.glob("*") if (p / "scores.csv").exists() and (p / "run.json").exists())
+    if not runs:
+        raise BadInput(f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first")
+    return runs[-1]
+
+
+@dataclass
+class Leaderboard:
+    suite: SuiteManifest
+    metric: str
+    reference: str | None
+    condition: str
+    table: pd.DataFrame  # one row per model, ranked
+    matrix: pd.DataFrame  # model x model best scores
+    correlations: pd.DataFrame  # one row per (alignment measure, downstream score, statistic)
+    meta: dict[str, Any]
+
+
+def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
+    """Pearson and Spearman r of paired samples with percentile-bootstrap 95% intervals (models resampled with
+    replacement; resamples where either side is constant have no r and are skipped, their count reported) and
+    two-sided permutation p-values (scipy: exact when all pairings can be enumerated)."""
+    from scipy import stats
+
+    out = []
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(x), size=(RESAMPLES, len(x)))
+    usable = [i for i in draws if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0]
+    for name, fn in (("pearson", lambda a, b: stats.pearsonr(a, b).statistic),
+                     ("spearman", lambda a, b: stats.spearmanr(a, b).statistic)):
+        boot = np.array([fn(x[i], y[i]) for i in usable])
+        perm = stats.permutation_test((x, y), fn, permutation_type="pairings", n_resamples=RESAMPLES,
+                                      random_state=np.random.default_rng(seed + 1))
+        low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
+        out.append({"statistic": name, "r": float(fn(x, y)), "ci_low": float(low), "ci_high": float(high),
+                    "p_value": float(perm.pvalue), "n": len(x), "bootstrap_resamples": len(boot)})
+    return out
+
+
+def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | None = None,
+          metric: str | None = None) -> Leaderboard:
+    suite = registry.get(suite_id, SuiteManifest)
+    assert isinstance(suite, SuiteManifest)
+    scores = pd.read_csv(run_dir / "scores.csv")
+    side = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    metric = metric or suite.metrics[0].name
+    if metric not in set(scores.metric):
+        raise BadInput(f"{run_dir}: no '{metric}' scores; it has {sorted(set(scores.metric))}")
+    condition = scores.condition.iloc[0]
+    best = best_pairs(scores[(scores.metric == metric) & (scores.condition == condition)])
+    models = list(side["models"])
+    done = [m for m in models if m in set(best.model_x) | set(best.model_y)]
+    mat = alignment_matrix(best, metric, done)
+    reference = reference or suite.reference
+    if reference is not None and reference not in mat.index:
+        raise BadInput(f"reference '{reference}' has no results in {run_dir}; models with results: {', '.join(done)}")
+    downstream = downstream_scores(registry, suite, run_dir, condition)
+    rows = []
+    for mid in models:
+        status = [r["status"] for r in side["models"][mid]["runs"]]
+        row: dict[str, Any] = {"model": mid, "weights": side["models"][mid]["weights"],
+                               "params": getattr(registry.entries.get(mid.split("@")[0]), "params", None)}
+        if mid in mat.index:
+            others = mat.loc[mid].drop(mid).dropna()
+            partner = others.idxmax()
+            pair = best[((best.model_x == mid) & (best.model_y == partner)) | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
+            row |= {"alignment_to_reference": mat.loc[mid, reference] if reference and mid != reference else math.nan,
+                    "mean_alignment": others.mean(), "best_partner": partner,
+                    "best_layer_pair": f"{pair.layer_x} / {pair.layer_y}" if pair.model_x == mid else f"{pair.layer_y} / {pair.layer_x}"}
+        else:
+            row["status"] = "failed"
+        for name, values in downstream.items():
+            row[name] = values.get(mid, math.nan)
+        row.setdefault("status", "failed" if "failed" in status else "ok")
+        rows.append(row)
+    key = "alignment_to_reference" if reference else "mean_alignment"
+    table = pd.DataFrame(rows)
+    is_ref = table.model == reference
+    table = pd.concat([table[is_ref], table[~is_ref].sort_values(key, ascending=False, na_position="last", kind="stable")])
+    table.insert(0, "rank", ["reference"] * int(is_ref.sum()) + [str(i) for i in range(1, int((~is_ref).sum()) + 1)])
+    corr = []
+    for name in downstream:
+        for measure in ("alignment_to_reference", "mean_alignment"):
+            if measure not in table:
+                continue
+            ok = table[[measure, name]].dropna()
+            if len(ok) >= 3 and ok[name].nunique() > 1 and ok[measure].nunique() > 1:
+                corr += [{"alignment": measure, "score": name, **c} for c in correlate(ok[measure].to_numpy(), ok[name].to_numpy())]
+    meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
+            "metric_params": json.loads(best.params.iloc[0]) if not best.empty else {}, "reference": reference,
+            "condition": condition, "run": str(run_dir), "run_created": side.get("created"),
+            "manifest_versions": {m: side["models"][m]["manifest_version"] for m in models},
+            "dataset": side["conditions"][0]["dataset"], "libraries": side.get("libraries", {}),
+            "scores_sources": {n: getattr(registry.score_table(n), "source", "computed during extraction")
+                               for n in downstream}}
+    return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr), meta)
+
+
+def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, condition: str) -> dict[str, dict[str, float]]:
+    """Per score name, model -> value: from score tables, and bits per byte from the run itself."""
+    out: dict[str, dict[str, float]] = {}
+    for name in suite.scores:
+        if name == "bits_per_byte":
+            path = run_dir / "model_scores.csv"
+            ms = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["condition", "model", "score", "mean"])
+            sub = ms[(ms.score == name) & (ms.condition == condition)]
+            out[name] = dict(zip(sub.model, sub["mean"]))
+        else:
+            table = registry.score_table(name)
+            assert table is not None
+            out[name] = {m: v for m, v in table.values.items()}
+    return out

@@ -1,0 +1,198 @@
+"""Renders a leaderboard: Markdown, CSV and JSON tables, figures (PNG and SVG) and one self-contained HTML page
+with a sortable table, readable offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .leaderboard import Leaderboard
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+    _plt().close(fig)
+    return paths
+
+
+def cluster_order(mat: pd.DataFrame) -> list[str]:
+    """Models ordered by average-linkage clustering of 1 - alignment (leaves of the dendrogram)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(mat) < 3:
+        return list(mat.index)
+    d = (1 - mat.to_numpy(dtype=float)).clip(0)
+    np.fill_diagonal(d, 0)
+    d = (d + d.T) / 2
+    return [mat.index[i] for i in leaves_list(linkage(squareform(np.nan_to_num(d, nan=1.0)), "average"))]
+
+
+def heatmap_figure(lb: Leaderboard, stem: Path) -> list[Path]:
+    plt = _plt()
+    order = cluster_order(lb.matrix)
+    mat = lb.matrix.loc[order, order].to_numpy(dtype=float)
+    n = len(order)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.45 * n, 2 + 0.42 * n))
+    im = ax.imshow(mat, cmap="viridis")
+    ax.set_xticks(range(n), order, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), order, fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.046, label=lb.metric)
+    ax.set_title(f"{lb.suite.id}: {lb.metric}, models ordered by clustering", fontsize=9)
+    return _save(fig, stem)
+
+
+def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
+    """Alignment to the reference vs a downstream score, marker area by parameter count, least-squares fit with
+    a bootstrap 95% band (like the paper's Figure 4)."""
+    plt = _plt()
+    measure = "alignment_to_reference" if lb.reference else "mean_alignment"
+    t = lb.table[[measure, score, "model", "params"]].dropna(subset=[measure, score])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    params = t.params.fillna(t.params.median() if t.params.notna().any() else 1e8)
+    sizes = 20 + 180 * (np.log10(params) - 6).clip(0) / 5
+    ax.scatter(t[score], t[measure], s=sizes, alpha=0.7)
+    for _, r in t.iterrows():
+        ax.annotate(r.model, (r[score], r[measure]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if len(t) >= 3 and t[score].nunique() > 1:
+        x, y = t[score].to_numpy(float), t[measure].to_numpy(float)
+        grid = np.linspace(x.min(), x.max(), 50)
+        rng = np.random.default_rng(0)
+        fits = []
+        for _ in range(1000):
+            i = rng.integers(0, len(x), len(x))
+            if np.unique(x[i]).size > 1:
+                fits.append(np.polyval(np.polyfit(x[i], y[i], 1), grid))
+        ax.plot(grid, np.polyval(np.polyfit(x, y, 1), grid), color="C1")
+        lo, hi = np.percentile(fits, [2.5, 97.5], axis=0)
+        ax.fill_between(grid, lo, hi, color="C1", alpha=0.2, label="bootstrap 95% band")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(score)
+    ax.set_ylabel(f"{lb.metric} to {lb.reference}" if lb.reference else f"mean {lb.metric}")
+    ax.set_title(f"{lb.suite.id}: alignment vs {score} (marker area ~ log parameters)", fontsize=9)
+    return _save(fig, stem)
+
+
+def classical_mds(d: np.ndarray) -> np.ndarray:
+    """Torgerson's classical MDS: the top two eigenvectors of the double-centred squared distances.
+    Deterministic, unlike the iterative SMACOF of scikit-learn (whose API is changing)."""
+    n = len(d)
+    j = np.eye(n) - 1 / n
+    b = -0.5 * j @ (d**2) @ j
+    w, v = np.linalg.eigh(b)
+    top = np.argsort(w)[::-1][:2]
+    return v[:, top] * np.sqrt(np.clip(w[top], 0, None))
+
+
+def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
+    """Models in 2-D by classical MDS of the distance -log(alignment) (like the paper's Figure 2)."""
+    plt = _plt()
+    a = lb.matrix.to_numpy(dtype=float)
+    d = -np.log(np.clip(np.nan_to_num(a, nan=1.0), 1e-6, 1.0))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0)
+    xy = classical_mds(d)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    random = lb.table.set_index("model").weights.reindex(lb.matrix.index).fillna("").str.startswith("random")
+    ax.scatter(xy[:, 0], xy[:, 1], c=np.where(random, "C3", "C0"))
+    for (x, y), name in zip(xy, lb.matrix.index):
+        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(f"{lb.suite.id}: MDS of -log({lb.metric}); red = random weights", fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+    return _save(fig, stem)
+
+
+def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    lb.table.to_csv(out / "leaderboard.csv", index=False)
+    lb.correlations.to_csv(out / "correlations.csv", index=False)
+    doc = {"meta": lb.meta, "table": json.loads(lb.table.to_json(orient="records")),
+           "correlations": json.loads(lb.correlations.to_json(orient="records"))}
+    (out / "leaderboard.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    figures = heatmap_figure(lb, out / "heatmap") + embedding_figure(lb, out / "embedding")
+    for score in dict.fromkeys(lb.correlations.score) if not lb.correlations.empty else []:
+        figures += scatter_figure(lb, score, out / f"scatter_{score}")
+    md = [f"# {lb.suite.id} leaderboard", "",
+          f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
+          f"(max over layer pairs) on `{lb.condition}`; run {lb.meta['run']} ({lb.meta['run_created']}), "
+          f"prh-bench {lb.meta['harness']}.", "",
+          lb.table.assign(params=lb.table.params.map(lambda p: f"{p / 1e6:.1f}M" if pd.notna(p) else ""))
+          .to_markdown(index=False, floatfmt=".4f"), ""]
+    if not lb.correlations.empty:
+        md += ["## Alignment vs downstream scores", "",
+               "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
+               "permutation p-values.", "", lb.correlations.to_markdown(index=False, floatfmt=".3f"), ""]
+    md += ["## Sources of downstream scores", ""] + [f"- `{k}`: {v}" for k, v in lb.meta["scores_sources"].items()]
+    (out / "leaderboard.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / "index.html").write_text(render_html(lb, [p for p in figures if p.suffix == ".png"]), encoding="utf-8")
+    for p in [out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "correlations.csv", "index.html")] + figures:
+        files[p.name] = str(p)
+    return files
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def render_html(lb: Leaderboard, pngs: list[Path]) -> str:
+    """One page, no external resources: figures inlined as data URIs, a few lines of script to sort columns."""
+    head = "".join(f'<th onclick="sortBy({i})">{html.escape(c)}</th>' for i, c in enumerate(lb.table.columns))
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in lb.table.itertuples(index=False))
+    corr = lb.correlations.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0) if not lb.correlations.empty else ""
+    figs = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                   f"<figcaption>{p.stem}</figcaption></figure>" for p in pngs)
+    sources = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in lb.meta["scores_sources"].items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(lb.suite.id)} leaderboard</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+th,td{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}}th{{cursor:pointer;background:#f3f3f3}}
+figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><body>
+<h1>{html.escape(lb.suite.id)} leaderboard</h1>
+<p>{html.escape(lb.metric)} alignment to <code>{html.escape(str(lb.reference))}</code>, max over layer pairs, on
+{html.escape(lb.condition)}. Run {html.escape(lb.meta['run'])}. Click a column to sort.</p>
+<table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
+<h2>Figures</h2>{figs}
+<h2>Sources</h2><ul>{sources}</ul>
+<script>
+let dir = {{}};
+function sortBy(col) {{
+  const tb = document.querySelector('#board tbody');
+  const rows = Array.from(tb.rows);
+  dir[col] = -(dir[col] || -1);
+  const key = r => {{ const t = r.cells[col].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; }};
+  rows.sort((a, b) => {{ const x = key(a), y = key(b);
+    if (x === '' || y === '') return (x === '') - (y === '');
+    return (x < y ? -1 : x > y ? 1 : 0) * dir[col]; }});
+  rows.forEach(r => tb.appendChild(r));
+}}
+</script></body></html>
+"""
+
+
+def publish(src: Path, dest: Path) -> Path:
+    """Copy a leaderboard bundle (a folder under leaderboards/) for a website or a git repository."""
+    target = dest / src.name
+    shutil.copytree(src, target, dirs_exist_ok=True)
+    return target

@@ -1,0 +1,82 @@
+"""Leaderboards from stored results: ranking, correlations with their intervals, files, the page, publishing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from prh_bench.leaderboard import correlate
+
+from .conftest import cli, cli_json, write_yaml
+
+SUITE = """\
+kind: suite
+id: tiny-board
+version: 1
+dataset: pocket-photos
+models: [efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, efficientnet-lite0-random]
+metrics: [{name: mutual_knn, k: 5}, {name: cka}]
+reference: efficientnet-lite2
+scores: [imagenet_top1]
+max_samples: 24
+"""
+
+
+def test_correlate_matches_scipy_and_brackets_r() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=12)
+    y = 0.8 * x + rng.normal(scale=0.5, size=12)
+    rows = {r["statistic"]: r for r in correlate(x, y)}
+    assert rows["pearson"]["r"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert rows["spearman"]["r"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    for r in rows.values():
+        assert r["ci_low"] < r["r"] < r["ci_high"] and 0 < r["p_value"] < 0.05 and r["n"] == 12
+    unrelated = {r["statistic"]: r for r in correlate(x, rng.normal(size=12))}
+    assert unrelated["pearson"]["p_value"] > 0.05
+
+
+def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "reg" / "suite.yaml", SUITE)
+    reg = ["--registry", str(tmp_path / "reg")]
+    missing = cli(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs")
+    assert missing.exit_code == 2 and "no stored results of suite 'tiny-board'" in missing.stderr
+    cli(*reg, "run", "--suite", "tiny-board", "--out", tmp_path / "runs" / "tiny-board" / "20260101-000000")
+    out = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--out", tmp_path / "board")
+    board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
+    assert list(board.model) == ["efficientnet-lite2", "efficientnet-lite1", "efficientnet-lite0", "efficientnet-lite0-random"]
+    assert board["rank"].tolist() == ["reference", "1", "2", "3"]
+    assert board.alignment_to_reference.iloc[1] >= board.alignment_to_reference.iloc[2] > board.alignment_to_reference.iloc[3]
+    assert board.imagenet_top1.tolist() == [0.776, 0.767, 0.751, 0.001]
+    corr = pd.DataFrame(out["correlations"])
+    assert set(corr.statistic) == {"pearson", "spearman"} and set(corr.score) == {"imagenet_top1"}
+    meta = json.loads((tmp_path / "board" / "leaderboard.json").read_text())["meta"]
+    assert meta["metric"] == "mutual_knn" and meta["metric_params"] == {"k": 5} and meta["harness"]
+    assert meta["manifest_versions"]["efficientnet-lite0"] == 1 and "tensorflow/tpu" in meta["scores_sources"]["imagenet_top1"]
+    for name in ("heatmap.png", "heatmap.svg", "embedding.png", "embedding.svg", "scatter_imagenet_top1.svg"):
+        assert (tmp_path / "board" / name).stat().st_size > 0
+    page = (tmp_path / "board" / "index.html").read_text()
+    assert len(re.findall(r"<tr><td>", page)) == 4 and "onclick=\"sortBy(" in page
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page.split("<h2>Sources")[0]
+    by_cka = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--metric", "cka",
+                      "--out", tmp_path / "board-cka")
+    assert Path(by_cka["files"]["leaderboard.md"]).read_text().count("cka") >= 1
+    published = cli("publish", "--suite", "tiny-board", "--from", tmp_path, "--to", tmp_path / "site")
+    assert published.exit_code == 2  # no tmp_path/tiny-board bundle: clear error
+    published = cli("publish", "--suite", "board", "--from", tmp_path, "--to", tmp_path / "site")
+    assert published.exit_code == 0 and (tmp_path / "site" / "board" / "index.html").exists()
+
+
+def test_classical_mds_recovers_planar_distances() -> None:
+    from scipy.spatial.distance import pdist, squareform
+
+    from prh_bench.publish import classical_mds
+
+    pts = np.random.default_rng(1).normal(size=(7, 2))
+    d = squareform(pdist(pts))
+    np.testing.assert_allclose(squareform(pdist(classical_mds(d))), d, atol=1e-9)
