@@ -10,6 +10,7 @@ import pluggy
 if TYPE_CHECKING:
     from .align.metric import Metric
     from .backend import DatasetLoader, ModelBackend
+    from .task import Task
 
 PROJECT = "prh_bench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -34,3 +35,8 @@ def prh_dataset_loaders() -> dict[str, DatasetLoader]:
 @hookspec
 def prh_metrics() -> dict[str, Metric]:
     """Alignment metrics this plugin provides, by the name a metric manifest's `name` field uses."""
+
+
+@hookspec
+def prh_tasks() -> dict[str, Task]:
+    """Downstream tasks (scored on cached features of a labelled data set) this plugin provides, by name."""

@@ -40,6 +40,7 @@ class Leaderboard:
     table: pd.DataFrame  # one row per model, ranked
     matrix: pd.DataFrame  # model x model best scores
     correlations: pd.DataFrame  # one row per (alignment measure, downstream score, statistic)
+    binned: pd.DataFrame  # models binned by tasks solved (with probes), mean alignment and standard error
     meta: dict[str, Any]
 
 
@@ -113,19 +114,49 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             ok = table[[measure, name]].dropna()
             if len(ok) >= 3 and ok[name].nunique() > 1 and ok[measure].nunique() > 1:
                 corr += [{"alignment": measure, "score": name, **c} for c in correlate(ok[measure].to_numpy(), ok[name].to_numpy())]
+    binned = binned_view(table, key) if "tasks_solved" in table else pd.DataFrame()
     meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
             "metric_params": json.loads(best.params.iloc[0]) if not best.empty else {}, "reference": reference,
             "condition": condition, "run": str(run_dir), "run_created": side.get("created"),
             "manifest_versions": {m: side["models"][m]["manifest_version"] for m in models},
             "dataset": side["conditions"][0]["dataset"], "libraries": side.get("libraries", {}),
-            "scores_sources": {n: getattr(registry.score_table(n), "source", "computed during extraction")
-                               for n in downstream}}
-    return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr), meta)
+            "scores_sources": {n: getattr(registry.score_table(n), "source", "computed by this harness from the run")
+                               for n in downstream},
+            "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models"}
+    return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
+                       binned, meta)
+
+
+def binned_view(table: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """The paper's binned view: models grouped by the number of tasks they solve, mean alignment per bin
+    with its standard error."""
+    rows = []
+    for solved, part in table.dropna(subset=[measure, "tasks_solved"]).groupby("tasks_solved"):
+        vals = part[measure]
+        rows.append({"tasks_solved": int(solved), "models": len(vals), f"mean_{measure}": vals.mean(),
+                     "standard_error": vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan})
+    return pd.DataFrame(rows)
+
+
+#: the PRH paper's rule: a model solves a task when it reaches 80% of the best score among the suite's models
+SOLVED_FRACTION = 0.8
 
 
 def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, condition: str) -> dict[str, dict[str, float]]:
-    """Per score name, model -> value: from score tables, and bits per byte from the run itself."""
+    """Per score name, model -> value: from score tables, bits per byte and probe tasks from the run itself,
+    and, with probes, the number of tasks each model solves."""
     out: dict[str, dict[str, float]] = {}
+    path = run_dir / "probes.csv"
+    probes = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["task", "dataset", "model", "score"])
+    for (task, dataset), part in probes.groupby(["task", "dataset"], sort=False):
+        out[f"{task}:{dataset}"] = dict(zip(part.model, part.score))
+    if not probes.empty:
+        solved: dict[str, float] = {}
+        for _, part in probes.groupby(["task", "dataset"], sort=False):
+            best = part.score.max()
+            for model, score in zip(part.model, part.score):
+                solved[model] = solved.get(model, 0) + float(score >= SOLVED_FRACTION * best)
+        out["tasks_solved"] = solved
     for name in suite.scores:
         if name == "bits_per_byte":
             path = run_dir / "model_scores.csv"

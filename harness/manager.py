@@ -20,6 +20,7 @@ from .errors import BadInput
 BUILTINS = (
     "prh_bench.plugins.registry_dirs",
     "prh_bench.plugins.metrics",
+    "prh_bench.plugins.tasks",
     "prh_bench.plugins.datasets.photos",
     "prh_bench.plugins.datasets.text",
     "prh_bench.plugins.datasets.images",
@@ -66,6 +67,7 @@ class Plugins:
     backends: dict[str, Any] = field(default_factory=dict)
     loaders: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)
     manifest_dirs: list[Path] = field(default_factory=list)
     provider: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -76,6 +78,7 @@ class Plugins:
             ("backend", pm.hook.prh_model_backends),
             ("loader", pm.hook.prh_dataset_loaders),
             ("metric", pm.hook.prh_metrics),
+            ("task", pm.hook.prh_tasks),
         ):
             target = getattr(self, kind + "s")
             for impl in reversed(hook.get_hookimpls()):  # registration order

@@ -213,6 +213,14 @@ class Sweep(_Strict):
         return v
 
 
+class Probe(_Strict):
+    """A downstream task on a labelled data set, scored on every model's features (e.g. a VTAB linear probe)."""
+
+    dataset: str
+    task: str = "linear_probe"
+    params: dict[str, Any] = {}
+
+
 class SuiteManifest(ManifestBase):
     kind: Literal["suite"]
     dataset: str
@@ -231,6 +239,7 @@ class SuiteManifest(ManifestBase):
         default=[], description="downstream scores to correlate alignment with: names of scores manifests, or "
         "bits_per_byte (computed during extraction)"
     )
+    probes: list[Probe] = Field(default=[], description="tasks whose scores count as downstream scores too")
 
     @field_validator("models")
     @classmethod

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import Leaderboard
+from .report import slug
 
 
 def _plt():
@@ -126,11 +127,12 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
     lb.table.to_csv(out / "leaderboard.csv", index=False)
     lb.correlations.to_csv(out / "correlations.csv", index=False)
     doc = {"meta": lb.meta, "table": json.loads(lb.table.to_json(orient="records")),
-           "correlations": json.loads(lb.correlations.to_json(orient="records"))}
+           "correlations": json.loads(lb.correlations.to_json(orient="records")),
+           "binned": json.loads(lb.binned.to_json(orient="records"))}
     (out / "leaderboard.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     figures = heatmap_figure(lb, out / "heatmap") + embedding_figure(lb, out / "embedding")
     for score in dict.fromkeys(lb.correlations.score) if not lb.correlations.empty else []:
-        figures += scatter_figure(lb, score, out / f"scatter_{score}")
+        figures += scatter_figure(lb, score, out / f"scatter_{slug(score)}")
     md = [f"# {lb.suite.id} leaderboard", "",
           f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
           f"(max over layer pairs) on `{lb.condition}`; run {lb.meta['run']} ({lb.meta['run_created']}), "
@@ -141,6 +143,10 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
         md += ["## Alignment vs downstream scores", "",
                "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
                "permutation p-values.", "", lb.correlations.to_markdown(index=False, floatfmt=".3f"), ""]
+    if not lb.binned.empty:
+        lb.binned.to_csv(out / "binned.csv", index=False)
+        md += ["## Alignment by number of tasks solved", "", lb.meta["solved_rule"] + ".", "",
+               lb.binned.to_markdown(index=False, floatfmt=".4f"), ""]
     md += ["## Sources of downstream scores", ""] + [f"- `{k}`: {v}" for k, v in lb.meta["scores_sources"].items()]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (out / "index.html").write_text(render_html(lb, [p for p in figures if p.suffix == ".png"]), encoding="utf-8")

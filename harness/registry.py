@@ -110,6 +110,11 @@ class Registry:
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
                     if not isinstance(self.entries.get(ds), DatasetManifest):
                         out.append(unknown_problem(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset"))
+                for i, probe in enumerate(m.probes):
+                    if not isinstance(self.entries.get(probe.dataset), DatasetManifest):
+                        out.append(unknown_problem(path, f"probes.{i}.dataset", probe.dataset, self.of_kind(DatasetManifest), "dataset"))
+                    if probe.task not in self.plugins.tasks:
+                        out.append(unknown_problem(path, f"probes.{i}.task", probe.task, self.plugins.tasks, "task"))
                 known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | {"bits_per_byte"}
                 for i, name in enumerate(m.scores):
                     if name not in known_scores:

@@ -149,7 +149,8 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
     """Write every output of a run; return {'files': {...}, 'best': [...]} for the CLI's --json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    for name, table in (("scores", run.scores), ("calibration", run.calibration), ("model_scores", run.model_scores)):
+    for name, table in (("scores", run.scores), ("calibration", run.calibration), ("model_scores", run.model_scores),
+                        ("probes", run.probes)):
         if name == "scores" or not table.empty:
             table.to_csv(run_dir / f"{name}.csv", index=False)
             files[name] = str(run_dir / f"{name}.csv")

@@ -67,6 +67,7 @@ class SuiteRun:
     scores: pd.DataFrame  # long table: one row per (condition, model pair, layer pair, metric)
     calibration: pd.DataFrame  # one row per (condition, model pair, metric) when the suite asks for nulls
     model_scores: pd.DataFrame  # per condition and model, the mean of each per-sample extra (bits per byte)
+    probes: pd.DataFrame  # per probe task and model: its score
     metric_versions: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -226,7 +227,34 @@ def run_suite(
         scores.append(table.assign(condition=cond.label))
         nulls.append(cal.assign(condition=cond.label))
         timings["scoring"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probes = run_probes(registry, suite, models, cache, dev, force, progress, outcomes)
+    timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     return SuiteRun(suite, {m.id: m for m in models}, conds, sizes, outcomes, pd.concat(scores)[order],
-                    pd.concat(nulls), pd.DataFrame(extras), versions, timings)
+                    pd.concat(nulls), pd.DataFrame(extras), probes, versions, timings)
+
+
+def run_probes(
+    registry: Registry, suite: SuiteManifest, models: list[ModelManifest], cache: FeatureCache, dev: torch.device,
+    force: bool, progress: bool, outcomes: list[ModelOutcome],
+) -> pd.DataFrame:
+    """Every model that reads the probe data set's modality, scored by the probe's task on its features."""
+    rows = []
+    for probe in suite.probes:
+        ds = registry.get(probe.dataset, DatasetManifest)
+        assert isinstance(ds, DatasetManifest)
+        samples = load_samples(registry, ds, None)
+        task = registry.plugins.tasks[probe.task]
+        params = task.params(**probe.params)
+        for m in models:
+            if getattr(samples.samples[0], NEEDS[m.modality]) is None:
+                continue
+            f, outcome = model_features(registry, m, ds, samples, cache, dev, force, progress)
+            outcome.condition = f"probe {ds.id}"
+            outcomes.append(outcome)
+            if f is not None:
+                rows.append({"task": probe.task, "dataset": ds.id, "model": m.id,
+                             "score": task.evaluate(f, samples, **params)})
+    return pd.DataFrame(rows, columns=["task", "dataset", "model", "score"])

@@ -24,7 +24,16 @@ models: [efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, efficientne
 metrics: [{name: mutual_knn, k: 5}, {name: cka}]
 reference: efficientnet-lite2
 scores: [imagenet_top1]
+probes: [{dataset: digits-small, task: linear_probe, params: {test_fraction: 0.5}}]
 max_samples: 24
+"""
+DIGITS = """\
+kind: dataset
+id: digits-small
+version: 1
+loader: sklearn_digits
+modality: vision
+options: {size: 32, limit: 60, seed: 0}
 """
 
 
@@ -43,6 +52,7 @@ def test_correlate_matches_scipy_and_brackets_r() -> None:
 
 def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     write_yaml(tmp_path / "reg" / "suite.yaml", SUITE)
+    write_yaml(tmp_path / "reg" / "digits.yaml", DIGITS)
     reg = ["--registry", str(tmp_path / "reg")]
     missing = cli(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs")
     assert missing.exit_code == 2 and "no stored results of suite 'tiny-board'" in missing.stderr
@@ -54,7 +64,16 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     assert board.alignment_to_reference.iloc[1] >= board.alignment_to_reference.iloc[2] > board.alignment_to_reference.iloc[3]
     assert board.imagenet_top1.tolist() == [0.776, 0.767, 0.751, 0.001]
     corr = pd.DataFrame(out["correlations"])
-    assert set(corr.statistic) == {"pearson", "spearman"} and set(corr.score) == {"imagenet_top1"}
+    assert set(corr.statistic) == {"pearson", "spearman"}
+    assert {"imagenet_top1", "linear_probe:digits-small"} <= set(corr.score)
+    # The probe ran on every model's cached features, and 'solved' follows the 80%-of-best rule.
+    probes = pd.read_csv(tmp_path / "runs" / "tiny-board" / "20260101-000000" / "probes.csv")
+    assert len(probes) == 4 and probes.score.between(0, 1).all()
+    best = probes.score.max()
+    solved = dict(zip(board.model, board.tasks_solved))
+    assert solved == {m: float(s >= 0.8 * best) for m, s in zip(probes.model, probes.score)}
+    binned = pd.read_csv(tmp_path / "board" / "binned.csv")
+    assert binned.models.sum() == 3  # the reference has no alignment to itself
     meta = json.loads((tmp_path / "board" / "leaderboard.json").read_text())["meta"]
     assert meta["metric"] == "mutual_knn" and meta["metric_params"] == {"k": 5} and meta["harness"]
     assert meta["manifest_versions"]["efficientnet-lite0"] == 1 and "tensorflow/tpu" in meta["scores_sources"]["imagenet_top1"]
@@ -62,7 +81,9 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
         assert (tmp_path / "board" / name).stat().st_size > 0
     page = (tmp_path / "board" / "index.html").read_text()
     assert len(re.findall(r"<tr><td>", page)) == 4 and "onclick=\"sortBy(" in page
-    assert page.count("data:image/png;base64,") == 3 and "http" not in page.split("<h2>Sources")[0]
+    # heatmap, embedding, and one scatter per downstream score (ImageNet top-1, the probe, tasks solved)
+    assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<h2>Sources")[0]
+    assert (tmp_path / "board" / "scatter_linear_probe_digits-small.svg").exists()
     by_cka = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--metric", "cka",
                       "--out", tmp_path / "board-cka")
     assert Path(by_cka["files"]["leaderboard.md"]).read_text().count("cka") >= 1

@@ -87,7 +87,7 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_every_hook_is_documented_and_implemented_by_a_builtin() -> None:
     pm = build_plugin_manager()
     specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("prh_")]
-    assert specs == ["prh_dataset_loaders", "prh_manifest_dirs", "prh_metrics", "prh_model_backends"]
+    assert specs == ["prh_dataset_loaders", "prh_manifest_dirs", "prh_metrics", "prh_model_backends", "prh_tasks"]
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name))
         assert doc and len(doc.splitlines()) == 1, f"{name} needs a one-line docstring"

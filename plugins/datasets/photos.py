@@ -77,14 +77,18 @@ def photo_crops(m: DatasetManifest) -> SampleSet:
 
 
 def sklearn_digits(m: DatasetManifest) -> SampleSet:
+    """The 1797 labelled digits (or a seeded subset of `limit`), upscaled to `size` pixels."""
     from sklearn.datasets import load_digits
+
+    from .images import subset
 
     opts = {"size": 32, **m.options}
     digits = load_digits()
     samples = []
-    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
-        pil = Image.fromarray((img / 16.0 * 255).astype(np.uint8)).resize((opts["size"],) * 2, Image.Resampling.NEAREST)
-        samples.append(Sample(id=f"digits/{i:04d}", image=pil.convert("RGB"), label=int(label)))
+    for i in subset(len(digits.images), opts):
+        img = Image.fromarray((digits.images[i] / 16.0 * 255).astype(np.uint8))
+        img = img.resize((opts["size"],) * 2, Image.Resampling.NEAREST).convert("RGB")
+        samples.append(Sample(id=f"digits/{i:04d}", image=img, label=int(digits.target[i])))
     return SampleSet(tuple(samples))
 
 

@@ -1,0 +1,43 @@
+"""Built-in downstream tasks: a linear probe (logistic regression) on a model's features, as in the PRH
+paper's VTAB evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from prh_bench.errors import BadInput
+from prh_bench.features import Features
+from prh_bench.hookspecs import hookimpl
+from prh_bench.samples import SampleSet
+from prh_bench.task import Task
+
+
+class LinearProbe(Task):
+    """Test accuracy of a multinomial logistic regression on standardised features of one layer (default:
+    the last), trained on a seeded stratified split of the labelled samples."""
+
+    name = "linear_probe"
+    defaults = {"layer": -1, "test_fraction": 0.5, "seed": 0, "C": 1.0, "max_iter": 2000}
+
+    def evaluate(self, feats: Features, samples: SampleSet, **params: Any) -> float:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import train_test_split
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        labels = [s.label for s in samples.samples]
+        if any(label is None for label in labels):
+            raise BadInput("linear_probe: the data set has samples without labels")
+        x = feats.tensors[params["layer"]].numpy()
+        y = np.asarray(labels)
+        xtr, xte, ytr, yte = train_test_split(x, y, test_size=params["test_fraction"], random_state=params["seed"],
+                                              stratify=y)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=params["C"], max_iter=params["max_iter"]))
+        return float(probe.fit(xtr, ytr).score(xte, yte))
+
+
+@hookimpl
+def prh_tasks() -> dict[str, Task]:
+    return {"linear_probe": LinearProbe()}
