@@ -6,18 +6,12 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from .features import Features
+from .params import Parametrized
 from .samples import SampleSet
 
 
-class Task(ABC):
-    name: str
-    defaults: dict[str, Any] = {}
-
-    def params(self, **overrides: Any) -> dict[str, Any]:
-        unknown = set(overrides) - set(self.defaults)
-        if unknown:
-            raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
-        return {**self.defaults, **overrides}
+class Task(Parametrized, ABC):
+    """A downstream task; `name` and `defaults` (parameters) come with Parametrized."""
 
     @abstractmethod
     def evaluate(self, feats: Features, samples: SampleSet, **params: Any) -> float:

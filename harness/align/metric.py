@@ -9,17 +9,16 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
+from ..params import Parametrized
 
 
-class Metric(ABC):
+class Metric(Parametrized, ABC):
     """An alignment metric between two models' per-layer features on the same samples.
 
     `summarize` does the per-layer work once (neighbour sets, centred Gram matrices, ...); `pair_scores` scores
     every layer pair of two models from their summaries; `permute` reorders a summary's samples, so that
     permutation nulls reuse summaries instead of recomputing them."""
 
-    name: str
-    defaults: dict[str, Any] = {}
     higher_is_better: bool = True
     #: score(x, y) == score(y, x): the runner scores each unordered model pair once
     symmetric: bool = True
@@ -29,12 +28,6 @@ class Metric(ABC):
     min_samples: int = 2
     #: most layers on the y side of one pair_scores call in zoo_scores: bounds memory
     block: int = 256
-
-    def params(self, **overrides: Any) -> dict[str, Any]:
-        unknown = set(overrides) - set(self.defaults)
-        if unknown:
-            raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")
-        return {**self.defaults, **overrides}
 
     def check(self, feats: torch.Tensor) -> None:
         """Reject what would give a silent NaN: wrong shape, too few samples, non-finite or constant features."""
