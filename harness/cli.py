@@ -103,7 +103,7 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
         for name, path in written["files"].items():
             click.echo(f"  {name}: {path}")
     if result.failures:
-        click.echo(f"error: {len(result.failures)} model(s) failed: {', '.join(o.model for o in result.failures)}", err=True)
+        click.echo(f"error: {len(result.failures)} failed: {', '.join(o.model for o in result.failures)}", err=True)
         sys.exit(1)
 
 

@@ -245,7 +245,12 @@ def run_probes(
     for probe in suite.probes:
         ds = registry.get(probe.dataset, DatasetManifest)
         assert isinstance(ds, DatasetManifest)
-        samples = load_samples(registry, ds, None)
+        try:
+            samples = load_samples(registry, ds, None)
+        except PrhBenchError as exc:  # the alignment results are already computed: keep them, report this
+            log.error("probe data set '%s' is unavailable: %s", ds.id, exc)
+            outcomes.append(ModelOutcome(f"probe:{ds.id}", "failed", error=str(exc), condition=f"probe {ds.id}"))
+            continue
         task = registry.plugins.tasks[probe.task]
         params = task.params(**probe.params)
         for m in models:

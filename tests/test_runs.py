@@ -58,7 +58,7 @@ max_samples: 12
     result = cli("--offline", "--registry", tmp_path / "reg", "run", "--suite", "with-hub-model", "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert "model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k' are not available here" in result.output
-    assert "1 model(s) failed: resnet18.a1_in1k" in result.stderr
+    assert "1 failed: resnet18.a1_in1k" in result.stderr
     mat = pd.read_csv(tmp_path / "run" / "alignment_mutual_knn.csv", index_col=0)
     assert list(mat.index) == ["efficientnet-lite0-random", "vit-tiny-random"]
     assert "**failed**: `resnet18.a1_in1k`" in (tmp_path / "run" / "ranking_mutual_knn.md").read_text()

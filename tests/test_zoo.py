@@ -299,3 +299,33 @@ def test_plan_reports_cache_status_and_storage(tmp_path: Path, registry: Registr
     assert lite0["layers"] == 6 and lite0["feature_MiB"] == pytest.approx(16 * (16 + 24 + 40 + 112 + 320 + 1280) * 4 / 2**20)
     vit = registry.get("vit-tiny-random")
     assert registry.plugins.backends["timm"].feature_widths(vit) == [192] * 12
+
+
+def test_image_folder_labels_and_a_missing_probe_set_keeps_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prh_bench.plugins.datasets.images import image_folder
+
+    for cls, shade in (("cat", 30), ("dog", 200)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (shade, i * 10, 0)).save(tmp_path / "data" / cls / f"{i}.png")
+    ds = DatasetManifest(kind="dataset", id="d", version=1, loader="image_folder", modality="vision",
+                         options={"path": str(tmp_path / "data"), "labels": "folder"})
+    s = image_folder(ds)
+    assert [x.label for x in s.samples] == [0, 0, 0, 1, 1, 1] and s.ids[0] == "cat/0.png"
+    with pytest.raises(BadInput, match="every image must sit in a class subfolder"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / "loose.png")
+        image_folder(ds)
+    monkeypatch.delenv("VTAB_ROOT", raising=False)
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: probe-missing
+version: 1
+dataset: pocket-photos
+models: [efficientnet-lite0, efficientnet-lite1]
+metrics: [{name: mutual_knn, k: 5}]
+probes: [{dataset: vtab-cifar100}]
+max_samples: 16
+""")
+    result = cli("--registry", tmp_path / "reg", "run", "--suite", "probe-missing", "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "1 failed: probe:vtab-cifar100" in result.stderr
+    assert (tmp_path / "run" / "alignment_mutual_knn.csv").exists()  # the alignment results are kept

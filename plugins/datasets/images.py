@@ -30,7 +30,9 @@ def subset(n: int, opts: dict[str, Any]) -> list[int]:
 
 
 def image_folder(m: DatasetManifest) -> SampleSet:
-    """Images under `options.path` ($VARS expand), recursively, sorted by relative path (the sample id)."""
+    """Images under `options.path` ($VARS expand), recursively, sorted by relative path (the sample id). With
+    `labels: folder`, each image's label is its first-level subfolder (the ImageFolder layout), numbered in
+    sorted order."""
     raw = str(m.options.get("path", ""))
     root = Path(os.path.expandvars(raw)).expanduser()
     if not raw or not root.is_dir():
@@ -39,8 +41,17 @@ def image_folder(m: DatasetManifest) -> SampleSet:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BadInput(f"dataset '{m.id}': no images under {root}")
-    return SampleSet(tuple(Sample(id=files[i].relative_to(root).as_posix(), image=Image.open(files[i]).convert("RGB"))
-                           for i in subset(len(files), m.options)))
+    labels = m.options.get("labels")
+    if labels not in (None, "folder"):
+        raise BadInput(f"dataset '{m.id}': field 'options.labels': expected 'folder' or nothing, got {labels!r}")
+    rel = [f.relative_to(root) for f in files]
+    if labels == "folder" and any(len(r.parts) < 2 for r in rel):
+        raise BadInput(f"dataset '{m.id}': with labels: folder, every image must sit in a class subfolder of {root}")
+    classes = sorted({r.parts[0] for r in rel}) if labels == "folder" else []
+    return SampleSet(tuple(
+        Sample(id=rel[i].as_posix(), image=Image.open(files[i]).convert("RGB"),
+               label=classes.index(rel[i].parts[0]) if labels == "folder" else None)
+        for i in subset(len(files), m.options)))
 
 
 def hf_dataset(m: DatasetManifest) -> SampleSet:
