@@ -236,13 +236,11 @@ def show(obj: Ctx, manifest_id: str, as_json: bool) -> None:
     elif isinstance(m, DatasetManifest):
         doc["provided_by"] = reg.plugins.provider[("loader", m.loader)]
     elif isinstance(m, MetricManifest):
-        metric = reg.plugins.metrics[m.name]
-        doc["resolved_params"] = metric.params(**m.params)
+        doc["resolved_params"] = reg.metric(m.id)[1]
         doc["provided_by"] = reg.plugins.provider[("metric", m.name)]
     elif isinstance(m, SuiteManifest):
         doc["models"] = [x.id for x in reg.suite_models(m)]
-        doc["metrics"] = [{"name": u.name, **reg.plugins.metrics[reg.get(u.name).name].params(
-            **{**reg.get(u.name).params, **u.params})} for u in m.metrics]
+        doc["metrics"] = [{"name": u.name, **reg.metric(u.name, u.params)[1]} for u in m.metrics]
     click.echo(json.dumps(doc, indent=2) if as_json else yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -305,11 +303,10 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
     from .features import FeatureCache, cache_root, read_features
 
     reg = obj.registry
-    if metric not in reg.plugins.metrics:
-        raise BadInput(f"unknown metric '{metric}'; see `prh-bench ls metrics`")
+    chosen, params = reg.metric(metric, _parse_params(param_pairs))
     if files and not suite:
         (fx, mx), (fy, my) = (read_features(p) for p in files)
-        ids_x, ids_y = (json.loads(m.get("key_doc", "{}")).get("sample_ids") for m in (mx, my))
+        ids_x, ids_y = (json.loads(meta.get("key_doc", "{}")).get("sample_ids") for meta in (mx, my))
         if ids_x != ids_y:
             raise BadInput(f"{files[0]} and {files[1]} hold features of different samples; scores need the same samples")
         labels = [str(p) for p in files]
@@ -322,8 +319,8 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
         samples = load_samples(reg, ds, s.max_samples)
         got = []
         for mid in models:
-            m = reg.get(mid, ModelManifest)
-            f, outcome = model_features(reg, m, ds, samples, FeatureCache(cache_root()), resolve_device("auto"),
+            model = reg.get(mid, ModelManifest)
+            f, outcome = model_features(reg, model, ds, samples, FeatureCache(cache_root()), resolve_device("auto"),
                                         False, not obj.quiet)
             if f is None:
                 raise PrhBenchError(outcome.error)
@@ -332,14 +329,12 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
         labels = list(models)
     else:
         raise BadInput("give either --files A B, or --suite ID --models X Y")
-    m = reg.plugins.metrics[metric]
-    params = m.params(**{**(reg.get(metric).params if metric in reg.entries else {}), **_parse_params(param_pairs)})
     tx, ty = fx.tensors, fy.tensors
     if do_prepare or concat_layers:
         clamp = 0.95 if do_prepare else None
         tx, ty = (prepare(t, clamp, do_prepare, concat_layers) for t in (tx, ty))
     extra = [CONCAT] if concat_layers else []
-    res = score_layers(m, tx, ty, permutations=permutations, **params)
+    res = score_layers(chosen, tx, ty, permutations=permutations, **params)
     i, j = res.best_index
     lx, ly = fx.layer_names + extra, fy.layer_names + extra
     out = {"metric": metric, "params": params, "x": labels[0], "y": labels[1], "layers_x": lx, "layers_y": ly,

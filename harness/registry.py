@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import BadInput, ManifestError
 from .manager import Plugins
@@ -122,6 +123,18 @@ class Registry:
                 if m.sweep and (m.sweep.transform is None) != (m.sweep.levels is None):
                     out.append(f"{path}: field 'sweep': give both 'transform' and 'levels', or neither")
         return out
+
+    def metric(self, name: str, overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """The metric a suite or command names (a metric manifest id, else a plugin's metric name) and its
+        parameters: the metric's defaults, then the manifest's, then `overrides`."""
+        manifest = self.entries.get(name)
+        if isinstance(manifest, MetricManifest):
+            metric, base = self.plugins.metrics[manifest.name], manifest.params
+        elif name in self.plugins.metrics:
+            metric, base = self.plugins.metrics[name], {}
+        else:
+            raise BadInput(f"unknown metric '{name}'; see `prh-bench ls metrics`")
+        return metric, metric.params(**{**base, **(overrides or {})})
 
     def score_table(self, name: str) -> ScoresManifest | None:
         return next((m for m in self.of_kind(ScoresManifest).values() if m.name == name), None)

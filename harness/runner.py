@@ -126,10 +126,14 @@ def load_samples(registry: Registry, dataset: DatasetManifest, limit: int | None
     return loader(dataset).head(limit)
 
 
+def reads(m: ModelManifest, samples: SampleSet) -> bool:
+    """Whether the samples carry the modality the model reads (images for vision, texts for text)."""
+    return getattr(samples.samples[0], NEEDS[m.modality]) is not None
+
+
 def check_modalities(models: list[ModelManifest], samples: SampleSet, dataset: DatasetManifest) -> None:
-    first = samples.samples[0]
     for m in models:
-        if getattr(first, NEEDS[m.modality]) is None:
+        if not reads(m, samples):
             raise BadInput(f"model '{m.id}' reads {m.modality} but dataset '{dataset.id}' has no {NEEDS[m.modality]}s")
 
 
@@ -166,9 +170,7 @@ def score_pairs(
                 for mid, f in feats.items()}
     names = {mid: f.layer_names + ([CONCAT] if prep.concat_layers else []) for mid, f in feats.items()}
     for use in suite.metrics:
-        manifest = registry.get(use.name)
-        metric = registry.plugins.metrics[manifest.name]
-        params = metric.params(**{**manifest.params, **use.params})
+        metric, params = registry.metric(use.name, use.params)
         summaries = {mid: summarize_layers(metric, prepared[mid], **params) for mid in ids}
         zoo = score_models(metric, summaries, params)
         pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
@@ -254,7 +256,7 @@ def run_probes(
         task = registry.plugins.tasks[probe.task]
         params = task.params(**probe.params)
         for m in models:
-            if getattr(samples.samples[0], NEEDS[m.modality]) is None:
+            if not reads(m, samples):
                 continue
             f, outcome = model_features(registry, m, ds, samples, cache, dev, force, progress)
             outcome.condition = f"probe {ds.id}"

@@ -57,5 +57,15 @@ class LayerHooks:
     def clear(self) -> None:
         self._outputs.clear()
 
+    def pooled(self) -> list[torch.Tensor]:
+        """This forward pass's pooled outputs, one per layer, as computed (any device, any dtype)."""
+        return [self._outputs[name] for name in self.names]
+
     def collect(self) -> list[torch.Tensor]:
-        return [self._outputs[name].float().cpu() for name in self.names]
+        """The pooled outputs as float32 on the CPU, as extractors return them."""
+        return [t.float().cpu() for t in self.pooled()]
+
+
+def image_batch(transform: Any, batch: Sequence[Any], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A batch of samples' images, each converted to RGB and transformed, stacked on the model's device."""
+    return torch.stack([transform(s.image.convert("RGB")) for s in batch]).to(device, dtype)

@@ -17,7 +17,7 @@ from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWei
 from prh_bench.samples import Sample
 from prh_bench.weights import resolve_path, verify_sha256
 
-from .hooks import LayerHooks
+from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, hub_file_status
 from .timm_backend import TORCH_DTYPES
 
@@ -80,8 +80,7 @@ class OpenClipExtractor(FeatureExtractor):
             self.hooks.mask = torch.arange(tokens.shape[1], device=self.device)[None, :] <= eot
             emb = self.model.encode_text(tokens)
         else:
-            x = torch.stack([self.preprocess(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
-            emb = self.model.encode_image(x)
+            emb = self.model.encode_image(image_batch(self.preprocess, batch, self.device, self.dtype))
         if EMBEDDING in self.layer_names:
             self.hooks.put(EMBEDDING, emb)
         return self.hooks.collect()

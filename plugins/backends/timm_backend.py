@@ -18,7 +18,7 @@ from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWei
 from prh_bench.samples import Sample
 from prh_bench.weights import load_checkpoint
 
-from .hooks import LayerHooks
+from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, hub_file_status
 
 PRE_LOGITS = "pre_logits"
@@ -62,12 +62,16 @@ class TimmExtractor(FeatureExtractor):
         self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'", computed=[PRE_LOGITS])
         self.layer_names = self.hooks.names
 
-    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
-        x = torch.stack([self.transform(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Pooled features of every layer for an input batch, as computed (also on the meta device)."""
         self.hooks.clear()
         feats = self.model.forward_features(x)
         if PRE_LOGITS in self.layer_names:
             self.hooks.put(PRE_LOGITS, self.model.forward_head(feats, pre_logits=True))
+        return self.hooks.pooled()
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        self.forward(image_batch(self.transform, batch, self.device, self.dtype))
         return self.hooks.collect()
 
 
@@ -96,11 +100,7 @@ class TimmBackend:
             model = timm.create_model(m.source.split("@")[0], pretrained=False)
         ext = TimmExtractor(m.model_copy(update={"dtype": "float32"}), model, torch.device("meta"))
         size = timm.data.resolve_data_config(model=model)["input_size"]
-        ext.hooks.clear()
-        feats = ext.model.forward_features(torch.empty(1, *size, device="meta"))
-        if PRE_LOGITS in ext.layer_names:
-            ext.hooks.put(PRE_LOGITS, ext.model.forward_head(feats, pre_logits=True))
-        return [ext.hooks._outputs[name].shape[-1] for name in ext.layer_names]
+        return [t.shape[-1] for t in ext.forward(torch.empty(1, *size, device="meta"))]
 
 
 @hookimpl

@@ -18,7 +18,7 @@ from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWei
 from prh_bench.samples import Sample
 from prh_bench.weights import load_checkpoint
 
-from .hooks import LayerHooks
+from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, offline
 from .timm_backend import TORCH_DTYPES
 
@@ -65,10 +65,14 @@ class TorchvisionExtractor(FeatureExtractor):
         self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'")
         self.layer_names = self.hooks.names
 
-    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
-        x = torch.stack([self.transform(s.image.convert("RGB")) for s in batch]).to(self.device, self.dtype)
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Pooled features of every layer for an input batch, as computed (also on the meta device)."""
         self.hooks.clear()
         self.model(x)
+        return self.hooks.pooled()
+
+    def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
+        self.forward(image_batch(self.transform, batch, self.device, self.dtype))
         return self.hooks.collect()
 
 
@@ -91,9 +95,7 @@ class TorchvisionBackend:
             model = torchvision.models.get_model(m.source, weights=None)
         ext = TorchvisionExtractor(m.model_copy(update={"dtype": "float32"}), model, torch.device("meta"))
         crop = {**PREPROCESS, **m.preprocess}["crop"]
-        ext.hooks.clear()
-        ext.model(torch.empty(1, 3, crop, crop, device="meta"))
-        return [ext.hooks._outputs[name].shape[-1] for name in ext.layer_names]
+        return [t.shape[-1] for t in ext.forward(torch.empty(1, 3, crop, crop, device="meta"))]
 
 
 @hookimpl
