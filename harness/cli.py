@@ -73,21 +73,22 @@ def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offli
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--max-samples", type=click.IntRange(min=4), help="Use only the first N samples (a quick look).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default ./prh-runs/SUITE/TIME).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where extraction and scoring run: this process, or Ray tasks (the cache must be shared).")
+@click.option("--address", help="Ray cluster address (with --executor ray; default: start a local Ray instance).")
+@click.option("--memory-budget", "budget_gib", type=click.FloatRange(min=0, min_open=True),
+              help="GiB of per-layer summaries that scoring may hold; models are scored in groups that fit [4].")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths and the scores as JSON.")
 @click.pass_obj
 @handle_errors
-def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None, out: Path | None, as_json: bool) -> None:
+def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None, out: Path | None, executor: str,
+        address: str | None, budget_gib: float | None, as_json: bool) -> None:
     """Extract features (or reuse the cache) and score every model pair of a suite."""
-    from .features import FeatureCache, cache_root
-    from .report import write_run
-    from .runner import run_suite
-
-    cache = FeatureCache(cache_root())
-    result = run_suite(obj.registry, suite, cache, device=device, force=force, progress=not (obj.quiet or as_json),
-                       max_samples=max_samples)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = out or Path("prh-runs") / suite / stamp
-    written = write_run(result, run_dir)
+    if address and executor != "ray":
+        raise BadInput("--address needs --executor ray")
+    result, run_dir, written = _run_suite(obj, suite, progress=not (obj.quiet or as_json), out=out, device=device,
+                                          force=force, max_samples=max_samples, executor=executor, address=address,
+                                          budget_gib=budget_gib)
     if as_json:
         click.echo(json.dumps({"suite": suite, "run_dir": str(run_dir), **written,
                                "models": {o.model: {"status": o.status, "error": o.error} for o in result.outcomes},
@@ -105,6 +106,84 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
     if result.failures:
         click.echo(f"error: {len(result.failures)} failed: {', '.join(o.model for o in result.failures)}", err=True)
         sys.exit(1)
+
+
+def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, executor: str = "local",
+               address: str | None = None, **options: Any) -> tuple[Any, Path, dict[str, Any]]:
+    """Run a suite and write its run folder: (the SuiteRun, the folder, what write_run returned)."""
+    from .features import FeatureCache, cache_root
+    from .report import write_run
+    from .runner import run_suite
+
+    runner = None
+    if executor == "ray":
+        from .executors import RayExecutor
+
+        runner = RayExecutor(address)
+    result = run_suite(obj.registry, suite, FeatureCache(cache_root()), progress=progress, executor=runner,
+                       registry_dirs=obj.registry_dirs, **options)
+    run_dir = out or Path("prh-runs") / suite / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return result, run_dir, write_run(result, run_dir)
+
+
+@main.command()
+@click.option("--baseline", "baseline_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A baseline JSON file (leaderboards/baselines/SUITE.json).")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Check this run folder (default: run the baseline's suite now, reusing the cache).")
+@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance (default: the baseline's).")
+@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance (default: the baseline's).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | None, rtol: float | None,
+          as_json: bool) -> None:
+    """Compare a run's scores with a baseline; exit 1 listing what moved, what is missing and what changed version."""
+    from .baseline import compare, describe, read_baseline, read_run
+
+    base = read_baseline(baseline_file)
+    atol = base["tolerance"]["atol"] if atol is None else atol
+    rtol = base["tolerance"]["rtol"] if rtol is None else rtol
+    if run_dir is None:
+        result, run_dir, _ = _run_suite(obj, base["suite"], progress=not (obj.quiet or as_json))
+        if result.failures:
+            click.echo(f"note: {len(result.failures)} model run(s) failed: "
+                       + ", ".join(f"{o.model} ({o.error})" for o in result.failures), err=True)
+    res = compare(base, read_run(run_dir), atol, rtol)
+    if as_json:
+        click.echo(json.dumps({"ok": res.ok, "run_dir": str(run_dir), "atol": atol, "rtol": rtol, **vars(res)}, indent=2))
+    else:
+        click.echo(f"checking {run_dir} against {baseline_file}")
+        click.echo(describe(res, atol, rtol))
+    if not res.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--suite", required=True, help="Suite id.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A run folder (default: the newest under --runs).")
+@click.option("--runs", "runs_root", default=Path("prh-runs"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Baseline file (default: leaderboards/baselines/SUITE.json).")
+@click.option("--atol", type=click.FloatRange(min=0), help="Default absolute tolerance stored in the baseline.")
+@click.option("--rtol", type=click.FloatRange(min=0), help="Default relative tolerance stored in the baseline.")
+@handle_errors
+def baseline(suite: str, run_dir: Path | None, runs_root: Path, out: Path | None, atol: float | None,
+             rtol: float | None) -> None:
+    """Write or update a suite's baseline from stored results (a run folder)."""
+    from .baseline import DEFAULT_TOLERANCE, read_run, write_baseline
+    from .leaderboard import latest_run
+
+    run_dir = run_dir or latest_run(runs_root, suite)
+    if (got := read_run(run_dir)["suite"]) != suite:
+        raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite}'")
+    tol = {"atol": DEFAULT_TOLERANCE["atol"] if atol is None else atol,
+           "rtol": DEFAULT_TOLERANCE["rtol"] if rtol is None else rtol}
+    path = out or Path("leaderboards") / "baselines" / f"{suite}.json"
+    doc = write_baseline(run_dir, path, tol)
+    click.echo(f"wrote {path} from {run_dir} (tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}, "
+               f"{len(doc['versions']['models'])} models)")
 
 
 @main.command()
@@ -300,31 +379,33 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
     """Score every layer pair of two models' features with one metric; print JSON."""
     from .align import prepare, score_layers
     from .align.prepare import CONCAT
-    from .features import FeatureCache, cache_root, read_features
+    from .features import read_features
+    from .store import CorruptEntry
 
     reg = obj.registry
     chosen, params = reg.metric(metric, _parse_params(param_pairs))
     if files and not suite:
-        (fx, mx), (fy, my) = (read_features(p) for p in files)
+        try:
+            (fx, mx), (fy, my) = (read_features(p) for p in files)
+        except CorruptEntry as exc:
+            raise BadInput(f"{' or '.join(map(str, files))}: not a valid prh-bench feature file: {exc}") from None
         ids_x, ids_y = (json.loads(meta.get("key_doc", "{}")).get("sample_ids") for meta in (mx, my))
         if ids_x != ids_y:
             raise BadInput(f"{files[0]} and {files[1]} hold features of different samples; scores need the same samples")
         labels = [str(p) for p in files]
     elif suite and models and not files:
-        from .manifest import DatasetManifest, ModelManifest, SuiteManifest
-        from .runner import load_samples, model_features, resolve_device
+        from .executors import RunContext, RunSpec, Target, extract_one
+        from .features import cache_root
 
-        s = reg.get(suite, SuiteManifest)
-        ds = reg.get(s.dataset, DatasetManifest)
-        samples = load_samples(reg, ds, s.max_samples)
+        ctx = RunContext(RunSpec(suite, str(cache_root())), reg)
         got = []
         for mid in models:
-            model = reg.get(mid, ModelManifest)
-            f, outcome = model_features(reg, model, ds, samples, FeatureCache(cache_root()), resolve_device("auto"),
-                                        False, not obj.quiet)
-            if f is None:
+            if mid not in ctx.models:
+                raise BadInput(f"model '{mid}' is not in suite '{suite}'; see `prh-bench show {suite}`")
+            outcome = extract_one(ctx, mid, Target(condition=0), progress=not obj.quiet)
+            if outcome.status == "failed":
                 raise PrhBenchError(outcome.error)
-            got.append(f)
+            got.append(ctx.cache.load(mid, outcome.key))
         fx, fy = got
         labels = list(models)
     else:

@@ -2,9 +2,9 @@
 
 A cache entry is keyed by everything that changes features: the model manifest's feature fields (backend,
 source, revision, layers, pooling, weights, preprocessing, dtype, version), the dataset manifest and the ids
-and content digest of the samples, and the versions of the backend's libraries. Entries are safetensors
-files written to a temporary name and renamed atomically; an entry whose stored key differs or that cannot
-be read is never used.
+and content digest of the samples, and the versions of the backend's libraries. Entries are checksummed safetensors
+files written atomically (see store.py); an entry whose stored key differs, that cannot be read or that
+fails its checksum is never used.
 """
 
 from __future__ import annotations
@@ -13,22 +13,23 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from tqdm import tqdm
 
 from .backend import FeatureExtractor
 from .errors import ExtractionFailed
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
+from .store import CHECKSUM_FIELD, CorruptEntry, entry_lock, read_entry, write_entry
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a checksum of their tensors
 ENV_CACHE = "PRH_BENCH_CACHE"
 
 
@@ -81,16 +82,28 @@ class Features:
         return self.tensors[0].shape[0]
 
 
-def read_features(path: Path) -> tuple[Features, dict[str, str]]:
-    """Features and metadata of one cache file (safetensors: no pickle)."""
-    from safetensors import safe_open
+def _features_of(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Features:
+    layers = json.loads(meta["layers"])
+    extras = json.loads(meta.get("extras", "[]"))
+    return Features(layers, [tensors[f"layer{i:03d}"] for i in range(len(layers))],
+                    {name: tensors[f"extra.{name}"] for name in extras})
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        layers = json.loads(meta["layers"])
-        tensors = [f.get_tensor(f"layer{i:03d}") for i in range(len(layers))]
-        extras = {name: f.get_tensor(f"extra.{name}") for name in json.loads(meta.get("extras", "[]"))}
-    return Features(layers, tensors, extras), meta
+
+def read_features(path: Path) -> tuple[Features, dict[str, str]]:
+    """Features and metadata of one cache file; `CorruptEntry` when it fails its checksum."""
+    tensors, meta = read_entry(path)
+    return _features_of(tensors, meta), meta
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What scoring needs to know of a cached entry without reading its data: sample count, layer names and
+    widths, and the checksum of its tensors (score blocks are keyed by it, so new features mean new scores)."""
+
+    n: int
+    layer_names: list[str]
+    widths: list[int]
+    digest: str
 
 
 class FeatureCache:
@@ -100,39 +113,42 @@ class FeatureCache:
     def path(self, model_id: str, key: str) -> Path:
         return self.root / "features" / model_id / f"{key}.safetensors"
 
+    def lock(self, model_id: str, key: str) -> FileLock:
+        """Held while one run extracts an entry: a second run sharing the cache waits, then reads it."""
+        return entry_lock(self.path(model_id, key))
+
     def load(self, model_id: str, key: str) -> Features | None:
-        """The cached features, or None when absent, unreadable or stored under another key."""
+        """The cached features, or None when absent, corrupt (checksum) or stored under another key."""
         path = self.path(model_id, key)
         if not path.exists():
             return None
         try:
             feats, meta = read_features(path)
-        except Exception as exc:  # a truncated or foreign file: never trust it
-            log.warning("cache entry %s is unreadable (%s); recomputing", path, exc)
+        except CorruptEntry as exc:
+            log.warning("cache entry %s is corrupt: %s; recomputing", path, exc)
             return None
         if meta.get("key") != key:
             log.warning("cache entry %s was stored under another key; recomputing", path)
             return None
         return feats
 
-    def save(self, model_id: str, key: str, feats: Features, doc: dict[str, Any]) -> Path:
-        """Write atomically: a reader sees the old entry or the complete new one, never a partial file."""
-        from safetensors.torch import save_file
+    def info(self, model_id: str, key: str) -> EntryInfo:
+        """From the header of a stored entry only."""
+        from safetensors import safe_open
 
+        with safe_open(str(self.path(model_id, key)), framework="pt") as f:
+            meta = f.metadata() or {}
+            layers = json.loads(meta["layers"])
+            shapes = [f.get_slice(f"layer{i:03d}").get_shape() for i in range(len(layers))]
+        return EntryInfo(shapes[0][0], layers, [s[1] for s in shapes], meta[CHECKSUM_FIELD])
+
+    def save(self, model_id: str, key: str, feats: Features, doc: dict[str, Any]) -> Path:
+        """Write atomically with a checksum: a reader sees the old entry or the complete new one."""
         path = self.path(model_id, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"layer{i:03d}": t.contiguous() for i, t in enumerate(feats.tensors)}
-        tensors |= {f"extra.{name}": t.contiguous() for name, t in feats.extras.items()}
-        meta = {"key": key, "layers": json.dumps(feats.layer_names), "extras": json.dumps(list(feats.extras)),
-                "key_doc": json.dumps(doc, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        tensors = {f"layer{i:03d}": t for i, t in enumerate(feats.tensors)}
+        tensors |= {f"extra.{name}": t for name, t in feats.extras.items()}
+        write_entry(path, tensors, {"key": key, "layers": json.dumps(feats.layer_names),
+                                    "extras": json.dumps(list(feats.extras)), "key_doc": json.dumps(doc, sort_keys=True)})
         return path
 
 

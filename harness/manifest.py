@@ -96,6 +96,13 @@ class ManifestBase(_Strict):
     tags: list[str] = []
 
 
+class Resources(_Strict):
+    """What one extraction of the model needs on a worker (used by the Ray executor)."""
+
+    gpus: float = Field(default=1, ge=0, description="GPUs per extraction, when the run uses GPUs")
+    memory_gb: float | None = Field(default=None, gt=0, description="host memory per extraction (default: from params)")
+
+
 class ModelManifest(ManifestBase):
     kind: Literal["model"]
     backend: str
@@ -109,6 +116,15 @@ class ModelManifest(ManifestBase):
     batch_size: int = Field(default=32, ge=1)
     params: float | None = Field(default=None, description="parameter count")
     license: str = ""
+    resources: Resources = Resources()
+
+    def memory_bytes(self) -> int | None:
+        """Host memory one extraction needs: the manifest's, else 4x the weights at the manifest's dtype."""
+        if self.resources.memory_gb is not None:
+            return int(self.resources.memory_gb * 2**30)
+        if self.params is None:
+            return None
+        return int(4 * self.params * (4 if self.dtype == "float32" else 2))
 
     @property
     def weights_label(self) -> str:

@@ -1,6 +1,6 @@
-"""Plans and executes a suite: load data, get each model's features (cache or extraction), score every
-model pair at every layer pair, and hand the results to the report writer. One model failing never loses
-the others' results."""
+"""Drives a suite: its conditions, each model's features (cache or extraction), every model pair scored at
+every layer pair, probes, and the results handed to the report writer. One model failing never loses the
+others' results."""
 
 from __future__ import annotations
 
@@ -10,37 +10,32 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from .align import LayerScores, prepare, summarize_layers
-from .align.calibrate import calibrate_summaries
-from .align.matrix import score_models
 from .align.prepare import CONCAT
 from .errors import BadInput, PrhBenchError
-from .features import FeatureCache, Features, extract, feature_key
+from .executors import (
+    Executor,
+    LocalExecutor,
+    ModelOutcome,
+    RunContext,
+    RunSpec,
+    Target,
+)
+from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
+from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult, collect, job_pairs
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
-
-
-@dataclass
-class ModelOutcome:
-    model: str
-    status: str  # cached | extracted | failed
-    seconds: float = 0.0
-    error: str = ""
-    key: str = ""
-    layers: int = 0
-    condition: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,131 +132,93 @@ def check_modalities(models: list[ModelManifest], samples: SampleSet, dataset: D
             raise BadInput(f"model '{m.id}' reads {m.modality} but dataset '{dataset.id}' has no {NEEDS[m.modality]}s")
 
 
-def model_features(
-    registry: Registry, m: ModelManifest, dataset: DatasetManifest, samples: SampleSet, cache: FeatureCache,
-    device: torch.device, force: bool, progress: bool,
-) -> tuple[Features | None, ModelOutcome]:
-    backend = registry.plugins.backends[m.backend]
-    key, doc = feature_key(m, backend.libraries, dataset, samples)
-    start = time.perf_counter()
-    if not force and (feats := cache.load(m.id, key)) is not None:
-        return feats, ModelOutcome(m.id, "cached", time.perf_counter() - start, key=key, layers=len(feats.layer_names))
-    try:
-        extractor = backend.load(m, device)
-        feats = extract(extractor, samples, m.batch_size, desc=m.id, progress=progress)
-        cache.save(m.id, key, feats, doc)
-    except (PrhBenchError, RuntimeError, OSError, ValueError) as exc:
-        log.error("model '%s' failed: %s", m.id, exc)
-        return None, ModelOutcome(m.id, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", key)
-    return feats, ModelOutcome(m.id, "extracted", time.perf_counter() - start, key=key, layers=len(feats.layer_names))
-
-
-def score_pairs(
-    registry: Registry, suite: SuiteManifest, feats: dict[str, Features], progress: bool
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every model pair x every layer pair x every metric, as a long table (and permutation nulls of each
-    pair's best score when the suite asks). Per-layer summaries are computed once per model and metric and
-    reused across all pairs and all permutations."""
-    rows: list[dict[str, Any]] = []
-    nulls: list[dict[str, Any]] = []
-    ids = list(feats)
-    prep = suite.prepare
-    prepared = {mid: prepare(f.tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers)
-                for mid, f in feats.items()}
-    names = {mid: f.layer_names + ([CONCAT] if prep.concat_layers else []) for mid, f in feats.items()}
-    for use in suite.metrics:
-        metric, params = registry.metric(use.name, use.params)
-        summaries = {mid: summarize_layers(metric, prepared[mid], **params) for mid in ids}
-        zoo = score_models(metric, summaries, params)
-        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
-        if not metric.symmetric:
-            pairs += [(b, a) for a, b in pairs]
-        for a, b in tqdm(pairs, desc=metric.name, disable=not progress, leave=False):
-            matrix = zoo.block(a, b)
-            for i, lx in enumerate(names[a]):
-                for j, ly in enumerate(names[b]):
-                    rows.append({"model_x": a, "model_y": b, "layer_x": lx, "layer_y": ly, "metric": metric.name,
-                                 "params": json.dumps(params, sort_keys=True), "score": float(matrix[i, j])})
-            if suite.calibrate is not None:
-                best = LayerScores(matrix, metric.higher_is_better).best
-                cal = calibrate_summaries(metric, summaries[a], summaries[b], best, params, feats[a].n,
-                                          suite.calibrate.permutations, suite.calibrate.seed)
-                nulls.append({"model_x": a, "model_y": b, "metric": metric.name, **cal.as_dict()})
-    columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
-    return pd.DataFrame(rows, columns=columns), pd.DataFrame(nulls)
+def score_rows(job: ScoreJob, zoo: ZooResult, names: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The long table of one job: every ordered model pair it scores x every layer pair."""
+    params = json.dumps(job.params, sort_keys=True)
+    rows = []
+    for a, b in (p for i, j in job.blocks() for p in job_pairs(job, i, j)):
+        matrix = zoo.block(a.id, b.id)
+        for i, lx in enumerate(names[a.id]):
+            for j, ly in enumerate(names[b.id]):
+                rows.append({"model_x": a.id, "model_y": b.id, "layer_x": lx, "layer_y": ly, "metric": job.metric.name,
+                             "params": params, "score": float(matrix[i, j])})
+    return rows
 
 
 def run_suite(
     registry: Registry, suite_id: str, cache: FeatureCache, *, device: str = "auto", force: bool = False,
-    progress: bool = True, max_samples: int | None = None,
+    progress: bool = True, max_samples: int | None = None, executor: Executor | None = None,
+    budget_gib: float | None = None, registry_dirs: tuple[Path, ...] = (),
 ) -> SuiteRun:
-    suite = registry.get(suite_id, SuiteManifest)
-    assert isinstance(suite, SuiteManifest)
-    models = registry.suite_models(suite)
-    conds = suite_conditions(registry, suite)
-    dev = resolve_device(device)
+    """Extract (or reuse) every model's features, then score every model pair at every layer pair with every
+    metric, condition by condition. Work goes to the executor (this process by default); its results go to
+    the cache first, so a run killed at any point resumes where it stopped."""
+    spec = RunSpec(suite_id, str(cache.root), tuple(str(d) for d in registry_dirs), device, force, max_samples,
+                   budget_gib or DEFAULT_BUDGET_GIB)
+    ctx = RunContext(spec, registry)
+    executor = executor or LocalExecutor()
+    suite, models = ctx.suite, list(ctx.models.values())
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
     scores, nulls, extras, sizes = [], [], [], {}
-    loaded: dict[str, SampleSet] = {}
-    for cond in conds:
+    for index, cond in enumerate(ctx.conditions):
         t0 = time.perf_counter()
-        if cond.dataset.id not in loaded:
-            loaded[cond.dataset.id] = load_samples(registry, cond.dataset, max_samples or suite.max_samples)
-            check_modalities(models, loaded[cond.dataset.id], cond.dataset)
-        samples = apply_transform(loaded[cond.dataset.id], cond)
+        _, samples, _ = ctx.samples(Target(condition=index))
+        check_modalities(models, samples, cond.dataset)
         sizes[cond.label] = len(samples)
         timings["load_data"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        feats: dict[str, Features] = {}
-        desc = f"{suite.id}: models" + (f" ({cond.label})" if len(conds) > 1 else "")
-        for m in tqdm(models, desc=desc, disable=not progress, unit="model"):
-            f, outcome = model_features(registry, m, cond.dataset, samples, cache, dev, force, progress)
-            outcome.condition = cond.label
-            outcomes.append(outcome)
-            if f is not None:
-                feats[m.id] = f
-                extras += [{"condition": cond.label, "model": m.id, "score": k, "mean": float(v.mean())}
-                           for k, v in f.extras.items()]
+        done = executor.extract(ctx, list(ctx.models), Target(condition=index), progress)
+        outcomes += done
+        ok = [o for o in done if o.status != "failed"]
+        extras += [{"condition": cond.label, "model": o.model, "score": k, "mean": v}
+                   for o in ok for k, v in (o.extras or {}).items()]
         timings["features"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        table, cal = score_pairs(registry, suite, feats, progress)
-        scores.append(table.assign(condition=cond.label))
-        nulls.append(cal.assign(condition=cond.label))
+        members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
+        names = {m.id: m.info.layer_names + ([CONCAT] if suite.prepare.concat_layers else []) for m in members}
+        rows, cal = [], []
+        for use in suite.metrics:
+            metric, params = registry.metric(use.name, use.params)
+            job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate, members,
+                           int(spec.budget_gib * 2**30))
+            executor.score(ctx, job, progress)
+            zoo = collect(job, ctx.blocks)
+            rows += score_rows(job, zoo, names)
+            cal += zoo.calibration()
+        columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
+        scores.append(pd.DataFrame(rows, columns=columns).assign(condition=cond.label))
+        nulls.append(pd.DataFrame(cal).assign(condition=cond.label))
         timings["scoring"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    probes = run_probes(registry, suite, models, cache, dev, force, progress, outcomes)
+    probes = run_probes(ctx, executor, progress, outcomes)
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
-    return SuiteRun(suite, {m.id: m for m in models}, conds, sizes, outcomes, pd.concat(scores)[order],
+    return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
                     pd.concat(nulls), pd.DataFrame(extras), probes, versions, timings)
 
 
-def run_probes(
-    registry: Registry, suite: SuiteManifest, models: list[ModelManifest], cache: FeatureCache, dev: torch.device,
-    force: bool, progress: bool, outcomes: list[ModelOutcome],
-) -> pd.DataFrame:
-    """Every model that reads the probe data set's modality, scored by the probe's task on its features."""
+def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:
+    """Every model that reads the probe data set's modality, scored by the probe's task on its features (read
+    back from the cache one model at a time)."""
     rows = []
-    for probe in suite.probes:
-        ds = registry.get(probe.dataset, DatasetManifest)
-        assert isinstance(ds, DatasetManifest)
+    for probe in ctx.suite.probes:
         try:
-            samples = load_samples(registry, ds, None)
+            ds, samples, _ = ctx.samples(Target(probe=probe.dataset))
         except PrhBenchError as exc:  # the alignment results are already computed: keep them, report this
-            log.error("probe data set '%s' is unavailable: %s", ds.id, exc)
-            outcomes.append(ModelOutcome(f"probe:{ds.id}", "failed", error=str(exc), condition=f"probe {ds.id}"))
+            log.error("probe data set '%s' is unavailable: %s", probe.dataset, exc)
+            outcomes.append(ModelOutcome(f"probe:{probe.dataset}", "failed", error=str(exc),
+                                         condition=f"probe {probe.dataset}"))
             continue
-        task = registry.plugins.tasks[probe.task]
+        task = ctx.registry.plugins.tasks[probe.task]
         params = task.params(**probe.params)
-        for m in models:
-            if not reads(m, samples):
-                continue
-            f, outcome = model_features(registry, m, ds, samples, cache, dev, force, progress)
-            outcome.condition = f"probe {ds.id}"
-            outcomes.append(outcome)
-            if f is not None:
-                rows.append({"task": probe.task, "dataset": ds.id, "model": m.id,
-                             "score": task.evaluate(f, samples, **params)})
+        readers = [mid for mid, m in ctx.models.items() if reads(m, samples)]
+        done = executor.extract(ctx, readers, Target(probe=probe.dataset), progress)
+        outcomes += done
+        for o in done:
+            if o.status != "failed":
+                feats = ctx.features(Member(o.model, o.key, ctx.cache.info(o.model, o.key)))
+                rows.append({"task": probe.task, "dataset": ds.id, "model": o.model,
+                             "score": task.evaluate(feats, samples, **params)})
     return pd.DataFrame(rows, columns=["task", "dataset", "model", "score"])

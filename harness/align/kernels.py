@@ -87,6 +87,9 @@ class CKA(Metric):
         self.check(feats)
         return _unit(centered_kernel(feats, params["kernel"], params["sigma"]), self.name)
 
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 4 * n * n
+
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
         return _inner(sx, sy)
 
@@ -207,6 +210,9 @@ class CKNNA(Metric):
         if self_hsic <= 0:
             raise BadInput("cknna: a layer's neighbourhood kernel has no positive self-similarity; score undefined")
         return KnnKernel(nb.idx, kv, recip, self_hsic)
+
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 17 * n * params["k"]  # int64 columns, float64 kernel values, bool reciprocity
 
     def pair_scores(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any) -> torch.Tensor:
         table = _SlotTable(sy)

@@ -112,6 +112,9 @@ class KNNMetric(Metric):
         self.check(feats)
         return Neighbours(knn_indices(feats, params["k"]))
 
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 8 * n * params["k"]
+
     def permute(self, summary: Neighbours, perm: torch.Tensor) -> Neighbours:
         return summary.permuted(perm)
 

@@ -41,6 +41,16 @@ class Metric(Parametrized, ABC):
         if torch.equal(feats.amax(0), feats.amin(0)):
             raise BadInput(f"{self.name}: features are constant across samples; no similarity structure to compare")
 
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        """Estimated bytes of one layer's summary for N = n samples of width d: sizes the groups that bound
+        a run's memory. The default fits metrics that keep a (transformed) copy of the features."""
+        return 8 * n * d
+
+    def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], params: dict[str, Any]) -> torch.Tensor:
+        """All layers of one group of models against all layers of another, in chunks of `block` y layers."""
+        return torch.cat([self.pair_scores(sx, sy[c : c + self.block], **params)
+                          for c in range(0, len(sy), self.block)], dim=1)
+
     @abstractmethod
     def summarize(self, feats: torch.Tensor, **params: Any) -> Any:
         """Per-layer work on one N x D tensor; reused across all pairs the layer enters."""

@@ -49,6 +49,9 @@ class RSA(Metric):
         self.check(feats)
         return RankedRDM.of(rdm(feats))
 
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 8 * n * n + 4 * n * (n - 1)  # the RDM and its ranked upper triangle, float64
+
     def pair_scores(self, sx: Sequence[RankedRDM], sy: Sequence[RankedRDM], **params: Any) -> torch.Tensor:
         return torch.stack([s.unit for s in sx]) @ torch.stack([s.unit for s in sy]).T
 

@@ -63,6 +63,9 @@ class SVCCA(RowMetric):
             raise BadInput(f"svcca: dims={d} exceeds the rank of a layer ({int((s > s[0] * 1e-10).sum())})")
         return Rows(u[:, :d])
 
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 4 * n * params["dims"]
+
     def pair_scores(self, sx: Sequence[Rows], sy: Sequence[Rows], **params: Any) -> torch.Tensor:
         ux, uy = torch.stack([s.x for s in sx]), torch.stack([s.x for s in sy])
         cross = torch.einsum("and,bne->abde", ux, uy)
@@ -180,6 +183,9 @@ class LinearRegression(Metric):
             else:
                 hats.append(xte @ torch.linalg.pinv(xtr))
         return Regression(tuple(hats), folds, x)
+
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 8 * n * (n + d)  # per fold a test x train operator (n^2 (1 - 1/folds) in all), and the rows
 
     def pair_scores(self, sx: Sequence[Regression], sy: Sequence[Regression], **params: Any) -> torch.Tensor:
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)

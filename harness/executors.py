@@ -1,0 +1,219 @@
+"""Where a run's work happens. The driver (runner.py) hands out two kinds of work, both of which leave their
+results in the shared cache: extracting one model's features on one sample set, and computing blocks of pair
+scores (scoring.py). `LocalExecutor` does them in this process, in order; `RayExecutor` makes each a Ray task
+with its resource needs, on a local Ray instance or a cluster whose nodes share the cache directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from .features import FeatureCache, Features, extract, feature_key
+from .manifest import DatasetManifest, ModelManifest, SuiteManifest
+from .registry import Registry
+from .samples import SampleSet
+from .scoring import DEFAULT_BUDGET_GIB, BlockStore, Member, ScoreJob, run_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a worker needs to rebuild a run's context: small and picklable."""
+
+    suite: str
+    cache_root: str
+    registry_dirs: tuple[str, ...] = ()
+    device: str = "auto"
+    force: bool = False
+    max_samples: int | None = None
+    budget_gib: float = DEFAULT_BUDGET_GIB
+
+
+@dataclass(frozen=True)
+class Target:
+    """The sample set of an extraction: a condition of the suite (its index) or a probe data set (its id)."""
+
+    condition: int | None = None
+    probe: str | None = None
+
+
+@dataclass
+class ModelOutcome:
+    model: str
+    status: str  # cached | extracted | failed
+    seconds: float = 0.0
+    error: str = ""
+    key: str = ""
+    layers: int = 0
+    condition: str = ""
+    extras: dict[str, float] | None = None  # mean of each per-sample extra (e.g. bits per byte)
+
+
+class RunContext:
+    """The registry, suite, cache and sample sets of a run, as seen by the driver or by one worker."""
+
+    def __init__(self, spec: RunSpec, registry: Registry | None = None):
+        from .manager import load_plugins
+        from .runner import suite_conditions
+
+        self.spec = spec
+        self.registry = registry or Registry.load(load_plugins(), [Path(d) for d in spec.registry_dirs])
+        suite = self.registry.get(spec.suite, SuiteManifest)
+        assert isinstance(suite, SuiteManifest)
+        self.suite = suite
+        self.models: dict[str, ModelManifest] = {m.id: m for m in self.registry.suite_models(suite)}
+        self.conditions = suite_conditions(self.registry, suite)
+        self.cache = FeatureCache(Path(spec.cache_root))
+        self.blocks = BlockStore(Path(spec.cache_root))
+        self._data: dict[tuple[str, int | None], SampleSet] = {}
+
+    @cached_property
+    def device(self) -> torch.device:
+        from .runner import resolve_device
+
+        return resolve_device(self.spec.device)
+
+    def dataset(self, dataset: DatasetManifest, limit: int | None) -> SampleSet:
+        from .runner import load_samples
+
+        if (dataset.id, limit) not in self._data:
+            self._data[(dataset.id, limit)] = load_samples(self.registry, dataset, limit)
+        return self._data[(dataset.id, limit)]
+
+    def samples(self, target: Target) -> tuple[DatasetManifest, SampleSet, str]:
+        """The data set, the samples (transformed under a sweep condition) and the label of a target."""
+        from .runner import apply_transform
+
+        if target.condition is not None:
+            cond = self.conditions[target.condition]
+            limit = self.spec.max_samples or self.suite.max_samples
+            return cond.dataset, apply_transform(self.dataset(cond.dataset, limit), cond), cond.label
+        ds = self.registry.get(target.probe or "", DatasetManifest)
+        assert isinstance(ds, DatasetManifest)
+        return ds, self.dataset(ds, None), f"probe {ds.id}"
+
+    def features(self, m: Member) -> Features:
+        feats = self.cache.load(m.id, m.key)
+        if feats is None:
+            raise RuntimeError(f"features of '{m.id}' vanished from the cache {self.cache.root} during the run")
+        return feats
+
+
+def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool = False) -> ModelOutcome:
+    """One model's features on one sample set, from the cache or extracted and stored. While one run
+    extracts, others sharing the cache wait on the entry's lock and then read it."""
+    from .errors import PrhBenchError
+
+    m = ctx.models[model_id]
+    dataset, samples, label = ctx.samples(target)
+    backend = ctx.registry.plugins.backends[m.backend]
+    key, doc = feature_key(m, backend.libraries, dataset, samples)
+    start = time.perf_counter()
+
+    def done(status: str, feats: Features) -> ModelOutcome:
+        return ModelOutcome(m.id, status, time.perf_counter() - start, key=key, layers=len(feats.layer_names),
+                            condition=label, extras={k: float(v.mean()) for k, v in feats.extras.items()})
+
+    with ctx.cache.lock(m.id, key):
+        if not ctx.spec.force and (feats := ctx.cache.load(m.id, key)) is not None:
+            return done("cached", feats)
+        try:
+            feats = extract(backend.load(m, ctx.device), samples, m.batch_size, desc=m.id, progress=progress)
+            ctx.cache.save(m.id, key, feats, doc)
+        except (PrhBenchError, RuntimeError, OSError, ValueError) as exc:
+            log.error("model '%s' failed: %s", m.id, exc)
+            return ModelOutcome(m.id, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", key,
+                                condition=label)
+    return done("extracted", feats)
+
+
+class Executor(Protocol):
+    def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
+        """Each model's features on the target's samples, in the cache; their outcomes in model order."""
+
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
+        """Every block of the job, in the block store."""
+
+
+class LocalExecutor:
+    """In this process, one model and one block at a time."""
+
+    def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
+        label = ctx.samples(target)[2]
+        bar = tqdm(models, desc=f"{ctx.suite.id}: models ({label})", disable=not progress, unit="model")
+        return [extract_one(ctx, mid, target, progress) for mid in bar]
+
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
+        blocks = job.blocks()
+        with tqdm(total=len(blocks), desc=job.metric.name, disable=not progress, unit="block", leave=False) as bar:
+            run_blocks(job, ctx.blocks, ctx.features, blocks, lambda: bar.update())
+
+
+_WORKER_CONTEXTS: dict[RunSpec, RunContext] = {}
+
+
+def _worker_context(spec: RunSpec) -> RunContext:
+    """A Ray worker builds a run's context once and reuses it across the tasks it runs."""
+    if spec not in _WORKER_CONTEXTS:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        _WORKER_CONTEXTS[spec] = RunContext(spec)
+    return _WORKER_CONTEXTS[spec]
+
+
+def _ray_extract(spec: RunSpec, model_id: str, target: Target) -> ModelOutcome:
+    return extract_one(_worker_context(spec), model_id, target)
+
+
+def _ray_score(spec: RunSpec, job: ScoreJob, i: int, j: int) -> None:
+    ctx = _worker_context(spec)
+    run_blocks(job, ctx.blocks, ctx.features, [(i, j)])
+
+
+class RayExecutor:
+    """Each extraction a Ray task (a GPU when the run's device asks for one and the cluster has one, and the
+    manifest's memory need), each score block a task (its memory budget). Workers read and write the cache
+    at the run's cache root, which every node must see (a shared file system)."""
+
+    def __init__(self, address: str | None = None):
+        import ray
+
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith(("PRH_BENCH_", "HF_", "TRANSFORMERS_"))}
+            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
+                     log_to_driver=True)
+        self.ray = ray
+
+    def _gpus(self, ctx: RunContext, m: ModelManifest) -> float:
+        if ctx.spec.device == "cpu" or self.ray.cluster_resources().get("GPU", 0) == 0:
+            return 0
+        return m.resources.gpus
+
+    def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
+        task = self.ray.remote(_ray_extract)
+        refs = []
+        for mid in models:
+            m = ctx.models[mid]
+            options = {"num_gpus": self._gpus(ctx, m)} | ({"memory": mem} if (mem := m.memory_bytes()) else {})
+            refs.append(task.options(**options).remote(ctx.spec, mid, target))
+        return self._gather(refs, f"{ctx.suite.id}: models", progress)
+
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
+        task = self.ray.remote(_ray_score).options(memory=job.budget)
+        self._gather([task.remote(ctx.spec, job, i, j) for i, j in job.blocks()], job.metric.name, progress)
+
+    def _gather(self, refs: list, desc: str, progress: bool) -> list:
+        with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
+            pending = list(refs)
+            while pending:
+                ready, pending = self.ray.wait(pending, num_returns=1)
+                bar.update(len(ready))
+        return self.ray.get(refs)

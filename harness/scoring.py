@@ -1,0 +1,254 @@
+"""The pair stage of a run: bounded memory, resumable block by block.
+
+Models are split, in suite order, into groups whose per-layer summaries fit half the memory budget (each
+metric estimates its summaries' size from N and the layer widths). A block is a group against itself or
+against a later group, and it is the unit of work: computed in one batched call, stored in the cache as one
+checksummed file keyed by everything it depends on, and never recomputed once stored. At most two groups'
+summaries are held at once, features are read from the cache one model at a time, and a run killed while
+scoring loses at most the block in progress.
+
+A block's scores depend slightly on what it batches (float64 matrix products sum in a shape-dependent order,
+~1e-15 apart). Blocks are fixed by the suite's models and the budget alone, so a resumed run computes exactly
+the blocks an uninterrupted one would, and its results are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from .align import LayerScores, prepare, summarize_layers
+from .align.calibrate import calibrate_summaries
+from .align.metric import Metric
+from .features import EntryInfo, Features
+from .manifest import Calibration, Prepare
+from .store import CorruptEntry, entry_lock, read_entry, write_entry
+
+log = logging.getLogger(__name__)
+BLOCK_FORMAT = 1
+DEFAULT_BUDGET_GIB = 4.0
+
+
+@dataclass(frozen=True)
+class Member:
+    """A model that has features under the job's condition: its id, its feature cache key and their header."""
+
+    id: str
+    key: str
+    info: EntryInfo
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One metric under one condition over the models that have features, with the memory budget in bytes."""
+
+    metric: Metric
+    params: dict[str, Any]
+    version: int
+    prepare: Prepare
+    calibrate: Calibration | None
+    members: tuple[Member, ...]
+    budget: int
+
+    def layers(self, m: Member) -> int:
+        return len(m.info.widths) + self.prepare.concat_layers
+
+    def summary_nbytes(self, m: Member) -> int:
+        widths = m.info.widths + ([sum(m.info.widths)] if self.prepare.concat_layers else [])
+        return sum(self.metric.summary_nbytes(m.info.n, d, **self.params) for d in widths)
+
+    @cached_property
+    def groups(self) -> list[list[Member]]:
+        """Consecutive members whose summaries fit half the budget (a model larger than that is alone)."""
+        groups: list[list[Member]] = []
+        used = 0
+        for m in self.members:
+            size = self.summary_nbytes(m)
+            if not groups or used + size > self.budget // 2:
+                groups.append([])
+                used = 0
+            groups[-1].append(m)
+            used += size
+        return groups
+
+    def blocks(self) -> list[tuple[int, int]]:
+        g = len(self.groups)
+        return [(i, j) for i in range(g) for j in range(i, g)]
+
+    def block_key(self, i: int, j: int) -> str:
+        doc = {"format": BLOCK_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
+               "prepare": self.prepare.model_dump(mode="json"),
+               "calibrate": self.calibrate.model_dump(mode="json") if self.calibrate else None,
+               "x": [(m.id, m.info.digest) for m in self.groups[i]], "y": [(m.id, m.info.digest) for m in self.groups[j]]}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Block:
+    """Scores of group i's layers (rows) against group j's (columns); for a metric that is not symmetric and
+    i != j, also j's against i's. Permutation nulls of the block's model pairs, when the suite asks."""
+
+    xy: torch.Tensor
+    yx: torch.Tensor | None = None
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+
+
+class BlockStore:
+    """Blocks under CACHE/scores/METRIC/KEY.safetensors, written atomically with a checksum."""
+
+    def __init__(self, root: Path):
+        self.root = root / "scores"
+
+    def path(self, job: ScoreJob, i: int, j: int) -> Path:
+        return self.root / job.metric.name / f"{job.block_key(i, j)}.safetensors"
+
+    def lock(self, job: ScoreJob, i: int, j: int) -> FileLock:
+        return entry_lock(self.path(job, i, j))
+
+    def load(self, job: ScoreJob, i: int, j: int) -> Block | None:
+        path = self.path(job, i, j)
+        if not path.exists():
+            return None
+        try:
+            tensors, meta = read_entry(path)
+        except CorruptEntry as exc:
+            log.warning("score block %s is corrupt: %s; recomputing", path, exc)
+            return None
+        return Block(tensors["xy"], tensors.get("yx"), json.loads(meta["calibration"]))
+
+    def save(self, job: ScoreJob, i: int, j: int, block: Block) -> None:
+        tensors = {"xy": block.xy} | ({"yx": block.yx} if block.yx is not None else {})
+        meta = {"metric": job.metric.name, "params": json.dumps(job.params, sort_keys=True),
+                "x": json.dumps([m.id for m in job.groups[i]]), "y": json.dumps([m.id for m in job.groups[j]]),
+                "calibration": json.dumps(block.calibration)}
+        write_entry(self.path(job, i, j), tensors, meta)
+
+
+class Summaries:
+    """Per-layer summaries of a group, from features read one model at a time. The last group asked for with
+    keep=True stays (the row of blocks being computed); others are computed for one block and dropped."""
+
+    def __init__(self, job: ScoreJob, load: Callable[[Member], Features]):
+        self.job, self.load = job, load
+        self.kept: tuple[int, dict[str, list[Any]]] | None = None
+
+    def of(self, g: int, keep: bool = False) -> dict[str, list[Any]]:
+        if self.kept is not None and self.kept[0] == g:
+            return self.kept[1]
+        if keep:
+            self.kept = None  # drop the previous row before computing the next
+        job, prep = self.job, self.job.prepare
+        out = {}
+        for m in job.groups[g]:
+            feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers)
+            out[m.id] = summarize_layers(job.metric, feats, **job.params)
+        if keep:
+            self.kept = (g, out)
+        return out
+
+
+def _flat(summaries: dict[str, list[Any]]) -> tuple[list[Any], list[tuple[int, int]]]:
+    flat: list[Any] = []
+    spans = []
+    for layers in summaries.values():
+        spans.append((len(flat), len(flat) + len(layers)))
+        flat.extend(layers)
+    return flat, spans
+
+
+def compute_block(job: ScoreJob, i: int, j: int, summaries: Summaries) -> Block:
+    metric, params = job.metric, job.params
+    sx = summaries.of(i, keep=True)
+    flat_x, spans_x = _flat(sx)
+    if i == j:
+        xy, yx, sy = metric.zoo_scores(flat_x, spans_x, params), None, sx
+    else:
+        sy = summaries.of(j)
+        flat_y, _ = _flat(sy)
+        xy = metric.cross_scores(flat_x, flat_y, params)
+        yx = None if metric.symmetric else metric.cross_scores(flat_y, flat_x, params)
+    block = Block(xy, yx)
+    if job.calibrate is not None:
+        view = ZooResult(job, {(i, j): block})
+        for a, b in job_pairs(job, i, j):
+            best = LayerScores(view.block(a.id, b.id), metric.higher_is_better).best
+            both = sx | sy
+            cal = calibrate_summaries(metric, both[a.id], both[b.id], best, params, a.info.n,
+                                      job.calibrate.permutations, job.calibrate.seed)
+            block.calibration.append({"model_x": a.id, "model_y": b.id, "metric": metric.name, **cal.as_dict()})
+    return block
+
+
+def job_pairs(job: ScoreJob, i: int, j: int) -> Iterator[tuple[Member, Member]]:
+    """The ordered model pairs a block scores: each unordered pair once (x before y in suite order), and the
+    reverse too when the metric is not symmetric."""
+    if i == j:
+        pairs = [(a, b) for n, a in enumerate(job.groups[i]) for b in job.groups[i][n + 1 :]]
+    else:
+        pairs = [(a, b) for a in job.groups[i] for b in job.groups[j]]
+    yield from pairs
+    if not job.metric.symmetric:
+        yield from ((b, a) for a, b in pairs)
+
+
+@dataclass(frozen=True)
+class ZooResult:
+    """The blocks of a job: `block(a, b)` is model a's layers x model b's."""
+
+    job: ScoreJob
+    blocks: dict[tuple[int, int], Block]
+
+    @cached_property
+    def where(self) -> dict[str, tuple[int, int, int]]:
+        """model -> (group, first layer row within the group, end)."""
+        out = {}
+        for g, members in enumerate(self.job.groups):
+            row = 0
+            for m in members:
+                out[m.id] = (g, row, row + self.job.layers(m))
+                row += self.job.layers(m)
+        return out
+
+    def block(self, a: str, b: str) -> torch.Tensor:
+        (ga, a0, a1), (gb, b0, b1) = self.where[a], self.where[b]
+        if ga <= gb:
+            return self.blocks[(ga, gb)].xy[a0:a1, b0:b1]
+        if self.job.metric.symmetric:
+            return self.blocks[(gb, ga)].xy[b0:b1, a0:a1].T
+        yx = self.blocks[(gb, ga)].yx
+        assert yx is not None
+        return yx[a0:a1, b0:b1]
+
+    def calibration(self) -> list[dict[str, Any]]:
+        return [row for key in sorted(self.blocks) for row in self.blocks[key].calibration]
+
+
+def run_blocks(job: ScoreJob, store: BlockStore, load: Callable[[Member], Features],
+               blocks: list[tuple[int, int]], on_done: Callable[[], None] = lambda: None) -> None:
+    """Compute and store the given blocks that are not stored yet, in order (rows of blocks share their
+    group's summaries). A second run sharing the cache waits on a block's lock, then finds it stored."""
+    summaries = Summaries(job, load)
+    for i, j in blocks:
+        with store.lock(job, i, j):
+            if store.load(job, i, j) is None:
+                store.save(job, i, j, compute_block(job, i, j, summaries))
+        on_done()
+
+
+def collect(job: ScoreJob, store: BlockStore) -> ZooResult:
+    blocks = {}
+    for i, j in job.blocks():
+        block = store.load(job, i, j)
+        if block is None:
+            raise RuntimeError(f"score block {i},{j} of {job.metric.name} is missing after scoring")
+        blocks[(i, j)] = block
+    return ZooResult(job, blocks)
