@@ -5,6 +5,7 @@ with its resource needs, on a local Ray instance or a cluster whose nodes share 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from .errors import BadInput
 from .features import FeatureCache, Features, extract, feature_key
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
@@ -36,6 +38,7 @@ class RunSpec:
     force: bool = False
     max_samples: int | None = None
     budget_gib: float = DEFAULT_BUDGET_GIB
+    threads: int | None = None  # torch threads of a worker: CPU results depend on it in the last bits
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ def _worker_context(spec: RunSpec) -> RunContext:
     if spec not in _WORKER_CONTEXTS:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         _WORKER_CONTEXTS[spec] = RunContext(spec)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     return _WORKER_CONTEXTS[spec]
 
 
@@ -181,16 +186,24 @@ def _ray_score(spec: RunSpec, job: ScoreJob, i: int, j: int) -> None:
 class RayExecutor:
     """Each extraction a Ray task (a GPU when the run's device asks for one and the cluster has one, and the
     manifest's memory need), each score block a task (its memory budget). Workers read and write the cache
-    at the run's cache root, which every node must see (a shared file system)."""
+    at the run's cache root, which every node must see (a shared file system).
+
+    Every task gets as many CPUs, and torch threads, as this process uses (at most a node's CPUs): on the same
+    kind of machine, results then equal the local executor's bit for bit."""
 
     def __init__(self, address: str | None = None):
         import ray
 
         if not ray.is_initialized():
             env = {k: v for k, v in os.environ.items() if k.startswith(("PRH_BENCH_", "HF_", "TRANSFORMERS_"))}
-            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
-                     log_to_driver=True)
+            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         self.ray = ray
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        self.threads = max(1, min(torch.get_num_threads(), max(int(n.get("CPU", 1)) for n in nodes)))
+        self.node_memory = max(n.get("memory", 0) for n in nodes)  # a task asking for more would wait forever
+
+    def _spec(self, ctx: RunContext) -> RunSpec:
+        return dataclasses.replace(ctx.spec, threads=self.threads)
 
     def _gpus(self, ctx: RunContext, m: ModelManifest) -> float:
         if ctx.spec.device == "cpu" or self.ray.cluster_resources().get("GPU", 0) == 0:
@@ -199,21 +212,31 @@ class RayExecutor:
 
     def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
         task = self.ray.remote(_ray_extract)
-        refs = []
+        refs, label = [], ctx.samples(target)[2]
         for mid in models:
             m = ctx.models[mid]
-            options = {"num_gpus": self._gpus(ctx, m)} | ({"memory": mem} if (mem := m.memory_bytes()) else {})
-            refs.append(task.options(**options).remote(ctx.spec, mid, target))
+            options = {"num_cpus": self.threads, "num_gpus": self._gpus(ctx, m)}
+            if (memory := m.memory_bytes()) is not None:
+                if memory > self.node_memory:
+                    refs.append(ModelOutcome(mid, "failed", error=f"needs {memory / 2**30:.1f} GiB of memory; the "
+                                             f"largest Ray node has {self.node_memory / 2**30:.1f} GiB", condition=label))
+                    continue
+                options["memory"] = memory
+            refs.append(task.options(**options).remote(self._spec(ctx), mid, target))
         return self._gather(refs, f"{ctx.suite.id}: models", progress)
 
     def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
-        task = self.ray.remote(_ray_score).options(memory=job.budget)
-        self._gather([task.remote(ctx.spec, job, i, j) for i, j in job.blocks()], job.metric.name, progress)
+        if job.budget > self.node_memory:
+            raise BadInput(f"--memory-budget {job.budget / 2**30:g} GiB exceeds the memory of the largest Ray node "
+                           f"({self.node_memory / 2**30:.1f} GiB)")
+        task = self.ray.remote(_ray_score).options(num_cpus=self.threads, memory=job.budget)
+        self._gather([task.remote(self._spec(ctx), job, i, j) for i, j in job.blocks()], job.metric.name, progress)
 
     def _gather(self, refs: list, desc: str, progress: bool) -> list:
-        with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
-            pending = list(refs)
-            while pending:
-                ready, pending = self.ray.wait(pending, num_returns=1)
+        """Results in submission order (entries that are already outcomes pass through)."""
+        tasks = [r for r in refs if isinstance(r, self.ray.ObjectRef)]
+        with tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False) as bar:
+            while tasks:
+                ready, tasks = self.ray.wait(tasks, num_returns=1)
                 bar.update(len(ready))
-        return self.ray.get(refs)
+        return [self.ray.get(r) if isinstance(r, self.ray.ObjectRef) else r for r in refs]

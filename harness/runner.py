@@ -32,7 +32,7 @@ from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult, collect, job_pairs
+from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult, collect
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
@@ -136,7 +136,7 @@ def score_rows(job: ScoreJob, zoo: ZooResult, names: dict[str, list[str]]) -> li
     """The long table of one job: every ordered model pair it scores x every layer pair."""
     params = json.dumps(job.params, sort_keys=True)
     rows = []
-    for a, b in (p for i, j in job.blocks() for p in job_pairs(job, i, j)):
+    for a, b in job.pairs():
         matrix = zoo.block(a.id, b.id)
         for i, lx in enumerate(names[a.id]):
             for j, ly in enumerate(names[b.id]):

@@ -80,6 +80,13 @@ class ScoreJob:
             used += size
         return groups
 
+    def pairs(self) -> list[tuple[Member, Member]]:
+        """The ordered model pairs scored, in suite order whatever the groups: each unordered pair once (x before
+        y), then the reverse pairs when the metric is not symmetric."""
+        ms = self.members
+        pairs = [(a, b) for n, a in enumerate(ms) for b in ms[n + 1 :]]
+        return pairs + ([] if self.metric.symmetric else [(b, a) for a, b in pairs])
+
     def blocks(self) -> list[tuple[int, int]]:
         g = len(self.groups)
         return [(i, j) for i in range(g) for j in range(i, g)]
@@ -229,7 +236,9 @@ class ZooResult:
         return yx[a0:a1, b0:b1]
 
     def calibration(self) -> list[dict[str, Any]]:
-        return [row for key in sorted(self.blocks) for row in self.blocks[key].calibration]
+        """The permutation nulls of every pair, in the order of `ScoreJob.pairs`."""
+        rows = {(r["model_x"], r["model_y"]): r for block in self.blocks.values() for r in block.calibration}
+        return [rows[(a.id, b.id)] for a, b in self.job.pairs() if (a.id, b.id) in rows]
 
 
 def run_blocks(job: ScoreJob, store: BlockStore, load: Callable[[Member], Features],

@@ -62,16 +62,17 @@ def _unit(m: torch.Tensor, name: str) -> FlatKernel:
     return FlatKernel((m / norm).reshape(-1), m.shape[0])
 
 
+def _stacked(summaries: Sequence[FlatKernel]) -> torch.Tensor:
+    out = torch.empty(len(summaries), summaries[0].unit.numel(), dtype=torch.float64)
+    for row, s in zip(out, summaries):
+        row.copy_(s.unit)  # upcast while copying: no float32 stack in between
+    return out
+
+
 def _inner(sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
     """All pairwise inner products in one float64 matrix product: float32 sums over N^2 terms drift ~1e-6."""
-    def stacked(summaries: Sequence[FlatKernel]) -> torch.Tensor:
-        out = torch.empty(len(summaries), summaries[0].unit.numel(), dtype=torch.float64)
-        for row, s in zip(out, summaries):
-            row.copy_(s.unit)  # upcast while copying: no float32 stack in between
-        return out
-
-    x = stacked(sx)
-    y = x if len(sx) == len(sy) and all(a is b for a, b in zip(sx, sy)) else stacked(sy)
+    x = _stacked(sx)
+    y = x if len(sx) == len(sy) and all(a is b for a, b in zip(sx, sy)) else _stacked(sy)
     return x @ y.T
 
 
@@ -81,7 +82,8 @@ class CKA(Metric):
 
     name = "cka"
     defaults = {"kernel": "linear", "sigma": 1.0}
-    block = 256  # 256 flattened kernels are 1 GiB at N = 1024 (float32)
+    #: bytes of one float64 stack of kernels in the pair stage (two at a time): bounds its working memory
+    stack_bytes = 256 * 2**20
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
@@ -90,18 +92,30 @@ class CKA(Metric):
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 4 * n * n
 
+    def _rows(self, flat: Sequence[FlatKernel]) -> int:
+        return max(1, self.stack_bytes // (8 * flat[0].unit.numel()))
+
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
         return _inner(sx, sy)
 
+    def cross_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], params: dict[str, Any]) -> torch.Tensor:
+        rows = self._rows(sx)
+        out = torch.empty(len(sx), len(sy), dtype=torch.float64)
+        for x0 in range(0, len(sx), rows):
+            x = _stacked(sx[x0 : x0 + rows])
+            for y0 in range(0, len(sy), rows):
+                out[x0 : x0 + rows, y0 : y0 + rows] = x @ _stacked(sy[y0 : y0 + rows]).T
+        return out
+
     def zoo_scores(self, flat: Sequence[FlatKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
-        """All layers against all in blocks of `block` layers: one stacked matrix product per block pair, the
+        """All layers against all in blocks of `stack_bytes`: one stacked matrix product per block pair, the
         upper block triangle only (the pair stage is symmetric)."""
-        n = len(flat)
+        n, rows = len(flat), self._rows(flat)
         out = torch.empty(n, n, dtype=torch.float64)
-        for x0 in range(0, n, self.block):
-            x1 = min(x0 + self.block, n)
-            for y0 in range(x0, n, self.block):
-                y1 = min(y0 + self.block, n)
+        for x0 in range(0, n, rows):
+            x1 = min(x0 + rows, n)
+            for y0 in range(x0, n, rows):
+                y1 = min(y0 + rows, n)
                 scores = _inner(flat[x0:x1], flat[y0:y1])
                 out[x0:x1, y0:y1] = scores
                 out[y0:y1, x0:x1] = scores.T

@@ -1,0 +1,100 @@
+"""Peak memory of a run's pair stage as the zoo grows: 10 vs 40 synthetic models, side by side.
+
+    python benchmarks/bench_memory.py            # cka and mutual_knn, 10 and 40 models (~10 min on 2 CPU cores)
+    python benchmarks/bench_memory.py --quick    # 4 and 16 models
+
+Each model has 13 layers of width 768 on N=1024 samples (40 MiB of float32 features), stored in a throwaway
+feature cache as a run stores them. The pair stage (scoring.run_blocks + collect, what `prh-bench run` does)
+runs in a fresh process per configuration, and the benchmark prints its peak resident memory (max RSS, minus
+the process's RSS before scoring) and time:
+
+- budgeted: the default way, summaries held in groups that fit --budget GiB, features read one model at a time;
+- one group: the budget set so high that all models form one group (what an unbounded pair stage holds).
+
+CKA's per-layer summary is an N x N kernel (4 MiB here, 52 MiB per model), so it shows the bound; mutual k-NN's
+summary is N x k indices (1 MiB per model), so it fits in one group either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prh_bench.align import get_metric
+from prh_bench.features import FeatureCache, Features
+from prh_bench.manifest import Prepare
+from prh_bench.scoring import BlockStore, Member, ScoreJob, collect, run_blocks
+
+N, LAYERS, WIDTH = 1024, 13, 768
+
+
+def fill_cache(root: Path, n_models: int) -> None:
+    latent = torch.randn(N, 64, generator=torch.Generator().manual_seed(0))
+    cache = FeatureCache(root)
+    for i in range(n_models):
+        g = torch.Generator().manual_seed(i + 1)
+        layers = [torch.relu(latent @ torch.randn(64, WIDTH, generator=g) + torch.randn(N, WIDTH, generator=g))
+                  for _ in range(LAYERS)]
+        cache.save(f"m{i:02d}", f"{i:064d}", Features([f"l{j}" for j in range(LAYERS)], layers), {})
+
+
+def _child(root: str, store: str, metric: str, n_models: int, budget: float, queue) -> None:
+    cache = FeatureCache(Path(root))
+    members = tuple(Member(f"m{i:02d}", f"{i:064d}", cache.info(f"m{i:02d}", f"{i:064d}")) for i in range(n_models))
+    m = get_metric(metric)
+    params = m.params(**({"k": 10} if metric == "mutual_knn" else {}))
+    job = ScoreJob(m, params, 1, Prepare(), None, members, int(budget * 2**30))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    blocks = BlockStore(Path(store))
+    run_blocks(job, blocks, lambda mem: cache.load(mem.id, mem.key), job.blocks())
+    zoo = collect(job, blocks)
+    seconds = time.perf_counter() - t0
+    checksum = float(sum(zoo.block(a.id, b.id).sum() for a, b in job.pairs()))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((len(job.groups), seconds, (peak - base) / 1024, base / 1024, checksum))
+
+
+def measure(root: Path, metric: str, n_models: int, budget: float) -> tuple:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with tempfile.TemporaryDirectory() as store:
+        p = ctx.Process(target=_child, args=(str(root), store, metric, n_models, budget, q))
+        p.start()
+        out = q.get()
+        p.join()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 and 16 models")
+    ap.add_argument("--budget", type=float, default=0.5, help="GiB of summaries the budgeted runs may hold")
+    args = ap.parse_args()
+    small, large = (4, 16) if args.quick else (10, 40)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models of {LAYERS} layers x {WIDTH}, N={N}; "
+          f"features {N * WIDTH * LAYERS * 4 / 2**20:.0f} MiB per model\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        fill_cache(root, large)
+        print(f"{'metric':11s} {'models':>6s} {'mode':10s} {'groups':>6s} {'seconds':>8s} {'peak MiB':>9s} "
+              f"{'(base MiB)':>10s}  same scores")
+        for metric in ("cka", "mutual_knn"):
+            for n in (small, large):
+                rows = {mode: measure(root, metric, n, budget) for mode, budget in
+                        (("budgeted", args.budget), ("one group", 1e6))}
+                same = rows["budgeted"][4] == rows["one group"][4] or abs(rows["budgeted"][4] - rows["one group"][4]) < 1e-6
+                for mode, (groups, secs, peak, base, _) in rows.items():
+                    print(f"{metric:11s} {n:6d} {mode:10s} {groups:6d} {secs:8.1f} {peak:9.0f} {base:10.0f}  {same}")
+        print(f"\nbudget {args.budget} GiB: a budgeted run holds at most two groups of summaries (each at most half the"
+              " budget) and one model's features.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Score baselines: a suite's scores frozen in a committed JSON file, and the check that a run still gives them.
+
+A baseline holds every score of a run folder (each layer pair of each model pair, probe and per-model scores),
+the versions that define them (suite, metrics, model and dataset manifests, sample counts) and the tolerance
+the check uses by default. The check lists every model pair that moved beyond tolerance, every score missing
+from the run or not in the baseline, and every version that differs. Library versions are shown, not checked:
+the tolerance is what absorbs their numerical noise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import BadInput
+
+FORMAT = 1
+#: mutual_knn on 280 samples with k=10 moves by 1/2800 = 3.6e-4 per neighbour that flips; the default allows
+#: a few flips from another CPU's float rounding, and catches any change of preprocessing, weights or metric
+DEFAULT_TOLERANCE = {"atol": 2e-3, "rtol": 0.0}
+TABLES = {  # table -> the columns that identify a score
+    "scores": ["condition", "metric", "params", "model_x", "model_y", "layer_x", "layer_y"],
+    "probes": ["task", "dataset", "model"],
+    "model_scores": ["condition", "model", "score"],
+}
+VALUE = {"scores": "score", "probes": "score", "model_scores": "mean"}
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The scores and versions of a run folder, in the baseline's layout."""
+    side = run_dir / "run.json"
+    if not side.is_file():
+        raise BadInput(f"{run_dir}: not a run folder (no run.json); give a folder written by `prh-bench run`")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        out: dict[str, Any] = {
+            "suite": meta["suite"]["id"],
+            "versions": {
+                "suite": meta["suite"]["version"],
+                "metrics": {k: v["version"] for k, v in meta["metrics"].items()},
+                "models": {k: v["manifest_version"] for k, v in meta["models"].items()},
+                "datasets": {c["dataset"]["id"]: c["dataset"]["version"] for c in meta["conditions"]},
+                "n_samples": {c["label"]: c["n_samples"] for c in meta["conditions"]},
+            },
+            "libraries": meta["libraries"],
+        }
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{side}: not a run sidecar of this prh-bench ({type(exc).__name__}: {exc})") from None
+    for table in TABLES:
+        path = run_dir / f"{table}.csv"
+        frame = pd.read_csv(path, dtype={"params": str}, keep_default_na=False) if path.is_file() else pd.DataFrame()
+        out[table] = frame.to_dict("records")
+    return out
+
+
+def write_baseline(run_dir: Path, path: Path, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
+    """Freeze a run folder's scores into `path`: one score per line, so a deliberate update diffs readably."""
+    run = read_run(run_dir)
+    doc = {"format": FORMAT, "suite": run["suite"],
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "tolerance": tolerance or DEFAULT_TOLERANCE, "versions": run["versions"], "libraries": run["libraries"]}
+    lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}," for k, v in doc.items()]
+    for n, table in enumerate(TABLES):
+        rows = [f"    {json.dumps(r)}" for r in run[table]]
+        end = "" if n == len(TABLES) - 1 else ","
+        lines += [f"  {json.dumps(table)}: [", ",\n".join(rows), f"  ]{end}"] if rows else [f"  {json.dumps(table)}: []{end}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n}\n", encoding="utf-8")
+    return doc
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read the baseline ({exc})") from None
+    missing = [k for k in ("format", "suite", "tolerance", "versions", *TABLES) if k not in doc]
+    if missing:
+        raise BadInput(f"{path}: not a prh-bench baseline: missing field(s) {', '.join(missing)}")
+    if doc["format"] != FORMAT:
+        raise BadInput(f"{path}: field 'format': expected {FORMAT}, got {doc['format']!r}")
+    return doc
+
+
+@dataclass
+class CheckResult:
+    moved: list[dict[str, Any]] = field(default_factory=list)  # per model pair (or probe / model score)
+    missing: list[dict[str, Any]] = field(default_factory=list)  # in the baseline, not in the run
+    unexpected: list[dict[str, Any]] = field(default_factory=list)  # in the run, not in the baseline
+    versions: list[str] = field(default_factory=list)
+    libraries: list[str] = field(default_factory=list)  # shown only
+    compared: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.moved or self.missing or self.unexpected or self.versions)
+
+
+def _diff_versions(old: Any, new: Any, where: str, out: list[str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            _diff_versions(old.get(k), new.get(k), f"{where}.{k}", out)
+    elif old != new:
+        out.append(f"{where}: baseline {old!r}, run {new!r}")
+
+
+def _frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
+    cols = TABLES[table] + [VALUE[table]]
+    frame = pd.DataFrame(rows, columns=cols)
+    return frame.astype({c: str for c in TABLES[table]}).set_index(TABLES[table])[VALUE[table]].astype(float)
+
+
+def compare(baseline: dict[str, Any], run: dict[str, Any], atol: float, rtol: float) -> CheckResult:
+    res = CheckResult()
+    if baseline["suite"] != run["suite"]:
+        res.versions.append(f"suite: baseline {baseline['suite']!r}, run {run['suite']!r}")
+    _diff_versions(baseline["versions"], run["versions"], "versions", res.versions)
+    _diff_versions(baseline.get("libraries", {}), run["libraries"], "libraries", res.libraries)
+    for table, keys in TABLES.items():
+        old, new = _frame(baseline[table], table), _frame(run[table], table)
+        both = old.index.intersection(new.index)
+        res.missing += [dict(zip(keys, k)) | {"table": table} for k in old.index.difference(new.index)]
+        res.unexpected += [dict(zip(keys, k)) | {"table": table} for k in new.index.difference(old.index)]
+        res.compared += len(both)
+        a, b = old.loc[both], new.loc[both]
+        bad = ((a - b).abs() > atol + rtol * a.abs()) | (a.isna() != b.isna())
+        if not bad.any():
+            continue
+        diffs = pd.DataFrame({"baseline": a[bad], "run": b[bad]}).reset_index()
+        diffs["diff"] = diffs.run - diffs.baseline
+        group = [c for c in keys if c not in ("layer_x", "layer_y")]
+        for key, part in diffs.groupby(group, sort=False):
+            worst = part.loc[part["diff"].abs().idxmax()]
+            res.moved.append(dict(zip(group, key)) | {"table": table, "count": len(part),
+                             "baseline": float(worst.baseline), "run": float(worst.run), "diff": float(worst["diff"])}
+                             | ({"layers": f"{worst.layer_x} / {worst.layer_y}"} if table == "scores" else {}))
+    return res
+
+
+def describe(res: CheckResult, atol: float, rtol: float) -> str:
+    """The check's report: what failed, then what is only shown."""
+    def name(r: dict[str, Any]) -> str:
+        if r["table"] == "scores":
+            return f"[{r['condition']}] {r['metric']} {r['model_x']} x {r['model_y']}"
+        if r["table"] == "probes":
+            return f"probe {r['task']} on {r['dataset']}: {r['model']}"
+        return f"[{r['condition']}] {r['model']} {r['score']}"
+
+    out = []
+    if res.moved:
+        out.append(f"moved beyond atol={atol:g} rtol={rtol:g} ({len(res.moved)}):")
+        out += [f"  {name(r)}: {r['baseline']:.6f} -> {r['run']:.6f} ({r['diff']:+.2e})"
+                + (f" at {r['layers']}, {r['count']} layer pair(s) moved" if "layers" in r else "") for r in res.moved]
+    for what, rows in (("missing from the run", res.missing), ("not in the baseline", res.unexpected)):
+        if rows:
+            pairs = list(dict.fromkeys(name(r) for r in rows))
+            out.append(f"{what} ({len(rows)} scores of {len(pairs)}):")
+            out += [f"  {p}" for p in pairs]
+    if res.versions:
+        out.append(f"version mismatches ({len(res.versions)}):")
+        out += [f"  {v}" for v in res.versions]
+    if res.libraries:
+        out.append("library versions differ (not checked; the tolerance absorbs their noise):")
+        out += [f"  {v}" for v in res.libraries]
+    verdict = "ok" if res.ok else "FAILED"
+    out.append(f"{verdict}: {res.compared} scores compared")
+    return "\n".join(out)

@@ -1,0 +1,113 @@
+"""Score baselines: `baseline` freezes a run's scores, `check` fails on any score that moved, any score
+missing and any version that changed, and passes again once the change is reverted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli
+from .test_faults import MODEL, registry
+
+TWO = {"f-resnet18": "resnet18", "f-lite0": "tf_efficientnet_lite0"}
+
+
+@pytest.fixture
+def frozen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """A registry, a run of its suite and the baseline written from it (working directory: tmp_path)."""
+    monkeypatch.chdir(tmp_path)
+    reg = registry(tmp_path / "reg", TWO)
+    assert cli("--registry", reg, "run", "--suite", "faulty", "--out", tmp_path / "run").exit_code == 0
+    made = cli("baseline", "--suite", "faulty", "--run", tmp_path / "run", "--out", tmp_path / "faulty.json")
+    assert made.exit_code == 0, made.output
+    return reg, tmp_path / "run", tmp_path / "faulty.json"
+
+
+def test_unchanged_run_passes_and_baseline_is_one_score_per_line(frozen: tuple[Path, Path, Path]) -> None:
+    reg, run, base = frozen
+    result = cli("--registry", reg, "check", "--baseline", base, "--run", run, "--atol", "0")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(base.read_text())
+    assert doc["versions"]["models"] == {"f-resnet18": 1, "f-lite0": 1} and doc["tolerance"]["atol"] == 2e-3
+    assert len(doc["scores"]) == len(base.read_text().splitlines()) - 12  # header lines + 3 tables
+    assert f"ok: {len(doc['scores'])} scores compared" in result.output
+
+
+def test_a_moved_score_fails_listing_the_pair(frozen: tuple[Path, Path, Path]) -> None:
+    reg, run, base = frozen
+    doc = json.loads(base.read_text())
+    row = next(r for r in doc["scores"] if r["metric"] == "cka")
+    row["score"] += 0.01
+    base.write_text(json.dumps(doc))
+    result = cli("--registry", reg, "check", "--baseline", base, "--run", run)
+    assert result.exit_code == 1
+    assert "moved beyond atol=0.002 rtol=0 (1):" in result.output
+    assert f"cka {row['model_x']} x {row['model_y']}" in result.output and "(-1.00e-02)" in result.output
+    assert cli("--registry", reg, "check", "--baseline", base, "--run", run, "--atol", "0.02").exit_code == 0
+
+
+def test_a_changed_manifest_fails_the_check_and_passes_after_revert(frozen: tuple[Path, Path, Path]) -> None:
+    """The CI guard end to end: change preprocessing (the scores move), check fails; revert, check passes."""
+    reg, _, base = frozen
+    manifest = reg / "f-lite0.yaml"
+    original = manifest.read_text()
+    manifest.write_text(original.replace("[3, 64, 64]", "[3, 96, 96]"))
+    moved = cli("--registry", reg, "check", "--baseline", base)
+    assert moved.exit_code == 1 and "FAILED" in moved.output
+    assert "f-lite0 x f-resnet18" in moved.output and "version" not in moved.output
+    manifest.write_text(original)
+    assert cli("--registry", reg, "check", "--baseline", base, "--atol", "0").exit_code == 0
+
+
+def test_missing_models_and_version_changes_are_listed(frozen: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    reg, _, base = frozen
+    (reg / "f-resnet18.yaml").write_text(MODEL.format(id="f-resnet18", source="resnet18", weights="{random: 0}")
+                                         .replace("version: 1", "version: 2"))
+    (reg / "f-lite0.yaml").unlink()
+    (reg / "f-resnet10.yaml").write_text(MODEL.format(id="f-resnet10", source="resnet10t", weights="{random: 2}"))
+    result = cli("--registry", reg, "check", "--baseline", base, "--json")
+    assert result.exit_code == 1
+    out = json.loads(result.stdout)
+    assert not out["ok"] and out["compared"] == 0
+    assert {(r["model_x"], r["model_y"]) for r in out["missing"]} == {("f-lite0", "f-resnet18")}
+    assert {(r["model_x"], r["model_y"]) for r in out["unexpected"]} == {("f-resnet10", "f-resnet18")}
+    assert "versions.models.f-resnet18: baseline 1, run 2" in out["versions"]
+    assert "versions.models.f-lite0: baseline 1, run None" in out["versions"]
+
+
+@pytest.mark.parametrize("content,message", [("{not json", "cannot read the baseline"),
+                                             ('{"format": 1}', "missing field(s) suite, tolerance"),
+                                             ('{"format": 9, "suite": "s", "tolerance": {}, "versions": {}, '
+                                              '"scores": [], "probes": [], "model_scores": []}',
+                                              "field 'format': expected 1, got 9")])
+def test_bad_baseline_file_is_bad_input(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "b.json"
+    path.write_text(content)
+    result = cli("check", "--baseline", path, "--run", tmp_path)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_baseline_needs_a_run_of_that_suite(frozen: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, run, _ = frozen
+    result = cli("baseline", "--suite", "pocket", "--run", run)
+    assert result.exit_code == 2 and "is a run of suite 'faulty', not 'pocket'" in result.stderr
+    result = cli("baseline", "--suite", "pocket", "--runs", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "no stored results of suite 'pocket'" in result.stderr
+
+
+def test_committed_baselines_match_their_suites() -> None:
+    """Every offline suite has a baseline, and each names the suite's current versions."""
+    from prh_bench.manager import load_plugins
+    from prh_bench.registry import Registry
+
+    reg = Registry.load(load_plugins())
+    root = Path(__file__).parents[1] / "leaderboards" / "baselines"
+    for suite in ("pocket", "pocket-text", "pocket-digits"):
+        doc = json.loads((root / f"{suite}.json").read_text())
+        manifest = reg.get(suite)
+        assert doc["suite"] == suite and doc["versions"]["suite"] == manifest.version
+        models = reg.suite_models(manifest)
+        assert doc["versions"]["models"] == {m.id: m.version for m in models}
+        assert doc["scores"]

@@ -1,0 +1,111 @@
+"""Scale-out: scoring in memory-budgeted groups gives the scores of one group, summary-size estimates are
+honest, and the Ray executor gives exactly the local executor's results."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prh_bench.align import METRICS, get_metric
+from prh_bench.features import FeatureCache, Features
+from prh_bench.manifest import Calibration, Prepare
+from prh_bench.scoring import BlockStore, Member, ScoreJob, collect, job_pairs, run_blocks
+
+from .test_faults import registry
+
+
+def nbytes(obj: object) -> int:
+    """Bytes of the tensors inside a summary (dataclass fields, tuples of tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(nbytes(o) for o in obj)
+    if dataclasses.is_dataclass(obj):
+        return sum(nbytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    return 0
+
+
+PARAMS = {"svcca": {"dims": 5}, "linear_regression": {"folds": 3}, "soft_matching": {}, "permutation": {}}
+
+
+@pytest.mark.parametrize("name", METRICS)
+def test_summary_size_estimate_is_within_2x_of_the_real_size(name: str) -> None:
+    m = get_metric(name)
+    params = m.params(**PARAMS.get(name, {}))
+    n, d = 96, 40
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(0)), dim=1)
+    real = nbytes(m.summarize(x, **params))
+    assert 0.5 <= m.summary_nbytes(n, d, **params) / real <= 2.0
+
+
+def synthetic_cache(root: Path, layers: list[int]) -> tuple[FeatureCache, list[Member]]:
+    """Models with `layers[i]` layers of related features (a shared signal plus noise), stored in a cache."""
+    cache, members = FeatureCache(root), []
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(50, 12, generator=g)
+    for i, count in enumerate(layers):
+        tensors = [base @ torch.randn(12, 16, generator=g) + 0.5 * torch.randn(50, 16, generator=g) for _ in range(count)]
+        key = f"{i:064d}"
+        cache.save(f"m{i}", key, Features([f"l{j}" for j in range(count)], tensors), {})
+        members.append(Member(f"m{i}", key, cache.info(f"m{i}", key)))
+    return cache, members
+
+
+@pytest.mark.parametrize("name", ["mutual_knn", "cka", "cknna", "linear_regression"])
+def test_scores_in_many_small_groups_equal_those_of_one_group(tmp_path: Path, name: str) -> None:
+    cache, members = synthetic_cache(tmp_path, [2, 3, 1, 2, 3])
+    metric = get_metric(name)
+    params = metric.params(**({"k": 5} if "knn" in name else {"folds": 3} if name == "linear_regression" else {}))
+    jobs = {}
+    for budget in (2**30, 1):  # one group of five; five groups of one
+        job = ScoreJob(metric, params, 1, Prepare(), Calibration(permutations=5), tuple(members), budget)
+        store = BlockStore(tmp_path / f"b{budget}")
+        run_blocks(job, store, lambda m: cache.load(m.id, m.key), job.blocks())
+        jobs[budget] = (job, collect(job, store))
+    (one, big), (many, small) = jobs[2**30], jobs[1]
+    assert len(one.groups) == 1 and len(many.groups) == 5 and len(many.blocks()) == 15
+    pairs = [(a.id, b.id) for a, b in one.pairs()]
+    assert pairs == [(a.id, b.id) for a, b in many.pairs()]
+    assert len(pairs) == (20 if name == "linear_regression" else 10)
+    assert sorted(pairs) == sorted((a.id, b.id) for i, j in many.blocks() for a, b in job_pairs(many, i, j))
+    for a, b in pairs:
+        x, y = big.block(a, b), small.block(a, b)
+        assert x.shape == y.shape and not x.isnan().any()
+        if "knn" in name:  # neighbour counts are exact: equal whatever the batching
+            assert torch.equal(x, y)
+        else:  # float64 sums in another order
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    assert [(r["model_x"], r["model_y"]) for r in big.calibration()] == pairs
+
+
+def test_memory_budget_bounds_the_groups(tmp_path: Path) -> None:
+    _, members = synthetic_cache(tmp_path, [3] * 6)
+    cka = get_metric("cka")
+    per_model = 3 * cka.summary_nbytes(50, 16)
+    job = ScoreJob(cka, cka.params(), 1, Prepare(), None, tuple(members), budget=2 * (2 * per_model))
+    assert [len(g) for g in job.groups] == [2, 2, 2]  # half the budget per group: two groups in memory at once
+    concat = dataclasses.replace(job, prepare=Prepare(concat_layers=True))
+    assert concat.layers(members[0]) == 4 and concat.summary_nbytes(members[0]) == 4 * cka.summary_nbytes(50, 16)
+
+
+def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    reg = registry(tmp_path / "reg", {"f-resnet18": "resnet18", "f-lite0": "tf_efficientnet_lite0"})
+    outs = {}
+    for executor in ("local", "ray"):
+        env = os.environ | {"PRH_BENCH_CACHE": str(tmp_path / f"cache-{executor}"), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+        out = tmp_path / executor
+        cmd = [sys.executable, "-c", "from prh_bench.cli import main; main()", "--quiet", "--registry", str(reg),
+               "run", "--suite", "faulty", "--out", str(out), "--executor", executor, "--memory-budget", "1e-6"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        outs[executor] = (out / "scores.csv").read_text()
+        blocks = list((tmp_path / f"cache-{executor}" / "scores").rglob("*.safetensors"))
+        assert len(blocks) == 3 * 3  # 2 groups: 3 blocks per metric, each a Ray task
+    assert outs["ray"] == outs["local"]
