@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Prepare

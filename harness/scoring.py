@@ -1,7 +1,7 @@
 """The pair stage of a run: bounded memory, resumable block by block.
 
-Models are split, in suite order, into groups whose per-layer summaries fit half the memory budget (each
-metric estimates its summaries' size from N and the layer widths). A block is a group against itself or
+Models are split, in suite order, into groups whose per-layer summaries (and the pair stage's working copies
+of them) fit half the memory budget; each metric estimates both from N and the layer widths. A block is a group against itself or
 against a later group, and it is the unit of work: computed in one batched call, stored in the cache as one
 checksummed file keyed by everything it depends on, and never recomputed once stored. At most two groups'
 summaries are held at once, features are read from the cache one model at a time, and a run killed while
@@ -63,8 +63,10 @@ class ScoreJob:
         return len(m.info.widths) + self.prepare.concat_layers
 
     def summary_nbytes(self, m: Member) -> int:
+        """A model's summaries and the pair stage's working memory for them, as the metric estimates."""
         widths = m.info.widths + ([sum(m.info.widths)] if self.prepare.concat_layers else [])
-        return sum(self.metric.summary_nbytes(m.info.n, d, **self.params) for d in widths)
+        metric, n = self.metric, m.info.n
+        return sum(metric.summary_nbytes(n, d, **self.params) + metric.work_nbytes(n, d, **self.params) for d in widths)
 
     @cached_property
     def groups(self) -> list[list[Member]]:

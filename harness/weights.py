@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle  # only for its exception type: nothing is unpickled here
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -84,7 +85,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise BadInput(f"checkpoint {path} holds Python objects besides tensors, refused (torch.load with "
+                       f"weights_only=True runs no pickled code); save a plain state dict or safetensors. "
+                       f"({str(exc).splitlines()[0]})") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

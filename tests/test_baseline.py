@@ -79,8 +79,8 @@ def test_missing_models_and_version_changes_are_listed(frozen: tuple[Path, Path,
 
 @pytest.mark.parametrize("content,message", [("{not json", "cannot read the baseline"),
                                              ('{"format": 1}', "missing field(s) suite, tolerance"),
-                                             ('{"format": 9, "suite": "s", "tolerance": {}, "versions": {}, '
-                                              '"scores": [], "probes": [], "model_scores": []}',
+                                             (('{"format": 9, "suite": "s", "tolerance": {}, "versions": {}, '
+                                               '"scores": [], "probes": [], "model_scores": []}'),
                                               "field 'format': expected 1, got 9")])
 def test_bad_baseline_file_is_bad_input(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "b.json"

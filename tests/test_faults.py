@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from prh_bench.features import FeatureCache, Features
 from prh_bench.store import CorruptEntry, read_entry, write_entry
 
@@ -59,7 +58,7 @@ def command(reg: Path, out: Path, *extra: str) -> list[str]:
 
 def run_to_end(reg: Path, out: Path, cache: Path, *extra: str) -> dict:
     env = os.environ | {"PRH_BENCH_CACHE": str(cache)}
-    done = subprocess.run(command(reg, out, *extra), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command(reg, out, *extra), env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -211,3 +210,31 @@ def test_nan_features_fail_one_model_and_the_leaderboard_marks_it(tmp_path: Path
     assert board.exit_code == 0, board.output
     table = pd.read_csv(tmp_path / "lb" / "leaderboard.csv").set_index("model")
     assert table.loc["f-nan", "status"] == "failed" and (table.drop("f-nan").status == "ok").all()
+
+
+def test_manifests_cannot_run_code(tmp_path: Path) -> None:
+    """yaml.safe_load only: a Python tag in a manifest is an error, and the code never runs."""
+    marker = tmp_path / "pwned"
+    bad = write_yaml(tmp_path / "evil.yaml", f'kind: model\nid: !!python/object/apply:os.system ["touch {marker}"]\n')
+    result = cli("validate", bad)
+    assert result.exit_code == 2 and "not valid YAML" in result.stderr and "python/object/apply" in result.stderr
+    assert not marker.exists()
+
+
+def test_checkpoints_are_loaded_without_pickle_code(tmp_path: Path) -> None:
+    """torch.load(weights_only=True): a checkpoint that carries an object to unpickle is refused."""
+    import timm
+    from prh_bench.errors import BadInput
+    from prh_bench.weights import read_state_dict
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    state = timm.create_model("resnet10t", pretrained=False).state_dict() | {"evil": Evil()}
+    torch.save(state, tmp_path / "evil.pth")
+    with pytest.raises(BadInput, match="holds Python objects besides tensors, refused"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()

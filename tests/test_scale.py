@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from prh_bench.align import METRICS, get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Calibration, Prepare
-from prh_bench.scoring import BlockStore, Member, ScoreJob, collect, job_pairs, run_blocks
+from prh_bench.scoring import (
+    BlockStore,
+    Member,
+    ScoreJob,
+    collect,
+    job_pairs,
+    run_blocks,
+)
 
 from .test_faults import registry
 
@@ -87,11 +93,11 @@ def test_scores_in_many_small_groups_equal_those_of_one_group(tmp_path: Path, na
 def test_memory_budget_bounds_the_groups(tmp_path: Path) -> None:
     _, members = synthetic_cache(tmp_path, [3] * 6)
     cka = get_metric("cka")
-    per_model = 3 * cka.summary_nbytes(50, 16)
+    per_model = 3 * (cka.summary_nbytes(50, 16) + cka.work_nbytes(50, 16))
     job = ScoreJob(cka, cka.params(), 1, Prepare(), None, tuple(members), budget=2 * (2 * per_model))
     assert [len(g) for g in job.groups] == [2, 2, 2]  # half the budget per group: two groups in memory at once
     concat = dataclasses.replace(job, prepare=Prepare(concat_layers=True))
-    assert concat.layers(members[0]) == 4 and concat.summary_nbytes(members[0]) == 4 * cka.summary_nbytes(50, 16)
+    assert concat.layers(members[0]) == 4 and concat.summary_nbytes(members[0]) == 4 * per_model / 3
 
 
 def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
@@ -103,7 +109,7 @@ def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
         out = tmp_path / executor
         cmd = [sys.executable, "-c", "from prh_bench.cli import main; main()", "--quiet", "--registry", str(reg),
                "run", "--suite", "faulty", "--out", str(out), "--executor", executor, "--memory-budget", "1e-6"]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr
         outs[executor] = (out / "scores.csv").read_text()
         blocks = list((tmp_path / f"cache-{executor}" / "scores").rglob("*.safetensors"))

@@ -93,6 +93,9 @@ class CKA(Metric):
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 4 * n * n
 
+    def work_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return 8 * n * n  # the float64 stack of the kernel in the pair stage
+
     def _rows(self, flat: Sequence[FlatKernel]) -> int:
         return max(1, self.stack_bytes // (8 * flat[0].unit.numel()))
 

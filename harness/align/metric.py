@@ -46,6 +46,10 @@ class Metric(Parametrized, ABC):
         a run's memory. The default fits metrics that keep a (transformed) copy of the features."""
         return 8 * n * d
 
+    def work_nbytes(self, n: int, d: int, **params: Any) -> int:
+        """Estimated extra bytes per layer that the pair stage needs while scoring a group (copies, stacks)."""
+        return 0
+
     def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], params: dict[str, Any]) -> torch.Tensor:
         """All layers of one group of models against all layers of another, in chunks of `block` y layers."""
         return torch.cat([self.pair_scores(sx, sy[c : c + self.block], **params)
