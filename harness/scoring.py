@@ -14,7 +14,9 @@ the blocks an uninterrupted one would, and its results are bitwise equal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from filelock import FileLock
 
 from .align import LayerScores, prepare, summarize_layers
 from .align.calibrate import calibrate_summaries
+from .align.matrix import score_models
 from .align.metric import Metric
 from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
@@ -36,6 +39,18 @@ from .store import CorruptEntry, entry_lock, read_entry, write_entry
 log = logging.getLogger(__name__)
 BLOCK_FORMAT = 1
 DEFAULT_BUDGET_GIB = 4.0
+
+
+@functools.cache
+def code_digest(cls: type) -> str:
+    """sha256 of the source files that define a metric class and its bases: editing a metric's code makes new
+    blocks even when its manifest version is not bumped, so no stale score is ever read back."""
+    files = sorted({inspect.getfile(c) for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")
+                    and not c.__module__.startswith("typing")})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,7 @@ class ScoreJob:
 
     def block_key(self, i: int, j: int) -> str:
         doc = {"format": BLOCK_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
+               "code": code_digest(type(self.metric)), "torch": torch.__version__,
                "prepare": self.prepare.model_dump(mode="json"),
                "calibrate": self.calibrate.model_dump(mode="json") if self.calibrate else None,
                "x": [(m.id, m.info.digest) for m in self.groups[i]], "y": [(m.id, m.info.digest) for m in self.groups[j]]}
@@ -165,32 +181,21 @@ class Summaries:
         return out
 
 
-def _flat(summaries: dict[str, list[Any]]) -> tuple[list[Any], list[tuple[int, int]]]:
-    flat: list[Any] = []
-    spans = []
-    for layers in summaries.values():
-        spans.append((len(flat), len(flat) + len(layers)))
-        flat.extend(layers)
-    return flat, spans
-
-
 def compute_block(job: ScoreJob, i: int, j: int, summaries: Summaries) -> Block:
     metric, params = job.metric, job.params
     sx = summaries.of(i, keep=True)
-    flat_x, spans_x = _flat(sx)
     if i == j:
-        xy, yx, sy = metric.zoo_scores(flat_x, spans_x, params), None, sx
+        xy, yx, sy = score_models(metric, sx, params).matrix, None, sx
     else:
         sy = summaries.of(j)
-        flat_y, _ = _flat(sy)
+        flat_x, flat_y = ([s for layers in group.values() for s in layers] for group in (sx, sy))
         xy = metric.cross_scores(flat_x, flat_y, params)
         yx = None if metric.symmetric else metric.cross_scores(flat_y, flat_x, params)
     block = Block(xy, yx)
     if job.calibrate is not None:
-        view = ZooResult(job, {(i, j): block})
+        view, both = ZooResult(job, {(i, j): block}), sx | sy
         for a, b in job_pairs(job, i, j):
             best = LayerScores(view.block(a.id, b.id), metric.higher_is_better).best
-            both = sx | sy
             cal = calibrate_summaries(metric, both[a.id], both[b.id], best, params, a.info.n,
                                       job.calibrate.permutations, job.calibrate.seed)
             block.calibration.append({"model_x": a.id, "model_y": b.id, "metric": metric.name, **cal.as_dict()})

@@ -115,3 +115,24 @@ def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
         blocks = list((tmp_path / f"cache-{executor}" / "scores").rglob("*.safetensors"))
         assert len(blocks) == 3 * 3  # 2 groups: 3 blocks per metric, each a Ray task
     assert outs["ray"] == outs["local"]
+
+
+def test_block_keys_change_with_everything_a_score_depends_on(tmp_path: Path) -> None:
+    from prh_bench.align.knn import MutualKNN
+
+    _, members = synthetic_cache(tmp_path, [1, 1])
+    knn = get_metric("mutual_knn")
+    job = ScoreJob(knn, knn.params(k=5), 1, Prepare(), None, tuple(members), 2**30)
+    key = job.block_key(0, 0)
+
+    class EditedKNN(MutualKNN):  # the same metric whose code lives elsewhere (as after an edit)
+        pass
+
+    other_features = dataclasses.replace(members[1], info=dataclasses.replace(members[1].info, digest="0" * 64))
+    variants = [dataclasses.replace(job, params=knn.params(k=6)), dataclasses.replace(job, version=2),
+                dataclasses.replace(job, prepare=Prepare(clamp_quantile=0.9)),
+                dataclasses.replace(job, calibrate=Calibration(permutations=3)),
+                dataclasses.replace(job, metric=EditedKNN()),
+                dataclasses.replace(job, members=(members[0], other_features))]
+    assert dataclasses.replace(job).block_key(0, 0) == key
+    assert len({v.block_key(0, 0) for v in variants} | {key}) == len(variants) + 1
