@@ -26,7 +26,7 @@ from .backend import FeatureExtractor
 from .errors import ExtractionFailed
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
-from .store import CHECKSUM_FIELD, CorruptEntry, entry_lock, read_entry, write_entry
+from .store import CHECKSUM_FIELD, entry_lock, read_entry, read_valid, write_entry
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # 2: entries carry a checksum of their tensors
@@ -120,17 +120,12 @@ class FeatureCache:
     def load(self, model_id: str, key: str) -> Features | None:
         """The cached features, or None when absent, corrupt (checksum) or stored under another key."""
         path = self.path(model_id, key)
-        if not path.exists():
+        if (entry := read_valid(path, "cache entry")) is None:
             return None
-        try:
-            feats, meta = read_features(path)
-        except CorruptEntry as exc:
-            log.warning("cache entry %s is corrupt: %s; recomputing", path, exc)
-            return None
-        if meta.get("key") != key:
+        if entry[1].get("key") != key:
             log.warning("cache entry %s was stored under another key; recomputing", path)
             return None
-        return feats
+        return _features_of(*entry)
 
     def info(self, model_id: str, key: str) -> EntryInfo:
         """From the header of a stored entry only."""

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import inspect
 import json
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,9 +33,8 @@ from .align.matrix import score_models
 from .align.metric import Metric
 from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
-from .store import CorruptEntry, entry_lock, read_entry, write_entry
+from .store import entry_lock, read_valid, write_entry
 
-log = logging.getLogger(__name__)
 BLOCK_FORMAT = 1
 DEFAULT_BUDGET_GIB = 4.0
 
@@ -140,14 +138,9 @@ class BlockStore:
         return entry_lock(self.path(job, i, j))
 
     def load(self, job: ScoreJob, i: int, j: int) -> Block | None:
-        path = self.path(job, i, j)
-        if not path.exists():
+        if (entry := read_valid(self.path(job, i, j), "score block")) is None:
             return None
-        try:
-            tensors, meta = read_entry(path)
-        except CorruptEntry as exc:
-            log.warning("score block %s is corrupt: %s; recomputing", path, exc)
-            return None
+        tensors, meta = entry
         return Block(tensors["xy"], tensors.get("yx"), json.loads(meta["calibration"]))
 
     def save(self, job: ScoreJob, i: int, j: int, block: Block) -> None:

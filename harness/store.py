@@ -10,6 +10,7 @@ writer in that folder removes. A reader that finds a truncated or altered file g
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+log = logging.getLogger(__name__)
 CHECKSUM_FIELD = "sha256"
 _TMP = f".tmp-{socket.gethostname()}-"  # temporary files name their host and writer pid
 
@@ -89,6 +91,17 @@ def read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if tensors_digest(tensors) != meta[CHECKSUM_FIELD]:
         raise CorruptEntry("checksum mismatch (the file was altered or partly overwritten)")
     return tensors, meta
+
+
+def read_valid(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The entry at `path`, or None when it is absent or corrupt (then with a warning: it will be recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return read_entry(path)
+    except CorruptEntry as exc:
+        log.warning("%s %s is corrupt: %s; recomputing", what, path, exc)
+        return None
 
 
 def entry_lock(path: Path) -> FileLock:
