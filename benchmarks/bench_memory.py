@@ -1,6 +1,6 @@
 """Peak memory of a run's pair stage as the zoo grows: 10 vs 40 synthetic models, side by side.
 
-    python benchmarks/bench_memory.py            # cka and mutual_knn, 10 and 40 models (~10 min on 2 CPU cores)
+    python benchmarks/bench_memory.py            # cka and mutual_knn, 10 and 40 models (~7 min on 2 CPU cores)
     python benchmarks/bench_memory.py --quick    # 4 and 16 models
 
 Each model has 13 layers of width 768 on N=1024 samples (40 MiB of float32 features), stored in a throwaway
@@ -8,11 +8,13 @@ feature cache as a run stores them. The pair stage (scoring.run_blocks + collect
 runs in a fresh process per configuration, and the benchmark prints its peak resident memory (max RSS, minus
 the process's RSS before scoring) and time:
 
-- budgeted: the default way, summaries held in groups that fit --budget GiB, features read one model at a time;
+- budgeted: summaries (and CKA's float64 working stacks) held in groups that fit --budget GiB (default 2),
+  features read one model at a time;
 - one group: the budget set so high that all models form one group (what an unbounded pair stage holds).
 
-CKA's per-layer summary is an N x N kernel (4 MiB here, 52 MiB per model), so it shows the bound; mutual k-NN's
-summary is N x k indices (1 MiB per model), so it fits in one group either way.
+CKA's per-layer summary is an N x N kernel (4 MiB here, 52 MiB per model, plus 104 MiB of float64 stack while
+scoring), so it shows the bound; mutual k-NN's summary is N x k indices (1 MiB per model), so 40 models fit in one
+group either way. Smaller groups cost time: each group's summaries are recomputed for every earlier group.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def measure(root: Path, metric: str, n_models: int, budget: float) -> tuple:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 and 16 models")
-    ap.add_argument("--budget", type=float, default=0.5, help="GiB of summaries the budgeted runs may hold")
+    ap.add_argument("--budget", type=float, default=2.0, help="GiB of summaries the budgeted runs may hold")
     args = ap.parse_args()
     small, large = (4, 16) if args.quick else (10, 40)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models of {LAYERS} layers x {WIDTH}, N={N}; "
