@@ -68,7 +68,7 @@ def run_and_kill(reg: Path, out: Path, cache: Path, when: str) -> None:
     env = os.environ | {"PRH_BENCH_CACHE": str(cache)}
     proc = subprocess.Popen(command(reg, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list(cache.glob(f"{when}/*/*.safetensors")):
+    while not [p for p in cache.glob(f"{when}/*/*.safetensors") if not p.name.startswith(".tmp-")]:
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() < deadline
         time.sleep(0.005)
@@ -78,7 +78,8 @@ def run_and_kill(reg: Path, out: Path, cache: Path, when: str) -> None:
 
 def entries(cache: Path) -> dict[str, tuple[int, int]]:
     """Every finished cache file with its inode and mtime: a recomputed entry is a new file (atomic rename)."""
-    return {str(p.relative_to(cache)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*/*/*.safetensors")}
+    return {str(p.relative_to(cache)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*/*/*.safetensors")
+            if not p.name.startswith(".tmp-")}  # a file being written when the kill came is not finished
 
 
 @pytest.fixture(scope="module")
