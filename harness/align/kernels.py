@@ -9,6 +9,7 @@ product of two flattened N x N matrices: one matrix product scores all layer pai
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,35 +46,60 @@ def u_center(k: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FlatKernel:
-    """A centred kernel, flattened and scaled to unit norm: pair scores are plain inner products."""
+    """A centred kernel, flattened, with its Frobenius norm: pair scores are inner products over norms."""
 
-    unit: torch.Tensor  # N*N, in the features' precision (at least float32)
+    flat: torch.Tensor  # N*N, in the features' precision (at least float32)
+    norm: float  # computed in float64: float32 sums of N^2 squares drift ~1e-5
     n: int
 
     def permuted(self, perm: torch.Tensor) -> FlatKernel:
-        m = self.unit.view(self.n, self.n)[perm][:, perm]
-        return FlatKernel(m.reshape(-1), self.n)
+        m = self.flat.view(self.n, self.n)[perm][:, perm]
+        return FlatKernel(m.reshape(-1), self.norm, self.n)
 
 
-def _unit(m: torch.Tensor, name: str) -> FlatKernel:
-    norm = torch.linalg.vector_norm(m, dtype=torch.float64).to(m.dtype)  # float32 sums of N^2 squares drift ~1e-5
+def _flat_kernel(m: torch.Tensor, name: str) -> FlatKernel:
+    norm = float(torch.linalg.vector_norm(m, dtype=torch.float64))
     if norm == 0:
         raise BadInput(f"{name}: the centred kernel is zero (constant features); the score is undefined")
-    return FlatKernel((m / norm).reshape(-1), m.shape[0])
+    return FlatKernel(m.reshape(-1), norm, m.shape[0])
 
 
-def _stacked(summaries: Sequence[FlatKernel]) -> torch.Tensor:
-    out = torch.empty(len(summaries), summaries[0].unit.numel(), dtype=torch.float64)
-    for row, s in zip(out, summaries):
-        row.copy_(s.unit)  # upcast while copying: no float32 stack in between
-    return out
+@functools.cache
+def _upper(n: int) -> torch.Tensor:
+    """Flat positions of the strict upper triangle of an n x n matrix."""
+    i, j = torch.triu_indices(n, n, offset=1)
+    return i * n + j
+
+
+def _stacked(summaries: Sequence[FlatKernel]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' strict upper triangles and diagonals, stacked in float64. Kernels are symmetric, so
+    <K, L> = 2 <triu K, triu L> + <diag K, diag L>: half the bytes to copy and half the matrix product."""
+    n = summaries[0].n
+    upper = torch.empty(len(summaries), n * (n - 1) // 2, dtype=torch.float64)
+    diag = torch.empty(len(summaries), n, dtype=torch.float64)
+    for row, d, s in zip(upper, diag, summaries):
+        row.copy_(s.flat.index_select(0, _upper(n)))
+        d.copy_(s.flat[:: n + 1])
+    return upper, diag
+
+
+def _norms(summaries: Sequence[FlatKernel]) -> torch.Tensor:
+    return torch.tensor([s.norm for s in summaries], dtype=torch.float64)
+
+
+Stack = tuple[torch.Tensor, torch.Tensor]
+
+
+def _cosines(x: Stack, y: Stack, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
+    """Inner products of stacked kernels, in float64 (float32 sums over N^2 terms drift ~1e-6), over their norms."""
+    inner = 2 * (x[0] @ y[0].T) + x[1] @ y[1].T
+    return inner / (_norms(sx)[:, None] * _norms(sy)[None, :])
 
 
 def _inner(sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
-    """All pairwise inner products in one float64 matrix product: float32 sums over N^2 terms drift ~1e-6."""
     x = _stacked(sx)
     y = x if len(sx) == len(sy) and all(a is b for a, b in zip(sx, sy)) else _stacked(sy)
-    return x @ y.T
+    return _cosines(x, y, sx, sy)
 
 
 class CKA(Metric):
@@ -88,16 +114,16 @@ class CKA(Metric):
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
-        return _unit(centered_kernel(feats, params["kernel"], params["sigma"]), self.name)
+        return _flat_kernel(centered_kernel(feats, params["kernel"], params["sigma"]), self.name)
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 4 * n * n
 
     def work_nbytes(self, n: int, d: int, **params: Any) -> int:
-        return 8 * n * n  # the float64 stack of the kernel in the pair stage
+        return 4 * n * n  # the float64 stack of the kernel's upper triangle in the pair stage
 
     def _rows(self, flat: Sequence[FlatKernel]) -> int:
-        return max(1, self.stack_bytes // (8 * flat[0].unit.numel()))
+        return max(1, self.stack_bytes // (4 * flat[0].flat.numel()))  # half a kernel in float64
 
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
         return _inner(sx, sy)
@@ -106,9 +132,11 @@ class CKA(Metric):
         rows = self._rows(sx)
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
         for x0 in range(0, len(sx), rows):
-            x = _stacked(sx[x0 : x0 + rows])
+            bx = sx[x0 : x0 + rows]
+            x = _stacked(bx)
             for y0 in range(0, len(sy), rows):
-                out[x0 : x0 + rows, y0 : y0 + rows] = x @ _stacked(sy[y0 : y0 + rows]).T
+                by = sy[y0 : y0 + rows]
+                out[x0 : x0 + rows, y0 : y0 + rows] = _cosines(x, _stacked(by), bx, by)
         return out
 
     def zoo_scores(self, flat: Sequence[FlatKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
@@ -121,7 +149,7 @@ class CKA(Metric):
             x = _stacked(flat[x0:x1])
             for y0 in range(x0, n, rows):
                 y1 = min(y0 + rows, n)
-                scores = x @ (x if y0 == x0 else _stacked(flat[y0:y1])).T
+                scores = _cosines(x, x if y0 == x0 else _stacked(flat[y0:y1]), flat[x0:x1], flat[y0:y1])
                 out[x0:x1, y0:y1] = scores
                 out[y0:y1, x0:x1] = scores.T
         for a0, a1 in spans:
@@ -141,7 +169,7 @@ class UnbiasedCKA(CKA):
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
-        return _unit(u_center(gram(feats)), self.name)
+        return _flat_kernel(u_center(gram(feats)), self.name)
 
 
 @dataclass(frozen=True)
