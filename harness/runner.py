@@ -153,8 +153,9 @@ def run_suite(
     """Extract (or reuse) every model's features, then score every model pair at every layer pair with every
     metric, condition by condition. Work goes to the executor (this process by default); its results go to
     the cache first, so a run killed at any point resumes where it stopped."""
-    spec = RunSpec(suite_id, str(cache.root), tuple(str(d) for d in registry_dirs), device, force, max_samples,
-                   budget_gib or DEFAULT_BUDGET_GIB)
+    # Absolute paths: Ray workers run in folders of their own.
+    spec = RunSpec(suite_id, str(cache.root.resolve()), tuple(str(Path(d).resolve()) for d in registry_dirs), device,
+                   force, max_samples, budget_gib or DEFAULT_BUDGET_GIB)
     ctx = RunContext(spec, registry)
     executor = executor or LocalExecutor()
     suite, models = ctx.suite, list(ctx.models.values())

@@ -1,11 +1,11 @@
 """The pair stage of a run: bounded memory, resumable block by block.
 
 Models are split, in suite order, into groups whose per-layer summaries (and the pair stage's working copies
-of them) fit half the memory budget; each metric estimates both from N and the layer widths. A block is a group against itself or
-against a later group, and it is the unit of work: computed in one batched call, stored in the cache as one
-checksummed file keyed by everything it depends on, and never recomputed once stored. At most two groups'
-summaries are held at once, features are read from the cache one model at a time, and a run killed while
-scoring loses at most the block in progress.
+of them) fit half the memory budget; each metric estimates both from N and the layer widths. A block is a group
+against itself or against a later group, and it is the unit of work: computed in one batched call, stored in
+the cache as one checksummed file keyed by everything it depends on, and never recomputed once stored. At most
+two groups' summaries are held at once, features are read from the cache one model at a time, and a run killed
+while scoring loses at most the block in progress.
 
 A block's scores depend slightly on what it batches (float64 matrix products sum in a shape-dependent order,
 ~1e-15 apart). Blocks are fixed by the suite's models and the budget alone, so a resumed run computes exactly

@@ -73,7 +73,7 @@ def hsic_unbiased(K, L):
     np.fill_diagonal(Kt, 0)
     np.fill_diagonal(Lt, 0)
     value = (np.sum(Kt * Lt.T) + Kt.sum() * Lt.sum() / ((m - 1) * (m - 2))
-             - 2 * Kt.sum(0).dot(Lt.sum(0)) / (m - 2))
+             - 2 * np.sum(Kt @ Lt) / (m - 2))
     return value / (m * (m - 3))
 
 

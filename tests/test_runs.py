@@ -119,12 +119,12 @@ max_samples: 60
     long = pd.read_csv(tmp_path / "run" / "scores.csv")
     cyc = long[long.metric == "cycle_knn"]
     assert set(zip(cyc.model_x, cyc.model_y)) == {("minilm-l6", "glove-6b-50d"), ("glove-6b-50d", "minilm-l6")}
-    assert "all_layers" in set(long.layer_x) and len(long[long.metric == "cknna"]) == 8 * 2
+    assert "all_layers" in set(long.layer_x) and len(long[long.metric == "cknna"]) == 8 * 2 * 2  # both ways
     cal = pd.read_csv(out["files"]["calibration"])
-    assert len(cal) == 2 + 1 + 2 and cal.permutations.eq(20).all()
+    assert len(cal) == 2 + 2 + 2 and cal.permutations.eq(20).all()
     assert cal.p_value.between(1 / 21, 1).all()
     side = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert side["metrics"] == {"cycle_knn": {"version": 1}, "cknna": {"version": 1}, "linear_regression": {"version": 1}}
+    assert side["metrics"] == {"cycle_knn": {"version": 1}, "cknna": {"version": 2}, "linear_regression": {"version": 1}}
 
 
 def score_json(*args: str) -> dict:

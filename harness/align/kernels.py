@@ -189,18 +189,18 @@ class KnnKernel:
 
 
 def _masked_hsic(kv: torch.Tensor, lv: torch.Tensor, recip: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
-    """Unbiased HSIC(M∘K, M∘L) for masks M supported on the positions (i, cols[i, s]), flattened to P = N*k rows,
-    one column per layer pair (P x C).
+    """Unbiased HSIC(M∘K, M∘L) for masks M supported on the positions (i, cols[i, s]), flattened to P = N*k rows
+    in row order, one column per layer pair (P x C).
 
     kv, lv: K and L at those positions, zero where M is 0; recip: M[j, i] is 1 too.
-    HSIC_u(A, B) = [sum_ij A_ij B_ji + sum(A) sum(B) / ((n-1)(n-2)) - 2 colsum(A).colsum(B) / (n-2)] / (n(n-3))
-    with A = M∘K, B = M∘L, K and L symmetric (Song et al. 2012, as in the PRH code)."""
+    HSIC_u(A, B) = [sum_ij A_ij B_ji + sum(A) sum(B) / ((n-1)(n-2)) - 2 1'AB1 / (n-2)] / (n(n-3)) with A = M∘K,
+    B = M∘L (Song et al. 2012, as the PRH code evaluates it). M is not symmetric, so 1'AB1 = colsum(A).rowsum(B)
+    differs from colsum(A).colsum(B), and the score depends on which model is A."""
     t1 = (kv * lv * recip).sum(0)
     t2 = kv.sum(0) * lv.sum(0) / ((n - 1) * (n - 2))
-    flat = cols.reshape(-1)
-    ca = torch.zeros(n, kv.shape[1], dtype=kv.dtype).index_add_(0, flat, kv)
-    cb = torch.zeros(n, lv.shape[1], dtype=lv.dtype).index_add_(0, flat, lv)
-    t3 = 2 * (ca * cb).sum(0) / (n - 2)
+    col_a = torch.zeros(n, kv.shape[1], dtype=kv.dtype).index_add_(0, cols.reshape(-1), kv)
+    row_b = lv.view(n, -1, lv.shape[1]).sum(1)
+    t3 = 2 * (col_a * row_b).sum(0) / (n - 2)
     return (t1 + t2 - t3) / (n * (n - 3))
 
 
@@ -237,11 +237,13 @@ class _SlotTable:
 class CKNNA(Metric):
     """CKNNA(K, L) = HSIC_u(M∘K, M∘L) / sqrt(HSIC_u(M_K∘K, M_K∘K) HSIC_u(M_L∘L, M_L∘L)), where M_K[i, j] = 1 when
     j is among the k nearest neighbours of i in K (self excluded) and M = M_K ∘ M_L (Huh et al. 2024,
-    Appendix A; unbiased HSIC of Song et al. 2012). Needs N >= 4 and k >= 2."""
+    Appendix A; unbiased HSIC of Song et al. 2012). Needs N >= 4 and k >= 2. Not symmetric: the estimator's
+    last term reads the masked kernels' column sums on one side and row sums on the other."""
 
     name = "cknna"
     defaults = {"k": 10}
     min_samples = 4
+    symmetric = False
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> KnnKernel:
         self.check(feats)
