@@ -1,5 +1,6 @@
-"""The leaderboard page in a real browser: headless Chromium (Debian packages chromium and chromium-driver,
-installed by .ci/run) opens index.html offline, sorts the table and loads every figure."""
+"""The leaderboard page in a real browser: headless Chromium or Chrome (Debian's chromium and chromium-driver,
+installed by .ci/run where no browser is present; GitHub's runners have Chrome) opens index.html offline, sorts
+the table and loads every figure."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 
 from .conftest import cli, write_yaml
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium or Chrome and chromedriver")
 
 
 @pytest.fixture
