@@ -103,8 +103,10 @@ class ScoreJob:
         return pairs + ([] if self.metric.symmetric else [(b, a) for a, b in pairs])
 
     def blocks(self) -> list[tuple[int, int]]:
+        """Row by row; within row i, the other groups from the last down to i + 1, so that the group scored
+        last in a row is the next row's own group and its summaries carry over."""
         g = len(self.groups)
-        return [(i, j) for i in range(g) for j in range(i, g)]
+        return [(i, j) for i in range(g) for j in [i, *range(g - 1, i, -1)]]
 
     def block_key(self, i: int, j: int) -> str:
         doc = {"format": BLOCK_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
@@ -152,25 +154,33 @@ class BlockStore:
 
 
 class Summaries:
-    """Per-layer summaries of a group, from features read one model at a time. The last group asked for with
-    keep=True stays (the row of blocks being computed); others are computed for one block and dropped."""
+    """Per-layer summaries of groups, from features read one model at a time; at most two groups are held.
+    The group asked for with keep=True stays (the row of blocks being computed); of the others only the last
+    one stays, since it may be the next row's group."""
 
     def __init__(self, job: ScoreJob, load: Callable[[Member], Features]):
         self.job, self.load = job, load
-        self.kept: tuple[int, dict[str, list[Any]]] | None = None
+        self.row: tuple[int, dict[str, list[Any]]] | None = None
+        self.last: tuple[int, dict[str, list[Any]]] | None = None
 
     def of(self, g: int, keep: bool = False) -> dict[str, list[Any]]:
-        if self.kept is not None and self.kept[0] == g:
-            return self.kept[1]
+        for held in (self.row, self.last):
+            if held is not None and held[0] == g:
+                if keep:
+                    self.row, self.last = held, None
+                return held[1]
+        self.last = None  # drop it before computing another group
         if keep:
-            self.kept = None  # drop the previous row before computing the next
-        job, prep = self.job, self.job.prepare
+            self.row = None
         out = {}
-        for m in job.groups[g]:
+        prep = self.job.prepare
+        for m in self.job.groups[g]:
             feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers)
-            out[m.id] = summarize_layers(job.metric, feats, **job.params)
+            out[m.id] = summarize_layers(self.job.metric, feats, **self.job.params)
         if keep:
-            self.kept = (g, out)
+            self.row = (g, out)
+        else:
+            self.last = (g, out)
         return out
 
 

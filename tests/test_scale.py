@@ -69,13 +69,18 @@ def test_scores_in_many_small_groups_equal_those_of_one_group(tmp_path: Path, na
     metric = get_metric(name)
     params = metric.params(**({"k": 5} if "knn" in name else {"folds": 3} if name == "linear_regression" else {}))
     jobs = {}
+    loads = {}
     for budget in (2**30, 1):  # one group of five; five groups of one
         job = ScoreJob(metric, params, 1, Prepare(), Calibration(permutations=5), tuple(members), budget)
         store = BlockStore(tmp_path / f"b{budget}")
-        run_blocks(job, store, lambda m: cache.load(m.id, m.key), job.blocks())
+        loads[budget] = []
+        run_blocks(job, store, lambda m, seen=loads[budget]: seen.append(m.id) or cache.load(m.id, m.key), job.blocks())
         jobs[budget] = (job, collect(job, store))
     (one, big), (many, small) = jobs[2**30], jobs[1]
     assert len(one.groups) == 1 and len(many.groups) == 5 and len(many.blocks()) == 15
+    # Features are read once per group per row that needs it, and a row's last group carries over to the next
+    # row: 5 + 3 + 2 + 1 + 0 reads for five groups of one (15 without the carry-over).
+    assert len(loads[2**30]) == 5 and len(loads[1]) == 11
     pairs = [(a.id, b.id) for a, b in one.pairs()]
     assert pairs == [(a.id, b.id) for a, b in many.pairs()]
     assert len(pairs) == (20 if name in ("linear_regression", "cknna") else 10)
