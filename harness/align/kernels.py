@@ -267,15 +267,5 @@ class CKNNA(Metric):
         table = _SlotTable(sy)
         return torch.stack([table.scores(x) for x in sx])
 
-    def zoo_scores(self, flat: Sequence[KnnKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
-        """Every layer against the slot table of `block` layers at a time (one table for a zoo of up to `block`
-        layers, instead of one per model): both directions at once; a model's own block is then blanked."""
-        out = torch.empty(len(flat), len(flat), dtype=torch.float64)
-        for c in range(0, len(flat), self.block):
-            out[:, c : c + self.block] = self.pair_scores(flat, flat[c : c + self.block])
-        for a0, a1 in spans:
-            out[a0:a1, a0:a1] = float("nan")
-        return out
-
     def permute(self, summary: KnnKernel, perm: torch.Tensor) -> KnnKernel:
         return summary.permuted(perm)
