@@ -22,7 +22,15 @@ from .features import FeatureCache, Features, extract, feature_key
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, BlockStore, Member, ScoreJob, run_blocks
+from .scoring import (
+    DEFAULT_BUDGET_GIB,
+    BlockStore,
+    Member,
+    ScoreJob,
+    ZooResult,
+    collect,
+    run_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +112,14 @@ class RunContext:
         assert isinstance(ds, DatasetManifest)
         return ds, self.dataset(ds, None), f"probe {ds.id}"
 
-    def features(self, m: Member) -> Features:
-        feats = self.cache.load(m.id, m.key)
+    def features(self, model_id: str, key: str) -> Features:
+        feats = self.cache.load(model_id, key)
         if feats is None:
-            raise RuntimeError(f"features of '{m.id}' vanished from the cache {self.cache.root} during the run")
+            raise RuntimeError(f"features of '{model_id}' vanished from the cache {self.cache.root} during the run")
         return feats
+
+    def member_features(self, m: Member) -> Features:
+        return self.features(m.id, m.key)
 
 
 def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool = False) -> ModelOutcome:
@@ -143,8 +154,8 @@ class Executor(Protocol):
     def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
         """Each model's features on the target's samples, in the cache; their outcomes in model order."""
 
-    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
-        """Every block of the job, in the block store."""
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> ZooResult:
+        """Every block of the job, stored in the block store and returned."""
 
 
 class LocalExecutor:
@@ -155,10 +166,10 @@ class LocalExecutor:
         bar = tqdm(models, desc=f"{ctx.suite.id}: models ({label})", disable=not progress, unit="model")
         return [extract_one(ctx, mid, target, progress) for mid in bar]
 
-    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> ZooResult:
         blocks = job.blocks()
         with tqdm(total=len(blocks), desc=job.metric.name, disable=not progress, unit="block", leave=False) as bar:
-            run_blocks(job, ctx.blocks, ctx.features, blocks, lambda: bar.update())
+            return ZooResult(job, run_blocks(job, ctx.blocks, ctx.member_features, blocks, lambda: bar.update()))
 
 
 _WORKER_CONTEXTS: dict[RunSpec, RunContext] = {}
@@ -180,7 +191,7 @@ def _ray_extract(spec: RunSpec, model_id: str, target: Target) -> ModelOutcome:
 
 def _ray_score(spec: RunSpec, job: ScoreJob, i: int, j: int) -> None:
     ctx = _worker_context(spec)
-    run_blocks(job, ctx.blocks, ctx.features, [(i, j)])
+    run_blocks(job, ctx.blocks, ctx.member_features, [(i, j)])
 
 
 class RayExecutor:
@@ -225,12 +236,13 @@ class RayExecutor:
             refs.append(task.options(**options).remote(self._spec(ctx), mid, target))
         return self._gather(refs, f"{ctx.suite.id}: models", progress)
 
-    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> None:
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> ZooResult:
         if job.budget > self.node_memory:
             raise BadInput(f"--memory-budget {job.budget / 2**30:g} GiB exceeds the memory of the largest Ray node "
                            f"({self.node_memory / 2**30:.1f} GiB)")
         task = self.ray.remote(_ray_score).options(num_cpus=self.threads, memory=job.budget)
         self._gather([task.remote(self._spec(ctx), job, i, j) for i, j in job.blocks()], job.metric.name, progress)
+        return collect(job, ctx.blocks)
 
     def _gather(self, refs: list, desc: str, progress: bool) -> list:
         """Results in submission order (entries that are already outcomes pass through)."""

@@ -32,7 +32,7 @@ from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult, collect
+from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
@@ -183,8 +183,7 @@ def run_suite(
             metric, params = registry.metric(use.name, use.params)
             job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30))
-            executor.score(ctx, job, progress)
-            zoo = collect(job, ctx.blocks)
+            zoo = executor.score(ctx, job, progress)
             rows += score_rows(job, zoo, names)
             cal += zoo.calibration()
         columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
@@ -219,7 +218,7 @@ def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: li
         outcomes += done
         for o in done:
             if o.status != "failed":
-                feats = ctx.features(Member(o.model, o.key, ctx.cache.info(o.model, o.key)))
+                feats = ctx.features(o.model, o.key)
                 rows.append({"task": probe.task, "dataset": ds.id, "model": o.model,
                              "score": task.evaluate(feats, samples, **params)})
     return pd.DataFrame(rows, columns=["task", "dataset", "model", "score"])

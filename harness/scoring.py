@@ -252,18 +252,23 @@ class ZooResult:
 
 
 def run_blocks(job: ScoreJob, store: BlockStore, load: Callable[[Member], Features],
-               blocks: list[tuple[int, int]], on_done: Callable[[], None] = lambda: None) -> None:
-    """Compute and store the given blocks that are not stored yet, in order (rows of blocks share their
+               blocks: list[tuple[int, int]], on_done: Callable[[], None] = lambda: None) -> dict[tuple[int, int], Block]:
+    """The given blocks, read from the store or computed and stored, in order (rows of blocks share their
     group's summaries). A second run sharing the cache waits on a block's lock, then finds it stored."""
     summaries = Summaries(job, load)
+    out = {}
     for i, j in blocks:
         with store.lock(job, i, j):
-            if store.load(job, i, j) is None:
-                store.save(job, i, j, compute_block(job, i, j, summaries))
+            if (block := store.load(job, i, j)) is None:
+                block = compute_block(job, i, j, summaries)
+                store.save(job, i, j, block)
+        out[(i, j)] = block
         on_done()
+    return out
 
 
 def collect(job: ScoreJob, store: BlockStore) -> ZooResult:
+    """Every block of a job from the store, once other processes have computed them."""
     blocks = {}
     for i, j in job.blocks():
         block = store.load(job, i, j)
