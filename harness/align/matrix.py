@@ -19,7 +19,6 @@ class ZooScores:
 
     matrix: torch.Tensor  # L x L over all layers of all models, in model order
     offsets: dict[str, tuple[int, int]]  # model -> (first layer, end) in the matrix
-    summaries: dict[str, list[Any]]  # per model, reusable (e.g. for permutation nulls)
 
     def block(self, a: str, b: str) -> torch.Tensor:
         (a0, a1), (b0, b1) = self.offsets[a], self.offsets[b]
@@ -32,4 +31,4 @@ def score_models(metric: Metric, summaries: Mapping[str, list[Any]], params: dic
     for model, layers in summaries.items():
         offsets[model] = (len(flat), len(flat) + len(layers))
         flat.extend(layers)
-    return ZooScores(metric.zoo_scores(flat, list(offsets.values()), params), offsets, dict(summaries))
+    return ZooScores(metric.zoo_scores(flat, list(offsets.values()), params), offsets)
