@@ -16,11 +16,11 @@ features and running only the engine; the base column is before the engine)."""
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import time
 
 import torch
+from fresh_process import in_fresh_process
 from prh_bench.align import get_metric, prepare, summarize_layers
 from prh_bench.align.matrix import score_models
 
@@ -128,21 +128,12 @@ def loop_time(metric: str, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tu
     return time.perf_counter() - t0, scores
 
 
-def _child(metric: str, n_models: int, queue) -> None:
+def engine_run(metric: str, n_models: int) -> tuple[float, float, float]:
+    """Seconds of preparation + engine, and max RSS (MB) before and after: run it in a fresh process."""
     models = [model(s, 13, 768) for s in range(n_models)]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     prep_s, eng_s, _ = engine_matrix(metric, models)
-    queue.put((prep_s + eng_s, before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-
-
-def engine_in_fresh_process(metric: str, n_models: int) -> tuple[float, float, float]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(metric, n_models, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
+    return prep_s + eng_s, before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -183,7 +174,7 @@ def main() -> None:
     for metric in METRICS:
         loop_s, _ = loop_time(metric, sample)
         loop_s *= 7605 / len(sample) * directions(metric)
-        eng_s, base_mb, peak_mb = engine_in_fresh_process(metric, 10)
+        eng_s, base_mb, peak_mb = in_fresh_process(engine_run, metric, 10)
         print(f"{metric:12s} {loop_s:9.1f} {eng_s:9.3f} {loop_s / eng_s:7.0f}x {eng_s / floor2:7.2f}x "
               f"{peak_mb:8.0f} {base_mb:9.0f}")
 

@@ -20,13 +20,13 @@ group either way. Smaller groups cost time: each group's summaries are recompute
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from fresh_process import in_fresh_process
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Prepare
@@ -45,7 +45,8 @@ def fill_cache(root: Path, n_models: int) -> None:
         cache.save(f"m{i:02d}", f"{i:064d}", Features([f"l{j}" for j in range(LAYERS)], layers), {})
 
 
-def _child(root: str, store: str, metric: str, n_models: int, budget: float, queue) -> None:
+def scoring_run(root: str, store: str, metric: str, n_models: int, budget: float) -> tuple:
+    """Groups, seconds, peak and base max RSS (MiB) and a checksum of the scores: run it in a fresh process."""
     cache = FeatureCache(Path(root))
     members = tuple(Member(f"m{i:02d}", f"{i:064d}", cache.info(f"m{i:02d}", f"{i:064d}")) for i in range(n_models))
     m = get_metric(metric)
@@ -58,18 +59,12 @@ def _child(root: str, store: str, metric: str, n_models: int, budget: float, que
     seconds = time.perf_counter() - t0
     checksum = float(sum(zoo.block(a.id, b.id).sum() for a, b in job.pairs()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((len(job.groups), seconds, (peak - base) / 1024, base / 1024, checksum))
+    return len(job.groups), seconds, (peak - base) / 1024, base / 1024, checksum
 
 
 def measure(root: Path, metric: str, n_models: int, budget: float) -> tuple:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     with tempfile.TemporaryDirectory() as store:
-        p = ctx.Process(target=_child, args=(str(root), store, metric, n_models, budget, q))
-        p.start()
-        out = q.get()
-        p.join()
-    return out
+        return in_fresh_process(scoring_run, str(root), store, metric, n_models, budget)
 
 
 def main() -> None:
