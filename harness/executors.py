@@ -86,6 +86,7 @@ class RunContext:
         self.cache = FeatureCache(Path(spec.cache_root))
         self.blocks = BlockStore(Path(spec.cache_root))
         self._data: dict[tuple[str, int | None], SampleSet] = {}
+        self._last: tuple[Target, tuple[DatasetManifest, SampleSet, str]] | None = None
 
     @cached_property
     def device(self) -> torch.device:
@@ -101,7 +102,14 @@ class RunContext:
         return self._data[(dataset.id, limit)]
 
     def samples(self, target: Target) -> tuple[DatasetManifest, SampleSet, str]:
-        """The data set, the samples (transformed under a sweep condition) and the label of a target."""
+        """The data set, the samples (transformed under a sweep condition) and the label of a target. The last
+        target's are kept: every model of a condition reads them, and a sweep's conditions come one by one
+        (keeping all of a 100-level noise sweep would hold 100 copies of the images)."""
+        if self._last is None or self._last[0] != target:
+            self._last = (target, self._samples(target))
+        return self._last[1]
+
+    def _samples(self, target: Target) -> tuple[DatasetManifest, SampleSet, str]:
         from .runner import apply_transform
 
         if target.condition is not None:
