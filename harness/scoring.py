@@ -192,8 +192,10 @@ def compute_block(job: ScoreJob, i: int, j: int, summaries: Summaries) -> Block:
     else:
         sy = summaries.of(j)
         flat_x, flat_y = ([s for layers in group.values() for s in layers] for group in (sx, sy))
-        xy = metric.cross_scores(flat_x, flat_y, params)
-        yx = None if metric.symmetric else metric.cross_scores(flat_y, flat_x, params)
+        if metric.symmetric:
+            xy, yx = metric.cross_scores(flat_x, flat_y, params), None
+        else:
+            xy, yx = metric.cross_scores_both(flat_x, flat_y, params)
     block = Block(xy, yx)
     if job.calibrate is not None:
         view, both = ZooResult(job, {(i, j): block}), sx | sy

@@ -440,7 +440,7 @@ def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> No
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_zoo_scores_equal_pairwise_scores(name: str) -> None:
-    from prh_bench.align import get_metric
+    from prh_bench.align import get_metric, summarize_layers
     from prh_bench.align.matrix import score_models
 
     m = get_metric(name)
@@ -448,8 +448,9 @@ def test_zoo_scores_equal_pairwise_scores(name: str) -> None:
     x, y = feature_sets(13)
     z, _ = feature_sets(14)
     models = {"x": x, "y": y, "z": z[:1]}
+    # The zoo from each model's summaries laid out together, the pairs from layers summarized one by one.
     summaries = {k: [m.summarize(t, **params) for t in v] for k, v in models.items()}
-    zoo = score_models(m, summaries, params)
+    zoo = score_models(m, {k: summarize_layers(m, v, **params) for k, v in models.items()}, params)
     for a in models:
         assert torch.isnan(zoo.block(a, a)).all()
         for b in models:
@@ -469,3 +470,32 @@ def test_blocked_gram_on_larger_inputs() -> None:
     assert score_layers("cka", [x], [y]).best == pytest.approx(ref_cka(x.numpy(), y.numpy()), abs=1e-9)
     assert score_layers("mutual_knn", [x], [y], k=10).best == pytest.approx(
         ref_mutual_knn(x.numpy(), y.numpy(), 10), abs=1e-12)
+
+
+@pytest.mark.parametrize(("name", "params"), [("cka", {}), ("cka", {"kernel": "rbf", "sigma": 2.0}),
+                                              ("unbiased_cka", {})])
+def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
+    """From N = 256 on, kernels are kept as the blocks of their upper triangle and a model's layers as one
+    stack: scores, permuted summaries and zoo blocks must still be those of the definition."""
+    from prh_bench.align import get_metric, summarize_layers
+    from prh_bench.align.matrix import score_models
+
+    g = torch.Generator().manual_seed(16)
+    n = 301  # blocks of unequal size
+    x = [torch.randn(n, 6, generator=g, dtype=torch.float64) for _ in range(2)]
+    y = [torch.tanh(x[0][:, :3] @ torch.randn(3, 5, generator=g, dtype=torch.float64)),
+         torch.randn(n, 4, generator=g, dtype=torch.float64)]
+    m = get_metric(name)
+    p = m.params(**params)
+    ref = REFERENCES[name][0]
+    got = score_layers(name, x, y, **params).matrix
+    for i, j in itertools.product(range(2), range(2)):
+        assert got[i, j].item() == pytest.approx(ref(x[i].numpy(), y[j].numpy(), **params), abs=1e-9)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    sx = summarize_layers(m, x, **p)
+    via_summary = m.pair_scores(sx, [m.permute(s, perm) for s in summarize_layers(m, y, **p)], **p)
+    direct = m.pair_scores(sx, summarize_layers(m, [b[perm] for b in y], **p), **p)
+    torch.testing.assert_close(via_summary, direct, atol=1e-12, rtol=0)
+    zoo = score_models(m, {"x": sx, "y": summarize_layers(m, y, **p), "z": summarize_layers(m, x[:1], **p)}, p)
+    torch.testing.assert_close(zoo.block("x", "y"), got, atol=1e-12, rtol=0)
+    torch.testing.assert_close(zoo.block("z", "x")[0, 0], torch.tensor(1.0, dtype=torch.float64), atol=1e-12, rtol=0)

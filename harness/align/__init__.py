@@ -73,7 +73,7 @@ def _layers(feats: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
 
 def summarize_layers(metric: Metric, feats: Sequence[torch.Tensor] | torch.Tensor, **params: Any) -> list[Any]:
     """Per-layer summaries, computed once per model and reusable across every pair it enters."""
-    return [metric.summarize(x, **params) for x in _layers(feats)]
+    return metric.summarize_model(_layers(feats), **params)
 
 
 def score_layers(

@@ -2,15 +2,15 @@
 unbiased HSIC estimator of Song et al. 2012) and CKNNA (Huh et al. 2024, Appendix A: unbiased CKA restricted
 to mutual k-nearest neighbours).
 
-Per layer the Gram matrix is computed once, in the features' precision (float32 features give a float32
-Gram, half precision is upcast to float32) and centred and normalised in float64, so every pair is an inner
-product of two flattened N x N matrices: one matrix product scores all layer pairs.
+Per layer the centred kernel is computed once, in the features' precision (float32 features give a float32
+Gram, half precision is upcast to float32), and kept in float64 as the blocks of its upper triangle, so every
+pair is an inner product of two flat vectors: one matrix product scores all layer pairs.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +22,8 @@ from .metric import Metric
 
 
 def centered_kernel(x: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
-    """H K H with H = I - 11^T / n. For the linear kernel that is the Gram matrix of the column-centred
-    features, which spares a pass over the N x N matrix."""
-    if kind == "linear":
-        return gram(x - x.mean(0, keepdim=True))
+    """H K H with H = I - 11^T / n, as a full float64 matrix (the RBF kernel; the linear kernel goes
+    straight to its blocks in `_linear_blocks`)."""
     if kind == "rbf":
         g = gram(x).double()
         sq = g.diagonal()
@@ -44,62 +42,110 @@ def u_center(k: torch.Tensor) -> torch.Tensor:
     return u.fill_diagonal_(0)
 
 
-@dataclass(frozen=True)
-class FlatKernel:
-    """A centred kernel, flattened, with its Frobenius norm: pair scores are inner products over norms."""
-
-    flat: torch.Tensor  # N*N, in the features' precision (at least float32)
-    norm: float  # computed in float64: float32 sums of N^2 squares drift ~1e-5
-    n: int
-
-    def permuted(self, perm: torch.Tensor) -> FlatKernel:
-        m = self.flat.view(self.n, self.n)[perm][:, perm]
-        return FlatKernel(m.reshape(-1), self.norm, self.n)
-
-
-def _flat_kernel(m: torch.Tensor, name: str) -> FlatKernel:
-    norm = float(torch.linalg.vector_norm(m, dtype=torch.float64))
-    if norm == 0:
-        raise BadInput(f"{name}: the centred kernel is zero (constant features); the score is undefined")
-    return FlatKernel(m.reshape(-1), norm, m.shape[0])
+Piece = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 of the matrix
 
 
 @functools.cache
-def _upper(n: int) -> torch.Tensor:
-    """Flat positions of the strict upper triangle of an n x n matrix."""
-    i, j = torch.triu_indices(n, n, offset=1)
-    return i * n + j
+def _layout(n: int) -> tuple[tuple[Piece, ...], int]:
+    """The upper block triangle of an n x n matrix cut into 4 x 4 blocks, as row-major pieces laid end to
+    end: the diagonal blocks first, then for each block row the panel right of its diagonal block; and where
+    the first part ends. A symmetric K has <K, L> = <diagonal pieces> + 2 <panels>."""
+    blocks = 4 if n >= 256 else 1
+    e = [n * i // blocks for i in range(blocks + 1)]
+    diagonal = tuple((e[i], e[i + 1], e[i], e[i + 1]) for i in range(blocks))
+    panels = tuple((e[i], e[i + 1], e[i + 1], n) for i in range(blocks - 1))
+    return diagonal + panels, sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in diagonal)
 
 
-def _stacked(summaries: Sequence[FlatKernel]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernels' strict upper triangles and diagonals, stacked in float64. Kernels are symmetric, so
-    <K, L> = 2 <triu K, triu L> + <diag K, diag L>: half the bytes to copy and half the matrix product."""
-    n = summaries[0].n
-    upper = torch.empty(len(summaries), n * (n - 1) // 2, dtype=torch.float64)
-    diag = torch.empty(len(summaries), n, dtype=torch.float64)
-    for row, d, s in zip(upper, diag, summaries):
-        row.copy_(s.flat.index_select(0, _upper(n)))
-        d.copy_(s.flat[:: n + 1])
-    return upper, diag
+def _pieces(n: int) -> list[tuple[int, Piece]]:
+    """(offset in the flat vector, piece) for each piece of `_layout(n)`."""
+    out, offset = [], 0
+    for r0, r1, c0, c1 in _layout(n)[0]:
+        out.append((offset, (r0, r1, c0, c1)))
+        offset += (r1 - r0) * (c1 - c0)
+    return out
 
 
-def _norms(summaries: Sequence[FlatKernel]) -> torch.Tensor:
-    return torch.tensor([s.norm for s in summaries], dtype=torch.float64)
+def _flat_size(n: int) -> int:
+    return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in _layout(n)[0])
 
 
-Stack = tuple[torch.Tensor, torch.Tensor]
+def _blocks_of(m: torch.Tensor) -> torch.Tensor:
+    return torch.cat([m[r0:r1, c0:c1].reshape(-1) for _, (r0, r1, c0, c1) in _pieces(m.shape[0])])
 
 
-def _cosines(x: Stack, y: Stack, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
-    """Inner products of stacked kernels, in float64 (float32 sums over N^2 terms drift ~1e-6), over their norms."""
-    inner = 2 * (x[0] @ y[0].T) + x[1] @ y[1].T
-    return inner / (_norms(sx)[:, None] * _norms(sy)[None, :])
+def _linear_blocks(x: torch.Tensor) -> torch.Tensor:
+    """The pieces of x x^T, each one matrix product written in place: 5/8 of the work of the full Gram."""
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    out = torch.empty(_flat_size(x.shape[0]), dtype=x.dtype, device=x.device)
+    for offset, (r0, r1, c0, c1) in _pieces(x.shape[0]):
+        torch.mm(x[r0:r1], x[c0:c1].T, out=out[offset : offset + (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+    return out
 
 
-def _inner(sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
-    x = _stacked(sx)
-    y = x if len(sx) == len(sy) and all(a is b for a, b in zip(sx, sy)) else _stacked(sy)
-    return _cosines(x, y, sx, sy)
+@dataclass(frozen=True)
+class FlatKernel:
+    """A centred kernel as the float64 pieces of its upper block triangle (`_layout`), with its Frobenius
+    norm: pair scores are inner products over norms."""
+
+    flat: torch.Tensor
+    norm: float
+    n: int
+    #: the stack (layers x pieces) of its model's kernels that `flat` is row `row` of: the pair stage reads
+    #: consecutive rows where they lie instead of copying them
+    stack: torch.Tensor | None = None
+    row: int = 0
+
+    @property
+    def split(self) -> int:
+        return _layout(self.n)[1]
+
+    def matrix(self) -> torch.Tensor:
+        m = torch.empty(self.n, self.n, dtype=self.flat.dtype, device=self.flat.device)
+        for offset, (r0, r1, c0, c1) in _pieces(self.n):
+            block = self.flat[offset : offset + (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+            m[r0:r1, c0:c1] = block
+            m[c0:c1, r0:r1] = block.T
+        return m
+
+    def permuted(self, perm: torch.Tensor) -> FlatKernel:
+        return FlatKernel(_blocks_of(self.matrix()[perm][:, perm]), self.norm, self.n)
+
+
+def _flat_kernel(flat: torch.Tensor, n: int, name: str, stack: torch.Tensor | None = None, row: int = 0) -> FlatKernel:
+    """`flat` in float64 (float32 sums of N^2 products drift ~1e-6), in row `row` of `stack` if given."""
+    flat = stack[row].copy_(flat) if stack is not None else flat.to(torch.float64)
+    split = _layout(n)[1]
+    norm = float(torch.dot(flat[:split], flat[:split]) + 2 * torch.dot(flat[split:], flat[split:])) ** 0.5
+    if norm == 0:
+        raise BadInput(f"{name}: the centred kernel is zero (constant features); the score is undefined")
+    return FlatKernel(flat, norm, n, stack, row)
+
+
+def _stacks(summaries: Sequence[FlatKernel], rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """The summaries as matrices (first index, layers x pieces): runs of consecutive rows of one model's
+    stack as they lie, other summaries copied into stacks of at most `rows`."""
+    i = 0
+    while i < len(summaries):
+        s, j = summaries[i], i + 1
+        if s.stack is not None:
+            while j < len(summaries) and summaries[j].stack is s.stack and summaries[j].row == s.row + j - i:
+                j += 1
+            yield i, s.stack[s.row : s.row + j - i]
+        else:
+            while j < len(summaries) and j - i < rows and summaries[j].stack is None:
+                j += 1
+            yield i, torch.stack([t.flat for t in summaries[i:j]])
+        i = j
+
+
+def _cosines(x: torch.Tensor, y: torch.Tensor, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
+    """Inner products of stacked kernels (rows of x and y) over their norms."""
+    split = sx[0].split
+    inner = x[:, :split] @ y[:, :split].T + 2 * (x[:, split:] @ y[:, split:].T)
+    norms_x = torch.tensor([s.norm for s in sx], dtype=torch.float64, device=x.device)
+    norms_y = torch.tensor([s.norm for s in sy], dtype=torch.float64, device=x.device)
+    return inner / (norms_x[:, None] * norms_y[None, :])
 
 
 class CKA(Metric):
@@ -108,48 +154,60 @@ class CKA(Metric):
 
     name = "cka"
     defaults = {"kernel": "linear", "sigma": 1.0}
-    #: bytes of one float64 stack of kernels in the pair stage (two at a time): bounds its working memory
-    #: (128 kernels at N = 1024); larger stacks mean fewer, longer matrix products
+    #: bytes of a stack of kernels copied for the pair stage (two at a time) when they were not summarized
+    #: together: bounds its working memory (about 200 kernels at N = 1024)
     stack_bytes = 2**30
+
+    def kernel(self, feats: torch.Tensor, **params: Any) -> torch.Tensor:
+        """The centred kernel's pieces (`_layout`), in the features' precision."""
+        if params["kernel"] == "linear":  # H X X^T H is the Gram of the column-centred features
+            return _linear_blocks(feats - feats.mean(0, keepdim=True))
+        return _blocks_of(centered_kernel(feats, params["kernel"], params["sigma"]))
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
-        return _flat_kernel(centered_kernel(feats, params["kernel"], params["sigma"]), self.name)
+        return _flat_kernel(self.kernel(feats, **params), feats.shape[0], self.name)
+
+    def summarize_model(self, layers: Sequence[torch.Tensor], **params: Any) -> list[FlatKernel]:
+        """The layers' kernels as rows of one float64 stack, which the pair stage multiplies without a copy."""
+        n = layers[0].shape[0]
+        stack = torch.empty(len(layers), _flat_size(n), dtype=torch.float64, device=layers[0].device)
+        out = []
+        for row, x in enumerate(layers):
+            self.check(x)
+            out.append(_flat_kernel(self.kernel(x, **params), n, self.name, stack, row))
+        return out
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
-        return 4 * n * n
-
-    def work_nbytes(self, n: int, d: int, **params: Any) -> int:
-        return 4 * n * n  # the float64 stack of the kernel's upper triangle in the pair stage
+        return 8 * _flat_size(n)
 
     def _rows(self, flat: Sequence[FlatKernel]) -> int:
-        return max(1, self.stack_bytes // (4 * flat[0].flat.numel()))  # half a kernel in float64
+        return max(1, self.stack_bytes // (8 * flat[0].flat.numel()))
 
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
-        return _inner(sx, sy)
+        return self.cross_scores(sx, sy, params)
 
     def cross_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], params: dict[str, Any]) -> torch.Tensor:
-        rows = self._rows(sx)
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
-        for x0 in range(0, len(sx), rows):
-            bx = sx[x0 : x0 + rows]
-            x = _stacked(bx)
-            for y0 in range(0, len(sy), rows):
-                by = sy[y0 : y0 + rows]
-                out[x0 : x0 + rows, y0 : y0 + rows] = _cosines(x, _stacked(by), bx, by)
+        for x0, x in _stacks(sx, self._rows(sx)):
+            x1 = x0 + len(x)
+            for y0, y in _stacks(sy, self._rows(sy)):
+                y1 = y0 + len(y)
+                out[x0:x1, y0:y1] = _cosines(x, y, sx[x0:x1], sy[y0:y1])
         return out
 
     def zoo_scores(self, flat: Sequence[FlatKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
-        """All layers against all in blocks of `stack_bytes`: one stacked matrix product per block pair, the
-        upper block triangle only (the pair stage is symmetric)."""
-        n, rows = len(flat), self._rows(flat)
-        out = torch.empty(n, n, dtype=torch.float64)
-        for x0 in range(0, n, rows):
-            x1 = min(x0 + rows, n)
-            x = _stacked(flat[x0:x1])
-            for y0 in range(x0, n, rows):
-                y1 = min(y0 + rows, n)
-                scores = _cosines(x, x if y0 == x0 else _stacked(flat[y0:y1]), flat[x0:x1], flat[y0:y1])
+        """All layers against all, one matrix product per pair of stacks, the upper triangle only (the pair
+        stage is symmetric); a model's own stack is not multiplied with itself."""
+        out = torch.full((len(flat), len(flat)), float("nan"), dtype=torch.float64)
+        rows = self._rows(flat)
+        for x0, x in _stacks(flat, rows):
+            x1 = x0 + len(x)
+            for y0, y in _stacks(flat[x0:], rows):
+                y0, y1 = x0 + y0, x0 + y0 + len(y)
+                if y0 == x0 and flat[x0].stack is not None:
+                    continue
+                scores = _cosines(x, y, flat[x0:x1], flat[y0:y1])
                 out[x0:x1, y0:y1] = scores
                 out[y0:y1, x0:x1] = scores.T
         for a0, a1 in spans:
@@ -167,9 +225,8 @@ class UnbiasedCKA(CKA):
     defaults = {}
     min_samples = 4
 
-    def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
-        self.check(feats)
-        return _flat_kernel(u_center(gram(feats)), self.name)
+    def kernel(self, feats: torch.Tensor, **params: Any) -> torch.Tensor:
+        return _blocks_of(u_center(gram(feats)))
 
 
 @dataclass(frozen=True)
@@ -184,24 +241,33 @@ class KnnKernel:
 
     def permuted(self, perm: torch.Tensor) -> KnnKernel:
         inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(len(perm))
+        inv[perm] = torch.arange(len(perm), device=perm.device)
         return KnnKernel(inv[self.cols[perm]], self.kv[perm], self.recip[perm], self.self_hsic)
 
 
-def _masked_hsic(kv: torch.Tensor, lv: torch.Tensor, recip: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
-    """Unbiased HSIC(M∘K, M∘L) for masks M supported on the positions (i, cols[i, s]), flattened to P = N*k rows
-    in row order, one column per layer pair (P x C).
+def _masked_hsic(a: torch.Tensor, b: torch.Tensor, t1: torch.Tensor, cols: torch.Tensor,
+                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unbiased HSIC(A, B) and HSIC(B, A) for C layer pairs at once, where A = M∘K and B = M∘L and each
+    pair's mask M lies within the positions (i, cols[i, s]) of one layer's neighbour lists (P = N*k of them,
+    in row order).
 
-    kv, lv: K and L at those positions, zero where M is 0; recip: M[j, i] is 1 too.
-    HSIC_u(A, B) = [sum_ij A_ij B_ji + sum(A) sum(B) / ((n-1)(n-2)) - 2 1'AB1 / (n-2)] / (n(n-3)) with A = M∘K,
-    B = M∘L (Song et al. 2012, as the PRH code evaluates it). M is not symmetric, so 1'AB1 = colsum(A).rowsum(B)
-    differs from colsum(A).colsum(B), and the score depends on which model is A."""
-    t1 = (kv * lv * recip).sum(0)
-    t2 = kv.sum(0) * lv.sum(0) / ((n - 1) * (n - 2))
-    col_a = torch.zeros(n, kv.shape[1], dtype=kv.dtype).index_add_(0, cols.reshape(-1), kv)
-    row_b = lv.view(n, -1, lv.shape[1]).sum(1)
-    t3 = 2 * (col_a * row_b).sum(0) / (n - 2)
-    return (t1 + t2 - t3) / (n * (n - 3))
+    a, b: P x C, A and B at those positions (zero where M is 0); t1: sum_ij A_ij B_ji per pair.
+    HSIC_u(A, B) = [sum_ij A_ij B_ji + sum(A) sum(B) / ((n-1)(n-2)) - 2 1'AB1 / (n-2)] / (n(n-3))
+    (Song et al. 2012, as the PRH code evaluates it). M is not symmetric, so 1'AB1 = colsum(A).rowsum(B)
+    differs from 1'BA1 = colsum(B).rowsum(A): the score depends on which model is A. The first two terms are
+    the same both ways, so one pass gives both."""
+    t12 = t1 + a.sum(0) * b.sum(0) / ((n - 1) * (n - 2))
+
+    def col_sums(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, v.shape[1], dtype=v.dtype, device=v.device).index_add_(0, cols.reshape(-1), v)
+
+    def row_sums(v: torch.Tensor) -> torch.Tensor:
+        return v.view(n, -1, v.shape[1]).sum(1)
+
+    ab = (col_sums(a) * row_sums(b)).sum(0)
+    ba = (col_sums(b) * row_sums(a)).sum(0)
+    scale = n * (n - 3)
+    return (t12 - 2 * ab / (n - 2)) / scale, (t12 - 2 * ba / (n - 2)) / scale
 
 
 class _SlotTable:
@@ -211,27 +277,41 @@ class _SlotTable:
 
     def __init__(self, sy: Sequence[KnnKernel]):
         n, k = sy[0].kv.shape
-        self.n = n
-        self.rows = torch.arange(n)[:, None]
+        layers = len(sy)
+        self.n, device = n, sy[0].kv.device
+        rows = torch.arange(n, device=device)[:, None]
         dtype = torch.uint8 if k < 255 else torch.int32
-        self.slot = torch.zeros(n * n, len(sy), dtype=dtype)
-        places = torch.arange(1, k + 1, dtype=dtype).expand(n, k).reshape(-1)
+        self.slot = torch.zeros(n * n, layers, dtype=dtype, device=device)
+        places = torch.arange(1, k + 1, dtype=dtype, device=device).expand(n, k).reshape(-1)
         for layer, y in enumerate(sy):
-            self.slot[(self.rows * n + y.cols).view(-1), layer] = places
-        self.lv = torch.stack([y.kv for y in sy], dim=-1).view(n * k, len(sy))  # (i, place) x Ly
-        self.self_hsic = torch.tensor([y.self_hsic for y in sy], dtype=torch.float64)
-        self.base = (self.rows * k).expand(n, k).reshape(-1, 1)
+            self.slot[(rows * n + y.cols).view(-1), layer] = places
+        # L at (i, slot, layer), flat: slot 0 (not a neighbour) reads a zero, so a lookup needs no masking.
+        lv = torch.zeros(n, k + 1, layers, dtype=torch.float64, device=device)
+        lv[:, 1:] = torch.stack([y.kv for y in sy], dim=-1)
+        self.lv = lv.view(-1)
+        self.self_hsic = torch.tensor([y.self_hsic for y in sy], dtype=torch.float64, device=device)
+        self.at = (rows * n).expand(n, k).reshape(-1)  # i * n for x's positions (i, s), flat
+        # Where (i, slot 0, layer) lies in lv, for each of x's positions and each layer; int32 where it fits
+        # (half the bytes to write and read for every lookup).
+        lv_at = (rows * (k + 1) * layers + torch.arange(layers, device=device)).repeat_interleave(k, dim=0)
+        self.lv_at = lv_at.int() if self.lv.numel() < 2**31 else lv_at
+        self.back = rows.expand(n, k).reshape(-1)
 
-    def scores(self, x: KnnKernel) -> torch.Tensor:
-        """x against every layer of the table."""
-        n = self.n
-        s_at = self.slot.index_select(0, (self.rows * n + x.cols).view(-1)).long()  # N*k x Ly
-        s_back = self.slot.index_select(0, (x.cols * n + self.rows).view(-1))
-        hit = s_at > 0
-        lv_at = self.lv.gather(0, self.base + (s_at - 1).clamp_min(0)) * hit
-        recip = x.recip.view(-1, 1) & (s_back > 0) & hit
-        num = _masked_hsic(x.kv.view(-1, 1) * hit, lv_at, recip, x.cols, n)
-        return num / torch.sqrt(x.self_hsic * self.self_hsic)
+    def scores(self, x: KnnKernel) -> tuple[torch.Tensor, torch.Tensor]:
+        """x against every layer l of the table, both ways: (CKNNA(x, y_l), CKNNA(y_l, x)) for all l. M is
+        the same both ways, so both come from the positions (i, j) where j is a neighbour of i in x and y_l."""
+        layers = self.self_hsic.shape[0]
+        cols, kv = x.cols.view(-1), x.kv.view(-1)
+        slot = self.slot.index_select(0, self.at + cols)  # P x Ly: place of j in y_l's list of i, or 0
+        b = self.lv.index_select(0, (self.lv_at + slot.to(self.lv_at.dtype) * layers).view(-1)).view(-1, layers)
+        a = kv[:, None] * (slot > 0)
+        # sum_ij A_ij B_ji = sum_ij K_ij L_ij M_ij M_ji (K, L symmetric): b holds L_ij M_ij, and M_ji is 1 where
+        # i is among the neighbours of j in x (x.recip) and in y_l (back).
+        back = self.slot.index_select(0, cols * self.n + self.back) > 0
+        t1 = (kv * x.recip.view(-1)) @ (b * back)
+        xy, yx = _masked_hsic(a, b, t1, x.cols, self.n)
+        norm = torch.sqrt(x.self_hsic * self.self_hsic)
+        return xy / norm, yx / norm
 
 
 class CKNNA(Metric):
@@ -250,12 +330,13 @@ class CKNNA(Metric):
         if params["k"] < 2:
             raise BadInput(f"cknna: k must be at least 2, got {params['k']}")
         g = gram(feats)
-        nb = Neighbours(knn_from_gram(g, params["k"]))
-        n = g.shape[0]
-        rows = torch.arange(n)[:, None]
+        nb = Neighbours(knn_from_gram(g, params["k"], ordered=False))
+        n = nb.idx.shape[0]
+        rows = torch.arange(n, device=g.device)[:, None]
         kv = g[rows, nb.idx].double()
         recip = nb.member[nb.idx, rows]
-        self_hsic = float(_masked_hsic(kv.view(-1, 1), kv.view(-1, 1), recip.view(-1, 1), nb.idx, n))
+        t1 = (kv * recip).view(-1) @ kv.view(-1)
+        self_hsic = float(_masked_hsic(kv.view(-1, 1), kv.view(-1, 1), t1, nb.idx, n)[0])
         if self_hsic <= 0:
             raise BadInput("cknna: a layer's neighbourhood kernel has no positive self-similarity; score undefined")
         return KnnKernel(nb.idx, kv, recip, self_hsic)
@@ -263,9 +344,21 @@ class CKNNA(Metric):
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 17 * n * params["k"]  # int64 columns, float64 kernel values, bool reciprocity
 
+    def work_nbytes(self, n: int, d: int, **params: Any) -> int:
+        return n * n  # the layer's column of the slot table (uint8) in the pair stage
+
     def pair_scores(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any) -> torch.Tensor:
+        return self.pair_scores_both(sx, sy, **params)[0]
+
+    def pair_scores_both(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel],
+                         **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One slot table for the side with more layers; each layer of the other side is one pass."""
+        if len(sx) > len(sy):
+            yx, xy = self.pair_scores_both(sy, sx, **params)
+            return xy, yx
         table = _SlotTable(sy)
-        return torch.stack([table.scores(x) for x in sx])
+        both = [table.scores(x) for x in sx]
+        return torch.stack([xy for xy, _ in both]), torch.stack([yx for _, yx in both], dim=1)
 
     def permute(self, summary: KnnKernel, perm: torch.Tensor) -> KnnKernel:
         return summary.permuted(perm)

@@ -22,31 +22,26 @@ from .metric import Metric
 def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """X X^T in float32, or float64 when the features are float64 (half precision is upcast).
 
-    Only the upper block triangle is multiplied (10 of 16 blocks) and mirrored: about a third less work than
-    x @ x.T, and exactly symmetric."""
+    Only the upper block triangle is multiplied (one product per block row, from its diagonal block on) and
+    mirrored: about a third less work than x @ x.T, and exactly symmetric."""
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     n = x.shape[0]
     if n < 256:
         return x @ x.T
-    parts = x.tensor_split(blocks)
-    edges = [0]
-    for p in parts:
-        edges.append(edges[-1] + p.shape[0])
+    e = [n * i // blocks for i in range(blocks + 1)]
     g = torch.empty(n, n, dtype=x.dtype, device=x.device)
     for i in range(blocks):
-        for j in range(i, blocks):
-            block = parts[i] @ parts[j].T
-            g[edges[i] : edges[i + 1], edges[j] : edges[j + 1]] = block
-            if i != j:
-                g[edges[j] : edges[j + 1], edges[i] : edges[i + 1]] = block.T
+        torch.mm(x[e[i] : e[i + 1]], x[e[i] :].T, out=g[e[i] : e[i + 1], e[i] :])
+        for j in range(i):
+            g[e[i] : e[i + 1], e[j] : e[j + 1]] = g[e[j] : e[j + 1], e[i] : e[i + 1]].T
     return g
 
 
-def knn_from_gram(g: torch.Tensor, k: int) -> torch.Tensor:
-    """N x k indices of each row's k largest similarities, self excluded, nearest first, ties to the lower
-    index. Overwrites the diagonal of g with -inf (callers never read it again). topk does the work; rows where
-    ties straddle the k-th place (rare with real features) fall back to a stable full sort, so the tie rule
-    holds exactly."""
+def knn_from_gram(g: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
+    """N x k indices of each row's k largest similarities, self excluded, ties to the lower index; nearest
+    first when `ordered` (metrics that read only the sets skip that sort). Overwrites the diagonal of g with
+    -inf (callers never read it again). topk does the work; rows where ties straddle the k-th place (rare with
+    real features) fall back to a stable full sort, so the tie rule holds exactly."""
     n = g.shape[0]
     if not 1 <= k < n:
         raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
@@ -55,24 +50,25 @@ def knn_from_gram(g: torch.Tensor, k: int) -> torch.Tensor:
     # A tie straddles the k-th place when the (k+1)-th similarity equals the k-th.
     straddle = vals[:, k] == vals[:, k - 1] if k < n - 1 else torch.zeros(n, dtype=torch.bool)
     vals, idx = vals[:, :k], idx[:, :k]
-    # Order the chosen k by (similarity desc, index asc): sort by index, then stable sort by value.
-    idx, order = idx.sort(dim=1)
-    vals = vals.gather(1, order)
-    idx = idx.gather(1, vals.sort(dim=1, descending=True, stable=True).indices)
+    if ordered:
+        # Order the chosen k by (similarity desc, index asc): sort by index, then stable sort by value.
+        idx, order = idx.sort(dim=1)
+        vals = vals.gather(1, order)
+        idx = idx.gather(1, vals.sort(dim=1, descending=True, stable=True).indices)
     if straddle.any():
         rows = straddle.nonzero().flatten()
         idx[rows] = torch.sort(sim[rows], dim=1, descending=True, stable=True).indices[:, :k]
-    return idx
+    return idx.contiguous()
 
 
-def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+def knn_indices(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     """N x k indices of each row's k nearest rows by inner product, self excluded, ties to the lower index."""
-    return knn_from_gram(gram(x), k)
+    return knn_from_gram(gram(x), k, ordered)
 
 
 @dataclass(frozen=True)
 class Neighbours:
-    idx: torch.Tensor  # N x k, ordered nearest first
+    idx: torch.Tensor  # N x k; nearest first for metrics that read the order (KNNMetric.ordered)
 
     @cached_property
     def member(self) -> torch.Tensor:
@@ -107,10 +103,12 @@ def shared_counts(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.T
 class KNNMetric(Metric):
     defaults = {"k": 10}
     min_samples = 2
+    #: the score reads the order of the neighbour lists, not only the sets
+    ordered = False
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Neighbours:
         self.check(feats)
-        return Neighbours(knn_indices(feats, params["k"]))
+        return Neighbours(knn_indices(feats, params["k"], self.ordered))
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 8 * n * params["k"]
@@ -173,6 +171,7 @@ class LCSKNN(KNNMetric):
     lists (the public code reports the un-normalised mean length: multiply by k to compare)."""
 
     name = "lcs_knn"
+    ordered = True
 
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
         return _sequence_dp(stack_idx(sx), stack_idx(sy), "lcs").double().mean(dim=2) / params["k"]
@@ -182,6 +181,7 @@ class EditDistanceKNN(KNNMetric):
     """m(A, B) = 1 - mean_i Levenshtein(N_A(i), N_B(i)) / k over the two ordered neighbour lists."""
 
     name = "edit_distance_knn"
+    ordered = True
 
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
         return 1 - _sequence_dp(stack_idx(sx), stack_idx(sy), "edit").double().mean(dim=2) / params["k"]

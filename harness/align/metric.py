@@ -38,7 +38,8 @@ class Metric(Parametrized, ABC):
         # Cheap reductions first: a NaN or inf anywhere makes the sum non-finite.
         if not torch.isfinite(feats.sum()) and not torch.isfinite(feats).all():
             raise BadInput(f"{self.name}: features contain NaN or infinite values")
-        if torch.equal(feats.amax(0), feats.amin(0)):
+        # Every row equal to the first; stops at the first difference, so it costs nothing on real features.
+        if torch.equal(feats[1:], feats[:1].expand_as(feats[1:])):
             raise BadInput(f"{self.name}: features are constant across samples; no similarity structure to compare")
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
@@ -55,28 +56,47 @@ class Metric(Parametrized, ABC):
         return torch.cat([self.pair_scores(sx, sy[c : c + self.block], **params)
                           for c in range(0, len(sy), self.block)], dim=1)
 
+    def cross_scores_both(self, sx: Sequence[Any], sy: Sequence[Any],
+                          params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cross_scores` both ways, (x against y, y against x), for metrics that are not symmetric."""
+        chunks = [self.pair_scores_both(sx, sy[c : c + self.block], **params) for c in range(0, len(sy), self.block)]
+        return torch.cat([xy for xy, _ in chunks], dim=1), torch.cat([yx for _, yx in chunks], dim=0)
+
     @abstractmethod
     def summarize(self, feats: torch.Tensor, **params: Any) -> Any:
         """Per-layer work on one N x D tensor; reused across all pairs the layer enters."""
+
+    def summarize_model(self, layers: Sequence[torch.Tensor], **params: Any) -> list[Any]:
+        """The summaries of one model's layers; metrics whose pair stage multiplies stacked summaries lay
+        them out together here."""
+        return [self.summarize(x, **params) for x in layers]
 
     @abstractmethod
     def pair_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
         """Scores of every (x layer, y layer) pair from their summaries: an Lx x Ly float64 tensor."""
 
+    def pair_scores_both(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pair_scores(sx, sy), pair_scores(sy, sx)); metrics that get both from one pass override it."""
+        return self.pair_scores(sx, sy, **params), self.pair_scores(sy, sx, **params)
+
     def zoo_scores(self, flat: Sequence[Any], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
         """Scores of all layer pairs of different models (L x L over `flat`, models at `spans`; NaN within a
-        model). Each model's layers meet all later models' layers (all others if not symmetric) in one call,
-        in chunks of at most `block` layers. Metrics whose pair stage is one matrix product override this."""
+        model). Each model's layers meet all later models' layers in one call (both ways if the metric is not
+        symmetric), in chunks of at most `block` layers. Metrics whose pair stage is one matrix product
+        override this."""
         out = torch.full((len(flat), len(flat)), float("nan"), dtype=torch.float64)
         for a, (x0, x1) in enumerate(spans):
-            others = spans[a + 1 :] if self.symmetric else [s for b, s in enumerate(spans) if b != a]
-            ys = [i for y0, y1 in others for i in range(y0, y1)]
-            for c in range(0, len(ys), self.block):
-                cols = ys[c : c + self.block]
-                scores = self.pair_scores(flat[x0:x1], [flat[i] for i in cols], **params)
-                out[x0:x1, cols] = scores
+            later = [i for y0, y1 in spans[a + 1 :] for i in range(y0, y1)]
+            for c in range(0, len(later), self.block):
+                cols = later[c : c + self.block]
+                sx, sy = flat[x0:x1], [flat[i] for i in cols]
                 if self.symmetric:
-                    out[cols, x0:x1] = scores.T
+                    xy = self.pair_scores(sx, sy, **params)
+                    yx = xy.T
+                else:
+                    xy, yx = self.pair_scores_both(sx, sy, **params)
+                out[x0:x1, cols] = xy
+                out[cols, x0:x1] = yx
         return out
 
     @abstractmethod
