@@ -8,12 +8,11 @@ feature cache as a run stores them. The pair stage (scoring.run_blocks, what `pr
 runs in a fresh process per configuration, and the benchmark prints its peak resident memory (max RSS, minus
 the process's RSS before scoring) and time:
 
-- budgeted: summaries (and CKA's float64 working stacks) held in groups that fit --budget GiB (default 2),
-  features read one model at a time;
+- budgeted: summaries held in groups that fit --budget GiB (default 2), features read one model at a time;
 - one group: the budget set so high that all models form one group (what an unbounded pair stage holds).
 
-CKA's per-layer summary is an N x N kernel (4 MiB here, 52 MiB per model, plus 104 MiB of float64 stack while
-scoring), so it shows the bound; mutual k-NN's summary is N x k indices (1 MiB per model), so 40 models fit in one
+CKA's per-layer summary is its centred kernel's upper block triangle in float64 (5 MiB here, 65 MiB per model,
+which the pair stage multiplies in place), so it shows the bound; mutual k-NN's summary is N x k indices (1 MiB per model), so 40 models fit in one
 group either way. Smaller groups cost time: each group's summaries are recomputed for every earlier group.
 """
 

@@ -499,3 +499,20 @@ def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     zoo = score_models(m, {"x": sx, "y": summarize_layers(m, y, **p), "z": summarize_layers(m, x[:1], **p)}, p)
     torch.testing.assert_close(zoo.block("x", "y"), got, atol=1e-12, rtol=0)
     torch.testing.assert_close(zoo.block("z", "x")[0, 0], torch.tensor(1.0, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features_are_scored_as_their_float32_values(dtype: torch.dtype) -> None:
+    """GPU extraction may store bf16/fp16 features: every metric computes on them in at least float32, so they
+    score like the same values given in float32."""
+    g = torch.Generator().manual_seed(17)
+    latent = torch.randn(64, 4, generator=g)
+    x = [torch.tanh(latent @ torch.randn(4, 12, generator=g)) + 0.1 * torch.randn(64, 12, generator=g) for _ in range(2)]
+    y = [torch.relu(latent @ torch.randn(4, 10, generator=g)) + 0.1 * torch.randn(64, 10, generator=g)]
+    hx, hy = [a.to(dtype) for a in x], [b.to(dtype) for b in y]
+    for name in METRICS:
+        params = REFERENCES[name][1]
+        half = score_layers(name, hx, hy, **params).matrix
+        single = score_layers(name, [a.float() for a in hx], [b.float() for b in hy], **params).matrix
+        assert half.dtype == torch.float64
+        torch.testing.assert_close(half, single, atol=1e-6, rtol=0, msg=name)

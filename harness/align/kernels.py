@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
-from .knn import Neighbours, gram, knn_from_gram
+from .knn import Neighbours, at_least_float32, gram, knn_from_gram
 from .metric import Metric
 
 
@@ -76,7 +76,6 @@ def _blocks_of(m: torch.Tensor) -> torch.Tensor:
 
 def _linear_blocks(x: torch.Tensor) -> torch.Tensor:
     """The pieces of x x^T, each one matrix product written in place: 5/8 of the work of the full Gram."""
-    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     out = torch.empty(_flat_size(x.shape[0]), dtype=x.dtype, device=x.device)
     for offset, (r0, r1, c0, c1) in _pieces(x.shape[0]):
         torch.mm(x[r0:r1], x[c0:c1].T, out=out[offset : offset + (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
@@ -161,7 +160,8 @@ class CKA(Metric):
     def kernel(self, feats: torch.Tensor, **params: Any) -> torch.Tensor:
         """The centred kernel's pieces (`_layout`), in the features' precision."""
         if params["kernel"] == "linear":  # H X X^T H is the Gram of the column-centred features
-            return _linear_blocks(feats - feats.mean(0, keepdim=True))
+            x = at_least_float32(feats)
+            return _linear_blocks(x - x.mean(0, keepdim=True))
         return _blocks_of(centered_kernel(feats, params["kernel"], params["sigma"]))
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:

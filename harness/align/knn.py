@@ -19,12 +19,17 @@ from ..errors import BadInput
 from .metric import Metric
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision features (bf16/fp16 from GPU extraction) upcast to float32; others as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """X X^T in float32, or float64 when the features are float64 (half precision is upcast).
 
     Only the upper block triangle is multiplied (one product per block row, from its diagonal block on) and
     mirrored: about a third less work than x @ x.T, and exactly symmetric."""
-    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    x = at_least_float32(x)
     n = x.shape[0]
     if n < 256:
         return x @ x.T
