@@ -21,16 +21,13 @@ from .knn import Neighbours, at_least_float32, gram, knn_from_gram
 from .metric import Metric
 
 
-def centered_kernel(x: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
-    """H K H with H = I - 11^T / n, as a full float64 matrix (the RBF kernel; the linear kernel goes
-    straight to its blocks in `_linear_blocks`)."""
-    if kind == "rbf":
-        g = gram(x).double()
-        sq = g.diagonal()
-        k = torch.exp(-(sq[:, None] + sq[None, :] - 2 * g).clamp_min(0) / (2 * sigma**2))
-        mean = k.mean(0)  # symmetric: row means = column means
-        return k - mean[None, :] - mean[:, None] + mean.mean()
-    raise BadInput(f"cka: kernel must be 'linear' or 'rbf', got {kind!r}")
+def centered_rbf(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """H K H with H = I - 11^T / n for K = exp(-|x_i - x_j|^2 / (2 sigma^2)), as a full float64 matrix."""
+    g = gram(x).double()
+    sq = g.diagonal()
+    k = torch.exp(-(sq[:, None] + sq[None, :] - 2 * g).clamp_min(0) / (2 * sigma**2))
+    mean = k.mean(0)  # symmetric: row means = column means
+    return k - mean[None, :] - mean[:, None] + mean.mean()
 
 
 def u_center(k: torch.Tensor) -> torch.Tensor:
@@ -42,43 +39,49 @@ def u_center(k: torch.Tensor) -> torch.Tensor:
     return u.fill_diagonal_(0)
 
 
-Piece = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 of the matrix
+Piece = tuple[int, int, int, int, int]  # offset in the flat vector; rows r0:r1, columns c0:c1 of the matrix
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The upper block triangle of an n x n matrix cut into 4 x 4 blocks, as row-major pieces laid end to
+    end: the diagonal blocks first (up to `split`), then for each block row the panel right of its diagonal
+    block. A symmetric K has <K, L> = <diagonal pieces> + 2 <panels>."""
+
+    pieces: tuple[Piece, ...]
+    split: int
+    size: int
 
 
 @functools.cache
-def _layout(n: int) -> tuple[tuple[Piece, ...], int]:
-    """The upper block triangle of an n x n matrix cut into 4 x 4 blocks, as row-major pieces laid end to
-    end: the diagonal blocks first, then for each block row the panel right of its diagonal block; and where
-    the first part ends. A symmetric K has <K, L> = <diagonal pieces> + 2 <panels>."""
+def _layout(n: int) -> _Layout:
     blocks = 4 if n >= 256 else 1
     e = [n * i // blocks for i in range(blocks + 1)]
-    diagonal = tuple((e[i], e[i + 1], e[i], e[i + 1]) for i in range(blocks))
-    panels = tuple((e[i], e[i + 1], e[i + 1], n) for i in range(blocks - 1))
-    return diagonal + panels, sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in diagonal)
-
-
-def _pieces(n: int) -> list[tuple[int, Piece]]:
-    """(offset in the flat vector, piece) for each piece of `_layout(n)`."""
-    out, offset = [], 0
-    for r0, r1, c0, c1 in _layout(n)[0]:
-        out.append((offset, (r0, r1, c0, c1)))
+    rects = [(e[i], e[i + 1], e[i], e[i + 1]) for i in range(blocks)]
+    rects += [(e[i], e[i + 1], e[i + 1], n) for i in range(blocks - 1)]
+    pieces, offset = [], 0
+    for r0, r1, c0, c1 in rects:
+        pieces.append((offset, r0, r1, c0, c1))
         offset += (r1 - r0) * (c1 - c0)
-    return out
+    return _Layout(tuple(pieces), split=pieces[blocks][0] if blocks > 1 else offset, size=offset)
 
 
-def _flat_size(n: int) -> int:
-    return sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in _layout(n)[0])
+def _piece(flat: torch.Tensor, piece: Piece) -> torch.Tensor:
+    offset, r0, r1, c0, c1 = piece
+    return flat[offset : offset + (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
 
 
 def _blocks_of(m: torch.Tensor) -> torch.Tensor:
-    return torch.cat([m[r0:r1, c0:c1].reshape(-1) for _, (r0, r1, c0, c1) in _pieces(m.shape[0])])
+    return torch.cat([m[r0:r1, c0:c1].reshape(-1) for _, r0, r1, c0, c1 in _layout(m.shape[0]).pieces])
 
 
 def _linear_blocks(x: torch.Tensor) -> torch.Tensor:
     """The pieces of x x^T, each one matrix product written in place: 5/8 of the work of the full Gram."""
-    out = torch.empty(_flat_size(x.shape[0]), dtype=x.dtype, device=x.device)
-    for offset, (r0, r1, c0, c1) in _pieces(x.shape[0]):
-        torch.mm(x[r0:r1], x[c0:c1].T, out=out[offset : offset + (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+    layout = _layout(x.shape[0])
+    out = torch.empty(layout.size, dtype=x.dtype, device=x.device)
+    for piece in layout.pieces:
+        _, r0, r1, c0, c1 = piece
+        torch.mm(x[r0:r1], x[c0:c1].T, out=_piece(out, piece))
     return out
 
 
@@ -95,16 +98,12 @@ class FlatKernel:
     stack: torch.Tensor | None = None
     row: int = 0
 
-    @property
-    def split(self) -> int:
-        return _layout(self.n)[1]
-
     def matrix(self) -> torch.Tensor:
         m = torch.empty(self.n, self.n, dtype=self.flat.dtype, device=self.flat.device)
-        for offset, (r0, r1, c0, c1) in _pieces(self.n):
-            block = self.flat[offset : offset + (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-            m[r0:r1, c0:c1] = block
-            m[c0:c1, r0:r1] = block.T
+        for piece in _layout(self.n).pieces:
+            _, r0, r1, c0, c1 = piece
+            m[r0:r1, c0:c1] = _piece(self.flat, piece)
+            m[c0:c1, r0:r1] = _piece(self.flat, piece).T
         return m
 
     def permuted(self, perm: torch.Tensor) -> FlatKernel:
@@ -114,7 +113,7 @@ class FlatKernel:
 def _flat_kernel(flat: torch.Tensor, n: int, name: str, stack: torch.Tensor | None = None, row: int = 0) -> FlatKernel:
     """`flat` in float64 (float32 sums of N^2 products drift ~1e-6), in row `row` of `stack` if given."""
     flat = stack[row].copy_(flat) if stack is not None else flat.to(torch.float64)
-    split = _layout(n)[1]
+    split = _layout(n).split
     norm = float(torch.dot(flat[:split], flat[:split]) + 2 * torch.dot(flat[split:], flat[split:])) ** 0.5
     if norm == 0:
         raise BadInput(f"{name}: the centred kernel is zero (constant features); the score is undefined")
@@ -140,7 +139,7 @@ def _stacks(summaries: Sequence[FlatKernel], rows: int) -> Iterator[tuple[int, t
 
 def _cosines(x: torch.Tensor, y: torch.Tensor, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
     """Inner products of stacked kernels (rows of x and y) over their norms."""
-    split = sx[0].split
+    split = _layout(sx[0].n).split
     inner = x[:, :split] @ y[:, :split].T + 2 * (x[:, split:] @ y[:, split:].T)
     norms_x = torch.tensor([s.norm for s in sx], dtype=torch.float64, device=x.device)
     norms_y = torch.tensor([s.norm for s in sy], dtype=torch.float64, device=x.device)
@@ -162,7 +161,9 @@ class CKA(Metric):
         if params["kernel"] == "linear":  # H X X^T H is the Gram of the column-centred features
             x = at_least_float32(feats)
             return _linear_blocks(x - x.mean(0, keepdim=True))
-        return _blocks_of(centered_kernel(feats, params["kernel"], params["sigma"]))
+        if params["kernel"] == "rbf":
+            return _blocks_of(centered_rbf(feats, params["sigma"]))
+        raise BadInput(f"cka: kernel must be 'linear' or 'rbf', got {params['kernel']!r}")
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
         self.check(feats)
@@ -171,7 +172,7 @@ class CKA(Metric):
     def summarize_model(self, layers: Sequence[torch.Tensor], **params: Any) -> list[FlatKernel]:
         """The layers' kernels as rows of one float64 stack, which the pair stage multiplies without a copy."""
         n = layers[0].shape[0]
-        stack = torch.empty(len(layers), _flat_size(n), dtype=torch.float64, device=layers[0].device)
+        stack = torch.empty(len(layers), _layout(n).size, dtype=torch.float64, device=layers[0].device)
         out = []
         for row, x in enumerate(layers):
             self.check(x)
@@ -179,7 +180,7 @@ class CKA(Metric):
         return out
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
-        return 8 * _flat_size(n)
+        return 8 * _layout(n).size
 
     def _rows(self, flat: Sequence[FlatKernel]) -> int:
         return max(1, self.stack_bytes // (8 * flat[0].flat.numel()))
