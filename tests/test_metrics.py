@@ -516,3 +516,28 @@ def test_half_precision_features_are_scored_as_their_float32_values(dtype: torch
         single = score_layers(name, [a.float() for a in hx], [b.float() for b in hy], **params).matrix
         assert half.dtype == torch.float64
         torch.testing.assert_close(half, single, atol=1e-6, rtol=0, msg=name)
+
+
+def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
+    """CKA copied into stacks of one or two kernels, CKNNA with slot tables of at most two layers: the same
+    scores as in one batch, both ways for CKNNA."""
+    from prh_bench.align.kernels import CKA, CKNNA
+
+    x, y = feature_sets(18)
+    y = y + [a[:, :2] for a in x]
+    small_cka, cka = CKA(), CKA()
+    small_cka.stack_bytes = 8 * 24 * 24  # one kernel per stack
+    sx, sy = [cka.summarize(a, **cka.params()) for a in x], [cka.summarize(b, **cka.params()) for b in y]
+    torch.testing.assert_close(small_cka.cross_scores(sx, sy, cka.params()), cka.cross_scores(sx, sy, cka.params()),
+                               atol=1e-12, rtol=0)
+    small_cknna, cknna = CKNNA(), CKNNA()
+    small_cknna.block = 2
+    p = cknna.params(k=5)
+    sx, sy = [cknna.summarize(a, **p) for a in x], [cknna.summarize(b, **p) for b in y]
+    for got, want in zip(small_cknna.pair_scores_both(sx, sy, **p), cknna.pair_scores_both(sx, sy, **p)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    xy, yx = cknna.pair_scores_both(sx, sy, **p)
+    torch.testing.assert_close(xy[1, 2], torch.tensor(ref_cknna(x[1].numpy(), y[2].numpy(), 5), dtype=torch.float64),
+                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(yx[2, 1], torch.tensor(ref_cknna(y[2].numpy(), x[1].numpy(), 5), dtype=torch.float64),
+                               atol=1e-9, rtol=0)

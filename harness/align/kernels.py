@@ -353,13 +353,18 @@ class CKNNA(Metric):
 
     def pair_scores_both(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel],
                          **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """One slot table for the side with more layers; each layer of the other side is one pass."""
+        """Slot tables for the side with more layers, `block` layers at a time (a table takes N^2 bytes per
+        layer); each layer of the other side is one pass per table."""
         if len(sx) > len(sy):
             yx, xy = self.pair_scores_both(sy, sx, **params)
             return xy, yx
-        table = _SlotTable(sy)
-        both = [table.scores(x) for x in sx]
-        return torch.stack([xy for xy, _ in both]), torch.stack([yx for _, yx in both], dim=1)
+        xy, yx = [], []
+        for c in range(0, len(sy), self.block):
+            table = _SlotTable(sy[c : c + self.block])
+            both = [table.scores(x) for x in sx]
+            xy.append(torch.stack([s for s, _ in both]))
+            yx.append(torch.stack([s for _, s in both], dim=1))
+        return torch.cat(xy, dim=1), torch.cat(yx, dim=0)
 
     def permute(self, summary: KnnKernel, perm: torch.Tensor) -> KnnKernel:
         return summary.permuted(perm)
