@@ -103,7 +103,8 @@ class FlatKernel:
         for piece in _layout(self.n).pieces:
             _, r0, r1, c0, c1 = piece
             m[r0:r1, c0:c1] = _piece(self.flat, piece)
-            m[c0:c1, r0:r1] = _piece(self.flat, piece).T
+            if c0 != r0:
+                m[c0:c1, r0:r1] = _piece(self.flat, piece).T
         return m
 
     def permuted(self, perm: torch.Tensor) -> FlatKernel:
