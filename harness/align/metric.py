@@ -76,8 +76,10 @@ class Metric(Parametrized, ABC):
         """Scores of every (x layer, y layer) pair from their summaries: an Lx x Ly float64 tensor."""
 
     def pair_scores_both(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pair_scores(sx, sy), pair_scores(sy, sx)); metrics that get both from one pass override it."""
-        return self.pair_scores(sx, sy, **params), self.pair_scores(sy, sx, **params)
+        """(pair_scores(sx, sy), pair_scores(sy, sx)), the second the transpose of the first when the metric is
+        symmetric; metrics that get both from one pass override it."""
+        xy = self.pair_scores(sx, sy, **params)
+        return xy, xy.T if self.symmetric else self.pair_scores(sy, sx, **params)
 
     def zoo_scores(self, flat: Sequence[Any], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
         """Scores of all layer pairs of different models (L x L over `flat`, models at `spans`; NaN within a
@@ -89,12 +91,7 @@ class Metric(Parametrized, ABC):
             later = [i for y0, y1 in spans[a + 1 :] for i in range(y0, y1)]
             for c in range(0, len(later), self.block):
                 cols = later[c : c + self.block]
-                sx, sy = flat[x0:x1], [flat[i] for i in cols]
-                if self.symmetric:
-                    xy = self.pair_scores(sx, sy, **params)
-                    yx = xy.T
-                else:
-                    xy, yx = self.pair_scores_both(sx, sy, **params)
+                xy, yx = self.pair_scores_both(flat[x0:x1], [flat[i] for i in cols], **params)
                 out[x0:x1, cols] = xy
                 out[cols, x0:x1] = yx
         return out
