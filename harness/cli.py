@@ -405,7 +405,7 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
             outcome = extract_one(ctx, mid, Target(condition=0), progress=not obj.quiet)
             if outcome.status == "failed":
                 raise PrhBenchError(outcome.error)
-            got.append(ctx.cache.load(mid, outcome.key))
+            got.append(ctx.features(mid, outcome.key))
         fx, fy = got
         labels = list(models)
     else:

@@ -148,14 +148,13 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, c
     out: dict[str, dict[str, float]] = {}
     path = run_dir / "probes.csv"
     probes = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["task", "dataset", "model", "score"])
+    solved: dict[str, float] = {}
     for (task, dataset), part in probes.groupby(["task", "dataset"], sort=False):
         out[f"{task}:{dataset}"] = dict(zip(part.model, part.score))
-    if not probes.empty:
-        solved: dict[str, float] = {}
-        for _, part in probes.groupby(["task", "dataset"], sort=False):
-            best = part.score.max()
-            for model, score in zip(part.model, part.score):
-                solved[model] = solved.get(model, 0) + float(score >= SOLVED_FRACTION * best)
+        best = part.score.max()
+        for model, score in zip(part.model, part.score):
+            solved[model] = solved.get(model, 0) + float(score >= SOLVED_FRACTION * best)
+    if solved:
         out["tasks_solved"] = solved
     for name in suite.scores:
         if name == "bits_per_byte":

@@ -159,6 +159,7 @@ def run_suite(
     ctx = RunContext(spec, registry)
     executor = executor or LocalExecutor()
     suite, models = ctx.suite, list(ctx.models.values())
+    versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
     scores, nulls, extras, sizes = [], [], [], {}
@@ -181,7 +182,7 @@ def run_suite(
         rows, cal = [], []
         for use in suite.metrics:
             metric, params = registry.metric(use.name, use.params)
-            job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate, members,
+            job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30))
             zoo = executor.score(ctx, job, progress)
             rows += score_rows(job, zoo, names)
@@ -194,7 +195,6 @@ def run_suite(
     probes = run_probes(ctx, executor, progress, outcomes)
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
-    versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
                     pd.concat(nulls), pd.DataFrame(extras), probes, versions, timings)
 

@@ -47,10 +47,9 @@ def image_folder(m: DatasetManifest) -> SampleSet:
     rel = [f.relative_to(root) for f in files]
     if labels == "folder" and any(len(r.parts) < 2 for r in rel):
         raise BadInput(f"dataset '{m.id}': with labels: folder, every image must sit in a class subfolder of {root}")
-    classes = sorted({r.parts[0] for r in rel}) if labels == "folder" else []
+    classes = {c: n for n, c in enumerate(sorted({r.parts[0] for r in rel}))} if labels == "folder" else {}
     return SampleSet(tuple(
-        Sample(id=rel[i].as_posix(), image=Image.open(files[i]).convert("RGB"),
-               label=classes.index(rel[i].parts[0]) if labels == "folder" else None)
+        Sample(id=rel[i].as_posix(), image=Image.open(files[i]).convert("RGB"), label=classes.get(rel[i].parts[0]))
         for i in subset(len(files), m.options)))
 
 
