@@ -370,12 +370,15 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--prepare/--no-prepare", "do_prepare", default=True, show_default=True,
               help="Clamp at the 0.95 quantile and L2-normalise first (the paper's preparation).")
 @click.option("--concat-layers", is_flag=True, help="Add all layers concatenated as one more layer.")
+@click.option("--clamp", "clamp_mode", type=click.Choice(["per_layer", "paper", "paper_exact"]),
+              help="Clamp mode of the preparation (default: the suite's with --suite, else per_layer).")
 @click.option("--permutations", default=0, show_default=True, type=click.IntRange(min=0),
               help="Permutation null of the best score, with p-value and calibrated score.")
 @click.pass_obj
 @handle_errors
 def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | None, models: tuple[str, str] | None,
-          param_pairs: tuple[str, ...], do_prepare: bool, concat_layers: bool, permutations: int) -> None:
+          param_pairs: tuple[str, ...], do_prepare: bool, concat_layers: bool, clamp_mode: str | None,
+          permutations: int) -> None:
     """Score every layer pair of two models' features with one metric; print JSON."""
     from .align import prepare, score_layers
     from .align.prepare import CONCAT
@@ -408,12 +411,13 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
             got.append(ctx.features(mid, outcome.key))
         fx, fy = got
         labels = list(models)
+        clamp_mode = clamp_mode or ctx.suite.prepare.clamp
     else:
         raise BadInput("give either --files A B, or --suite ID --models X Y")
     tx, ty = fx.tensors, fy.tensors
     if do_prepare or concat_layers:
         clamp = 0.95 if do_prepare else None
-        tx, ty = (prepare(t, clamp, do_prepare, concat_layers) for t in (tx, ty))
+        tx, ty = (prepare(t, clamp, do_prepare, concat_layers, clamp_mode or "per_layer") for t in (tx, ty))
     extra = [CONCAT] if concat_layers else []
     res = score_layers(chosen, tx, ty, permutations=permutations, **params)
     i, j = res.best_index

@@ -198,9 +198,13 @@ class MetricUse(BaseModel):
 
 
 class Prepare(_Strict):
-    """The paper's feature preparation before a metric."""
+    """The paper's feature preparation before a metric (prh_bench.align.prepare)."""
 
     clamp_quantile: float | None = Field(default=0.95, gt=0, le=1)
+    clamp: Literal["per_layer", "paper", "paper_exact"] = Field(
+        default="per_layer", description="per_layer: each layer at its own quantile; paper: the PRH pipeline's "
+        "default (mean over samples of each sample's quantile over the whole layer stack); paper_exact: its "
+        "--precise order statistic of the whole stack")
     l2_normalize: bool = True
     concat_layers: bool = Field(default=False, description="append all layers concatenated as one more layer")
 
@@ -208,8 +212,9 @@ class Prepare(_Strict):
 class Calibration(_Strict):
     """A permutation null for every model pair's best score (R shuffles of one model's sample order)."""
 
-    permutations: int = Field(ge=1)
-    seed: int = 0
+    permutations: int = Field(ge=1, le=100_000)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="level of the calibrated score's critical value tau")
 
 
 class Sweep(_Strict):

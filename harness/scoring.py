@@ -35,19 +35,22 @@ from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
 from .store import entry_lock, read_valid, write_entry
 
-BLOCK_FORMAT = 1
+BLOCK_FORMAT = 2
 DEFAULT_BUDGET_GIB = 4.0
 
 
 @functools.cache
 def code_digest(cls: type) -> str:
-    """sha256 of the source files that define a metric class and its bases: editing a metric's code makes new
-    blocks even when its manifest version is not bumped, so no stale score is ever read back."""
-    files = sorted({inspect.getfile(c) for c in cls.__mro__ if c.__module__ not in ("builtins", "abc")
-                    and not c.__module__.startswith("typing")})
+    """sha256 of the code a stored score depends on: every module of `prh_bench.align` (the preparation, the
+    calibration and the helpers metrics share) and the source files that define the metric class and its
+    bases (a plugin's own module). Editing any of them makes new blocks even when no manifest version is
+    bumped, so no stale score is ever read back."""
+    align = Path(inspect.getfile(prepare)).parent
+    files = sorted({*align.glob("*.py"), *(Path(inspect.getfile(c)) for c in cls.__mro__
+                                           if c.__module__ not in ("builtins", "abc") and not c.__module__.startswith("typing"))})
     h = hashlib.sha256()
     for f in files:
-        h.update(Path(f).read_bytes())
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 
@@ -175,7 +178,8 @@ class Summaries:
         out = {}
         prep = self.job.prepare
         for m in self.job.groups[g]:
-            feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers)
+            feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers,
+                            prep.clamp)
             out[m.id] = summarize_layers(self.job.metric, feats, **self.job.params)
         if keep:
             self.row = (g, out)
@@ -202,7 +206,8 @@ def compute_block(job: ScoreJob, i: int, j: int, summaries: Summaries) -> Block:
         for a, b in job_pairs(job, i, j):
             best = LayerScores(view.block(a.id, b.id), metric.higher_is_better).best
             cal = calibrate_summaries(metric, both[a.id], both[b.id], best, params, a.info.n,
-                                      job.calibrate.permutations, job.calibrate.seed)
+                                      job.calibrate.permutations, job.calibrate.seed,
+                                      job.calibrate.alpha)
             block.calibration.append({"model_x": a.id, "model_y": b.id, "metric": metric.name, **cal.as_dict()})
     return block
 

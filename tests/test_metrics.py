@@ -86,17 +86,18 @@ def rbf(x, sigma):
     return K
 
 
-def ref_cka(a, b, kernel="linear", sigma=1.0):
+def ref_cka(a, b, kernel="linear", sigma=1.0, eps=0.0):
+    """As the PRH code: HSIC unnormalised, eps added to the denominator."""
     K, L = (a @ a.T, b @ b.T) if kernel == "linear" else (rbf(a, sigma), rbf(b, sigma))
-    return hsic_biased(K, L) / np.sqrt(hsic_biased(K, K) * hsic_biased(L, L))
+    return hsic_biased(K, L) / (np.sqrt(hsic_biased(K, K) * hsic_biased(L, L)) + eps)
 
 
-def ref_unbiased_cka(a, b):
+def ref_unbiased_cka(a, b, eps=0.0):
     K, L = a @ a.T, b @ b.T
-    return hsic_unbiased(K, L) / np.sqrt(hsic_unbiased(K, K) * hsic_unbiased(L, L))
+    return hsic_unbiased(K, L) / (np.sqrt(hsic_unbiased(K, K) * hsic_unbiased(L, L)) + eps)
 
 
-def ref_cknna(a, b, k):
+def ref_cknna(a, b, k, eps=0.0):
     K, L = a @ a.T, b @ b.T
     n = len(a)
 
@@ -111,7 +112,7 @@ def ref_cknna(a, b, k):
         return hsic_unbiased(m * K, m * L)
 
     ma, mb = mask(a), mask(b)
-    return sim(K, L, ma, mb) / np.sqrt(sim(K, K, ma, ma) * sim(L, L, mb, mb))
+    return sim(K, L, ma, mb) / (np.sqrt(sim(K, K, ma, ma) * sim(L, L, mb, mb)) + eps)
 
 
 def ref_svcca(a, b, dims):
@@ -148,7 +149,7 @@ def ref_regression(a, b, folds, alpha, seed):
     return 1 - sse / sst
 
 
-def ref_procrustes(a, b):
+def ref_procrustes(a, b, fit="in_sample"):
     from scipy.linalg import orthogonal_procrustes
 
     a, b = a - a.mean(0), b - b.mean(0)
@@ -160,21 +161,49 @@ def ref_procrustes(a, b):
     return scale
 
 
+def ref_folds(n, folds, seed):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    for test in np.array_split(order, folds):
+        yield np.setdiff1d(np.arange(n), test), test
+
+
+def ref_procrustes_cv(a, b, fit, folds, seed):
+    """Per fold: scipy's orthogonal Procrustes fitted on the training rows (centred by their means, widths
+    padded), then <B_test R, A_test> / (|A_test| |B_test|) with the test rows centred by the training means."""
+    from scipy.linalg import orthogonal_procrustes
+
+    d = max(a.shape[1], b.shape[1])
+    a, b = np.pad(a, ((0, 0), (0, d - a.shape[1]))), np.pad(b, ((0, 0), (0, d - b.shape[1])))
+    scores = []
+    for train, test in ref_folds(len(a), folds, seed):
+        ma, mb = a[train].mean(0), b[train].mean(0)
+        r, _ = orthogonal_procrustes(b[train] - mb, a[train] - ma)
+        ta, tb = a[test] - ma, b[test] - mb
+        scores.append(np.sum((tb @ r) * ta) / (np.linalg.norm(ta) * np.linalg.norm(tb)))
+    return np.mean(scores)
+
+
 def unit_corr(a, b):
     return np.array([[np.corrcoef(a[:, i], b[:, j])[0, 1] for j in range(b.shape[1])] for i in range(a.shape[1])])
 
 
-def ref_permutation(a, b):
+def ref_matching(c):
+    """The best one-to-one matching of a unit-correlation matrix by enumeration: (rows, columns)."""
+    flip = c.shape[0] > c.shape[1]
+    c = c.T if flip else c
+    best = max(itertools.permutations(range(c.shape[1]), c.shape[0]), key=lambda p: sum(c[i, p[i]] for i in range(len(p))))
+    rows, cols = list(range(len(best))), list(best)
+    return (cols, rows) if flip else (rows, cols)
+
+
+def ref_permutation(a, b, fit="in_sample"):
     c = unit_corr(a, b)
-    small, large = sorted(c.shape)
-    c = c if c.shape[0] <= c.shape[1] else c.T
-    return max(np.mean([c[i, p[i]] for i in range(small)]) for p in itertools.permutations(range(large), small))
+    return np.mean(c[ref_matching(c)])
 
 
-def ref_soft_matching(a, b):
+def ref_soft_plan(c):
     from scipy.optimize import linprog
 
-    c = unit_corr(a, b)
     dx, dy = c.shape
     a_eq = np.zeros((dx + dy, dx * dy))
     for i in range(dx):
@@ -182,8 +211,32 @@ def ref_soft_matching(a, b):
     for j in range(dy):
         a_eq[dx + j, j::dy] = 1
     b_eq = np.concatenate([np.full(dx, 1 / dx), np.full(dy, 1 / dy)])
-    res = linprog(-c.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-    return -res.fun
+    return linprog(-c.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs").x.reshape(dx, dy)
+
+
+def ref_unit_matching_cv(a, b, fit, folds, seed, soft=False):
+    """Per fold: the matching fitted on the training rows' unit correlations, scored with the test rows'."""
+    scores = []
+    for train, test in ref_folds(len(a), folds, seed):
+        fitted, held_out = unit_corr(a[train], b[train]), unit_corr(a[test], b[test])
+        if soft:
+            scores.append(np.sum(ref_soft_plan(fitted) * held_out))
+        else:
+            scores.append(np.mean(held_out[ref_matching(fitted)]))
+    return np.mean(scores)
+
+
+def ref_permutation_cv(a, b, fit, folds, seed):
+    return ref_unit_matching_cv(a, b, fit, folds, seed)
+
+
+def ref_soft_matching_cv(a, b, fit, folds, seed):
+    return ref_unit_matching_cv(a, b, fit, folds, seed, soft=True)
+
+
+def ref_soft_matching(a, b, fit="in_sample"):
+    c = unit_corr(a, b)
+    return np.sum(ref_soft_plan(c) * c)
 
 
 def ref_rsa(a, b):
@@ -203,9 +256,9 @@ REFERENCES = {
     "cknna": (ref_cknna, {"k": 5}),
     "svcca": (ref_svcca, {"dims": 3}),
     "linear_regression": (ref_regression, {"folds": 4, "alpha": 0.0, "seed": 0}),
-    "procrustes": (ref_procrustes, {}),
-    "permutation": (ref_permutation, {}),
-    "soft_matching": (ref_soft_matching, {}),
+    "procrustes": (ref_procrustes_cv, {"fit": "cross_validated", "folds": 3, "seed": 1}),
+    "permutation": (ref_permutation_cv, {"fit": "cross_validated", "folds": 3, "seed": 1}),
+    "soft_matching": (ref_soft_matching_cv, {"fit": "cross_validated", "folds": 3, "seed": 1}),
     "rsa": (ref_rsa, {}),
 }
 
@@ -254,6 +307,138 @@ def test_ridge_regression_matches_sklearn() -> None:
     params = {"folds": 3, "alpha": 2.5, "seed": 7}
     got = score_layers("linear_regression", x, y, **params).matrix
     assert got[1, 0].item() == pytest.approx(ref_regression(x[1].numpy(), y[0].numpy(), **params), abs=1e-6)
+
+
+@pytest.mark.parametrize(("name", "ref"), [("procrustes", ref_procrustes), ("permutation", ref_permutation),
+                                         ("soft_matching", ref_soft_matching)])
+def test_in_sample_fits_match_reference(name: str, ref) -> None:
+    x, y = feature_sets(3)
+    got = score_layers(name, x, y, fit="in_sample").matrix
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            assert got[i, j].item() == pytest.approx(ref(a.numpy(), b.numpy()), abs=1e-6), (i, j)
+
+
+def ref_gcv_alpha(a, b):
+    """GCV of a ridge fit with intercept, from the explicit hat matrix, over the grid relative to the mean
+    nonzero eigenvalue of Xc^T Xc; ties to the larger penalty."""
+    from prh_bench.align.subspace import GCV_GRID
+
+    n = len(a)
+    xc, yc = a - a.mean(0), b - b.mean(0)
+    eig = np.linalg.eigvalsh(xc.T @ xc)
+    lam = eig[eig > eig.max() * 1e-20].mean()
+    best, chosen = np.inf, None
+    for rel in GCV_GRID:
+        alpha = lam * rel
+        hat = np.ones((n, n)) / n + xc @ np.linalg.solve(xc.T @ xc + alpha * np.eye(a.shape[1]), xc.T)
+        gcv = n * np.sum((b - hat @ b) ** 2) / (n - np.trace(hat)) ** 2
+        if gcv <= best * (1 + 1e-9):
+            best, chosen = min(best, gcv), alpha
+    return chosen
+
+
+def test_gcv_regression_equals_sklearn_ridge_at_the_gcv_penalty() -> None:
+    from sklearn.linear_model import Ridge
+
+    x, y = feature_sets(3)
+    folds, seed = 3, 7
+    got = score_layers("linear_regression", x, y, folds=folds, seed=seed).matrix  # alpha: gcv by default
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            a64, b64 = a.numpy(), b.numpy()
+            sse = sst = 0.0
+            for train, test in ref_folds(len(a64), folds, seed):
+                alpha = ref_gcv_alpha(a64[train], b64[train])
+                pred = Ridge(alpha=alpha).fit(a64[train], b64[train]).predict(a64[test])
+                sse += np.sum((b64[test] - pred) ** 2)
+                sst += np.sum((b64[test] - b64[test].mean(0)) ** 2)
+            assert got[i, j].item() == pytest.approx(1 - sse / sst, abs=1e-6), (i, j)
+
+
+@pytest.mark.parametrize(("name", "params"), [("cka", {}), ("cka", {"kernel": "rbf", "sigma": 2.0}),
+                                              ("unbiased_cka", {}), ("cknna", {"k": 5})])
+def test_paper_epsilon_gives_the_paper_codes_values(name: str, params: dict) -> None:
+    x, y = feature_sets(19)
+    x = [a * 0.01 for a in x]  # small kernels, where the epsilon matters
+    ref = REFERENCES[name][0]
+    exact = score_layers(name, x, y, **params).matrix
+    paper = score_layers(name, x, y, eps=1e-6, **params).matrix
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            assert paper[i, j].item() == pytest.approx(ref(a.numpy(), b.numpy(), eps=1e-6, **params), abs=1e-9)
+    assert not torch.equal(exact, paper)
+
+
+def test_cross_validated_fits_sit_near_zero_on_unrelated_features_and_near_one_on_rotated_copies() -> None:
+    g = torch.Generator().manual_seed(20)
+    n = 320
+    for d in (16, 64):
+        a, b = (torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(2))
+        in_sample = score_layers("procrustes", [a], [b], fit="in_sample").best
+        held_out = score_layers("procrustes", [a], [b]).best
+        assert in_sample > 0.15 and abs(held_out) < 0.05, (d, in_sample, held_out)
+        for name in ("permutation", "soft_matching"):
+            assert score_layers(name, [a], [b], fit="in_sample").best > 0.05
+            assert abs(score_layers(name, [a], [b]).best) < 0.05
+        copy = a @ rotation(d, d) * 2.5 - 3
+        assert score_layers("procrustes", [a], [copy]).best == pytest.approx(1.0, abs=1e-9)
+    # At the interpolation threshold (255 units, 256 training rows) least squares explodes; GCV does not.
+    a, b = (torch.randn(n, 255, generator=g, dtype=torch.float64) for _ in range(2))
+    assert score_layers("linear_regression", [a], [b], alpha=0.0).best < -100
+    assert -0.1 < score_layers("linear_regression", [a], [b]).best < 0.05
+    assert score_layers("linear_regression", [a], [a @ rotation(255, 1) + 1]).best > 0.99
+
+
+def test_clamp_modes_match_their_definitions() -> None:
+    """Layers of very different scales: per_layer clamps each at its own quantile, paper at one threshold for
+    the stack (each sample's quantile over all its values, averaged), paper_exact at the sorted stack's
+    int(q * numel)-th value; layers of different widths fall back to one threshold per layer."""
+    g = torch.Generator().manual_seed(21)
+    layers = [torch.randn(40, 12, generator=g, dtype=torch.float64) * scale for scale in (0.01, 1.0, 30.0)]
+    layers[1][3, 4] = 500.0
+    q = 0.95
+    stack = torch.stack(layers, dim=1)  # N x L x D, as the paper pipeline loads it
+    paper_t = torch.quantile(stack.abs().flatten(start_dim=1), q, dim=1).mean()
+    exact_t = stack.flatten().abs().sort().values[int(q * stack.numel())]
+    expected = {
+        "per_layer": [x.clamp(-torch.quantile(x.abs(), q), torch.quantile(x.abs(), q)) for x in layers],
+        "paper": [x.clamp(-paper_t, paper_t) for x in layers],
+        "paper_exact": [x.clamp(-exact_t, exact_t) for x in layers],
+    }
+    for mode, want in expected.items():
+        got = prepare(layers, clamp_quantile=q, l2_normalize=False, clamp=mode)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-7, rtol=0, msg=mode)
+        normed = prepare(layers, clamp_quantile=q, clamp=mode)
+        torch.testing.assert_close(normed[2], torch.nn.functional.normalize(want[2], dim=-1), atol=1e-7, rtol=0)
+    assert not torch.equal(expected["paper"][0], expected["per_layer"][0])
+    ragged = [layers[0], layers[1][:, :7]]
+    for mode in ("paper", "paper_exact"):
+        got = prepare(ragged, clamp_quantile=q, l2_normalize=False, clamp=mode)
+        for a, x in zip(got, ragged):
+            t = (torch.quantile(x.abs(), q, dim=1).mean() if mode == "paper"
+                 else x.flatten().abs().sort().values[int(q * x.numel())])
+            torch.testing.assert_close(a, x.clamp(-t, t), atol=1e-7, rtol=0, msg=mode)
+    with pytest.raises(ValueError, match="clamp must be one of"):
+        prepare(layers, clamp="global")
+
+
+def test_calibrated_score_is_the_calibrated_similarity_definition() -> None:
+    from prh_bench.align.calibrate import calibrated_score
+
+    # R = 9 nulls and the observation: 0.05 .. 0.4 in steps of 0.05, 0.5 (observed), 0.6.
+    null = torch.tensor([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.6], dtype=torch.float64)
+    # alpha = 0.2: tau is the ceil(0.8 * 10) = 8th smallest = 0.4 -> (0.5 - 0.4) / (1 - 0.4) = 1/6
+    assert calibrated_score(0.5, null, alpha=0.2) == pytest.approx((0.4, 1 / 6), abs=1e-15)
+    # alpha = 0.05: tau is the 10th smallest = 0.6 > observed -> clamped to 0
+    assert calibrated_score(0.5, null, alpha=0.05) == pytest.approx((0.6, 0.0), abs=1e-15)
+    # 19 nulls, alpha 0.05: ceil(0.95 * 20) = 19 exactly (not 20 by float rounding)
+    null = torch.arange(1, 20, dtype=torch.float64) / 40  # 0.025 .. 0.475
+    assert calibrated_score(0.9, null, alpha=0.05) == pytest.approx((0.475, (0.9 - 0.475) / 0.525), abs=1e-12)
+    # lower is better: the order flips, and so does the way to the maximum (here 0)
+    assert calibrated_score(0.1, torch.tensor([0.5, 0.6, 0.7, 0.8]), alpha=0.2, maximum=0.0,
+                            higher_is_better=False) == pytest.approx((0.5, 0.8), abs=1e-12)
 
 
 def test_float32_features_agree_with_float64() -> None:
@@ -413,11 +598,15 @@ def test_calibration_reuses_summaries_and_separates_signal_from_chance() -> None
     cal = related.calibration
     assert cal is not None and len(cal.null) == 200
     assert cal.p_value == pytest.approx(1 / 201)
-    assert cal.calibrated == pytest.approx((related.best - cal.null.mean().item()) / (1 - cal.null.mean().item()))
+    mean = cal.null.mean().item()
+    assert cal.null_normalized == pytest.approx((related.best - mean) / (1 - mean))
+    tau = torch.cat([torch.tensor([related.best], dtype=torch.float64), cal.null]).sort().values[191 - 1]  # ceil(.95*201)
+    assert cal.tau == tau.item() and cal.calibrated == pytest.approx((related.best - tau.item()) / (1 - tau.item()))
     g = torch.Generator().manual_seed(11)
     noise = score_layers("mutual_knn", [torch.randn(40, 8, generator=g)], [torch.randn(40, 8, generator=g)],
                          k=5, permutations=200)
-    assert noise.calibration.p_value > 0.05 and abs(noise.calibration.calibrated) < 0.1
+    assert noise.calibration.p_value > 0.05 and noise.calibration.calibrated == 0.0
+    assert abs(noise.calibration.null_normalized) < 0.1
 
 
 def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> None:

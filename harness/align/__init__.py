@@ -83,12 +83,13 @@ def score_layers(
     *,
     permutations: int = 0,
     permutation_seed: int = 0,
+    calibration_alpha: float = 0.05,
     **params: Any,
 ) -> LayerScores:
     """Score every (x layer, y layer) pair of two models' features as given (apply `prepare` first).
 
     With permutations=R > 0, the result also carries a permutation null of the best score (R shuffles of
-    Y's sample order), its p-value and the calibrated score."""
+    Y's sample order), its p-value and the calibrated score at level `calibration_alpha`."""
     m = get_metric(metric)
     p = m.params(**params)
     fx, fy = _layers(feats_x), _layers(feats_y)
@@ -97,7 +98,8 @@ def score_layers(
     sx, sy = summarize_layers(m, fx, **p), summarize_layers(m, fy, **p)
     scores = LayerScores(m.pair_scores(sx, sy, **p), m.higher_is_better)
     if permutations > 0:
-        cal = calibrate_summaries(m, sx, sy, scores.best, p, fx[0].shape[0], permutations, permutation_seed)
+        cal = calibrate_summaries(m, sx, sy, scores.best, p, fx[0].shape[0], permutations, permutation_seed,
+                                  calibration_alpha)
         scores = LayerScores(scores.matrix, m.higher_is_better, cal)
     return scores
 

@@ -138,21 +138,24 @@ def _stacks(summaries: Sequence[FlatKernel], rows: int) -> Iterator[tuple[int, t
         i = j
 
 
-def _cosines(x: torch.Tensor, y: torch.Tensor, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel]) -> torch.Tensor:
-    """Inner products of stacked kernels (rows of x and y) over their norms."""
+def _cosines(x: torch.Tensor, y: torch.Tensor, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel],
+             eps: float = 0.0) -> torch.Tensor:
+    """Inner products of stacked kernels (rows of x and y) over the product of their norms plus `eps` (in the
+    units of the norms' product)."""
     split = _layout(sx[0].n).split
     inner = x[:, :split] @ y[:, :split].T + 2 * (x[:, split:] @ y[:, split:].T)
     norms_x = torch.tensor([s.norm for s in sx], dtype=torch.float64, device=x.device)
     norms_y = torch.tensor([s.norm for s in sy], dtype=torch.float64, device=x.device)
-    return inner / (norms_x[:, None] * norms_y[None, :])
+    return inner / (norms_x[:, None] * norms_y[None, :] + eps)
 
 
 class CKA(Metric):
-    """CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), HSIC(K, L) = tr(K H L H) (biased estimator);
-    K = X X^T ('linear') or exp(-|x_i - x_j|^2 / (2 sigma^2)) ('rbf')."""
+    """CKA(K, L) = HSIC(K, L) / (sqrt(HSIC(K, K) HSIC(L, L)) + eps), HSIC(K, L) = tr(K H L H) (biased estimator,
+    unnormalised as in the PRH code); K = X X^T ('linear') or exp(-|x_i - x_j|^2 / (2 sigma^2)) ('rbf').
+    eps = 0 (default) is the exact ratio; the PRH code adds eps = 1e-6."""
 
     name = "cka"
-    defaults = {"kernel": "linear", "sigma": 1.0}
+    defaults = {"kernel": "linear", "sigma": 1.0, "eps": 0.0}
     #: bytes of a stack of kernels copied for the pair stage (two at a time) when they were not summarized
     #: together: bounds its working memory (about 200 kernels at N = 1024)
     stack_bytes = 2**30
@@ -183,6 +186,13 @@ class CKA(Metric):
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 8 * _layout(n).size
 
+    def hsic_scale(self, n: int) -> float:
+        """HSIC = <centred K, centred L> / hsic_scale: where `eps` is added, in HSIC's units."""
+        return 1.0
+
+    def _eps(self, sx: Sequence[FlatKernel], params: dict[str, Any]) -> float:
+        return params["eps"] * self.hsic_scale(sx[0].n) if sx else 0.0
+
     def _rows(self, flat: Sequence[FlatKernel]) -> int:
         return max(1, self.stack_bytes // (8 * flat[0].flat.numel()))
 
@@ -195,7 +205,7 @@ class CKA(Metric):
             x1 = x0 + len(x)
             for y0, y in _stacks(sy, self._rows(sy)):
                 y1 = y0 + len(y)
-                out[x0:x1, y0:y1] = _cosines(x, y, sx[x0:x1], sy[y0:y1])
+                out[x0:x1, y0:y1] = _cosines(x, y, sx[x0:x1], sy[y0:y1], self._eps(sx, params))
         return out
 
     def zoo_scores(self, flat: Sequence[FlatKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
@@ -209,7 +219,7 @@ class CKA(Metric):
                 y0, y1 = x0 + y0, x0 + y0 + len(y)
                 if y0 == x0 and flat[x0].stack is not None:
                     continue
-                scores = _cosines(x, y, flat[x0:x1], flat[y0:y1])
+                scores = _cosines(x, y, flat[x0:x1], flat[y0:y1], self._eps(flat, params))
                 out[x0:x1, y0:y1] = scores
                 out[y0:y1, x0:x1] = scores.T
         for a0, a1 in spans:
@@ -221,11 +231,15 @@ class CKA(Metric):
 
 
 class UnbiasedCKA(CKA):
-    """CKA with the unbiased HSIC estimator of Song et al. 2012 (linear kernel); needs N >= 4."""
+    """CKA with the unbiased HSIC estimator of Song et al. 2012 (linear kernel); needs N >= 4. HSIC_u is
+    <U(K), U(L)> / (n (n - 3)), the unit `eps` is added in (the PRH code adds 1e-6)."""
 
     name = "unbiased_cka"
-    defaults = {}
+    defaults = {"eps": 0.0}
     min_samples = 4
+
+    def hsic_scale(self, n: int) -> float:
+        return float(n * (n - 3))
 
     def kernel(self, feats: torch.Tensor, **params: Any) -> torch.Tensor:
         return _blocks_of(u_center(gram(feats)))
@@ -299,7 +313,7 @@ class _SlotTable:
         self.lv_at = lv_at.int() if self.lv.numel() < 2**31 else lv_at
         self.back = rows.expand(n, k).reshape(-1)
 
-    def scores(self, x: KnnKernel) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, x: KnnKernel, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """x against every layer l of the table, both ways: (CKNNA(x, y_l), CKNNA(y_l, x)) for all l. M is
         the same both ways, so both come from the positions (i, j) where j is a neighbour of i in x and y_l."""
         layers = self.self_hsic.shape[0]
@@ -312,7 +326,7 @@ class _SlotTable:
         back = self.slot.index_select(0, cols * self.n + self.back) > 0
         t1 = (kv * x.recip.view(-1)) @ (b * back)
         xy, yx = _masked_hsic(a, b, t1, x.cols, self.n)
-        norm = torch.sqrt(x.self_hsic * self.self_hsic)
+        norm = torch.sqrt(x.self_hsic * self.self_hsic) + eps
         return xy / norm, yx / norm
 
 
@@ -320,10 +334,14 @@ class CKNNA(Metric):
     """CKNNA(K, L) = HSIC_u(M∘K, M∘L) / sqrt(HSIC_u(M_K∘K, M_K∘K) HSIC_u(M_L∘L, M_L∘L)), where M_K[i, j] = 1 when
     j is among the k nearest neighbours of i in K (self excluded) and M = M_K ∘ M_L (Huh et al. 2024,
     Appendix A; unbiased HSIC of Song et al. 2012). Needs N >= 4 and k >= 2. Not symmetric: the estimator's
-    last term reads the masked kernels' column sums on one side and row sums on the other."""
+    last term reads the masked kernels' column sums on one side and row sums on the other. `eps` is added to
+    the denominator (0: the exact ratio; the PRH code adds 1e-6).
+
+    This follows the PRH code (mask the raw kernel, then the unbiased HSIC), not the paper's Eq. 16-18 (centre
+    the kernel, then mask; symmetric), which differ (0.236 vs 0.248 on one pair at N = 512)."""
 
     name = "cknna"
-    defaults = {"k": 10}
+    defaults = {"k": 10, "eps": 0.0}
     min_samples = 4
     symmetric = False
 
@@ -362,7 +380,7 @@ class CKNNA(Metric):
         xy, yx = [], []
         for c in range(0, len(sy), self.block):
             table = _SlotTable(sy[c : c + self.block])
-            both = [table.scores(x) for x in sx]
+            both = [table.scores(x, params["eps"]) for x in sx]
             xy.append(torch.stack([s for s, _ in both]))
             yx.append(torch.stack([s for _, s in both], dim=1))
         return torch.cat(xy, dim=1), torch.cat(yx, dim=0)

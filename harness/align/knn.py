@@ -37,6 +37,8 @@ def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     g = torch.empty(n, n, dtype=x.dtype, device=x.device)
     for i in range(blocks):
         torch.mm(x[e[i] : e[i + 1]], x[e[i] :].T, out=g[e[i] : e[i + 1], e[i] :])
+        diag = g[e[i] : e[i + 1], e[i] : e[i + 1]]  # a BLAS product need not be symmetric within its block
+        diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
         for j in range(i):
             g[e[i] : e[i + 1], e[j] : e[j + 1]] = g[e[j] : e[j + 1], e[i] : e[i + 1]].T
     return g

@@ -1,22 +1,66 @@
 """The paper's feature preparation: clamp outliers at a quantile of |x|, then L2-normalise each sample;
-optionally append all layers concatenated as one more layer."""
+optionally append all layers concatenated as one more layer.
+
+Three clamp modes, all reading |x| of float32 (float64 stays float64) features:
+
+- `per_layer`: each layer clamped at its own q-quantile of |x| over its N x D values (linear interpolation).
+- `paper`: the PRH pipeline's default (measure_alignment.py without --precise, metrics.remove_outliers): a
+  model's layers stacked as N x L x D, each sample's q-quantile of |x| over its L x D values (linear
+  interpolation), averaged over samples: one threshold for the whole stack. Layers of different widths cannot
+  be stacked; the pipeline then clamps each layer alone the same way (its list branch), and so does this mode.
+- `paper_exact`: the pipeline's --precise variant (platonic/alignment.py): the order statistic at index
+  int(q * numel) of the sorted |x| of the whole stack (of each layer when widths differ).
+
+Selections (`torch.kthvalue`) stand in for sorts: the same order statistics at linear cost.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 CONCAT = "all_layers"
+Clamp = Literal["per_layer", "paper", "paper_exact"]
+CLAMPS: tuple[str, ...] = ("per_layer", "paper", "paper_exact")
+
+
+def _order_stat(flat: torch.Tensor, i: int, dim: int = -1) -> torch.Tensor:
+    """The i-th smallest value (from 0) along `dim`."""
+    return flat.kthvalue(i + 1, dim=dim).values
+
+
+def _interpolated(a: torch.Tensor, q: float, dim: int = -1) -> torch.Tensor:
+    """The q-quantile along `dim` with linear interpolation, as torch.quantile (which caps its input at 2**24
+    elements and sorts)."""
+    m = a.shape[dim]
+    pos = q * (m - 1)
+    lo = int(pos)
+    low = _order_stat(a, lo, dim)
+    if lo + 1 >= m or pos == lo:
+        return low
+    return low + (_order_stat(a, lo + 1, dim) - low) * (pos - lo)
 
 
 def abs_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile of |x| with linear interpolation (torch.quantile caps the input at 2**24 elements)."""
-    flat = x.abs().flatten().sort().values
-    pos = q * (flat.numel() - 1)
-    lo = int(pos)
-    hi = min(lo + 1, flat.numel() - 1)
-    return flat[lo] + (flat[hi] - flat[lo]) * (pos - lo)
+    """The q-quantile of |x| over all of x, with linear interpolation."""
+    return _interpolated(x.abs().flatten(), q)
+
+
+def clamp_thresholds(layers: Sequence[torch.Tensor], q: float, clamp: Clamp = "per_layer") -> list[torch.Tensor]:
+    """One clamp threshold per layer under the given mode (see the module's docstring)."""
+    if clamp not in CLAMPS:
+        raise ValueError(f"clamp must be one of {', '.join(CLAMPS)}, got {clamp!r}")
+    if clamp == "per_layer":
+        return [abs_quantile(x, q) for x in layers]
+    stacked = len({x.shape[1] for x in layers}) == 1
+    groups = [torch.cat([x.abs() for x in layers], dim=1)] if stacked else [x.abs() for x in layers]
+    if clamp == "paper":
+        ts = [_interpolated(a, q, dim=1).mean() for a in groups]
+    else:
+        ts = [_order_stat(a.flatten(), int(q * a.numel())) for a in groups]
+    return ts * len(layers) if stacked else ts
 
 
 def prepare(
@@ -24,19 +68,16 @@ def prepare(
     clamp_quantile: float | None = 0.95,
     l2_normalize: bool = True,
     concat_layers: bool = False,
+    clamp: Clamp = "per_layer",
 ) -> list[torch.Tensor]:
-    """Per layer: clamp to [-t, t] with t the clamp_quantile of |x| over that layer's N x D tensor, then
+    """Clamp every layer to [-t, t] (thresholds by `clamp` mode at `clamp_quantile`; None or 1: no clamp), then
     L2-normalise each row. With concat_layers, one more layer follows: the clamped layers side by side,
     L2-normalised as a whole. Returns float32 tensors (float64 stays float64); the input is left untouched."""
-    clamped = []
-    for x in feats:
-        x = x if x.dtype == torch.float64 else x.float()
-        if clamp_quantile is not None and clamp_quantile < 1:
-            t = abs_quantile(x, clamp_quantile)
-            x = x.clamp(-t, t)
-        clamped.append(x)
+    layers = [x if x.dtype == torch.float64 else x.float() for x in feats]
+    if clamp_quantile is not None and clamp_quantile < 1:
+        layers = [x.clamp(-t, t) for x, t in zip(layers, clamp_thresholds(layers, clamp_quantile, clamp))]
     if concat_layers:
-        clamped.append(torch.cat(clamped, dim=1))
+        layers.append(torch.cat(layers, dim=1))
     if l2_normalize:
-        return [torch.nn.functional.normalize(x, p=2, dim=-1) for x in clamped]
-    return clamped
+        return [torch.nn.functional.normalize(x, p=2, dim=-1) for x in layers]
+    return layers
