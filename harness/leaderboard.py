@@ -17,7 +17,7 @@ from . import __version__
 from .errors import BadInput
 from .manifest import SuiteManifest
 from .registry import Registry
-from .report import alignment_matrix, best_pairs
+from .report import alignment_matrix, best_pairs, chance_level
 
 RESAMPLES = 2000
 
@@ -83,6 +83,10 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     if reference is not None and reference not in mat.index:
         raise BadInput(f"reference '{reference}' has no results in {run_dir}; models with results: {', '.join(done)}")
     downstream = downstream_scores(registry, suite, run_dir, condition)
+    nulls = calibration_of(run_dir, metric, condition)
+    n = next(c["n_samples"] for c in side["conditions"] if c["label"] == condition)
+    params = json.loads(best.params.iloc[0]) if not best.empty else {}
+    chance, chance_source = chance_level(metric, params, n, nulls)
     rows = []
     for mid in models:
         status = [r["status"] for r in side["models"][mid]["runs"]]
@@ -92,8 +96,11 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             others = mat.loc[mid].drop(mid).dropna()
             partner = others.idxmax()
             pair = best[((best.model_x == mid) & (best.model_y == partner)) | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
-            row |= {"alignment_to_reference": mat.loc[mid, reference] if reference and mid != reference else math.nan,
-                    "mean_alignment": others.mean(), "best_partner": partner,
+            row["alignment_to_reference"] = mat.loc[mid, reference] if reference and mid != reference else math.nan
+            if reference and not nulls.empty:
+                null = null_of(nulls, mid, reference)
+                row |= {"p_value": null.get("p_value", math.nan), "calibrated": null.get("calibrated", math.nan)}
+            row |= {"mean_alignment": others.mean(), "best_partner": partner,
                     "best_layer_pair": f"{pair.layer_x} / {pair.layer_y}" if pair.model_x == mid else f"{pair.layer_y} / {pair.layer_x}"}
         else:
             row["status"] = "failed"
@@ -116,7 +123,10 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
                 corr += [{"alignment": measure, "score": name, **c} for c in correlate(ok[measure].to_numpy(), ok[name].to_numpy())]
     binned = binned_view(table, key) if "tasks_solved" in table else pd.DataFrame()
     meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
-            "metric_params": json.loads(best.params.iloc[0]) if not best.empty else {}, "reference": reference,
+            "metric_params": params, "reference": reference, "n_samples": n,
+            "chance_level": chance, "chance_source": chance_source,
+            "calibration": ({"permutations": int(nulls.permutations.iloc[0]), "alpha": float(nulls.alpha.iloc[0])}
+                            if not nulls.empty else None),
             "condition": condition, "run": str(run_dir), "run_created": side.get("created"),
             "manifest_versions": {m: side["models"][m]["manifest_version"] for m in models},
             "dataset": side["conditions"][0]["dataset"], "libraries": side.get("libraries", {}),
@@ -125,6 +135,28 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models"}
     return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
                        binned, meta)
+
+
+def calibration_of(run_dir: Path, metric: str, condition: str) -> pd.DataFrame:
+    """The run's permutation nulls of one metric under one condition (empty when the suite asked for none)."""
+    path = run_dir / "calibration.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    cal = pd.read_csv(path)
+    if "alpha" not in cal:  # written before the calibrated score followed calibrated-similarity: not comparable
+        raise BadInput(f"{path}: permutation nulls without the calibrated-similarity score (an older run); "
+                       "run the suite again")
+    return cal[(cal.metric == metric) & (cal.condition == condition)]
+
+
+def null_of(nulls: pd.DataFrame, model: str, reference: str) -> dict[str, Any]:
+    """The null of the leaderboard entry [model, reference], i.e. metric(reference, model) in the PRH
+    orientation; a symmetric metric stores one row per pair, in either order."""
+    for x, y in ((reference, model), (model, reference)):
+        hit = nulls[(nulls.model_x == x) & (nulls.model_y == y)]
+        if len(hit):
+            return hit.iloc[0].to_dict()
+    return {}
 
 
 def binned_view(table: pd.DataFrame, measure: str) -> pd.DataFrame:

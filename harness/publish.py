@@ -136,7 +136,7 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
     md = [f"# {lb.suite.id} leaderboard", "",
           f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
           f"(max over layer pairs) on `{lb.condition}`; run {lb.meta['run']} ({lb.meta['run_created']}), "
-          f"prh-bench {lb.meta['harness']}.", "",
+          f"prh-bench {lb.meta['harness']}.", "", chance_sentence(lb), "",
           lb.table.assign(params=lb.table.params.map(lambda p: f"{p / 1e6:.1f}M" if pd.notna(p) else ""))
           .to_markdown(index=False, floatfmt=".4f"), ""]
     if not lb.correlations.empty:
@@ -153,6 +153,19 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
     for p in [out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "correlations.csv", "index.html")] + figures:
         files[p.name] = str(p)
     return files
+
+
+def chance_sentence(lb: Leaderboard) -> str:
+    """What chance looks like for this metric, and what the p-value and calibrated columns mean."""
+    m = lb.meta
+    text = f"Chance level of {lb.metric} at N = {m['n_samples']}: {m['chance_level']:.4f} ({m['chance_source']})."
+    if m.get("calibration"):
+        c = m["calibration"]
+        text += (f" p_value: add-one permutation p-value of the score to the reference ({c['permutations']} shuffles "
+                 f"of the samples, the same for all layers, max over layer pairs); calibrated: "
+                 f"clamp((score - tau) / (1 - tau), 0, 1) with tau the null's critical value at alpha = {c['alpha']:g} "
+                 f"(calibrated-similarity's definition): 0 for a score a shuffle reaches.")
+    return text
 
 
 def _cell(v: object) -> str:
@@ -177,6 +190,7 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><b
 <h1>{html.escape(lb.suite.id)} leaderboard</h1>
 <p>{html.escape(lb.metric)} alignment to <code>{html.escape(str(lb.reference))}</code>, max over layer pairs, on
 {html.escape(lb.condition)}. Run {html.escape(lb.meta['run'])}. Click a column to sort.</p>
+<p>{html.escape(chance_sentence(lb))}</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
 <h2>Figures</h2>{figs}

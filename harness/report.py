@@ -33,14 +33,30 @@ def best_pairs(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def alignment_matrix(best: pd.DataFrame, metric: str, order: list[str]) -> pd.DataFrame:
-    """Square model x model matrix of best scores (symmetric metrics fill both triangles; diagonal empty)."""
+    """Square model x model matrix of best scores in the PRH pipeline's orientation: entry [a, b] is
+    metric(features of b, features of a), as measure_alignment.py fills alignment_scores[x, y] with
+    compute_score(y_feats, x_feats). The long table's rows are metric(model_x, model_y), so row (x, y) lands at
+    [y, x]; a symmetric metric, scored once per pair, fills both triangles. The diagonal is empty."""
     sub = best[best.metric == metric]
     mat = pd.DataFrame(index=order, columns=order, dtype=float)
     for r in sub.itertuples():
-        mat.loc[r.model_x, r.model_y] = r.score
-        if pd.isna(mat.loc[r.model_y, r.model_x]):
-            mat.loc[r.model_y, r.model_x] = r.score
+        mat.loc[r.model_y, r.model_x] = r.score
+        if pd.isna(mat.loc[r.model_x, r.model_y]):
+            mat.loc[r.model_x, r.model_y] = r.score
     return mat
+
+
+def chance_level(metric: str, params: dict[str, Any], n: int, calibration: pd.DataFrame | None = None) -> tuple[float, str]:
+    """The score of unrelated representations and where the number comes from: k/(N-1) for mutual_knn (the
+    expected overlap of two random k-subsets of N-1), else the mean of the run's permutation nulls when the
+    suite asked for them."""
+    if metric == "mutual_knn":
+        return params["k"] / (n - 1), f"k/(N-1) = {params['k']}/{n - 1}"
+    if calibration is not None and not calibration.empty and "null_mean" in calibration:
+        nulls = calibration[calibration.metric == metric].null_mean
+        if len(nulls):
+            return float(nulls.mean()), f"mean of the permutation nulls' means over {len(nulls)} model pairs"
+    return float("nan"), "unknown (the suite asks for no permutation nulls)"
 
 
 def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelManifest], reference: str | None) -> pd.DataFrame:
@@ -102,11 +118,13 @@ def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, ste
     params = sub.params.iloc[0]
     heatmap(mat, f"{run.suite.id}: {metric} {params}, max over layer pairs, {label}, N={run.n_samples[label]}", png)
     table = ranking(mat, sub, run.models, run.suite.reference)
+    chance, how = chance_level(metric, json.loads(params), run.n_samples[label],
+                               run.calibration[run.calibration.condition == label] if not run.calibration.empty else None)
     failed = "".join(f"\n- **failed**: `{o.model}`: {o.error}" for o in run.failures if o.condition == label)
     md.write_text(
         f"# {run.suite.id}: models ranked by mean {metric} alignment\n\n"
         f"Dataset `{label}` ({run.n_samples[label]} samples), metric `{metric}` {params}, "
-        f"score = max over layer pairs. Chance level of mutual_knn is k/(N-1).\n\n"
+        f"score = max over layer pairs. Chance level: {chance:.4f} ({how}).\n\n"
         + table.to_markdown(index=False, floatfmt=".4f") + "\n" + failed + "\n",
         encoding="utf-8",
     )

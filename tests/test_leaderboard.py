@@ -25,6 +25,7 @@ metrics: [{name: mutual_knn, k: 5}, {name: cka}]
 reference: efficientnet-lite2
 scores: [imagenet_top1]
 probes: [{dataset: digits-small, task: linear_probe, params: {test_fraction: 0.5}}]
+calibrate: {permutations: 19}
 max_samples: 24
 """
 DIGITS = """\
@@ -63,6 +64,14 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     assert board["rank"].tolist() == ["reference", "1", "2", "3"]
     assert board.alignment_to_reference.iloc[1] >= board.alignment_to_reference.iloc[2] > board.alignment_to_reference.iloc[3]
     assert board.imagenet_top1.tolist() == [0.776, 0.767, 0.751, 0.001]
+    # Each model's permutation p-value and calibrated score to the reference, read from the run's nulls.
+    nulls = pd.read_csv(tmp_path / "runs" / "tiny-board" / "20260101-000000" / "calibration.csv")
+    knn = nulls[nulls.metric == "mutual_knn"]
+    for r in board.iloc[1:].itertuples():
+        (hit,) = [h for h in knn.itertuples() if {h.model_x, h.model_y} == {r.model, "efficientnet-lite2"}]
+        assert (r.p_value, r.calibrated) == pytest.approx((hit.p_value, hit.calibrated))
+        assert hit.p_value >= 1 / 20 and 0 <= hit.calibrated <= 1
+    assert board.columns.get_loc("p_value") == board.columns.get_loc("alignment_to_reference") + 1
     corr = pd.DataFrame(out["correlations"])
     assert set(corr.statistic) == {"pearson", "spearman"}
     assert {"imagenet_top1", "linear_probe:digits-small"} <= set(corr.score)
@@ -75,12 +84,15 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     binned = pd.read_csv(tmp_path / "board" / "binned.csv")
     assert binned.models.sum() == 3  # the reference has no alignment to itself
     meta = json.loads((tmp_path / "board" / "leaderboard.json").read_text())["meta"]
+    assert meta["chance_level"] == pytest.approx(5 / 23) and meta["calibration"] == {"permutations": 19, "alpha": 0.05}
+    assert "Chance level of mutual_knn at N = 24: 0.2174 (k/(N-1) = 5/23)" in (tmp_path / "board" / "leaderboard.md").read_text()
     assert meta["metric"] == "mutual_knn" and meta["metric_params"] == {"k": 5} and meta["harness"]
     assert meta["manifest_versions"]["efficientnet-lite0"] == 1 and "tensorflow/tpu" in meta["scores_sources"]["imagenet_top1"]
     for name in ("heatmap.png", "heatmap.svg", "embedding.png", "embedding.svg", "scatter_imagenet_top1.svg"):
         assert (tmp_path / "board" / name).stat().st_size > 0
     page = (tmp_path / "board" / "index.html").read_text()
     assert len(re.findall(r"<tr><td>", page)) == 4 and "onclick=\"sortBy(" in page
+    assert "Chance level of mutual_knn at N = 24: 0.2174" in page and "alpha = 0.05" in page
     # heatmap, embedding, and one scatter per downstream score (ImageNet top-1, the probe, tasks solved)
     assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<h2>Sources")[0]
     assert (tmp_path / "board" / "scatter_linear_probe_digits-small.svg").exists()
@@ -91,6 +103,19 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     assert published.exit_code == 2  # no tmp_path/tiny-board bundle: clear error
     published = cli("publish", "--suite", "board", "--from", tmp_path, "--to", tmp_path / "site")
     assert published.exit_code == 0 and (tmp_path / "site" / "board" / "index.html").exists()
+
+
+def test_matrices_follow_the_paper_orientation_for_asymmetric_metrics() -> None:
+    """The long table holds metric(model_x, model_y); the matrix entry [a, b] is metric(b, a), as the PRH
+    pipeline's alignment_scores[x, y] = compute_score(y_feats, x_feats)."""
+    from prh_bench.report import alignment_matrix
+
+    rows = [("a", "b", 0.3), ("b", "a", 0.7)]  # cycle_knn(a, b) = 0.3, cycle_knn(b, a) = 0.7
+    best = pd.DataFrame([{"metric": "cycle_knn", "model_x": x, "model_y": y, "score": v} for x, y, v in rows])
+    mat = alignment_matrix(best, "cycle_knn", ["a", "b"])
+    assert mat.loc["a", "b"] == 0.7 and mat.loc["b", "a"] == 0.3
+    sym = alignment_matrix(best.iloc[:1].assign(metric="mutual_knn"), "mutual_knn", ["a", "b"])
+    assert sym.loc["a", "b"] == sym.loc["b", "a"] == 0.3
 
 
 def test_classical_mds_recovers_planar_distances() -> None:

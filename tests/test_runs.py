@@ -124,7 +124,7 @@ max_samples: 60
     assert len(cal) == 2 + 2 + 2 and cal.permutations.eq(20).all()
     assert cal.p_value.between(1 / 21, 1).all()
     side = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert side["metrics"] == {"cycle_knn": {"version": 1}, "cknna": {"version": 2}, "linear_regression": {"version": 1}}
+    assert side["metrics"] == {"cycle_knn": {"version": 1}, "cknna": {"version": 2}, "linear_regression": {"version": 2}}
 
 
 def score_json(*args: str) -> dict:

@@ -11,7 +11,6 @@ number under its own name."""
 
 from __future__ import annotations
 
-import functools
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,13 +125,19 @@ class Procrustes(RowMetric):
         self.check(feats)
         check_fit(self.name, params)
         if params["fit"] == "cross_validated":
-            return FoldBases(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+            summary = FoldBases(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+            summary.bases  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
+            return summary
         x = centered(feats)
         x = x / torch.linalg.matrix_norm(x)
         if x.shape[1] > x.shape[0]:  # same singular values of X^T Y from an N-wide equivalent: X V = U S
             u, s, _ = torch.linalg.svd(x, full_matrices=False)
             x = u * s
         return Rows(x)
+
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        # the rows, and per fold the training rows and the held-out rows in a basis of rank <= min(n, d)
+        return 8 * n * d + (8 * params["folds"] * n * min(n, d) if params["fit"] == "cross_validated" else 0)
 
     def pair_scores(self, sx: Sequence[Rows | FoldBases], sy: Sequence[Rows | FoldBases], **params: Any) -> torch.Tensor:
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
@@ -155,24 +160,26 @@ class FoldBasis:
     test_norm: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class FoldBases:
-    """A layer's rows and folds; the per-fold bases are computed on first use (a permuted copy for a null
-    recomputes them from its own rows)."""
+    """A layer's rows, folds and per-fold bases. A permuted copy (for a null) computes its bases when first
+    scored: as the permuted side of a pair it is only ever a target, and most metrics read no bases there."""
 
     x: torch.Tensor
     folds: tuple[torch.Tensor, ...]
+    pieces: list[FoldBasis] | None = None
 
-    @functools.cached_property
+    @property
     def bases(self) -> list[FoldBasis]:
-        out = []
-        for test in self.folds:
-            train = train_mask(len(self.x), test)
-            mu = self.x[train].mean(0, keepdim=True)
-            u, s, w = thin_svd(self.x[train] - mu)
-            xte = self.x[test] - mu
-            out.append(FoldBasis(u * s, xte @ w, float(torch.linalg.matrix_norm(xte))))
-        return out
+        if self.pieces is None:
+            self.pieces = []
+            for test in self.folds:
+                train = train_mask(len(self.x), test)
+                mu = self.x[train].mean(0, keepdim=True)
+                u, s, w = thin_svd(self.x[train] - mu)
+                xte = self.x[test] - mu
+                self.pieces.append(FoldBasis(u * s, xte @ w, float(torch.linalg.matrix_norm(xte))))
+        return self.pieces
 
     def permuted(self, perm: torch.Tensor) -> FoldBases:
         return FoldBases(self.x[perm], self.folds)
@@ -187,21 +194,23 @@ def _held_out_procrustes(fx: FoldBasis, fy: FoldBasis) -> float:
     return float(((fx.t.T @ fy.t) * (p @ rh)).sum()) / (fx.test_norm * fy.test_norm)
 
 
-@dataclass(frozen=True)
+@dataclass
 class UnitFolds:
-    """A layer's rows and folds; per fold its units z-scored on the training samples (to fit a matching) and on
-    the held-out samples (to score it), computed on first use."""
+    """A layer's rows and folds, and per fold its units z-scored on the training samples (to fit a matching)
+    and on the held-out samples (to score it); a permuted copy computes them when first scored."""
 
     x: torch.Tensor
     folds: tuple[torch.Tensor, ...]
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    @functools.cached_property
+    @property
     def zs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = []
-        for test in self.folds:
-            train = train_mask(len(self.x), test)
-            out.append((zscored(self.x[train]), zscored(self.x[test])))
-        return out
+        if self.pieces is None:
+            self.pieces = []
+            for test in self.folds:
+                train = train_mask(len(self.x), test)
+                self.pieces.append((zscored(self.x[train]), zscored(self.x[test])))
+        return self.pieces
 
     def permuted(self, perm: torch.Tensor) -> UnitFolds:
         return UnitFolds(self.x[perm], self.folds)
@@ -220,8 +229,14 @@ class UnitMatching(RowMetric):
         self.check(feats)
         check_fit(self.name, params)
         if params["fit"] == "cross_validated":
-            return UnitFolds(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+            summary = UnitFolds(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+            summary.zs  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
+            return summary
         return Rows(zscored(feats))
+
+    def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
+        # the rows, and per fold the z-scored training and held-out rows
+        return 8 * n * d * (1 + (params["folds"] if params["fit"] == "cross_validated" else 0))
 
     @abstractmethod
     def plan(self, corr: np.ndarray) -> np.ndarray:
@@ -283,22 +298,25 @@ class FoldPredictor:
     a: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass
 class Regression:
-    """A layer's rows (as target) and folds; its per-fold predictor pieces are computed on first use."""
+    """A layer's rows (as target), folds and per-fold predictor pieces; a permuted copy (a null's target)
+    computes its pieces only if it is ever used as predictor."""
 
     y: torch.Tensor
     folds: tuple[torch.Tensor, ...]
+    pieces: list[FoldPredictor] | None = None
 
-    @functools.cached_property
+    @property
     def predictors(self) -> list[FoldPredictor]:
-        out = []
-        for test in self.folds:
-            train = train_mask(len(self.y), test)
-            mu = self.y[train].mean(0, keepdim=True)
-            u, s, v = thin_svd(self.y[train] - mu)
-            out.append(FoldPredictor(u, s, (self.y[test] - mu) @ v))
-        return out
+        if self.pieces is None:
+            self.pieces = []
+            for test in self.folds:
+                train = train_mask(len(self.y), test)
+                mu = self.y[train].mean(0, keepdim=True)
+                u, s, v = thin_svd(self.y[train] - mu)
+                self.pieces.append(FoldPredictor(u, s, (self.y[test] - mu) @ v))
+        return self.pieces
 
     def permuted(self, perm: torch.Tensor) -> Regression:
         return Regression(self.y[perm], self.folds)
@@ -339,7 +357,9 @@ class LinearRegression(Metric):
         alpha = params["alpha"]
         if alpha != "gcv" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0):
             raise BadInput(f"linear_regression: alpha must be 'gcv' or a number >= 0, got {alpha!r}")
-        return Regression(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+        summary = Regression(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+        summary.predictors  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
+        return summary
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         # the rows, and per fold U (n_train x r) and A (n_test x r), r <= min(n, d)
