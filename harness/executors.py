@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import BadInput
-from .features import FeatureCache, Features, extract, feature_key
+from .features import FeatureCache, Features, extract, model_feature_key
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
@@ -138,13 +138,15 @@ def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool =
     m = ctx.models[model_id]
     dataset, samples, label = ctx.samples(target)
     backend = ctx.registry.plugins.backends[m.backend]
-    key, doc = feature_key(m, backend.libraries, dataset, samples)
+    key, doc = model_feature_key(backend, m, dataset, samples)
     start = time.perf_counter()
 
     def done(status: str, feats: Features) -> ModelOutcome:
         return ModelOutcome(m.id, status, time.perf_counter() - start, key=key, layers=len(feats.layer_names),
                             condition=label, extras={k: float(v.mean()) for k, v in feats.extras.items()})
 
+    if not ctx.spec.force and (feats := ctx.cache.load(m.id, key)) is not None:
+        return done("cached", feats)  # no lock needed to read a stored entry (a read-only cache works)
     with ctx.cache.lock(m.id, key):
         if not ctx.spec.force and (feats := ctx.cache.load(m.id, key)) is not None:
             return done("cached", feats)

@@ -9,6 +9,7 @@ fails its checksum is never used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from tqdm import tqdm
 
-from .backend import FeatureExtractor
+from .backend import FeatureExtractor, ModelBackend
+from .code_digest import code_digest
 from .errors import ExtractionFailed
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
-from .store import CHECKSUM_FIELD, entry_lock, read_entry, read_valid, write_entry
+from .store import CHECKSUM_FIELD, entry_lock, inside, read_entry, read_header, read_valid, write_entry
+from .weights import adapt_state_dict, unpinned_checkpoint_sha256
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 2  # 2: entries carry a checksum of their tensors
+CACHE_FORMAT = 3  # 2: entries carry a checksum of their tensors; 3: the key covers the extraction code
 ENV_CACHE = "PRH_BENCH_CACHE"
 
 
@@ -54,12 +56,17 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def feature_key(
-    model: ModelManifest, libraries: tuple[str, ...], dataset: DatasetManifest, samples: SampleSet
+    model: ModelManifest, libraries: tuple[str, ...], dataset: DatasetManifest, samples: SampleSet,
+    code: str = "", weights: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The cache key (sha256 hex) and the document it hashes."""
+    """The cache key (sha256 hex) and the document it hashes. `code`: the digest of the extraction code (the
+    backend's module and the helpers it uses, see code_digest); `weights`: the sha256 of a checkpoint file the
+    manifest names without pinning its hash, so that replacing the file makes a new key."""
     doc = {
         "format": CACHE_FORMAT,
         "model": model.feature_fields(),
+        "code": code,
+        "weights_sha256": weights,
         "dataset": dataset.model_dump(mode="json", include={"loader", "options", "revision", "version"}),
         "sample_ids": hashlib.sha256("\n".join(samples.ids).encode()).hexdigest(),
         "n_samples": len(samples),
@@ -67,6 +74,15 @@ def feature_key(
         "libraries": library_versions(libraries),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
+
+
+def model_feature_key(backend: ModelBackend, model: ModelManifest, dataset: DatasetManifest,
+                      samples: SampleSet) -> tuple[str, dict[str, Any]]:
+    """`feature_key` of a model as its backend extracts it: with the digest of the extraction code (the
+    backend's module and the pooling and hook helpers it uses, `extract`, and the checkpoint adaptation of
+    weights.py) and of an unpinned checkpoint file."""
+    return feature_key(model, backend.libraries, dataset, samples, code_digest(type(backend), extract, adapt_state_dict),
+                       unpinned_checkpoint_sha256(model.weights, model.id))
 
 
 @dataclass(frozen=True)
@@ -111,9 +127,9 @@ class FeatureCache:
         self.root = root
 
     def path(self, model_id: str, key: str) -> Path:
-        return self.root / "features" / model_id / f"{key}.safetensors"
+        return inside(self.root, "features", model_id, f"{key}.safetensors")
 
-    def lock(self, model_id: str, key: str) -> FileLock:
+    def lock(self, model_id: str, key: str) -> contextlib.AbstractContextManager[None]:
         """Held while one run extracts an entry: a second run sharing the cache waits, then reads it."""
         return entry_lock(self.path(model_id, key))
 
@@ -128,12 +144,13 @@ class FeatureCache:
         return _features_of(*entry)
 
     def info(self, model_id: str, key: str) -> EntryInfo:
-        """From the header of a stored entry only."""
+        """From the header of a stored entry only (checked against its metadata checksum and its key)."""
         from safetensors import safe_open
 
-        with safe_open(str(self.path(model_id, key)), framework="pt") as f:
-            meta = f.metadata() or {}
-            layers = json.loads(meta["layers"])
+        path = self.path(model_id, key)
+        meta = read_header(path)
+        layers = json.loads(meta["layers"])
+        with safe_open(str(path), framework="pt") as f:
             shapes = [f.get_slice(f"layer{i:03d}").get_shape() for i in range(len(layers))]
         return EntryInfo(shapes[0][0], layers, [s[1] for s in shapes], meta[CHECKSUM_FIELD])
 

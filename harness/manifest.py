@@ -88,6 +88,14 @@ class LayerSpec(_Strict):
     pool: Literal["avg", "cls", "mean", "last", "none"] = "avg"
 
 
+#: a hub revision (branch, tag, commit, training step): it becomes part of cache folder names, so no path
+#: separators and no leading dot
+REVISION = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+#: manifests are small documents: one whose aliases expand beyond this many nodes is refused before anything
+#: walks it (a "billion laughs" document of 400 bytes expands to billions)
+MAX_EXPANDED_NODES = 100_000
+
+
 class ManifestBase(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     version: int = Field(ge=1)
@@ -107,7 +115,7 @@ class ModelManifest(ManifestBase):
     kind: Literal["model"]
     backend: str
     source: str
-    revision: str | None = None
+    revision: str | None = Field(default=None, pattern=REVISION, max_length=200)
     modality: Literal["vision", "text"]
     layers: LayerSpec = LayerSpec()
     weights: Weights = "pretrained"
@@ -252,7 +260,7 @@ class SuiteManifest(ManifestBase):
     reference: str | None = None
     max_samples: int | None = Field(default=None, ge=4)
     calibrate: Calibration | None = None
-    revisions: list[str] | None = Field(
+    revisions: list[Annotated[str, Field(pattern=REVISION, max_length=200)]] | None = Field(
         default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"
     )
     sweep: Sweep | None = None
@@ -311,12 +319,57 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         raise ManifestError(problems, data) from None
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and validate one YAML manifest file (yaml.safe_load only)."""
+def expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """How many nodes the document has once its aliases are expanded (shared nodes counted at every use),
+    without expanding them; counting stops past `limit`."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = limit + 1  # a node inside itself (a recursive alias) is too big
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[id(n)] = min(total, limit + 1)
+        return sizes[id(n)]
+
+    return size(node)
+
+
+def safe_yaml(text: str, path: Path) -> Any:
+    """yaml.safe_load, refusing documents whose aliases expand beyond MAX_EXPANDED_NODES nodes."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_nodes(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
+            raise ManifestError([f"{path}: its aliases expand to more than {MAX_EXPANDED_NODES:,} nodes; a manifest "
+                                 "is a small document (is this a YAML alias bomb?)"])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate one YAML manifest file (safe YAML only: no tags that run code, no alias bombs)."""
+    try:
+        data = safe_yaml(path.read_text(encoding="utf-8"), path)
     except OSError as exc:
         raise ManifestError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
+    except RecursionError:
+        raise ManifestError([f"{path}: nested too deeply to be a manifest"]) from None
     return parse_manifest(data, path)

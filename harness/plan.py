@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .errors import BadInput, PrhBenchError
-from .features import FeatureCache, feature_key
+from .features import FeatureCache, model_feature_key
 from .manifest import ModelManifest, SuiteManifest
 from .registry import Registry
 from .runner import apply_transform, load_samples, suite_conditions
@@ -43,7 +43,7 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
             n = cond.dataset.options.get("limit") or cond.dataset.options.get("count")
         for m in models:
             if samples is not None:
-                key, _ = feature_key(m, registry.plugins.backends[m.backend].libraries, cond.dataset, samples)
+                key, _ = model_feature_key(registry.plugins.backends[m.backend], m, cond.dataset, samples)
                 cached = cache.path(m.id, key).exists()
                 status = "cached" if cached else ("to extract" if not weights[m.id].startswith("unavailable")
                                                   else "weights unavailable here")

@@ -91,6 +91,11 @@ class Registry:
 
             if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
                 out.extend(self.plugin_problems(m.model_dump(), path))
+            if isinstance(m, MetricManifest) and m.name in self.plugins.metrics:
+                try:
+                    self.plugins.metrics[m.name].params(**m.params)
+                except BadInput as exc:
+                    out.append(f"{path}: field 'params': {exc}")
             elif isinstance(m, ScoresManifest):
                 models = self.of_kind(ModelManifest)
                 out.extend(unknown_problem(path, f"values.{k}", k, models, "model") for k in m.values if k not in models)
@@ -100,6 +105,13 @@ class Registry:
                 for i, use in enumerate(m.metrics):
                     if not isinstance(self.entries.get(use.name), MetricManifest):
                         out.append(unknown_problem(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric"))
+                        continue
+                    try:
+                        metric, params = self.metric(use.name, use.params)
+                        if m.max_samples is not None:
+                            metric.check_n(m.max_samples, **params)
+                    except BadInput as exc:
+                        out.append(f"{path}: field 'metrics.{i}': {exc}")
                 if isinstance(m.models, list):
                     for i, model_id in enumerate(m.models):
                         if not isinstance(self.entries.get(model_id), ModelManifest):
@@ -133,7 +145,9 @@ class Registry:
         elif name in self.plugins.metrics:
             metric, base = self.plugins.metrics[name], {}
         else:
-            raise BadInput(f"unknown metric '{name}'; see `prh-bench ls metrics`")
+            near = difflib.get_close_matches(name, [*self.of_kind(MetricManifest), *self.plugins.metrics], n=3)
+            hint = f" Did you mean: {', '.join(dict.fromkeys(near))}?" if near else " See `prh-bench ls metrics`."
+            raise BadInput(f"unknown metric '{name}'.{hint}")
         return metric, metric.params(**{**base, **(overrides or {})})
 
     def score_table(self, name: str) -> ScoresManifest | None:

@@ -195,6 +195,7 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
                                   for o in run.outcomes if o.model == mid]}
                    for mid, m in run.models.items()},
         "metrics": {u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},
+        "device": run.device,
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
     }
     side = run_dir / "run.json"

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class SuiteRun:
     model_scores: pd.DataFrame  # per condition and model, the mean of each per-sample extra (bits per byte)
     probes: pd.DataFrame  # per probe task and model: its score
     metric_versions: dict[str, int]
+    device: str
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -108,11 +110,23 @@ def apply_transform(samples: SampleSet, cond: Condition) -> SampleSet:
     return SampleSet(tuple(out))
 
 
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device a run uses; an unknown name or a device this machine lacks is bad input."""
+    if not DEVICE.match(name):
+        raise BadInput(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {name}: no CUDA device is available here")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("--device mps: no Apple GPU is available here")
     return torch.device(name)
 
 
@@ -157,8 +171,10 @@ def run_suite(
     spec = RunSpec(suite_id, str(cache.root.resolve()), tuple(str(Path(d).resolve()) for d in registry_dirs), device,
                    force, max_samples, budget_gib or DEFAULT_BUDGET_GIB)
     ctx = RunContext(spec, registry)
-    executor = executor or LocalExecutor()
+    device = ctx.device  # an unusable device, like bad metric parameters, is an error before any work
     suite, models = ctx.suite, list(ctx.models.values())
+    metrics = [registry.metric(u.name, u.params) for u in suite.metrics]
+    executor = executor or LocalExecutor()
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
@@ -167,6 +183,8 @@ def run_suite(
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
         check_modalities(models, samples, cond.dataset)
+        for metric, params in metrics:
+            metric.check_n(len(samples), **params)
         sizes[cond.label] = len(samples)
         timings["load_data"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -180,8 +198,7 @@ def run_suite(
         members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
         names = {m.id: m.info.layer_names + ([CONCAT] if suite.prepare.concat_layers else []) for m in members}
         rows, cal = [], []
-        for use in suite.metrics:
-            metric, params = registry.metric(use.name, use.params)
+        for use, (metric, params) in zip(suite.metrics, metrics):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30))
             zoo = executor.score(ctx, job, progress)
@@ -196,7 +213,7 @@ def run_suite(
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
-                    pd.concat(nulls), pd.DataFrame(extras), probes, versions, timings)
+                    pd.concat(nulls), pd.DataFrame(extras), probes, versions, str(device), timings)
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:

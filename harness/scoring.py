@@ -14,6 +14,7 @@ the blocks an uninterrupted one would, and its results are bitwise equal.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -25,33 +26,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from .align import LayerScores, prepare, summarize_layers
 from .align.calibrate import calibrate_summaries
 from .align.matrix import score_models
 from .align.metric import Metric
+from .code_digest import files_digest
 from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
-from .store import entry_lock, read_valid, write_entry
+from .store import entry_lock, inside, read_valid, write_entry
 
 BLOCK_FORMAT = 2
 DEFAULT_BUDGET_GIB = 4.0
 
 
 @functools.cache
-def code_digest(cls: type) -> str:
+def metric_code_digest(cls: type) -> str:
     """sha256 of the code a stored score depends on: every module of `prh_bench.align` (the preparation, the
     calibration and the helpers metrics share) and the source files that define the metric class and its
     bases (a plugin's own module). Editing any of them makes new blocks even when no manifest version is
     bumped, so no stale score is ever read back."""
     align = Path(inspect.getfile(prepare)).parent
-    files = sorted({*align.glob("*.py"), *(Path(inspect.getfile(c)) for c in cls.__mro__
-                                           if c.__module__ not in ("builtins", "abc") and not c.__module__.startswith("typing"))})
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
+    return files_digest([*align.glob("*.py"), *(Path(inspect.getfile(c)) for c in cls.__mro__
+                                              if c.__module__ not in ("builtins", "abc") and not c.__module__.startswith("typing"))])
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ class ScoreJob:
 
     def block_key(self, i: int, j: int) -> str:
         doc = {"format": BLOCK_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
-               "code": code_digest(type(self.metric)), "torch": torch.__version__,
+               "code": metric_code_digest(type(self.metric)), "torch": torch.__version__,
                "prepare": self.prepare.model_dump(mode="json"),
                "calibrate": self.calibrate.model_dump(mode="json") if self.calibrate else None,
                "x": [(m.id, m.info.digest) for m in self.groups[i]], "y": [(m.id, m.info.digest) for m in self.groups[j]]}
@@ -137,9 +134,9 @@ class BlockStore:
         self.root = root / "scores"
 
     def path(self, job: ScoreJob, i: int, j: int) -> Path:
-        return self.root / job.metric.name / f"{job.block_key(i, j)}.safetensors"
+        return inside(self.root, job.metric.name, f"{job.block_key(i, j)}.safetensors")
 
-    def lock(self, job: ScoreJob, i: int, j: int) -> FileLock:
+    def lock(self, job: ScoreJob, i: int, j: int) -> contextlib.AbstractContextManager[None]:
         return entry_lock(self.path(job, i, j))
 
     def load(self, job: ScoreJob, i: int, j: int) -> Block | None:
@@ -265,10 +262,11 @@ def run_blocks(job: ScoreJob, store: BlockStore, load: Callable[[Member], Featur
     summaries = Summaries(job, load)
     out = {}
     for i, j in blocks:
-        with store.lock(job, i, j):
-            if (block := store.load(job, i, j)) is None:
-                block = compute_block(job, i, j, summaries)
-                store.save(job, i, j, block)
+        if (block := store.load(job, i, j)) is None:  # a stored block needs no lock (a read-only cache works)
+            with store.lock(job, i, j):
+                if (block := store.load(job, i, j)) is None:
+                    block = compute_block(job, i, j, summaries)
+                    store.save(job, i, j, block)
         out[(i, j)] = block
         on_done()
     return out

@@ -1,31 +1,57 @@
-"""Files of the cache: safetensors (no pickle) written atomically with a checksum of their tensors, read back
-only when the checksum matches, and per-entry locks so that concurrent runs sharing a cache compute an entry
-once.
+"""Files of the cache: safetensors (no pickle) written atomically with a checksum, read back only when the
+checksum matches, and per-entry locks so that concurrent runs sharing a cache compute an entry once.
 
-A writer killed at any point leaves either the old entry or the complete new one under the final name (the
-data goes to a temporary file that is renamed into place), plus at worst a temporary file that the next
-writer in that folder removes. A reader that finds a truncated or altered file gets `CorruptEntry`.
+The checksum covers the tensors and every metadata field, and the metadata names the entry (its file name,
+which is its key): a file whose layer names were edited, or that was copied or linked under another key, is
+never read as valid. A writer killed at any point leaves either the old entry or the complete new one under
+the final name (the data goes to a temporary file that is renamed into place), plus at worst a temporary file
+that the next writer in that folder removes once no process holds it. A reader that finds a truncated, altered
+or misplaced file gets `CorruptEntry`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
-import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from .errors import BadInput, PrhBenchError
 
 log = logging.getLogger(__name__)
-CHECKSUM_FIELD = "sha256"
-_TMP = f".tmp-{socket.gethostname()}-"  # temporary files name their host and writer pid
+CHECKSUM_FIELD = "sha256"  # over the tensors and the metadata
+META_FIELD = "meta_sha256"  # over the metadata alone: headers are checked without reading the data
+ENTRY_FIELD = "entry"  # the file name the entry was written under
+STORE_FORMAT = "3"  # 3: metadata and entry name inside the checksum
+_TMP = ".tmp-"
+ENV_LOCK_TIMEOUT = "PRH_BENCH_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0  # longer than any one extraction or score block should take
+_ANNOUNCE_AFTER_S = 5.0
 
 
-class CorruptEntry(Exception):
-    """A cache file that cannot be read or whose tensors do not match their checksum."""
+class CorruptEntry(PrhBenchError):
+    """A cache file that cannot be read, does not match its checksum, or is stored under another name."""
+
+
+class CacheUnwritable(PrhBenchError):
+    """The cache cannot be written (read-only, disk full, deleted); the message names the file."""
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts..., refused when it would leave root (a name with '..' or a path separator)."""
+    path = root.joinpath(*parts)
+    if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts) or not path.resolve().is_relative_to(root.resolve()):
+        raise BadInput(f"{'/'.join(parts)!r} would lead outside the cache folder {root}")
+    return path
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -38,46 +64,98 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _meta_digest(meta: dict[str, str]) -> str:
+    body = {k: v for k, v in meta.items() if k not in (CHECKSUM_FIELD, META_FIELD)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _checksum(tensors_sha: str, meta_sha: str) -> str:
+    return hashlib.sha256(f"{tensors_sha}|{meta_sha}".encode()).hexdigest()
 
 
 def sweep_temporaries(folder: Path) -> None:
-    """Remove temporary files left in `folder` by writers on this host that no longer run (killed mid-write)."""
+    """Remove temporary files in `folder` that no writer holds: a writer keeps an exclusive lock on its
+    temporary file until it is renamed, and the kernel drops the lock when the writer dies, whatever its host
+    name, PID or PID namespace."""
     for tmp in folder.glob(f"{_TMP}*"):
-        pid = tmp.name[len(_TMP):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer holds it
+        else:
             tmp.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _unwritable(path: Path, exc: OSError) -> CacheUnwritable:
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.ENOENT: "its folder vanished (was the cache deleted during the run?)"}.get(exc.errno, exc.strerror)
+    return CacheUnwritable(f"cannot write the cache entry {path}: {reason}. Free space, fix the permissions, or point "
+                           f"PRH_BENCH_CACHE at a writable folder")
 
 
 def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors and string metadata to `path` atomically, with their checksum in the metadata."""
+    """Write tensors and string metadata to `path` atomically, checksummed and bound to the file name."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(path.parent)
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    meta = {**metadata, CHECKSUM_FIELD: tensors_digest(tensors)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP}{os.getpid()}-", suffix=".safetensors")
-    os.close(fd)
+    meta = {**metadata, ENTRY_FIELD: path.name, "store_format": STORE_FORMAT}
+    meta[META_FIELD] = _meta_digest(meta)
+    meta[CHECKSUM_FIELD] = _checksum(tensors_digest(tensors), meta[META_FIELD])
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP, suffix=".safetensors")
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: the sweep leaves a live writer's file alone
         save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:  # on disk before the rename: a crash cannot expose an empty file
-            os.fsync(f.fileno())
+        os.fsync(fd)  # on disk before the rename: a crash cannot expose an empty file
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    except SafetensorError as exc:  # safetensors reports a failed write (e.g. ENOSPC) as its own error
+        raise CacheUnwritable(f"cannot write the cache entry {path}: {exc}. Free space or point PRH_BENCH_CACHE "
+                              "at another folder") from None
     finally:
+        os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _check_meta(path: Path, meta: dict[str, str]) -> None:
+    if meta.get("store_format") != STORE_FORMAT or CHECKSUM_FIELD not in meta:
+        raise CorruptEntry("written by another prh-bench version (no checksum over its metadata)")
+    if meta.get(META_FIELD) != _meta_digest(meta):
+        raise CorruptEntry("its metadata (layer names, key, ...) was altered")
+    if meta.get(ENTRY_FIELD) != path.name:
+        raise CorruptEntry(f"stored under another key (written as {meta.get(ENTRY_FIELD)!r}, found as {path.name!r})")
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """The metadata of an entry, checked against its own checksum and the file name, without reading data."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 (a truncated file fails in many ways inside safetensors)
+        raise CorruptEntry(f"unreadable ({type(exc).__name__}: {exc})") from None
+    _check_meta(path, meta)
+    return meta
+
+
 def read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of an entry; `CorruptEntry` when unreadable or not matching its checksum."""
+    """All tensors and the metadata of an entry; `CorruptEntry` when unreadable, not matching its checksum or
+    stored under another name."""
     from safetensors import safe_open
 
     try:
@@ -86,9 +164,8 @@ def read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as exc:  # noqa: BLE001 (a truncated file fails in many ways inside safetensors)
         raise CorruptEntry(f"unreadable ({type(exc).__name__}: {exc})") from None
-    if CHECKSUM_FIELD not in meta:
-        raise CorruptEntry("no checksum (written by an older prh-bench)")
-    if tensors_digest(tensors) != meta[CHECKSUM_FIELD]:
+    _check_meta(path, meta)
+    if _checksum(tensors_digest(tensors), meta[META_FIELD]) != meta[CHECKSUM_FIELD]:
         raise CorruptEntry("checksum mismatch (the file was altered or partly overwritten)")
     return tensors, meta
 
@@ -104,8 +181,42 @@ def read_valid(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str
         return None
 
 
-def entry_lock(path: Path) -> FileLock:
+def lock_timeout() -> float:
+    raw = os.environ.get(ENV_LOCK_TIMEOUT)
+    try:
+        value = float(raw) if raw else DEFAULT_LOCK_TIMEOUT_S
+    except ValueError:
+        raise PrhBenchError(f"{ENV_LOCK_TIMEOUT}={raw!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise PrhBenchError(f"{ENV_LOCK_TIMEOUT}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path) -> Iterator[None]:
     """An exclusive lock for computing the entry at `path`. The operating system releases it when its holder
-    dies, so a killed run never blocks the next one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock")
+    dies, so a killed run never blocks the next one; a live holder (another run computing the same entry, or a
+    stopped one) is waited for with a message, up to $PRH_BENCH_LOCK_TIMEOUT seconds, then it is an error."""
+    lock_path = Path(str(path) + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=_ANNOUNCE_AFTER_S)
+        except Timeout:
+            limit = lock_timeout()
+            log.warning("waiting for %s: another prh-bench run is computing this entry (giving up after %g s)",
+                        lock_path, limit)
+            try:
+                lock.acquire(timeout=max(0.0, limit - _ANNOUNCE_AFTER_S))
+            except Timeout:
+                raise PrhBenchError(
+                    f"gave up after {limit:g} s waiting for {lock_path}: another process holds it (a run still "
+                    f"computing this entry, or a stopped one). Let it finish or end it; set {ENV_LOCK_TIMEOUT} to "
+                    "wait longer") from None
+    except OSError as exc:
+        raise _unwritable(lock_path, exc) from None
+    try:
+        yield
+    finally:
+        lock.release()

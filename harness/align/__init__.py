@@ -95,6 +95,7 @@ def score_layers(
     fx, fy = _layers(feats_x), _layers(feats_y)
     if fx[0].shape[0] != fy[0].shape[0]:
         raise BadInput(f"the two models have different sample counts ({fx[0].shape[0]} vs {fy[0].shape[0]})")
+    m.check_n(fx[0].shape[0], **p)
     sx, sy = summarize_layers(m, fx, **p), summarize_layers(m, fy, **p)
     scores = LayerScores(m.pair_scores(sx, sy, **p), m.higher_is_better)
     if permutations > 0:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
+from ..params import int_in, number_in, one_of
 from .knn import Neighbours, at_least_float32, gram, knn_from_gram
 from .metric import Metric
 
@@ -156,6 +157,7 @@ class CKA(Metric):
 
     name = "cka"
     defaults = {"kernel": "linear", "sigma": 1.0, "eps": 0.0}
+    rules = {"kernel": one_of("linear", "rbf"), "sigma": number_in(0, lo_open=True), "eps": number_in(0)}
     #: bytes of a stack of kernels copied for the pair stage (two at a time) when they were not summarized
     #: together: bounds its working memory (about 200 kernels at N = 1024)
     stack_bytes = 2**30
@@ -236,6 +238,7 @@ class UnbiasedCKA(CKA):
 
     name = "unbiased_cka"
     defaults = {"eps": 0.0}
+    rules = {"eps": number_in(0)}
     min_samples = 4
 
     def hsic_scale(self, n: int) -> float:
@@ -342,13 +345,12 @@ class CKNNA(Metric):
 
     name = "cknna"
     defaults = {"k": 10, "eps": 0.0}
+    rules = {"k": int_in(2), "eps": number_in(0)}
     min_samples = 4
     symmetric = False
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> KnnKernel:
         self.check(feats)
-        if params["k"] < 2:
-            raise BadInput(f"cknna: k must be at least 2, got {params['k']}")
         g = gram(feats)
         nb = Neighbours(knn_from_gram(g, params["k"], ordered=False))
         n = nb.idx.shape[0]
@@ -360,6 +362,11 @@ class CKNNA(Metric):
         if self_hsic <= 0:
             raise BadInput("cknna: a layer's neighbourhood kernel has no positive self-similarity; score undefined")
         return KnnKernel(nb.idx, kv, recip, self_hsic)
+
+    def check_n(self, n: int, **params: Any) -> None:
+        super().check_n(n, **params)
+        if not params["k"] <= n - 1:
+            raise BadInput(f"cknna: k must be in [2, N-1] = [2, {n - 1}], got k={params['k']}")
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 17 * n * params["k"]  # int64 columns, float64 kernel values, bool reciprocity

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
+from ..params import int_in
 from .metric import Metric
 
 
@@ -109,6 +110,7 @@ def shared_counts(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.T
 
 class KNNMetric(Metric):
     defaults = {"k": 10}
+    rules = {"k": int_in(1)}
     min_samples = 2
     #: the score reads the order of the neighbour lists, not only the sets
     ordered = False
@@ -116,6 +118,11 @@ class KNNMetric(Metric):
     def summarize(self, feats: torch.Tensor, **params: Any) -> Neighbours:
         self.check(feats)
         return Neighbours(knn_indices(feats, params["k"], self.ordered))
+
+    def check_n(self, n: int, **params: Any) -> None:
+        super().check_n(n, **params)
+        if not params["k"] <= n - 1:
+            raise BadInput(f"{self.name}: k must be in [1, N-1] = [1, {n - 1}], got k={params['k']}")
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 8 * n * params["k"]

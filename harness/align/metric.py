@@ -42,6 +42,11 @@ class Metric(Parametrized, ABC):
         if torch.equal(feats[1:], feats[:1].expand_as(feats[1:])):
             raise BadInput(f"{self.name}: features are constant across samples; no similarity structure to compare")
 
+    def check_n(self, n: int, **params: Any) -> None:
+        """Reject parameters that the sample count N rules out (k >= N, more folds than N/2), before any work."""
+        if n < self.min_samples:
+            raise BadInput(f"{self.name}: needs at least {self.min_samples} samples, got N={n}")
+
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         """Estimated bytes of one layer's summary for N = n samples of width d: sizes the groups that bound
         a run's memory. The default fits metrics that keep a (transformed) copy of the features."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..params import int_in, number_in, one_of
 from .metric import Metric
 
 
@@ -59,11 +60,6 @@ def thin_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return u[:, :r], s[:r], vh[:r].T
 
 
-def check_fit(name: str, params: dict[str, Any]) -> None:
-    if params["fit"] not in FITS:
-        raise BadInput(f"{name}: fit must be one of {', '.join(FITS)}, got {params['fit']!r}")
-
-
 @dataclass(frozen=True)
 class Rows:
     """Per-layer sample x feature matrix (already transformed as the metric needs)."""
@@ -86,6 +82,7 @@ class SVCCA(RowMetric):
 
     name = "svcca"
     defaults = {"dims": 10}
+    rules = {"dims": int_in(1)}
     min_samples = 3
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Rows:
@@ -120,10 +117,15 @@ class Procrustes(RowMetric):
 
     name = "procrustes"
     defaults = {"fit": "cross_validated", "folds": 5, "seed": 0}
+    rules = {"fit": one_of(*FITS), "folds": int_in(2), "seed": int_in(0)}
+
+    def check_n(self, n: int, **params: Any) -> None:
+        super().check_n(n, **params)
+        if params["fit"] == "cross_validated":
+            cv_folds(n, params["folds"], params["seed"], self.name)
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Rows | FoldBases:
         self.check(feats)
-        check_fit(self.name, params)
         if params["fit"] == "cross_validated":
             summary = FoldBases(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
             summary.bases  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
@@ -224,10 +226,15 @@ class UnitMatching(RowMetric):
     scored on all samples."""
 
     defaults = {"fit": "cross_validated", "folds": 5, "seed": 0}
+    rules = {"fit": one_of(*FITS), "folds": int_in(2), "seed": int_in(0)}
+
+    def check_n(self, n: int, **params: Any) -> None:
+        super().check_n(n, **params)
+        if params["fit"] == "cross_validated":
+            cv_folds(n, params["folds"], params["seed"], self.name)
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Rows | UnitFolds:
         self.check(feats)
-        check_fit(self.name, params)
         if params["fit"] == "cross_validated":
             summary = UnitFolds(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
             summary.zs  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
@@ -350,13 +357,16 @@ class LinearRegression(Metric):
 
     name = "linear_regression"
     defaults = {"folds": 5, "alpha": "gcv", "seed": 0}
+    rules = {"folds": int_in(2), "seed": int_in(0),
+             "alpha": (lambda v: v == "gcv" or number_in(0)[0](v), "'gcv' or a number >= 0")}
     symmetric = False
+
+    def check_n(self, n: int, **params: Any) -> None:
+        super().check_n(n, **params)
+        cv_folds(n, params["folds"], params["seed"], self.name)
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Regression:
         self.check(feats)
-        alpha = params["alpha"]
-        if alpha != "gcv" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0):
-            raise BadInput(f"linear_regression: alpha must be 'gcv' or a number >= 0, got {alpha!r}")
         summary = Regression(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
         summary.predictors  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
         return summary

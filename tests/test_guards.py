@@ -1,0 +1,228 @@
+"""Caches and gates that cannot lie: every stored entry bound to its key and metadata, keys that cover the code
+and checkpoint bytes behind a value, paths that stay inside their roots, bounded waits, and bad input that is
+refused before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from prh_bench.errors import BadInput, PrhBenchError
+from prh_bench.features import FeatureCache, Features, feature_key
+from prh_bench.store import CorruptEntry, read_entry, sweep_temporaries, write_entry
+
+from .conftest import cli, write_yaml
+from .test_cache import tiny_registry
+from .test_faults import registry, run_to_end
+
+
+def features() -> Features:
+    g = torch.Generator().manual_seed(0)
+    return Features(["a", "b"], [torch.randn(6, 4, generator=g), torch.randn(6, 3, generator=g)])
+
+
+def rewrite_metadata(path: Path, change) -> None:
+    """Edit a safetensors header in place (as a hand or another tool would), keeping the data."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    change(header["__metadata__"])
+    new = json.dumps(header).encode()
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
+
+
+@pytest.mark.parametrize("edit", ["swap layer names", "invalid json", "drop the checksum"])
+def test_edited_metadata_is_never_read(tmp_path: Path, edit: str, caplog: pytest.LogCaptureFixture) -> None:
+    cache = FeatureCache(tmp_path)
+    path = cache.save("m", "k" * 64, features(), {})
+    change = {"swap layer names": lambda m: m.update(layers='["b", "a"]'),
+              "invalid json": lambda m: m.update(layers="[not json"),
+              "drop the checksum": lambda m: m.pop("sha256")}[edit]
+    rewrite_metadata(path, change)
+    with pytest.raises(CorruptEntry):
+        read_entry(path)
+    with pytest.raises(CorruptEntry):
+        cache.info("m", "k" * 64)
+    assert cache.load("m", "k" * 64) is None and "corrupt" in caplog.text
+
+
+def test_a_score_block_copied_under_another_key_is_recomputed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """k=5 must never be served from the k=3 block: a block names its key inside its checksum."""
+    reg = registry(tmp_path / "reg")
+    run_to_end(reg, tmp_path / "r1", tmp_path / "cache")
+    blocks = sorted((tmp_path / "cache" / "scores" / "mutual_knn").glob("*.safetensors"))
+    first, second = blocks[0], blocks[1]
+    second.write_bytes(first.read_bytes())  # another key's content under this key
+    with pytest.raises(CorruptEntry, match="stored under another key"):
+        read_entry(second)
+    again = run_to_end(reg, tmp_path / "r2", tmp_path / "cache")
+    assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()
+    assert again["best"]
+
+
+def test_feature_keys_cover_the_extraction_code_and_unpinned_checkpoint_bytes(tmp_path: Path) -> None:
+    from prh_bench.code_digest import module_files
+    from prh_bench.manager import load_plugins
+    from prh_bench.registry import Registry
+    from prh_bench.samples import Sample, SampleSet
+    from prh_bench.manifest import PathWeights
+    from prh_bench.weights import unpinned_checkpoint_sha256
+
+    reg = Registry.load(load_plugins())
+    timm_backend = sys.modules[type(reg.plugins.backends["timm"]).__module__]
+    assert {"timm_backend.py", "hooks.py", "pooling.py"} <= {p.name for p in module_files(timm_backend)}
+    m, ds = reg.get("resnet18-random"), reg.get("pocket-photos")
+    s = SampleSet(tuple(Sample(id=f"t{i}", text=str(i)) for i in range(4)))
+    base = feature_key(m, ("torch",), ds, s, code="a")[0]
+    assert feature_key(m, ("torch",), ds, s, code="b")[0] != base
+    assert feature_key(m, ("torch",), ds, s, code="a", weights="0" * 64)[0] != base
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"one")
+    unpinned = m.model_copy(update={"weights": PathWeights(path=str(ckpt))})
+    first = unpinned_checkpoint_sha256(unpinned.weights, m.id)
+    time.sleep(0.01)
+    ckpt.write_bytes(b"two, replaced in place")
+    assert unpinned_checkpoint_sha256(unpinned.weights, m.id) != first
+    pinned = m.model_copy(update={"weights": PathWeights(path=str(ckpt), sha256="0" * 64)})
+    assert unpinned_checkpoint_sha256(pinned.weights, m.id) is None  # a pinned file is checked on load instead
+
+
+def test_score_keys_cover_the_preparation_and_calibration_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prh_bench.scoring as scoring
+    from prh_bench.align import get_metric
+
+    seen: list[Path] = []
+    monkeypatch.setattr(scoring, "files_digest", lambda files: seen.extend(files) or "digest")
+    scoring.metric_code_digest.cache_clear()
+    try:
+        scoring.metric_code_digest(type(get_metric("cknna")))
+    finally:
+        scoring.metric_code_digest.cache_clear()
+    assert {"prepare.py", "calibrate.py", "kernels.py", "knn.py", "metric.py", "subspace.py"} <= {p.name for p in seen}
+
+
+def test_changing_the_clamp_mode_rescores_from_a_warm_cache(tmp_path: Path) -> None:
+    reg = tiny_registry(tmp_path / "reg")
+    suite = (reg / "suite.yaml").read_text()
+    out1 = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r1", "--json")
+    assert out1.exit_code == 0, out1.output
+    cache = Path(__import__("os").environ["PRH_BENCH_CACHE"])
+    before = set((cache / "scores").rglob("*.safetensors"))
+    write_yaml(reg / "suite.yaml", suite + "prepare: {clamp: paper}\n")
+    out2 = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r2", "--json")
+    assert out2.exit_code == 0, out2.output
+    assert {o["status"] for o in json.loads(out2.stdout)["models"].values()} == {"cached"}
+    after = set((cache / "scores").rglob("*.safetensors"))
+    assert len(after - before) == 1  # a new block, scored under the new clamp; the old one is not served
+
+
+def test_temporary_files_of_live_writers_survive_the_sweep_whatever_their_name(tmp_path: Path) -> None:
+    """A writer in another PID namespace may carry any PID; the sweep asks the kernel whether the file is held."""
+    held = tmp_path / ".tmp-held.safetensors"
+    orphan = tmp_path / ".tmp-orphan.safetensors"
+    held.write_bytes(b"x")
+    orphan.write_bytes(b"x")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(held)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        sweep_temporaries(tmp_path)
+        assert held.exists() and not orphan.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    sweep_temporaries(tmp_path)
+    assert not held.exists()
+
+
+def test_a_lock_held_by_a_stopped_run_ends_in_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from prh_bench.store import entry_lock
+
+    target = tmp_path / "features" / "m" / "entry.safetensors"
+    target.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(60)",
+                               str(target) + ".lock"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("PRH_BENCH_LOCK_TIMEOUT", "6")
+        start = time.monotonic()
+        with pytest.raises(PrhBenchError, match="gave up after 6 s waiting for .*entry.safetensors.lock"):
+            with entry_lock(target):
+                pass
+        assert 5 < time.monotonic() - start < 30
+        assert "waiting for" in caplog.text and "another prh-bench run" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+    start = time.monotonic()
+    with entry_lock(target):  # the holder died: the kernel released its lock, nothing is awaited
+        assert time.monotonic() - start < 2
+
+
+def test_paths_from_manifests_stay_inside_their_roots(tmp_path: Path) -> None:
+    from prh_bench.weights import resolve_path
+
+    with pytest.raises(BadInput, match="leaves the package 'numpy'"):
+        resolve_path("pkg://numpy/../../../etc/passwd", "m")
+    with pytest.raises(BadInput, match="would lead outside the cache folder"):
+        FeatureCache(tmp_path).path("../../x", "k" * 64)
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: escape
+version: 1
+dataset: pocket-photos
+models: [resnet18-random]
+metrics: [{name: mutual_knn}]
+revisions: ["../../../../x"]
+""")
+    result = cli("validate", tmp_path / "reg")
+    assert result.exit_code == 2 and "field 'revisions.0'" in result.stderr and "should match pattern" in result.stderr
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    bomb = write_yaml(tmp_path / "bomb.yaml", "\n".join(lines) + "\nkind: suite\n")
+    assert bomb.stat().st_size < 1000
+    start = time.monotonic()
+    result = cli("validate", bomb)
+    assert result.exit_code == 2 and "aliases expand to more than 100,000 nodes" in result.stderr
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(("metric", "message"), [
+    ("{name: mutual_knn, kk: 10}", "unknown parameter 'kk' (did you mean 'k'?)"),
+    ('{name: mutual_knn, k: "5"}', "parameter 'k' must be an integer"),
+    ("{name: mutual_knn, k: 5.5}", "parameter 'k' must be an integer"),
+    ("{name: mutual_knn, k: -1}", "parameter 'k' must be an integer in [1, "),
+    ("{name: mutual_knn, k: 99999999999999999999999}", "parameter 'k' must be an integer in [1, "),
+    ("{name: mutual_knn, k: 16}", "k must be in [1, N-1] = [1, 15], got k=16"),
+    ("{name: mutual_knm}", "unknown metric 'mutual_knm'"),
+])
+def test_bad_metric_parameters_are_refused_before_any_work(tmp_path: Path, metric: str, message: str) -> None:
+    reg = tiny_registry(tmp_path / "reg")
+    write_yaml(reg / "suite.yaml", (reg / "suite.yaml").read_text().replace("[{name: mutual_knn, k: 3}]", f"[{metric}]"))
+    checked = cli("validate", reg)
+    assert checked.exit_code == 2 and message in checked.stderr and "field 'metrics.0" in checked.stderr
+    ran = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "run")
+    assert ran.exit_code == 2 and message in ran.stderr
+    assert not (tmp_path / "run").exists()
+    assert not list(Path(__import__("os").environ["PRH_BENCH_CACHE"]).rglob("*.safetensors"))  # nothing extracted
+
+
+@pytest.mark.parametrize(("device", "message"), [("gpu", "expected auto, cpu, cuda, cuda:N or mps"),
+                                                 ("cuda:7", "CUDA device")])
+def test_an_unusable_device_is_refused_before_any_work(tmp_path: Path, device: str, message: str) -> None:
+    reg = tiny_registry(tmp_path / "reg")
+    ran = cli("--registry", reg, "run", "--suite", "tiny-suite", "--device", device, "--out", tmp_path / "run")
+    assert ran.exit_code == 2 and message in ran.stderr and not (tmp_path / "run").exists()
