@@ -6,10 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
-import torch
-
+from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import Sample, SampleSet
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a manifest's `dtype` names (float32, bfloat16, float16)."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 class FeatureExtractor(ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -13,11 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pandas as pd
 import yaml
 from tabulate import tabulate
 
+from .lazy import pd
 from .errors import BadInput, ManifestError, PrhBenchError
+
+class Tolerance(click.ParamType):
+    """A finite number >= 0: NaN would pass every comparison, so it is refused like a negative one."""
+
+    name = "tolerance"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(x) and x >= 0):
+            self.fail(f"{value!r}: a tolerance is a finite number >= 0", param, ctx)
+        return x
+
 
 KIND_NAMES = {"models": "model", "datasets": "dataset", "metrics": "metric", "suites": "suite", "scores": "scores"}
 DEFAULT_SUITE = "pocket"
@@ -26,6 +42,11 @@ DEFAULT_SUITE = "pocket"
 class Ctx:
     def __init__(self, registry_dirs: tuple[Path, ...], quiet: bool):
         self.registry_dirs, self.quiet = registry_dirs, quiet
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars only for a person at a terminal: a log or a pipe gets no escape codes."""
+        return not self.quiet and sys.stderr.isatty()
 
     @functools.cached_property
     def registry(self):
@@ -51,7 +72,34 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+GLOBAL_FLAGS = ("--quiet", "-q", "--offline")
+GLOBAL_WITH_VALUE = ("--registry",)
+
+
+class GlobalOptionsAnywhere(click.Group):
+    """Global options are accepted after the verb too (`prh-bench run --quiet`), as people type them: they are
+    moved in front of it before parsing. Arguments after `--` are left alone."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        front, rest, i = [], [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                rest += args[i:]
+                break
+            if arg in GLOBAL_FLAGS or arg.startswith(tuple(f"{o}=" for o in GLOBAL_WITH_VALUE)):
+                front.append(arg)
+            elif arg in GLOBAL_WITH_VALUE and i + 1 < len(args):
+                front += args[i : i + 2]
+                i += 1
+            else:
+                rest.append(arg)
+            i += 1
+        return super().parse_args(ctx, front + rest)
+
+
+@click.group(cls=GlobalOptionsAnywhere, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prh-bench", prog_name="prh-bench")
 @click.option("--registry", "registry_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Extra folder of manifests (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -86,7 +134,7 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
     """Extract features (or reuse the cache) and score every model pair of a suite."""
     if address and executor != "ray":
         raise BadInput("--address needs --executor ray")
-    result, run_dir, written = _run_suite(obj, suite, progress=not (obj.quiet or as_json), out=out, device=device,
+    result, run_dir, written = _run_suite(obj, suite, progress=obj.progress and not as_json, out=out, device=device,
                                           force=force, max_samples=max_samples, executor=executor, address=address,
                                           budget_gib=budget_gib)
     if as_json:
@@ -122,8 +170,23 @@ def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, ex
         runner = RayExecutor(address)
     result = run_suite(obj.registry, suite, FeatureCache(cache_root()), progress=progress, executor=runner,
                        registry_dirs=obj.registry_dirs, **options)
-    run_dir = out or Path("prh-runs") / suite / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = out or new_run_dir(Path("prh-runs") / suite)
     return result, run_dir, write_run(result, run_dir)
+
+
+def new_run_dir(folder: Path) -> Path:
+    """A new folder named by the UTC time to the microsecond, created here: two runs started at once (in one
+    process or several) never write into the same folder."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        path = folder / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise PrhBenchError(f"cannot create a new run folder under {folder}")
 
 
 @main.command()
@@ -131,30 +194,29 @@ def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, ex
               help="A baseline JSON file (leaderboards/baselines/SUITE.json).")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Check this run folder (default: run the baseline's suite now, reusing the cache).")
-@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance (default: the baseline's).")
-@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance (default: the baseline's).")
+@click.option("--atol", type=Tolerance(), help="Absolute tolerance (default: the baseline's).")
+@click.option("--rtol", type=Tolerance(), help="Relative tolerance (default: the baseline's).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
 def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | None, rtol: float | None,
           as_json: bool) -> None:
     """Compare a run's scores with a baseline; exit 1 listing what moved, what is missing and what changed version."""
-    from .baseline import compare, describe, read_baseline, read_run
+    from .baseline import compare, describe, read_baseline, read_run, tolerances
 
     base = read_baseline(baseline_file)
-    atol = base["tolerance"]["atol"] if atol is None else atol
-    rtol = base["tolerance"]["rtol"] if rtol is None else rtol
+    tol = tolerances(base, atol, rtol)
     if run_dir is None:
-        result, run_dir, _ = _run_suite(obj, base["suite"], progress=not (obj.quiet or as_json))
+        result, run_dir, _ = _run_suite(obj, base["suite"], progress=obj.progress and not as_json)
         if result.failures:
             click.echo(f"note: {len(result.failures)} model run(s) failed: "
                        + ", ".join(f"{o.model} ({o.error})" for o in result.failures), err=True)
-    res = compare(base, read_run(run_dir), atol, rtol)
+    res = compare(base, read_run(run_dir), tol)
     if as_json:
-        click.echo(json.dumps({"ok": res.ok, "run_dir": str(run_dir), "atol": atol, "rtol": rtol, **vars(res)}, indent=2))
+        click.echo(json.dumps({"ok": res.ok, "run_dir": str(run_dir), "tolerances": tol, **vars(res)}, indent=2))
     else:
         click.echo(f"checking {run_dir} against {baseline_file}")
-        click.echo(describe(res, atol, rtol))
+        click.echo(describe(res, tol))
     if not res.ok:
         sys.exit(1)
 
@@ -166,8 +228,8 @@ def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | Non
 @click.option("--runs", "runs_root", default=Path("prh-runs"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Baseline file (default: leaderboards/baselines/SUITE.json).")
-@click.option("--atol", type=click.FloatRange(min=0), help="Default absolute tolerance stored in the baseline.")
-@click.option("--rtol", type=click.FloatRange(min=0), help="Default relative tolerance stored in the baseline.")
+@click.option("--atol", type=Tolerance(), help="Default absolute tolerance stored in the baseline.")
+@click.option("--rtol", type=Tolerance(), help="Default relative tolerance stored in the baseline.")
 @handle_errors
 def baseline(suite: str, run_dir: Path | None, runs_root: Path, out: Path | None, atol: float | None,
              rtol: float | None) -> None:
@@ -405,7 +467,7 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
         for mid in models:
             if mid not in ctx.models:
                 raise BadInput(f"model '{mid}' is not in suite '{suite}'; see `prh-bench show {suite}`")
-            outcome = extract_one(ctx, mid, Target(condition=0), progress=not obj.quiet)
+            outcome = extract_one(ctx, mid, Target(condition=0), progress=obj.progress)
             if outcome.status == "failed":
                 raise PrhBenchError(outcome.error)
             got.append(ctx.features(mid, outcome.key))
@@ -463,7 +525,7 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     check_modalities([m], samples, ds)
     t0 = time.perf_counter()
     feats = extract(reg.plugins.backends[m.backend].load(m, resolve_device(device)), samples, m.batch_size,
-                    desc=m.id, progress=not obj.quiet)
+                    desc=m.id, progress=obj.progress)
     took = time.perf_counter() - t0
     rows = [{"layer": name, "shape": tuple(t.shape), "std": float(t.std())} for name, t in zip(feats.layer_names, feats.tensors)]
     click.echo(tabulate(rows, headers="keys"))

@@ -19,9 +19,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
+from .lazy import torch
 from .backend import FeatureExtractor, ModelBackend
 from .code_digest import code_digest
 from .errors import ExtractionFailed

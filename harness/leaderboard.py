@@ -71,6 +71,8 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     assert isinstance(suite, SuiteManifest)
     scores = pd.read_csv(run_dir / "scores.csv")
     side = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if (got := side.get("suite", {}).get("id")) != suite_id:
+        raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite_id}'; give a run of '{suite_id}'")
     metric = metric or suite.metrics[0].name
     if metric not in set(scores.metric):
         raise BadInput(f"{run_dir}: no '{metric}' scores; it has {sorted(set(scores.metric))}")

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+from importlib.metadata import entry_points
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ BUILTINS = (
     "prh_bench.plugins.backends.causal_lm_backend",
 )
 ENV_ALLOW = "PRH_BENCH_PLUGINS"
+log = logging.getLogger(__name__)
 
 
 def allowed_external() -> set[str] | None:
@@ -51,7 +54,11 @@ def build_plugin_manager(extra: tuple[object, ...] = ()) -> pluggy.PluginManager
     if allowed is None:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     else:
-        for name in sorted(allowed):
+        available = {ep.name for ep in entry_points(group=hookspecs.PROJECT)}
+        for name in sorted(allowed - available):
+            log.warning("%s names '%s', but no installed package has a prh_bench entry point of that name%s",
+                        ENV_ALLOW, name, f" (installed: {', '.join(sorted(available))})" if available else "")
+        for name in sorted(allowed & available):
             pm.load_setuptools_entrypoints(hookspecs.PROJECT, name=name)
     for plugin in extra:
         pm.register(plugin)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import Leaderboard
-from .report import slug
+from .report import md_table, md_text, slug
 
 
 def _plt():
@@ -135,19 +135,18 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
         figures += scatter_figure(lb, score, out / f"scatter_{slug(score)}")
     md = [f"# {lb.suite.id} leaderboard", "",
           f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
-          f"(max over layer pairs) on `{lb.condition}`; run {lb.meta['run']} ({lb.meta['run_created']}), "
+          f"(max over layer pairs) on `{lb.condition}`; run {md_text(lb.meta['run'])} ({lb.meta['run_created']}), "
           f"prh-bench {lb.meta['harness']}.", "", chance_sentence(lb), "",
-          lb.table.assign(params=lb.table.params.map(lambda p: f"{p / 1e6:.1f}M" if pd.notna(p) else ""))
-          .to_markdown(index=False, floatfmt=".4f"), ""]
+          md_table(lb.table.assign(params=lb.table.params.map(lambda p: f"{p / 1e6:.1f}M" if pd.notna(p) else ""))), ""]
     if not lb.correlations.empty:
         md += ["## Alignment vs downstream scores", "",
                "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
-               "permutation p-values.", "", lb.correlations.to_markdown(index=False, floatfmt=".3f"), ""]
+               "permutation p-values.", "", md_table(lb.correlations, ".3f"), ""]
     if not lb.binned.empty:
         lb.binned.to_csv(out / "binned.csv", index=False)
         md += ["## Alignment by number of tasks solved", "", lb.meta["solved_rule"] + ".", "",
-               lb.binned.to_markdown(index=False, floatfmt=".4f"), ""]
-    md += ["## Sources of downstream scores", ""] + [f"- `{k}`: {v}" for k, v in lb.meta["scores_sources"].items()]
+               md_table(lb.binned), ""]
+    md += ["## Sources of downstream scores", ""] + [f"- {md_text(k)}: {md_text(v)}" for k, v in lb.meta["scores_sources"].items()]
     (out / "leaderboard.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (out / "index.html").write_text(render_html(lb, [p for p in figures if p.suffix == ".png"]), encoding="utf-8")
     for p in [out / n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "correlations.csv", "index.html")] + figures:

@@ -23,6 +23,21 @@ MAX_MATRICES = 5
 LIBRARIES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "numpy", "pandas", "safetensors")
 
 
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|#])")
+
+
+def md_text(value: object) -> str:
+    """Text safe inside Markdown (a table cell or a list item): no markup, no HTML, no broken table."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def md_table(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A Markdown table whose text cells cannot inject markup (model ids, errors, citations come from users)."""
+    text = {c: table[c].map(lambda v: md_text(v) if isinstance(v, str) else v)
+            for c in table.columns if table[c].dtype == object}
+    return table.assign(**text).rename(columns=md_text).to_markdown(index=False, floatfmt=floatfmt)
+
+
 def best_pairs(scores: pd.DataFrame) -> pd.DataFrame:
     """Per condition, model pair and metric: the best layer pair (max over layer pairs) and its score."""
     if scores.empty:
@@ -120,12 +135,12 @@ def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, ste
     table = ranking(mat, sub, run.models, run.suite.reference)
     chance, how = chance_level(metric, json.loads(params), run.n_samples[label],
                                run.calibration[run.calibration.condition == label] if not run.calibration.empty else None)
-    failed = "".join(f"\n- **failed**: `{o.model}`: {o.error}" for o in run.failures if o.condition == label)
+    failed = "".join(f"\n- **failed**: {md_text(o.model)}: {md_text(o.error)}" for o in run.failures if o.condition == label)
     md.write_text(
         f"# {run.suite.id}: models ranked by mean {metric} alignment\n\n"
         f"Dataset `{label}` ({run.n_samples[label]} samples), metric `{metric}` {params}, "
         f"score = max over layer pairs. Chance level: {chance:.4f} ({how}).\n\n"
-        + table.to_markdown(index=False, floatfmt=".4f") + "\n" + failed + "\n",
+        + md_table(table) + "\n" + failed + "\n",
         encoding="utf-8",
     )
     files.update({f"matrix_{stem}": str(csv), f"heatmap_{stem}": str(png), f"ranking_{stem}": str(md)})

@@ -22,9 +22,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from filelock import FileLock, Timeout
 
+from .lazy import torch
 from .errors import BadInput, PrhBenchError
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import pickle  # only for its exception type: nothing is unpickled here
 from fnmatch import fnmatch
 from pathlib import Path
 
-import torch
 
+from .lazy import torch
 from .errors import BadInput, WeightsUnavailable
 from .manifest import PathWeights, UrlWeights
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
+from prh_bench.lazy import np
 from prh_bench.errors import BadInput
 from prh_bench.features import Features
 from prh_bench.hookspecs import hookimpl

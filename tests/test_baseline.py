@@ -31,7 +31,8 @@ def test_unchanged_run_passes_and_baseline_is_one_score_per_line(frozen: tuple[P
     assert result.exit_code == 0, result.output
     doc = json.loads(base.read_text())
     assert doc["versions"]["models"] == {"f-resnet18": 1, "f-lite0": 1} and doc["tolerance"]["atol"] == 2e-3
-    assert len(doc["scores"]) == len(base.read_text().splitlines()) - 12  # header lines + 3 tables
+    assert len(doc["scores"]) == len(base.read_text().splitlines()) - 13  # header lines + 3 tables
+    assert doc["format"] == 2 and doc["tolerances"] == {"probes": {"atol": 0.02, "rtol": 0.0}}
     assert f"ok: {len(doc['scores'])} scores compared" in result.output
 
 
@@ -43,7 +44,7 @@ def test_a_moved_score_fails_listing_the_pair(frozen: tuple[Path, Path, Path]) -
     base.write_text(json.dumps(doc))
     result = cli("--registry", reg, "check", "--baseline", base, "--run", run)
     assert result.exit_code == 1
-    assert "moved beyond atol=0.002 rtol=0 (1):" in result.output
+    assert "moved beyond tolerance (1; scores: atol=0.002 rtol=0" in result.output
     assert f"cka {row['model_x']} x {row['model_y']}" in result.output and "(-1.00e-02)" in result.output
     assert cli("--registry", reg, "check", "--baseline", base, "--run", run, "--atol", "0.02").exit_code == 0
 
@@ -80,15 +81,65 @@ def test_missing_models_and_version_changes_are_listed(frozen: tuple[Path, Path,
 
 
 @pytest.mark.parametrize("content,message", [("{not json", "cannot read the baseline"),
-                                             ('{"format": 1}', "missing field(s) suite, tolerance"),
+                                             ('{"format": 1}', "field 'suite': Field required"),
+                                             ("[1, 2]", "expected a JSON object, got list"),
+                                             ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
                                              (('{"format": 9, "suite": "s", "tolerance": {}, "versions": {}, '
                                                '"scores": [], "probes": [], "model_scores": []}'),
-                                              "field 'format': expected 1, got 9")])
+                                              "field 'format': Input should be 1 or 2, got 9")])
 def test_bad_baseline_file_is_bad_input(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "b.json"
     path.write_text(content)
     result = cli("check", "--baseline", path, "--run", tmp_path)
     assert result.exit_code == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["tolerance"].update(atol=float("nan")), "field 'tolerance.atol'"),
+    (lambda d: d["tolerance"].update(atol=-1), "field 'tolerance.atol': Input should be greater than or equal to 0"),
+    (lambda d: d["tolerance"].update(atol="0.5"), "field 'tolerance.atol': Input should be a valid number"),
+    (lambda d: d.update(tolerance={}), "field 'tolerance.atol': Field required"),
+    (lambda d: d.update(tolerances={"probes": {"atol": float("inf"), "rtol": 0}}), "field 'tolerances.probes.atol'"),
+    (lambda d: d["scores"][0].update(score="0.5"), "field 'scores.0.score': Input should be a valid number"),
+    (lambda d: d["scores"][0].update(score=float("nan")), "field 'scores.0.score'"),
+    (lambda d: d["scores"].append(dict(d["scores"][0])), "repeats the row"),
+    (lambda d: d["scores"][0].update(extra={"a": [[[[1]]]]}), "field 'scores.0.extra': Extra inputs are not permitted"),
+    (lambda d: d["versions"].update(suite="1"), "field 'versions.suite': Input should be a valid integer"),
+])
+def test_ill_typed_baselines_are_bad_input_never_a_pass(frozen: tuple[Path, Path, Path], change, message: str) -> None:
+    reg, run, base = frozen
+    doc = json.loads(base.read_text())
+    change(doc)
+    base.write_text(json.dumps(doc))
+    result = cli("--registry", reg, "check", "--baseline", base, "--run", run)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+@pytest.mark.parametrize("atol", ["nan", "-1", "inf", "abc"])
+def test_a_nan_or_negative_tolerance_option_is_refused(frozen: tuple[Path, Path, Path], atol: str) -> None:
+    reg, run, base = frozen
+    doc = json.loads(base.read_text())
+    doc["scores"][0]["score"] += 0.5  # a moved score that a NaN tolerance would let pass
+    base.write_text(json.dumps(doc))
+    result = cli("--registry", reg, "check", "--baseline", base, "--run", run, "--atol", atol)
+    assert result.exit_code == 2 and "--atol" in result.output
+
+
+def test_a_probe_moved_by_one_test_sample_passes_and_a_changed_probe_fails(frozen: tuple[Path, Path, Path]) -> None:
+    """Another machine's rounding may flip a probe's test sample (1/150 on pocket-digits): within the probe
+    table's tolerance; a score moved by as much still fails."""
+    from prh_bench.baseline import compare, read_baseline, read_run, tolerances
+
+    reg, run, base = frozen
+    doc, got = read_baseline(base), read_run(run)
+    got["probes"] = [{"task": "linear_probe", "dataset": "d", "model": "f-lite0", "score": 0.547}]
+    doc["probes"] = [{"task": "linear_probe", "dataset": "d", "model": "f-lite0", "score": 0.540}]
+    assert compare(doc, got, tolerances(doc)).ok
+    doc["probes"][0]["score"] = 0.60
+    assert not compare(doc, got, tolerances(doc)).ok
+    doc["probes"][0]["score"] = 0.540
+    doc["scores"][0]["score"] += 0.007
+    assert not compare(doc, got, tolerances(doc)).ok
 
 
 def test_baseline_needs_a_run_of_that_suite(frozen: tuple[Path, Path, Path], tmp_path: Path) -> None:

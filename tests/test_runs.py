@@ -61,7 +61,7 @@ max_samples: 12
     assert "1 failed: resnet18.a1_in1k" in result.stderr
     mat = pd.read_csv(tmp_path / "run" / "alignment_mutual_knn.csv", index_col=0)
     assert list(mat.index) == ["efficientnet-lite0-random", "vit-tiny-random"]
-    assert "**failed**: `resnet18.a1_in1k`" in (tmp_path / "run" / "ranking_mutual_knn.md").read_text()
+    assert "**failed**: resnet18.a1_in1k" in (tmp_path / "run" / "ranking_mutual_knn.md").read_text()
     side = json.loads((tmp_path / "run" / "run.json").read_text())
     assert side["models"]["resnet18.a1_in1k"]["runs"][0]["status"] == "failed"
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
+from ..lazy import torch
 from ..errors import BadInput
 from .calibrate import Calibrated, calibrate_summaries
 from .kernels import CKA, CKNNA, UnbiasedCKA

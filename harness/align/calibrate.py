@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
+from ..lazy import torch
 from .metric import Metric
 
 

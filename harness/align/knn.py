@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import torch
 
+from ..lazy import torch
 from ..errors import BadInput
 from ..params import int_in
 from .metric import Metric

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
+from ..lazy import torch
 from .metric import Metric
 
 

@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
+from ..lazy import torch
 from ..errors import BadInput
 from ..params import Parametrized
 

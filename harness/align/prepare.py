@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
+from ..lazy import torch
+
 
 CONCAT = "all_layers"
 Clamp = Literal["per_layer", "paper", "paper_exact"]

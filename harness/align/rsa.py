@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
+from ..lazy import torch
 from ..errors import BadInput
 from .metric import Metric
 

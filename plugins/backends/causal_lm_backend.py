@@ -12,9 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.lazy import torch
+from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, RandomWeights
@@ -22,7 +22,6 @@ from prh_bench.samples import Sample
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, model_location
-from .timm_backend import TORCH_DTYPES
 
 OPTIONS = {"template": "{text}", "max_length": 512, "device_map": None}
 
@@ -44,7 +43,7 @@ class CausalLMExtractor(FeatureExtractor):
         if "{text}" not in self.opts["template"]:
             raise BadInput(f"model '{m.id}': field 'preprocess.template' must contain '{{text}}'")
         where, kw = model_location(m), hub_kwargs(m)
-        dtype = TORCH_DTYPES[m.dtype]
+        dtype = torch_dtype(m.dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(where, **kw)
             if isinstance(m.weights, RandomWeights):

@@ -11,9 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
+from prh_bench.lazy import np, torch
 from prh_bench.backend import FeatureExtractor
 from prh_bench.errors import BadInput, ExtractionFailed
 from prh_bench.hookspecs import hookimpl

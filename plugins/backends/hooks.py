@@ -6,8 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
+from prh_bench.lazy import torch
 from prh_bench.errors import BadInput
 
 from .pooling import pool

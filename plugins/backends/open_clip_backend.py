@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.lazy import torch
+from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
@@ -19,7 +19,6 @@ from prh_bench.weights import resolve_path, verify_sha256
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, hub_file_status
-from .timm_backend import TORCH_DTYPES
 
 EMBEDDING = "embedding"
 
@@ -59,7 +58,7 @@ class OpenClipExtractor(FeatureExtractor):
         import open_clip
 
         model, self.preprocess, arch = create_model(m)
-        self.device, self.dtype, self.text = device, TORCH_DTYPES[m.dtype], m.modality == "text"
+        self.device, self.dtype, self.text = device, torch_dtype(m.dtype), m.modality == "text"
         self.model = model.eval().to(device=device, dtype=self.dtype)
         if self.text:
             self.tokenizer = open_clip.get_tokenizer(arch)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 
+from prh_bench.lazy import torch
 from prh_bench.errors import BadInput
 
 

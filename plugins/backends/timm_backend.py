@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.lazy import torch
+from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
@@ -22,7 +22,6 @@ from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, hub_file_status
 
 PRE_LOGITS = "pre_logits"
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def create_model(m: ModelManifest) -> torch.nn.Module:
@@ -50,7 +49,7 @@ class TimmExtractor(FeatureExtractor):
     def __init__(self, m: ModelManifest, model: torch.nn.Module, device: torch.device):
         import timm.data
 
-        self.device, self.dtype = device, TORCH_DTYPES[m.dtype]
+        self.device, self.dtype = device, torch_dtype(m.dtype)
         self.model = model.eval().to(device=device, dtype=self.dtype)
         cfg = timm.data.resolve_data_config(model=model)
         unknown = set(m.preprocess) - set(cfg)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.lazy import torch
+from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
@@ -20,7 +20,6 @@ from prh_bench.weights import load_checkpoint
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, offline
-from .timm_backend import TORCH_DTYPES
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -59,7 +58,7 @@ class TorchvisionExtractor(FeatureExtractor):
             v2.PILToTensor(), v2.Resize(cfg["resize"], antialias=True), v2.CenterCrop(cfg["crop"]),
             v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"]),
         ])
-        self.device, self.dtype = device, TORCH_DTYPES[m.dtype]
+        self.device, self.dtype = device, torch_dtype(m.dtype)
         self.model = model.eval().to(device=device, dtype=self.dtype)
         patterns = m.layers.nodes or ["layer*", "avgpool"]
         self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'")

@@ -6,16 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.lazy import torch
+from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 
 from .text_sources import HubTextBackend, hub_kwargs, model_location
-from .timm_backend import TORCH_DTYPES
 
 
 class EncoderExtractor(FeatureExtractor):
@@ -42,7 +41,7 @@ class EncoderExtractor(FeatureExtractor):
                 f"model '{m.id}': cannot load '{where}' ({exc.__class__.__name__}). Run once where the Hugging Face "
                 "Hub is reachable, or point `source` at a local folder holding config, tokenizer and weights."
             ) from None
-        self.device, self.dtype, self.cls = device, TORCH_DTYPES[m.dtype], m.layers.pool == "cls"
+        self.device, self.dtype, self.cls = device, torch_dtype(m.dtype), m.layers.pool == "cls"
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.layer_names = [f"hidden_states.{i}" for i in range(model.config.num_hidden_layers + 1)]
         self.max_length = int(m.preprocess.get("max_length", 128))

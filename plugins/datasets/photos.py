@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
+from prh_bench.lazy import np
 from prh_bench.errors import BadInput
 from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import DatasetManifest
