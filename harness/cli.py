@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
@@ -113,6 +114,9 @@ def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offli
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     ctx.obj = Ctx(registry_dirs, quiet)
+    if not ctx.obj.progress:  # the libraries' own bars (transformers' "Loading weights") follow ours
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @main.command()
@@ -289,11 +293,16 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, as_json: bool) -> None:
 def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None, run_dir: Path | None,
                 runs_root: Path, out: Path | None, as_json: bool) -> None:
     """Rank models by alignment to a reference and correlate with downstream scores, from stored results."""
+    from .color_figure import color_figure, is_color_space
+    from .features import FeatureCache, cache_root
     from .leaderboard import build, latest_run
     from .publish import write_leaderboard
 
     lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric)
-    files = write_leaderboard(lb, out or Path("leaderboards") / suite)
+    more = None
+    if is_color_space(lb, obj.registry):  # the colour study's figure: every model's colours in CIELAB
+        more = functools.partial(color_figure, lb, FeatureCache(cache_root()))
+    files = write_leaderboard(lb, out or Path("leaderboards") / suite, more)
     if as_json:
         click.echo(json.dumps({"files": files, "correlations": json.loads(lb.correlations.to_json(orient="records"))}, indent=2))
         return
@@ -466,7 +475,9 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
         got = []
         for mid in models:
             if mid not in ctx.models:
-                raise BadInput(f"model '{mid}' is not in suite '{suite}'; see `prh-bench show {suite}`")
+                near = difflib.get_close_matches(mid, list(ctx.models), n=3)
+                hint = f"did you mean: {', '.join(near)}?" if near else f"see `prh-bench show {suite}`"
+                raise BadInput(f"model '{mid}' is not in suite '{suite}'; {hint}")
             outcome = extract_one(ctx, mid, Target(condition=0), progress=obj.progress)
             if outcome.status == "failed":
                 raise PrhBenchError(outcome.error)

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
-from .errors import BadInput
+from .errors import BadInput, PrhBenchError
 from .features import FeatureCache, Features, extract, model_feature_key
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
@@ -123,7 +123,8 @@ class RunContext:
     def features(self, model_id: str, key: str) -> Features:
         feats = self.cache.load(model_id, key)
         if feats is None:
-            raise RuntimeError(f"features of '{model_id}' vanished from the cache {self.cache.root} during the run")
+            raise PrhBenchError(f"features of '{model_id}' vanished from (or were damaged in) the cache "
+                                f"{self.cache.root} during the run; run again to extract them anew")
         return feats
 
     def member_features(self, m: Member) -> Features:
@@ -133,8 +134,6 @@ class RunContext:
 def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool = False) -> ModelOutcome:
     """One model's features on one sample set, from the cache or extracted and stored. While one run
     extracts, others sharing the cache wait on the entry's lock and then read it."""
-    from .errors import PrhBenchError
-
     m = ctx.models[model_id]
     dataset, samples, label = ctx.samples(target)
     backend = ctx.registry.plugins.backends[m.backend]

@@ -26,12 +26,14 @@ BUILTINS = (
     "prh_bench.plugins.datasets.photos",
     "prh_bench.plugins.datasets.text",
     "prh_bench.plugins.datasets.images",
+    "prh_bench.plugins.datasets.colors",
     "prh_bench.plugins.backends.timm_backend",
     "prh_bench.plugins.backends.transformers_backend",
     "prh_bench.plugins.backends.glove_backend",
     "prh_bench.plugins.backends.torchvision_backend",
     "prh_bench.plugins.backends.open_clip_backend",
     "prh_bench.plugins.backends.causal_lm_backend",
+    "prh_bench.plugins.backends.colorspace_backend",
 )
 ENV_ALLOW = "PRH_BENCH_PLUGINS"
 log = logging.getLogger(__name__)

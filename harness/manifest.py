@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 class RandomWeights(_Strict):
     """Random initialisation with a seed: a control, and a legitimate zoo member."""
 
-    random: int = Field(description="seed of the initialisation")
+    random: int = Field(ge=0, lt=2**63, description="seed of the initialisation")
 
 
 class _Checkpoint(_Strict):
@@ -98,7 +98,7 @@ MAX_EXPANDED_NODES = 100_000
 
 class ManifestBase(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=1_000_000)
     citation: str = ""
     description: str = ""
     tags: list[str] = []
@@ -107,8 +107,9 @@ class ManifestBase(_Strict):
 class Resources(_Strict):
     """What one extraction of the model needs on a worker (used by the Ray executor)."""
 
-    gpus: float = Field(default=1, ge=0, description="GPUs per extraction, when the run uses GPUs")
-    memory_gb: float | None = Field(default=None, gt=0, description="host memory per extraction (default: from params)")
+    gpus: float = Field(default=1, ge=0, le=1024, description="GPUs per extraction, when the run uses GPUs")
+    memory_gb: float | None = Field(default=None, gt=0, le=2**20,
+                                    description="host memory per extraction (default: from params)")
 
 
 class ModelManifest(ManifestBase):
@@ -121,8 +122,8 @@ class ModelManifest(ManifestBase):
     weights: Weights = "pretrained"
     preprocess: dict[str, Any] = Field(default={}, description="overrides of the backend's own preprocessing")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_size: int = Field(default=32, ge=1)
-    params: float | None = Field(default=None, description="parameter count")
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    params: float | None = Field(default=None, gt=0, le=1e15, description="parameter count")
     license: str = ""
     resources: Resources = Resources()
 
@@ -174,7 +175,7 @@ class ScoresManifest(ManifestBase):
     name: str = Field(description="the score's name, as suites list it (e.g. hellaswag)")
     higher_is_better: bool = True
     source: str = Field(min_length=1, description="where the numbers come from")
-    values: dict[str, float] = Field(min_length=1, description="model id -> score")
+    values: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, description="model id -> score")
 
 
 class TagQuery(_Strict):
@@ -223,6 +224,9 @@ class Calibration(_Strict):
     permutations: int = Field(ge=1, le=100_000)
     seed: int = Field(default=0, ge=0, lt=2**63)
     alpha: float = Field(default=0.05, gt=0, lt=1, description="level of the calibrated score's critical value tau")
+    pairs: Literal["all", "reference"] = Field(
+        default="all", description="null of every model pair, or only of the pairs with the suite's reference (what "
+        "the leaderboard shows; R shuffles of the later model's samples per pair, so list a one-layer reference last)")
 
 
 class Sweep(_Strict):
@@ -231,8 +235,8 @@ class Sweep(_Strict):
 
     datasets: list[str] | None = Field(default=None, min_length=1)
     transform: Literal["gaussian_noise", "blend_noise"] | None = None
-    levels: list[float] | None = Field(default=None, min_length=1)
-    seed: int = 0
+    levels: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(default=None, min_length=1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
 
     @field_validator("levels")
     @classmethod
@@ -258,7 +262,7 @@ class SuiteManifest(ManifestBase):
     prepare: Prepare = Prepare()
     reduce: Literal["max_over_layer_pairs"] = "max_over_layer_pairs"
     reference: str | None = None
-    max_samples: int | None = Field(default=None, ge=4)
+    max_samples: int | None = Field(default=None, ge=4, le=100_000_000)
     calibrate: Calibration | None = None
     revisions: list[Annotated[str, Field(pattern=REVISION, max_length=200)]] | None = Field(
         default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"

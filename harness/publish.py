@@ -8,6 +8,7 @@ import html
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,15 +93,17 @@ def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
-def classical_mds(d: np.ndarray) -> np.ndarray:
-    """Torgerson's classical MDS: the top two eigenvectors of the double-centred squared distances.
-    Deterministic, unlike the iterative SMACOF of scikit-learn (whose API is changing)."""
+def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
+    """Torgerson's classical MDS of a distance matrix into `dims` dimensions (the top eigenvectors of the
+    double-centred squared distances), and the share of the positive spectrum they keep (1: the distances are
+    exactly `dims`-D). Deterministic, unlike the iterative SMACOF of scikit-learn (whose API is changing)."""
     n = len(d)
     j = np.eye(n) - 1 / n
     b = -0.5 * j @ (d**2) @ j
     w, v = np.linalg.eigh(b)
-    top = np.argsort(w)[::-1][:2]
-    return v[:, top] * np.sqrt(np.clip(w[top], 0, None))
+    top = np.argsort(w)[::-1][:dims]
+    kept = np.clip(w[top], 0, None)
+    return v[:, top] * np.sqrt(kept), float(kept.sum() / np.clip(w, 0, None).sum())
 
 
 def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
@@ -110,7 +113,7 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     d = -np.log(np.clip(np.nan_to_num(a, nan=1.0), 1e-6, 1.0))
     d = (d + d.T) / 2
     np.fill_diagonal(d, 0)
-    xy = classical_mds(d)
+    xy, _ = classical_mds(d)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     random = lb.table.set_index("model").weights.reindex(lb.matrix.index).fillna("").str.startswith("random")
     ax.scatter(xy[:, 0], xy[:, 1], c=np.where(random, "C3", "C0"))
@@ -121,7 +124,9 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
-def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
+def write_leaderboard(lb: Leaderboard, out: Path,
+                      more_figures: Callable[[Path], list[Path]] | None = None) -> dict[str, str]:
+    """Tables, figures and the page of a leaderboard in `out`; `more_figures(out)` adds suite-specific ones."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     lb.table.to_csv(out / "leaderboard.csv", index=False)
@@ -133,6 +138,8 @@ def write_leaderboard(lb: Leaderboard, out: Path) -> dict[str, str]:
     figures = heatmap_figure(lb, out / "heatmap") + embedding_figure(lb, out / "embedding")
     for score in dict.fromkeys(lb.correlations.score) if not lb.correlations.empty else []:
         figures += scatter_figure(lb, score, out / f"scatter_{slug(score)}")
+    if more_figures is not None:
+        figures += more_figures(out)
     md = [f"# {lb.suite.id} leaderboard", "",
           f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
           f"(max over layer pairs) on `{lb.condition}`; run {md_text(lb.meta['run'])} ({lb.meta['run_created']}), "

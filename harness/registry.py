@@ -118,6 +118,8 @@ class Registry:
                             out.append(unknown_problem(path, f"models.{i}", model_id, self.of_kind(ModelManifest), "model"))
                 elif not self._tagged(m.models):
                     out.append(f"{path}: field 'models': no model matches {m.models.model_dump()}")
+                if m.calibrate is not None and m.calibrate.pairs == "reference" and m.reference is None:
+                    out.append(f"{path}: field 'calibrate.pairs': 'reference' needs the suite's 'reference'")
                 if m.reference is not None and m.reference not in [x.id for x in self.suite_models(m)]:
                     out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):

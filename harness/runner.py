@@ -200,7 +200,7 @@ def run_suite(
         rows, cal = [], []
         for use, (metric, params) in zip(suite.metrics, metrics):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
-                           int(spec.budget_gib * 2**30))
+                           int(spec.budget_gib * 2**30), suite.reference)
             zoo = executor.score(ctx, job, progress)
             rows += score_rows(job, zoo, names)
             cal += zoo.calibration()

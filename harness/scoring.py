@@ -32,6 +32,7 @@ from .align.calibrate import calibrate_summaries
 from .align.matrix import score_models
 from .align.metric import Metric
 from .code_digest import files_digest
+from .errors import PrhBenchError
 from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
 from .store import entry_lock, inside, read_valid, write_entry
@@ -71,6 +72,7 @@ class ScoreJob:
     calibrate: Calibration | None
     members: tuple[Member, ...]
     budget: int
+    reference: str | None = None  # the suite's; with calibrate.pairs = reference, only its pairs get nulls
 
     def layers(self, m: Member) -> int:
         return len(m.info.widths) + self.prepare.concat_layers
@@ -113,6 +115,7 @@ class ScoreJob:
                "code": metric_code_digest(type(self.metric)), "torch": torch.__version__,
                "prepare": self.prepare.model_dump(mode="json"),
                "calibrate": self.calibrate.model_dump(mode="json") if self.calibrate else None,
+               "reference": self.reference if self.calibrate and self.calibrate.pairs == "reference" else None,
                "x": [(m.id, m.info.digest) for m in self.groups[i]], "y": [(m.id, m.info.digest) for m in self.groups[j]]}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -201,6 +204,8 @@ def compute_block(job: ScoreJob, i: int, j: int, summaries: Summaries) -> Block:
     if job.calibrate is not None:
         view, both = ZooResult(job, {(i, j): block}), sx | sy
         for a, b in job_pairs(job, i, j):
+            if job.calibrate.pairs == "reference" and job.reference not in (a.id, b.id):
+                continue
             best = LayerScores(view.block(a.id, b.id), metric.higher_is_better).best
             cal = calibrate_summaries(metric, both[a.id], both[b.id], best, params, a.info.n,
                                       job.calibrate.permutations, job.calibrate.seed,
@@ -278,6 +283,7 @@ def collect(job: ScoreJob, store: BlockStore) -> ZooResult:
     for i, j in job.blocks():
         block = store.load(job, i, j)
         if block is None:
-            raise RuntimeError(f"score block {i},{j} of {job.metric.name} is missing after scoring")
+            raise PrhBenchError(f"score block {i},{j} of {job.metric.name} is missing from {store.root} after scoring "
+                                "(a Ray node that does not share the cache folder?)")
         blocks[(i, j)] = block
     return ZooResult(job, blocks)

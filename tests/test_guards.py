@@ -226,3 +226,77 @@ def test_an_unusable_device_is_refused_before_any_work(tmp_path: Path, device: s
     reg = tiny_registry(tmp_path / "reg")
     ran = cli("--registry", reg, "run", "--suite", "tiny-suite", "--device", device, "--out", tmp_path / "run")
     assert ran.exit_code == 2 and message in ran.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_or_unwritable_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import safetensors.torch
+
+    from prh_bench.store import CacheUnwritable
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(CacheUnwritable, match=r"cannot write the cache entry .*e\.safetensors: the disk is full"):
+        write_entry(tmp_path / "m" / "e.safetensors", {"x": torch.zeros(2)}, {})
+    assert not list((tmp_path / "m").iterdir())  # no temporary file left behind
+
+
+def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only cache (a shared, published one) serves stored entries: reading takes no lock file."""
+    import prh_bench.executors as executors
+    import prh_bench.scoring as scoring
+
+    reg = tiny_registry(tmp_path / "reg")
+    assert cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r1").exit_code == 0
+
+    def no_locks(*args, **kwargs):
+        raise AssertionError("a lock was taken to read a stored entry")
+
+    monkeypatch.setattr(FeatureCache, "lock", no_locks)
+    monkeypatch.setattr(scoring.BlockStore, "lock", no_locks)
+    second = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r2")
+    assert second.exit_code == 0, second.output
+    assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()
+    assert executors  # the executor reads through FeatureCache.load first
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_a_weights_file_that_is_no_checkpoint_is_bad_input(tmp_path: Path, content: bytes) -> None:
+    from prh_bench.weights import read_state_dict
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(BadInput, match=f"checkpoint {path} is not a file torch.load can read"):
+        read_state_dict(path)
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(BadInput, match="holds a list, not a state dict of tensors"):
+        read_state_dict(path)
+
+
+def test_a_truncated_image_in_an_image_folder_is_named(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from prh_bench.manifest import DatasetManifest
+    from prh_bench.plugins.datasets.images import image_folder
+
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "good.png")
+    data = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.jpg").write_text("hello")
+    m = DatasetManifest(kind="dataset", id="folder", version=1, loader="image_folder", modality="vision",
+                        options={"path": str(tmp_path)})
+    with pytest.raises(BadInput, match=r"dataset 'folder': .*(cut\.png|text\.jpg) is not a readable image"):
+        image_folder(m)
+
+
+@pytest.mark.parametrize(("field", "value"), [("batch_size", 10**30), ("version", 10**30), ("params", "inf"),
+                                              ("weights", "{random: 99999999999999999999999}")])
+def test_huge_numbers_in_manifests_are_refused_by_validate(tmp_path: Path, field: str, value: object) -> None:
+    text = f"kind: model\nid: big\nversion: 1\nbackend: timm\nsource: resnet18\nmodality: vision\n{field}: {value}\n"
+    path = write_yaml(tmp_path / "big.yaml", text.replace("version: 1\n", "") if field == "version" else text)
+    result = cli("validate", path)
+    assert result.exit_code == 2 and "big.yaml: field" in result.stderr

@@ -125,4 +125,6 @@ def test_classical_mds_recovers_planar_distances() -> None:
 
     pts = np.random.default_rng(1).normal(size=(7, 2))
     d = squareform(pdist(pts))
-    np.testing.assert_allclose(squareform(pdist(classical_mds(d))), d, atol=1e-9)
+    xy, kept = classical_mds(d)
+    np.testing.assert_allclose(squareform(pdist(xy)), d, atol=1e-9)
+    assert kept == pytest.approx(1.0)

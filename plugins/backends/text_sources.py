@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prh_bench.errors import BadInput
+from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.weights import PKG_SCHEME, resolve_path
 
@@ -13,6 +15,24 @@ def model_location(m: ModelManifest) -> str:
     if m.source.startswith(PKG_SCHEME) or Path(m.source).expanduser().exists():
         return str(resolve_path(m.source, m.id))
     return m.source
+
+
+def prompt_templates(m: ModelManifest, default: str = "{text}") -> list[str]:
+    """The templates a text model embeds each text in (`preprocess.templates`, a list, or `template`, one);
+    with several, a text's features (and bits per byte) are their mean over the templates, as the PRH colour
+    study averages "The color X.", "This color is X." and "The color of this thing is X."."""
+    templates = m.preprocess.get("templates", [m.preprocess.get("template", default)])
+    if "templates" in m.preprocess and "template" in m.preprocess:
+        raise BadInput(f"model '{m.id}': field 'preprocess': give 'template' or 'templates', not both")
+    if not (isinstance(templates, list) and templates and all(isinstance(t, str) and "{text}" in t for t in templates)):
+        raise BadInput(f"model '{m.id}': field 'preprocess.templates' must be a non-empty list of strings that each "
+                       "contain '{text}'")
+    return templates
+
+
+def mean_over_templates(outs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per output (layer or extra), the mean over templates of one batch's tensors."""
+    return [torch.stack(parts).mean(0) for parts in zip(*outs)]
 
 
 def hub_kwargs(m: ModelManifest) -> dict[str, str]:

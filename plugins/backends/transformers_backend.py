@@ -1,5 +1,6 @@
 """transformers text encoders (BERT-style): the hidden state after the embeddings and after every layer,
-mean-pooled over valid tokens (attention mask), or the first token with `pool: cls`."""
+mean-pooled over valid tokens (attention mask), or the first token with `pool: cls`. `preprocess`: `max_length`
+(default 128) and `templates` (texts embedded in each, features averaged; default the text itself)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 
-from .text_sources import HubTextBackend, hub_kwargs, model_location
+from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
 
 
 class EncoderExtractor(FeatureExtractor):
@@ -44,10 +45,18 @@ class EncoderExtractor(FeatureExtractor):
         self.device, self.dtype, self.cls = device, torch_dtype(m.dtype), m.layers.pool == "cls"
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.layer_names = [f"hidden_states.{i}" for i in range(model.config.num_hidden_layers + 1)]
+        unknown = set(m.preprocess) - {"max_length", "templates", "template"}
+        if unknown:
+            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; "
+                           "known: max_length, template, templates")
         self.max_length = int(m.preprocess.get("max_length", 128))
+        self.templates = prompt_templates(m)
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
-        enc = self.tokenizer([s.text for s in batch], padding=True, truncation=True,
+        return mean_over_templates([self.embed([t.format(text=s.text) for s in batch]) for t in self.templates])
+
+    def embed(self, texts: list[str]) -> list[torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, truncation=True,
                              max_length=self.max_length, return_tensors="pt").to(self.device)
         hidden = self.model(**enc, output_hidden_states=True).hidden_states
         if self.cls:

@@ -49,8 +49,18 @@ def image_folder(m: DatasetManifest) -> SampleSet:
         raise BadInput(f"dataset '{m.id}': with labels: folder, every image must sit in a class subfolder of {root}")
     classes = {c: n for n, c in enumerate(sorted({r.parts[0] for r in rel}))} if labels == "folder" else {}
     return SampleSet(tuple(
-        Sample(id=rel[i].as_posix(), image=Image.open(files[i]).convert("RGB"), label=classes.get(rel[i].parts[0]))
+        Sample(id=rel[i].as_posix(), image=open_image(files[i], m.id), label=classes.get(rel[i].parts[0]))
         for i in subset(len(files), m.options)))
+
+
+def open_image(path: Path, dataset: str) -> Image.Image:
+    """An RGB image, fully decoded here: a truncated or non-image file is bad input that names the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(f"dataset '{dataset}': {path} is not a readable image ({type(exc).__name__}: {exc}); "
+                       "remove or replace it") from None
 
 
 def hf_dataset(m: DatasetManifest) -> SampleSet:
