@@ -22,6 +22,7 @@ import time
 
 import torch
 from fresh_process import in_fresh_process
+
 from prh_bench.align import get_metric, prepare, summarize_layers
 from prh_bench.align.matrix import score_models
 

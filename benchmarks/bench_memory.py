@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from fresh_process import in_fresh_process
+
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Prepare

@@ -18,8 +18,9 @@ import click
 import yaml
 from tabulate import tabulate
 
-from .lazy import pd
 from .errors import BadInput, ManifestError, PrhBenchError
+from .lazy import pd
+
 
 class Tolerance(click.ParamType):
     """A finite number >= 0: NaN would pass every comparison, so it is refused like a negative one."""

@@ -21,10 +21,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .lazy import torch
 from .backend import FeatureExtractor, ModelBackend
 from .code_digest import code_digest
 from .errors import ExtractionFailed
+from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
 from .store import CHECKSUM_FIELD, entry_lock, inside, read_entry, read_header, read_valid, write_entry

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from importlib.metadata import entry_points
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 

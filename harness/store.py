@@ -24,8 +24,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .lazy import torch
 from .errors import BadInput, PrhBenchError
+from .lazy import torch
 
 log = logging.getLogger(__name__)
 CHECKSUM_FIELD = "sha256"  # over the tensors and the metadata

@@ -11,9 +11,8 @@ import pickle  # only for its exception type: nothing is unpickled here
 from fnmatch import fnmatch
 from pathlib import Path
 
-
-from .lazy import torch
 from .errors import BadInput, WeightsUnavailable
+from .lazy import torch
 from .manifest import PathWeights, UrlWeights
 
 PKG_SCHEME = "pkg://"

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
-from prh_bench.lazy import np
 from prh_bench.errors import BadInput
 from prh_bench.features import Features
 from prh_bench.hookspecs import hookimpl
+from prh_bench.lazy import np
 from prh_bench.samples import SampleSet
 from prh_bench.task import Task
 

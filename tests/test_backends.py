@@ -10,8 +10,8 @@ from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import extract
 from prh_bench.manager import load_plugins
 from prh_bench.manifest import ModelManifest
-from prh_bench.plugins.backends.pooling import pool
 from prh_bench.plugins.backends.hooks import glob_regex
+from prh_bench.plugins.backends.pooling import pool
 from prh_bench.plugins.backends.timm_backend import create_model
 from prh_bench.registry import Registry
 from prh_bench.samples import Sample, SampleSet
@@ -163,13 +163,16 @@ def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
     after; it completes 'The capital of France is' with 'Paris', and gives 31 hidden states of width 576."""
     m = model(registry, "smollm2-135m-q4")
     ext = registry.plugins.backends["transformers-causal-lm"].load(m, torch.device("cpu"))
-    (folder,) = (isolated_cache / "dequantised").iterdir()
+    (folder,) = [p for p in (isolated_cache / "dequantised").iterdir() if p.is_dir()]
     assert folder.name == m.weights.sha256 and (folder / "model.safetensors").stat().st_size > 500e6
     written = (folder / "model.safetensors").stat().st_mtime_ns
     ids = ext.tokenizer("The capital of France is", return_tensors="pt")
     assert "Paris" in ext.tokenizer.decode(ext.model.generate(**ids, max_new_tokens=3, do_sample=False)[0])
     again = registry.plugins.backends["transformers-causal-lm"].load(m, torch.device("cpu"))
     assert (folder / "model.safetensors").stat().st_mtime_ns == written  # read, not dequantised again
-    f = features(registry, m, words("red", "house", "river"))
+    f = features(registry, m, words("The river flows into the sea.", "A house stands on the hill.", "red"))
     assert len(f.layer_names) == 31 and all(t.shape == (3, 576) for t in f.tensors)
-    assert 0.5 < float(f.extras["bits_per_byte"].mean()) < 10 and again.layer_names == ext.layer_names
+    bits = f.extras["bits_per_byte"].tolist()
+    # Sentences cost a real LM about 1 bit per byte; this tokenizer adds no BOS token, so the first token of a
+    # text is never predicted and a one-token text ('red') costs nothing (see the backend's docstring).
+    assert all(0.3 < b < 3 for b in bits[:2]) and bits[2] == 0 and again.layer_names == ext.layer_names

@@ -121,4 +121,4 @@ def test_run_sidecar_records_cache_keys_and_versions(tmp_path: Path) -> None:
     assert set(side["models"]) == {"tiny-a", "tiny-b"}
     assert all(len(v["runs"][0]["cache_key"]) == 64 for v in side["models"].values())
     assert side["libraries"]["torch"] == torch.__version__.split("+")[0]
-    assert side["conditions"][0]["n_samples"] == 16
+    assert side["conditions"][0]["n_samples"] == 16 and side["device"] == "cpu"

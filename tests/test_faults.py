@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
 from prh_bench.features import FeatureCache, Features
 from prh_bench.store import CorruptEntry, read_entry, write_entry
 
@@ -225,6 +226,7 @@ def test_manifests_cannot_run_code(tmp_path: Path) -> None:
 def test_checkpoints_are_loaded_without_pickle_code(tmp_path: Path) -> None:
     """torch.load(weights_only=True): a checkpoint that carries an object to unpickle is refused."""
     import timm
+
     from prh_bench.errors import BadInput
     from prh_bench.weights import read_state_dict
 

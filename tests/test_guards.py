@@ -69,9 +69,9 @@ def test_a_score_block_copied_under_another_key_is_recomputed(tmp_path: Path, ca
 def test_feature_keys_cover_the_extraction_code_and_unpinned_checkpoint_bytes(tmp_path: Path) -> None:
     from prh_bench.code_digest import module_files
     from prh_bench.manager import load_plugins
+    from prh_bench.manifest import PathWeights
     from prh_bench.registry import Registry
     from prh_bench.samples import Sample, SampleSet
-    from prh_bench.manifest import PathWeights
     from prh_bench.weights import unpinned_checkpoint_sha256
 
     reg = Registry.load(load_plugins())

@@ -112,7 +112,8 @@ def test_registry_lookup_by_kind() -> None:
 
     reg = Registry.load(load_plugins())
     assert {"pocket", "pocket-text"} <= set(reg.of_kind(type(reg.get("pocket"))))
-    assert [m.id for m in reg.suite_models(reg.get("pocket-text"))] == ["glove-6b-50d", "minilm-l6-random", "minilm-l6"]
+    assert [m.id for m in reg.suite_models(reg.get("pocket-text"))] == ["glove-6b-50d", "minilm-l6-random", "minilm-l6",
+                                                                          "smollm2-135m-q4"]
 
 
 def test_one_file_with_all_three_mistakes_reports_each(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ def ref_gcv_alpha(a, b):
     from prh_bench.align.subspace import GCV_GRID
 
     n = len(a)
-    xc, yc = a - a.mean(0), b - b.mean(0)
+    xc = a - a.mean(0)
     eig = np.linalg.eigvalsh(xc.T @ xc)
     lam = eig[eig > eig.max() * 1e-20].mean()
     best, chosen = np.inf, None

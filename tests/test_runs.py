@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import caption_pairs, cli, cli_json, write_yaml
 
-PRETRAINED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+PRETRAINED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "mobilenet-v2"]
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_pocket_default_run_pretrained_models_align_more_with_each_other(tmp_pat
         assert (tmp_path / "r1" / f).stat().st_size > 0
     long = pd.read_csv(tmp_path / "r1" / "scores.csv")
     assert list(long.columns) == ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
-    assert long.groupby(["model_x", "model_y"]).ngroups == 21
+    assert long.groupby(["model_x", "model_y"]).ngroups == 28
 
     second = cli_json("run", "--out", tmp_path / "r2")
     assert {v["status"] for v in second["models"].values()} == {"cached"}
@@ -95,7 +95,7 @@ def test_ls_and_show_json() -> None:
     suites = {r["id"] for r in cli_json("ls", "suites")}
     assert {"pocket", "pocket-text"} <= suites
     pocket_models = cli_json("ls", "models", "--suite", "pocket")
-    assert len(pocket_models) == 7
+    assert len(pocket_models) == 8
     shown = cli_json("show", "pocket")
     assert shown["metrics"] == [{"name": "mutual_knn", "k": 10}]
     assert shown["file"].endswith("registry/suites/pocket.yaml")

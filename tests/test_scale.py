@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from prh_bench.align import METRICS, get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Calibration, Prepare
@@ -136,6 +137,9 @@ def test_block_keys_change_with_everything_a_score_depends_on(tmp_path: Path) ->
     other_features = dataclasses.replace(members[1], info=dataclasses.replace(members[1].info, digest="0" * 64))
     variants = [dataclasses.replace(job, params=knn.params(k=6)), dataclasses.replace(job, version=2),
                 dataclasses.replace(job, prepare=Prepare(clamp_quantile=0.9)),
+                dataclasses.replace(job, prepare=Prepare(clamp="paper")),
+                dataclasses.replace(job, prepare=Prepare(clamp="paper_exact")),
+                dataclasses.replace(job, calibrate=Calibration(permutations=3, alpha=0.1)),
                 dataclasses.replace(job, calibrate=Calibration(permutations=3)),
                 dataclasses.replace(job, metric=EditedKNN()),
                 dataclasses.replace(job, members=(members[0], other_features))]

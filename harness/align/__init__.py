@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-from ..lazy import torch
 from ..errors import BadInput
+from ..lazy import torch
 from .calibrate import Calibrated, calibrate_summaries
 from .kernels import CKA, CKNNA, UnbiasedCKA
-from .knn import CycleKNN, EditDistanceKNN, LCSKNN, MutualKNN
+from .knn import LCSKNN, CycleKNN, EditDistanceKNN, MutualKNN
 from .metric import Metric
 from .prepare import prepare
 from .rsa import RSA

@@ -14,9 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-from ..lazy import torch
 from ..errors import BadInput
+from ..lazy import torch
 from ..params import int_in, number_in, one_of
 from .knn import Neighbours, at_least_float32, gram, knn_from_gram
 from .metric import Metric

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-
-from ..lazy import torch
 from ..errors import BadInput
+from ..lazy import torch
 from ..params import int_in
 from .metric import Metric
 

@@ -6,9 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-
-from ..lazy import torch
 from ..errors import BadInput
+from ..lazy import torch
 from ..params import Parametrized
 
 

@@ -21,7 +21,6 @@ from typing import Literal
 
 from ..lazy import torch
 
-
 CONCAT = "all_layers"
 Clamp = Literal["per_layer", "paper", "paper_exact"]
 CLAMPS: tuple[str, ...] = ("per_layer", "paper", "paper_exact")

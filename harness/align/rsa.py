@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-from ..lazy import torch
 from ..errors import BadInput
+from ..lazy import torch
 from ..params import one_of
 from .metric import Metric
 

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-from ..lazy import np, torch
 from ..errors import BadInput
+from ..lazy import np, torch
 from ..params import int_in, number_in, one_of
 from .metric import Metric
 

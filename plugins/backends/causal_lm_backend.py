@@ -6,7 +6,8 @@ Weights: 'pretrained' (the hub id or local folder in `source`), a GGUF file of l
 FILE.gguf}`: dequantised once and cached, see `dequantised_gguf`), or random.
 
 Bits per byte: the cross-entropy of every token after the first, summed, in bits, divided by the UTF-8 bytes of
-the (templated) text. `preprocess` takes `template` (e.g. "Caption: {text}") or `templates` (several: features and
+the (templated) text. A tokenizer that adds a BOS token (LLaMA, Pythia) gets every text token predicted; one that
+adds none (SmolLM2's GGUF tokenizer) leaves the first token unscored, so a one-token text costs 0 bits. `preprocess` takes `template` (e.g. "Caption: {text}") or `templates` (several: features and
 bits per byte averaged over them), `max_length` (default 512) and
 `device_map` ("auto" shards a large model over the GPUs, via accelerate)."""
 
@@ -16,16 +17,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-
-from prh_bench.lazy import torch
 from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
-from prh_bench.hookspecs import hookimpl
 from prh_bench.features import cache_root
+from prh_bench.hookspecs import hookimpl
+from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
+from prh_bench.samples import Sample
 from prh_bench.store import entry_lock
 from prh_bench.weights import resolve_path, sha256_of, verify_sha256
-from prh_bench.samples import Sample
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates

@@ -13,11 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-
-from prh_bench.lazy import np, torch
 from prh_bench.backend import FeatureExtractor
 from prh_bench.errors import BadInput, ExtractionFailed
 from prh_bench.hookspecs import hookimpl
+from prh_bench.lazy import np, torch
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 from prh_bench.weights import resolve_path

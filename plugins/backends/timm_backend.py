@@ -8,12 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-from prh_bench.lazy import torch
 from prh_bench.backend import FeatureExtractor, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
+from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
 from prh_bench.samples import Sample
 from prh_bench.weights import load_checkpoint

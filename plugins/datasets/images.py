@@ -11,9 +11,9 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.lazy import np
 from prh_bench.errors import BadInput
 from prh_bench.hookspecs import hookimpl
+from prh_bench.lazy import np
 from prh_bench.manifest import DatasetManifest
 from prh_bench.samples import Sample, SampleSet
 
