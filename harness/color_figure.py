@@ -98,7 +98,7 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
     fig.suptitle(f"{lb.suite.id}: {len(ref)} colours in each representation (classical MDS to 3-D, aligned to "
                  f"{lb.reference} by rotation/reflection, scale and shift); each point in its own colour",
                  fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title above the first row's panel titles
     return _save(fig, out / "colorspace")
 
 
