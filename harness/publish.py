@@ -57,8 +57,15 @@ def heatmap_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     im = ax.imshow(mat, cmap="viridis")
     ax.set_xticks(range(n), order, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), order, fontsize=7)
+    if n <= 24:  # the numbers themselves, where they fit
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=max(4, 7 - n // 6),
+                            color="white" if mat[i, j] < np.nanmean(mat) else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label=lb.metric)
-    ax.set_title(f"{lb.suite.id}: {lb.metric}, models ordered by clustering", fontsize=9)
+    ax.set_title(f"{lb.suite.id}: {lb.metric}, max over layer pairs; rows and columns ordered by average-linkage "
+                 "clustering", fontsize=8)
     return _save(fig, stem)
 
 
@@ -85,7 +92,10 @@ def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
                 fits.append(np.polyval(np.polyfit(x[i], y[i], 1), grid))
         ax.plot(grid, np.polyval(np.polyfit(x, y, 1), grid), color="C1")
         lo, hi = np.percentile(fits, [2.5, 97.5], axis=0)
-        ax.fill_between(grid, lo, hi, color="C1", alpha=0.2, label="bootstrap 95% band")
+        # the band of a line fit, cut to what the metric can score (1 at most; below 0 only if scores are)
+        floor, ceiling = min(0.0, float(y.min())), 1.0
+        ax.fill_between(grid, lo.clip(floor, ceiling), hi.clip(floor, ceiling), color="C1", alpha=0.2,
+                        label="bootstrap 95% band of the fit")
         ax.legend(fontsize=7)
     ax.set_xlabel(score)
     ax.set_ylabel(f"{lb.metric} to {lb.reference}" if lb.reference else f"mean {lb.metric}")
@@ -114,14 +124,27 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     d = (d + d.T) / 2
     np.fill_diagonal(d, 0)
     xy, _ = classical_mds(d)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fitted = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+    stress = float(np.sqrt(((d - fitted) ** 2).sum() / max((d**2).sum(), 1e-300)))  # Kruskal's stress-1
+    fig, (ax, key) = plt.subplots(1, 2, figsize=(8.5, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     random = lb.table.set_index("model").weights.reindex(lb.matrix.index).fillna("").str.startswith("random")
-    ax.scatter(xy[:, 0], xy[:, 1], c=np.where(random, "C3", "C0"))
-    for (x, y), name in zip(xy, lb.matrix.index):
-        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_title(f"{lb.suite.id}: MDS of -log({lb.metric}); red = random weights", fontsize=9)
+    ax.scatter(xy[:, 0], xy[:, 1], c=np.where(random, "C3", "C0"), s=60, alpha=0.6)
+    # Numbers at the points and the names in a key beside: names of models that sit together never overlap.
+    for k, (x, y) in enumerate(xy, start=1):
+        ax.annotate(str(k), (x, y), fontsize=7, ha="center", va="center")
+    key.axis("off")
+    for k, name in enumerate(lb.matrix.index, start=1):
+        key.text(0, 1 - k / (len(xy) + 1), f"{k}  {name}", fontsize=7, va="center",
+                 color="C3" if random.iloc[k - 1] else "C0", transform=key.transAxes)
+    ax.set_title(f"{lb.suite.id}: classical MDS of -log({lb.metric}), stress-1 {stress:.2f}; "
+                 "red = random weights", fontsize=8)
     ax.set_xticks([]), ax.set_yticks([])
     return _save(fig, stem)
+
+
+CORRELATION_NOTE = ("r: over the models with both numbers (n); ci_low and ci_high: the 2.5 and 97.5 percentiles of r "
+                    "over bootstrap resamples of the models, of which bootstrap_resamples (of 2000) had both sides "
+                    "varying (the others have no r); p_value: two-sided permutation test of the pairing.")
 
 
 def write_leaderboard(lb: Leaderboard, out: Path,
@@ -144,11 +167,11 @@ def write_leaderboard(lb: Leaderboard, out: Path,
           f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
           f"(max over layer pairs) on `{lb.condition}`; run {md_text(lb.meta['run'])} ({lb.meta['run_created']}), "
           f"prh-bench {lb.meta['harness']}.", "", chance_sentence(lb), "",
-          md_table(lb.table.assign(params=lb.table.params.map(lambda p: f"{p / 1e6:.1f}M" if pd.notna(p) else ""))), ""]
+          md_table(lb.table.assign(params=lb.table.params.map(params_label))), ""]
     if not lb.correlations.empty:
         md += ["## Alignment vs downstream scores", "",
                "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
-               "permutation p-values.", "", md_table(lb.correlations, ".3f"), ""]
+               "permutation p-values.", "", md_table(lb.correlations, ".3f"), "", CORRELATION_NOTE, ""]
     if not lb.binned.empty:
         lb.binned.to_csv(out / "binned.csv", index=False)
         md += ["## Alignment by number of tasks solved", "", lb.meta["solved_rule"] + ".", "",
@@ -180,22 +203,48 @@ def _cell(v: object) -> str:
     return html.escape(str(v))
 
 
+def caption(lb: Leaderboard, stem: str) -> str:
+    """What a figure shows, in a sentence a reader needs no README for."""
+    if stem == "heatmap":
+        return (f"{lb.metric} between every pair of models (max over layer pairs); rows and columns ordered by "
+                "clustering, so models that align sit together.")
+    if stem == "embedding":
+        return (f"Models placed by classical MDS of -log({lb.metric}): near means aligned. Numbers key the points "
+                "to names; stress-1 says how much the 2-D picture distorts the distances.")
+    if stem == "colorspace":
+        return ("Each model's colours in 3-D (classical MDS of its distances, best layer), aligned to the reference "
+                "colour space by rotation or reflection, scale and shift; each point painted in its own colour.")
+    score = stem.removeprefix("scatter_")
+    return (f"Alignment to {lb.reference} against {score}: one point per model (area ~ log parameters), a "
+            "least-squares line and the bootstrap 95% band of that line.")
+
+
+def params_label(p: float) -> str:
+    return f"{p / 1e6:.1f}M" if pd.notna(p) else ""
+
+
 def render_html(lb: Leaderboard, pngs: list[Path]) -> str:
     """One page, no external resources: figures inlined as data URIs, a few lines of script to sort columns."""
-    head = "".join(f'<th onclick="sortBy({i})">{html.escape(c)}</th>' for i, c in enumerate(lb.table.columns))
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in lb.table.itertuples(index=False))
+    table = lb.table.assign(params=lb.table.params.map(params_label))
+    head = "".join(f'<th onclick="sortBy({i})">{html.escape(c)}<span class="arrow"></span></th>'
+                   for i, c in enumerate(table.columns))
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table.itertuples(index=False))
     corr = lb.correlations.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0) if not lb.correlations.empty else ""
-    figs = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                   f"<figcaption>{p.stem}</figcaption></figure>" for p in pngs)
+    corr = corr and corr + f"<p>{html.escape(CORRELATION_NOTE)}</p>"
+    figs = "".join(f'<figure><img alt="{html.escape(caption(lb, p.stem))}" '
+                   f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                   f"<figcaption>{html.escape(caption(lb, p.stem))}</figcaption></figure>" for p in pngs)
     sources = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in lb.meta["scores_sources"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(lb.suite.id)} leaderboard</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
 th,td{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}}th{{cursor:pointer;background:#f3f3f3}}
-figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head><body>
+figure{{display:inline-block;margin:1em;max-width:560px;vertical-align:top}}img{{max-width:560px}}
+figcaption{{font-size:13px;color:#333}}</style></head><body>
 <h1>{html.escape(lb.suite.id)} leaderboard</h1>
 <p>{html.escape(lb.metric)} alignment to <code>{html.escape(str(lb.reference))}</code>, max over layer pairs, on
-{html.escape(lb.condition)}. Run {html.escape(lb.meta['run'])}. Click a column to sort.</p>
+{html.escape(lb.condition)}. Run {html.escape(lb.meta['run'])}. Click a column to sort (largest first; again to
+reverse).</p>
 <p>{html.escape(chance_sentence(lb))}</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
@@ -206,7 +255,8 @@ let dir = {{}};
 function sortBy(col) {{
   const tb = document.querySelector('#board tbody');
   const rows = Array.from(tb.rows);
-  dir[col] = -(dir[col] || -1);
+  dir[col] = dir[col] === -1 ? 1 : -1;  // largest first on the first click
+  document.querySelectorAll('#board th .arrow').forEach((a, i) => {{ a.textContent = i === col ? (dir[col] < 0 ? ' \u25bc' : ' \u25b2') : ''; }});
   const key = r => {{ const t = r.cells[col].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; }};
   rows.sort((a, b) => {{ const x = key(a), y = key(b);
     if (x === '' || y === '') return (x === '') - (y === '');

@@ -35,7 +35,9 @@ def md_table(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A Markdown table whose text cells cannot inject markup (model ids, errors, citations come from users)."""
     text = {c: table[c].map(lambda v: md_text(v) if isinstance(v, str) else v)
             for c in table.columns if table[c].dtype == object}
-    return table.assign(**text).rename(columns=md_text).to_markdown(index=False, floatfmt=floatfmt)
+    shown = table.assign(**text).rename(columns=md_text)
+    shown = shown.astype(object).where(shown.notna(), None)  # an empty cell, not 'nan' (the reference's own row)
+    return shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
 
 
 def best_pairs(scores: pd.DataFrame) -> pd.DataFrame:

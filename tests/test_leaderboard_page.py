@@ -60,10 +60,12 @@ def test_page_sorts_and_shows_figures(board: Path) -> None:
 
         before = models()
         driver.find_elements(By.CSS_SELECTOR, "#board thead th")[col].click()
-        ascending = models()
-        assert ascending == sorted(before) and ascending != before
+        descending = models()  # largest first on the first click, marked by an arrow
+        assert descending == sorted(before, reverse=True) and descending != before
+        assert driver.find_elements(By.CSS_SELECTOR, "#board thead th")[col].text == "model \u25bc"
         driver.find_elements(By.CSS_SELECTOR, "#board thead th")[col].click()
-        assert models() == sorted(before, reverse=True)
+        assert models() == sorted(before)
+        assert driver.find_elements(By.CSS_SELECTOR, "#board thead th")[col].text == "model \u25b2"
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 3
         assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
