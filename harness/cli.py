@@ -469,7 +469,8 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
             raise BadInput(f"{files[0]} and {files[1]} hold features of different samples; scores need the same samples")
         labels = [str(p) for p in files]
     elif suite and models and not files:
-        from .executors import RunContext, RunSpec, Target, extract_one
+        from .context import RunContext, RunSpec, Target
+        from .executors import extract_one
         from .features import cache_root
 
         ctx = RunContext(RunSpec(suite, str(cache_root())), reg)
@@ -516,9 +517,10 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     import time
 
     from .align import prepare, score_layers
+    from .context import load_samples, resolve_device
     from .features import extract
     from .manifest import DatasetManifest, ModelManifest, RandomWeights, load_manifest
-    from .runner import check_modalities, load_samples, resolve_device
+    from .runner import check_modalities
 
     reg = obj.registry
     if Path(model).is_file():

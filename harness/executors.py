@@ -10,22 +10,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
+from .context import RunContext, RunSpec, Target
 from .errors import BadInput, PrhBenchError
-from .features import FeatureCache, Features, extract, model_feature_key
-from .manifest import DatasetManifest, ModelManifest, SuiteManifest
-from .registry import Registry
-from .samples import SampleSet
+from .features import Features, extract, model_feature_key
+from .manifest import ModelManifest
 from .scoring import (
-    DEFAULT_BUDGET_GIB,
-    BlockStore,
-    Member,
     ScoreJob,
     ZooResult,
     collect,
@@ -33,28 +27,6 @@ from .scoring import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What a worker needs to rebuild a run's context: small and picklable."""
-
-    suite: str
-    cache_root: str
-    registry_dirs: tuple[str, ...] = ()
-    device: str = "auto"
-    force: bool = False
-    max_samples: int | None = None
-    budget_gib: float = DEFAULT_BUDGET_GIB
-    threads: int | None = None  # torch threads of a worker: CPU results depend on it in the last bits
-
-
-@dataclass(frozen=True)
-class Target:
-    """The sample set of an extraction: a condition of the suite (its index) or a probe data set (its id)."""
-
-    condition: int | None = None
-    probe: str | None = None
 
 
 @dataclass
@@ -67,68 +39,6 @@ class ModelOutcome:
     layers: int = 0
     condition: str = ""
     extras: dict[str, float] | None = None  # mean of each per-sample extra (e.g. bits per byte)
-
-
-class RunContext:
-    """The registry, suite, cache and sample sets of a run, as seen by the driver or by one worker."""
-
-    def __init__(self, spec: RunSpec, registry: Registry | None = None):
-        from .manager import load_plugins
-        from .runner import suite_conditions
-
-        self.spec = spec
-        self.registry = registry or Registry.load(load_plugins(), [Path(d) for d in spec.registry_dirs])
-        suite = self.registry.get(spec.suite, SuiteManifest)
-        assert isinstance(suite, SuiteManifest)
-        self.suite = suite
-        self.models: dict[str, ModelManifest] = {m.id: m for m in self.registry.suite_models(suite)}
-        self.conditions = suite_conditions(self.registry, suite)
-        self.cache = FeatureCache(Path(spec.cache_root))
-        self.blocks = BlockStore(Path(spec.cache_root))
-        self._data: dict[tuple[str, int | None], SampleSet] = {}
-        self._last: tuple[Target, tuple[DatasetManifest, SampleSet, str]] | None = None
-
-    @cached_property
-    def device(self) -> torch.device:
-        from .runner import resolve_device
-
-        return resolve_device(self.spec.device)
-
-    def dataset(self, dataset: DatasetManifest, limit: int | None) -> SampleSet:
-        from .runner import load_samples
-
-        if (dataset.id, limit) not in self._data:
-            self._data[(dataset.id, limit)] = load_samples(self.registry, dataset, limit)
-        return self._data[(dataset.id, limit)]
-
-    def samples(self, target: Target) -> tuple[DatasetManifest, SampleSet, str]:
-        """The data set, the samples (transformed under a sweep condition) and the label of a target. The last
-        target's are kept: every model of a condition reads them, and a sweep's conditions come one by one
-        (keeping all of a 100-level noise sweep would hold 100 copies of the images)."""
-        if self._last is None or self._last[0] != target:
-            self._last = (target, self._samples(target))
-        return self._last[1]
-
-    def _samples(self, target: Target) -> tuple[DatasetManifest, SampleSet, str]:
-        from .runner import apply_transform
-
-        if target.condition is not None:
-            cond = self.conditions[target.condition]
-            limit = self.spec.max_samples or self.suite.max_samples
-            return cond.dataset, apply_transform(self.dataset(cond.dataset, limit), cond), cond.label
-        ds = self.registry.get(target.probe or "", DatasetManifest)
-        assert isinstance(ds, DatasetManifest)
-        return ds, self.dataset(ds, None), f"probe {ds.id}"
-
-    def features(self, model_id: str, key: str) -> Features:
-        feats = self.cache.load(model_id, key)
-        if feats is None:
-            raise PrhBenchError(f"features of '{model_id}' vanished from (or were damaged in) the cache "
-                                f"{self.cache.root} during the run; run again to extract them anew")
-        return feats
-
-    def member_features(self, m: Member) -> Features:
-        return self.features(m.id, m.key)
 
 
 def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool = False) -> ModelOutcome:

@@ -260,7 +260,6 @@ class SuiteManifest(ManifestBase):
     models: list[str] | TagQuery
     metrics: list[MetricUse] = Field(min_length=1)
     prepare: Prepare = Prepare()
-    reduce: Literal["max_over_layer_pairs"] = "max_over_layer_pairs"
     reference: str | None = None
     max_samples: int | None = Field(default=None, ge=4, le=100_000_000)
     calibrate: Calibration | None = None

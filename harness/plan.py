@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .context import apply_transform, load_samples, suite_conditions
 from .errors import BadInput, PrhBenchError
 from .features import FeatureCache, model_feature_key
 from .manifest import ModelManifest, SuiteManifest
 from .registry import Registry
-from .runner import apply_transform, load_samples, suite_conditions
 
 
 def weights_status(registry: Registry, m: ModelManifest) -> str:

@@ -4,31 +4,19 @@ others' results."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
 
 from .align.prepare import CONCAT
+from .context import Condition, RunContext, RunSpec, Target
 from .errors import BadInput, PrhBenchError
-from .executors import (
-    Executor,
-    LocalExecutor,
-    ModelOutcome,
-    RunContext,
-    RunSpec,
-    Target,
-)
+from .executors import Executor, LocalExecutor, ModelOutcome
 from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
@@ -37,20 +25,6 @@ from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One dataset, possibly transformed at one level: a suite runs once per condition of its sweep."""
-
-    dataset: DatasetManifest
-    transform: str | None = None
-    level: float | None = None
-    seed: int = 0
-
-    @property
-    def label(self) -> str:
-        return self.dataset.id + (f" {self.transform}={self.level:g}" if self.transform is not None else "")
 
 
 @dataclass
@@ -71,68 +45,6 @@ class SuiteRun:
     @property
     def failures(self) -> list[ModelOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
-
-
-def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition]:
-    sweep = suite.sweep
-    datasets = sweep.datasets if sweep and sweep.datasets else [suite.dataset]
-    levels: list[float | None] = list(sweep.levels) if sweep and sweep.levels else [None]
-    out = []
-    for ds in datasets:
-        manifest = registry.get(ds, DatasetManifest)
-        assert isinstance(manifest, DatasetManifest)
-        for level in levels:
-            out.append(Condition(manifest, sweep.transform if level is not None else None, level,
-                                 sweep.seed if sweep else 0))
-    return out
-
-
-def apply_transform(samples: SampleSet, cond: Condition) -> SampleSet:
-    """Images under a condition's transform, each with noise seeded by the sweep seed and the sample id:
-    gaussian_noise adds N(0, level^2) to pixels in [0, 1]; blend_noise mixes (1 - level) image + level
-    uniform noise. Texts pass unchanged."""
-    if cond.transform is None:
-        return samples
-    out = []
-    for s in samples.samples:
-        if s.image is None:
-            out.append(s)
-            continue
-        seed = int.from_bytes(hashlib.sha256(f"{cond.seed}/{s.id}".encode()).digest()[:8], "little")
-        rng = np.random.default_rng(seed)
-        x = np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255
-        if cond.transform == "gaussian_noise":
-            x = x + rng.normal(0.0, cond.level, x.shape)
-        else:
-            x = (1 - cond.level) * x + cond.level * rng.random(x.shape)
-        img = Image.fromarray((np.clip(x, 0, 1) * 255).round().astype(np.uint8))
-        out.append(dataclasses.replace(s, image=img))
-    return SampleSet(tuple(out))
-
-
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device a run uses; an unknown name or a device this machine lacks is bad input."""
-    if not DEVICE.match(name):
-        raise BadInput(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BadInput(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise BadInput("--device mps: no Apple GPU is available here")
-    return torch.device(name)
-
-
-def load_samples(registry: Registry, dataset: DatasetManifest, limit: int | None) -> SampleSet:
-    loader = registry.plugins.loaders[dataset.loader]
-    return loader(dataset).head(limit)
 
 
 def reads(m: ModelManifest, samples: SampleSet) -> bool:

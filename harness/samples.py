@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -39,9 +38,6 @@ class SampleSet:
 
     def head(self, n: int | None) -> SampleSet:
         return self if n is None or n >= len(self) else SampleSet(self.samples[:n])
-
-    def batches(self, size: int) -> list[Sequence[Sample]]:
-        return [self.samples[i : i + size] for i in range(0, len(self.samples), size)]
 
     @cached_property
     def digest(self) -> str:

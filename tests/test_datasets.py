@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from prh_bench.context import load_samples
 from prh_bench.manager import load_plugins
 from prh_bench.plugins.datasets.photos import crop_boxes
 from prh_bench.registry import Registry
-from prh_bench.runner import load_samples
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,60 @@
+"""The engine's module graph has no cycle: the driver (runner) uses the workers (executors), both read the run's
+context, and nothing reaches back; imports inside functions count too (they are how cycles hide)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+HARNESS = Path(__file__).parents[1] / "harness"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(HARNESS).with_suffix("").parts
+    return ".".join(("prh_bench", *parts)).removesuffix(".__init__")
+
+
+def imports(path: Path) -> set[str]:
+    """The prh_bench modules a file imports, anywhere in it (relative imports resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("prh_bench"):
+                out.add(target)
+                out |= {f"{target}.{a.name}" for a in node.names}  # `from . import x` may name a module
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("prh_bench")}
+    return out
+
+
+def test_the_engine_imports_have_no_cycle() -> None:
+    files = {module_name(p): p for p in HARNESS.rglob("*.py")}
+    graph = {m: sorted((imports(p) & set(files)) - {m}) for m, p in files.items()}
+    # "prh_bench.align" importing its own submodules is a package exposing them, not a cycle through them.
+    graph = {m: [d for d in deps if not m.startswith(d + ".") or m == "prh_bench"] for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for d in graph[m]:
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m)
+    assert "prh_bench.runner" not in graph["prh_bench.executors"] + graph["prh_bench.context"]
