@@ -11,7 +11,7 @@ number under its own name."""
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +73,62 @@ class RowMetric(Metric):
         return summary.permuted(perm)
 
 
+@dataclass
+class FoldRows(ABC):
+    """A layer's rows, its folds, and one piece per fold made from the fold's training and held-out rows
+    (`piece`, by subclass). `of` computes the pieces in summarize, where the pair stage's memory is budgeted; a
+    permuted copy (a null's side) computes them only when first read."""
+
+    x: torch.Tensor
+    folds: tuple[torch.Tensor, ...]
+    _pieces: list[Any] | None = None
+
+    @classmethod
+    def of(cls, feats: torch.Tensor, folds: tuple[torch.Tensor, ...]) -> FoldRows:
+        rows = cls(feats.double(), folds)
+        rows.pieces  # noqa: B018
+        return rows
+
+    @property
+    def pieces(self) -> list[Any]:
+        if self._pieces is None:
+            self._pieces = [self.piece(self.x[train_mask(len(self.x), test)], self.x[test]) for test in self.folds]
+        return self._pieces
+
+    @staticmethod
+    @abstractmethod
+    def piece(train: torch.Tensor, test: torch.Tensor) -> Any:
+        """What the metric keeps of one fold."""
+
+    def permuted(self, perm: torch.Tensor) -> FoldRows:
+        return type(self)(self.x[perm], self.folds)
+
+
+class FittedMetric(RowMetric):
+    """A metric that fits a map between two layers. fit: cross_validated (default): fitted on the training
+    folds and scored on the held-out fold, averaged over folds (`fold_rows` keeps a layer's folds); fit:
+    in_sample: fitted and scored on all samples (`in_sample` keeps the layer)."""
+
+    defaults = {"fit": "cross_validated", "folds": 5, "seed": 0}
+    rules = {"fit": one_of(*FITS), "folds": int_in(2), "seed": int_in(0)}
+    fold_rows: type[FoldRows]
+
+    def check_n(self, n: int, **params: Any) -> None:
+        super().check_n(n, **params)
+        if params["fit"] == "cross_validated":
+            cv_folds(n, params["folds"], params["seed"], self.name)
+
+    def summarize(self, feats: torch.Tensor, **params: Any) -> Rows | FoldRows:
+        self.check(feats)
+        if params["fit"] == "cross_validated":
+            return self.fold_rows.of(feats, cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
+        return self.in_sample(feats)
+
+    @abstractmethod
+    def in_sample(self, feats: torch.Tensor) -> Rows:
+        """A layer's summary for fitting and scoring on all samples."""
+
+
 class SVCCA(RowMetric):
     """Mean of the canonical correlations between the top `dims` singular directions of each representation
     (units standardised first). Exact SVD and exact CCA (the singular values of U_A^T U_B); the paper's code uses
@@ -103,7 +159,37 @@ class SVCCA(RowMetric):
         return torch.linalg.svdvals(cross).clamp(max=1.0).mean(-1)
 
 
-class Procrustes(RowMetric):
+@dataclass(frozen=True)
+class FoldBasis:
+    """One fold of a layer: its training rows in their own basis (B = U S of the centred training rows X_tr =
+    U S W^T), the held-out rows in the same basis (T = X_test W, centred by the training mean) and |X_test|."""
+
+    b: torch.Tensor
+    t: torch.Tensor
+    test_norm: float
+
+
+class FoldBases(FoldRows):
+    """A layer's folds, each as its training and held-out rows in the training rows' basis."""
+
+    @staticmethod
+    def piece(train: torch.Tensor, test: torch.Tensor) -> FoldBasis:
+        mu = train.mean(0, keepdim=True)
+        u, s, w = thin_svd(train - mu)
+        xte = test - mu
+        return FoldBasis(u * s, xte @ w, float(torch.linalg.matrix_norm(xte)))
+
+
+def _held_out_procrustes(fx: FoldBasis, fy: FoldBasis) -> float:
+    """<X_test, Y_test Q> / (|X_test| |Y_test|) with Q = argmax <X_tr, Y_tr Q>: in the training bases,
+    B_x^T B_y = P S R^T gives Q's action P R^T, and the held-out inner product is sum((T_x^T T_y) * P R^T)."""
+    if fx.test_norm == 0 or fy.test_norm == 0 or not fx.b.shape[1] or not fy.b.shape[1]:
+        return 0.0
+    p, _, rh = torch.linalg.svd(fx.b.T @ fy.b, full_matrices=False)
+    return float(((fx.t.T @ fy.t) * (p @ rh)).sum()) / (fx.test_norm * fy.test_norm)
+
+
+class Procrustes(FittedMetric):
     """Orthogonal Procrustes similarity: max over orthogonal Q of <X, Y Q> / (|X| |Y|) for centred X and Y, 1 for
     a rotated (and scaled, shifted) copy; widths may differ (Q semi-orthogonal).
 
@@ -114,20 +200,9 @@ class Procrustes(RowMetric):
     centred and scaled to unit norm on all samples."""
 
     name = "procrustes"
-    defaults = {"fit": "cross_validated", "folds": 5, "seed": 0}
-    rules = {"fit": one_of(*FITS), "folds": int_in(2), "seed": int_in(0)}
+    fold_rows = FoldBases
 
-    def check_n(self, n: int, **params: Any) -> None:
-        super().check_n(n, **params)
-        if params["fit"] == "cross_validated":
-            cv_folds(n, params["folds"], params["seed"], self.name)
-
-    def summarize(self, feats: torch.Tensor, **params: Any) -> Rows | FoldBases:
-        self.check(feats)
-        if params["fit"] == "cross_validated":
-            summary = FoldBases(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
-            summary.bases  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
-            return summary
+    def in_sample(self, feats: torch.Tensor) -> Rows:
         x = centered(feats)
         x = x / torch.linalg.matrix_norm(x)
         if x.shape[1] > x.shape[0]:  # same singular values of X^T Y from an N-wide equivalent: X V = U S
@@ -144,99 +219,31 @@ class Procrustes(RowMetric):
         for a, x in enumerate(sx):
             for b, y in enumerate(sy):
                 if isinstance(x, FoldBases):
-                    out[a, b] = sum(_held_out_procrustes(fx, fy) for fx, fy in zip(x.bases, y.bases)) / len(x.folds)
+                    out[a, b] = sum(_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces)) / len(x.folds)
                 else:
                     out[a, b] = torch.linalg.svdvals(x.x.T @ y.x).sum()
         return out
 
 
-@dataclass(frozen=True)
-class FoldBasis:
-    """One fold of a layer: its training rows in their own basis (B = U S of the centred training rows X_tr =
-    U S W^T), the held-out rows in the same basis (T = X_test W, centred by the training mean) and |X_test|."""
+class UnitFolds(FoldRows):
+    """A layer's folds, each as its units z-scored on the training samples (to fit a matching) and on the
+    held-out samples (to score it)."""
 
-    b: torch.Tensor
-    t: torch.Tensor
-    test_norm: float
-
-
-@dataclass
-class FoldBases:
-    """A layer's rows, folds and per-fold bases. A permuted copy (for a null) computes its bases when first
-    scored: as the permuted side of a pair it is only ever a target, and most metrics read no bases there."""
-
-    x: torch.Tensor
-    folds: tuple[torch.Tensor, ...]
-    pieces: list[FoldBasis] | None = None
-
-    @property
-    def bases(self) -> list[FoldBasis]:
-        if self.pieces is None:
-            self.pieces = []
-            for test in self.folds:
-                train = train_mask(len(self.x), test)
-                mu = self.x[train].mean(0, keepdim=True)
-                u, s, w = thin_svd(self.x[train] - mu)
-                xte = self.x[test] - mu
-                self.pieces.append(FoldBasis(u * s, xte @ w, float(torch.linalg.matrix_norm(xte))))
-        return self.pieces
-
-    def permuted(self, perm: torch.Tensor) -> FoldBases:
-        return FoldBases(self.x[perm], self.folds)
+    @staticmethod
+    def piece(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return zscored(train), zscored(test)
 
 
-def _held_out_procrustes(fx: FoldBasis, fy: FoldBasis) -> float:
-    """<X_test, Y_test Q> / (|X_test| |Y_test|) with Q = argmax <X_tr, Y_tr Q>: in the training bases,
-    B_x^T B_y = P S R^T gives Q's action P R^T, and the held-out inner product is sum((T_x^T T_y) * P R^T)."""
-    if fx.test_norm == 0 or fy.test_norm == 0 or not fx.b.shape[1] or not fy.b.shape[1]:
-        return 0.0
-    p, _, rh = torch.linalg.svd(fx.b.T @ fy.b, full_matrices=False)
-    return float(((fx.t.T @ fy.t) * (p @ rh)).sum()) / (fx.test_norm * fy.test_norm)
-
-
-@dataclass
-class UnitFolds:
-    """A layer's rows and folds, and per fold its units z-scored on the training samples (to fit a matching)
-    and on the held-out samples (to score it); a permuted copy computes them when first scored."""
-
-    x: torch.Tensor
-    folds: tuple[torch.Tensor, ...]
-    pieces: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    @property
-    def zs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self.pieces is None:
-            self.pieces = []
-            for test in self.folds:
-                train = train_mask(len(self.x), test)
-                self.pieces.append((zscored(self.x[train]), zscored(self.x[test])))
-        return self.pieces
-
-    def permuted(self, perm: torch.Tensor) -> UnitFolds:
-        return UnitFolds(self.x[perm], self.folds)
-
-
-class UnitMatching(RowMetric):
+class UnitMatching(FittedMetric):
     """Matching of units by their Pearson correlation over samples; subclasses say how units are matched.
 
     fit: cross_validated (default): per fold, the matching is fitted on the training samples' correlations
     and scored with the held-out samples' correlations, averaged over folds; fit: in_sample: fitted and
     scored on all samples."""
 
-    defaults = {"fit": "cross_validated", "folds": 5, "seed": 0}
-    rules = {"fit": one_of(*FITS), "folds": int_in(2), "seed": int_in(0)}
+    fold_rows = UnitFolds
 
-    def check_n(self, n: int, **params: Any) -> None:
-        super().check_n(n, **params)
-        if params["fit"] == "cross_validated":
-            cv_folds(n, params["folds"], params["seed"], self.name)
-
-    def summarize(self, feats: torch.Tensor, **params: Any) -> Rows | UnitFolds:
-        self.check(feats)
-        if params["fit"] == "cross_validated":
-            summary = UnitFolds(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
-            summary.zs  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
-            return summary
+    def in_sample(self, feats: torch.Tensor) -> Rows:
         return Rows(zscored(feats))
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
@@ -252,7 +259,7 @@ class UnitMatching(RowMetric):
             corr = (x.x.T @ y.x).numpy()
             return float((self.plan(corr) * corr).sum())
         total = 0.0
-        for (xtr, xte), (ytr, yte) in zip(x.zs, y.zs):
+        for (xtr, xte), (ytr, yte) in zip(x.pieces, y.pieces):
             total += float((self.plan((xtr.T @ ytr).numpy()) * (xte.T @ yte).numpy()).sum())
         return total / len(x.folds)
 
@@ -303,28 +310,15 @@ class FoldPredictor:
     a: torch.Tensor
 
 
-@dataclass
-class Regression:
-    """A layer's rows (as target), folds and per-fold predictor pieces; a permuted copy (a null's target)
-    computes its pieces only if it is ever used as predictor."""
+class Regression(FoldRows):
+    """A layer's rows (`x`, as target) and its folds as predictor (a permuted copy, a null's target, computes
+    these only if it is ever used as predictor)."""
 
-    y: torch.Tensor
-    folds: tuple[torch.Tensor, ...]
-    pieces: list[FoldPredictor] | None = None
-
-    @property
-    def predictors(self) -> list[FoldPredictor]:
-        if self.pieces is None:
-            self.pieces = []
-            for test in self.folds:
-                train = train_mask(len(self.y), test)
-                mu = self.y[train].mean(0, keepdim=True)
-                u, s, v = thin_svd(self.y[train] - mu)
-                self.pieces.append(FoldPredictor(u, s, (self.y[test] - mu) @ v))
-        return self.pieces
-
-    def permuted(self, perm: torch.Tensor) -> Regression:
-        return Regression(self.y[perm], self.folds)
+    @staticmethod
+    def piece(train: torch.Tensor, test: torch.Tensor) -> FoldPredictor:
+        mu = train.mean(0, keepdim=True)
+        u, s, v = thin_svd(train - mu)
+        return FoldPredictor(u, s, (test - mu) @ v)
 
 
 def ridge_gcv(s: torch.Tensor, z2: torch.Tensor, total: float, n: int) -> float:
@@ -365,9 +359,7 @@ class LinearRegression(Metric):
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Regression:
         self.check(feats)
-        summary = Regression(feats.double(), cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
-        summary.predictors  # noqa: B018 (computed once here, where the pair stage's memory is budgeted)
-        return summary
+        return Regression.of(feats, cv_folds(feats.shape[0], params["folds"], params["seed"], self.name))
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         # the rows, and per fold U (n_train x r) and A (n_test x r), r <= min(n, d)
@@ -376,7 +368,7 @@ class LinearRegression(Metric):
     def pair_scores(self, sx: Sequence[Regression], sy: Sequence[Regression], **params: Any) -> torch.Tensor:
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
         for b, ys in enumerate(sy):
-            y, sse = ys.y, torch.zeros(len(sx), dtype=torch.float64)
+            y, sse = ys.x, torch.zeros(len(sx), dtype=torch.float64)
             sst = 0.0
             for f, test in enumerate(ys.folds):
                 train = train_mask(len(y), test)
@@ -385,7 +377,7 @@ class LinearRegression(Metric):
                 total = float((yc**2).sum())
                 sst += float(((y[test] - y[test].mean(0, keepdim=True)) ** 2).sum())
                 for a, xs in enumerate(sx):
-                    p = xs.predictors[f]
+                    p = xs.pieces[f]
                     z = p.u.T @ yc
                     alpha = params["alpha"] if params["alpha"] != "gcv" else ridge_gcv(p.s, (z**2).sum(1), total, len(yc))
                     pred = (p.a * (p.s / (p.s**2 + alpha))) @ z
