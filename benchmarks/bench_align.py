@@ -24,7 +24,7 @@ import torch
 from fresh_process import in_fresh_process
 
 from prh_bench.align import get_metric, prepare, summarize_layers
-from prh_bench.align.matrix import score_models
+from prh_bench.align.matrix import score_pairs
 
 N, K = 1024, 10
 METRICS = {"mutual_knn": {"k": K}, "cka": {}, "cknna": {"k": K}}
@@ -105,9 +105,10 @@ def engine_matrix(metric: str, models: list[list[torch.Tensor]]) -> tuple[float,
     t0 = time.perf_counter()
     prepared = [prepare(f, clamp_quantile=None) for f in models]
     t1 = time.perf_counter()
-    zoo = score_models(m, {str(i): summarize_layers(m, f, **p) for i, f in enumerate(prepared)}, p)
+    pairs = [(str(i), str(j)) for i in range(len(models)) for j in range(i + 1, len(models))]
+    zoo = score_pairs(m, {str(i): summarize_layers(m, f, **p) for i, f in enumerate(prepared)}, pairs, p)
     t2 = time.perf_counter()
-    out = {(i, j): zoo.block(str(i), str(j)) for i in range(len(models)) for j in range(i + 1, len(models))}
+    out = {(i, j): zoo[(str(i), str(j))] for i in range(len(models)) for j in range(i + 1, len(models))}
     return t1 - t0, t2 - t1, out
 
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_memory.py --quick    # 4 and 16 models
 
 Each model has 13 layers of width 768 on N=1024 samples (40 MiB of float32 features), stored in a throwaway
-feature cache as a run stores them. The pair stage (scoring.run_blocks, what `prh-bench run` does)
+feature cache as a run stores them. The pair stage (scoring.run_tiles, what `prh-bench run` does)
 runs in a fresh process per configuration, and the benchmark prints its peak resident memory (max RSS, minus
 the process's RSS before scoring) and time:
 
@@ -30,7 +30,7 @@ from fresh_process import in_fresh_process
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Prepare
-from prh_bench.scoring import BlockStore, Member, ScoreJob, ZooResult, run_blocks
+from prh_bench.scoring import JobScores, Member, PairStore, ScoreJob, run_tiles
 
 N, LAYERS, WIDTH = 1024, 13, 768
 
@@ -54,10 +54,9 @@ def scoring_run(root: str, store: str, metric: str, n_models: int, budget: float
     job = ScoreJob(m, params, 1, Prepare(), None, members, int(budget * 2**30))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    blocks = BlockStore(Path(store))
-    zoo = ZooResult(job, run_blocks(job, blocks, lambda mem: cache.load(mem.id, mem.key), job.blocks()))
+    done = JobScores(job, run_tiles(job, PairStore(Path(store)), lambda mem: cache.load(mem.id, mem.key), job.tiles()))
     seconds = time.perf_counter() - t0
-    checksum = float(sum(zoo.block(a.id, b.id).sum() for a, b in job.pairs()))
+    checksum = float(sum(done.pair(a.id, b.id).sum() for a, b in job.pairs()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return len(job.groups), seconds, (peak - base) / 1024, base / 1024, checksum
 

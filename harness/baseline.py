@@ -56,8 +56,11 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise BadInput(f"{side}: not a run sidecar of this prh-bench ({type(exc).__name__}: {exc})") from None
     for table in TABLES:
-        path = run_dir / f"{table}.csv"
-        frame = pd.read_csv(path, dtype={"params": str}, keep_default_na=False) if path.is_file() else pd.DataFrame()
+        path, long = run_dir / f"{table}.csv", run_dir / f"{table}.parquet"
+        if path.is_file():
+            frame = pd.read_csv(path, dtype={"params": str}, keep_default_na=False)
+        else:  # a long table (results.write_table)
+            frame = pd.read_parquet(long) if long.is_file() else pd.DataFrame()
         out[table] = frame.to_dict("records")
     return out
 

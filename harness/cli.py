@@ -150,6 +150,11 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
         for o in result.outcomes:
             where = f" [{o.condition}]" if len(result.conditions) > 1 else ""
             click.echo(f"  {o.status:9s} {o.model}{where} ({o.seconds:.1f} s){'  ' + o.error if o.error else ''}")
+        for w in result.pair_work:
+            where = f" [{w['condition']}]" if len(result.conditions) > 1 else ""
+            nulls = f"; nulls: {w['nulls_computed']} of {w['nulls']} computed" if w["nulls"] else ""
+            click.echo(f"  {w['metric']}{where}: {w['pairs_computed']} of {w['pairs']} model pairs computed, "
+                       f"{w['pairs'] - w['pairs_computed']} read from the cache{nulls}")
         for name, path in written["files"].items():
             if name.startswith("ranking"):
                 click.echo("\n" + Path(path).read_text(encoding="utf-8"))
@@ -256,19 +261,23 @@ def baseline(suite: str, run_dir: Path | None, runs_root: Path, out: Path | None
 @main.command()
 @click.option("--suite", required=True, help="Suite id.")
 @click.option("--max-samples", type=click.IntRange(min=4), help="As for run.")
+@click.option("--memory-budget", "budget_gib", type=click.FloatRange(min=0, min_open=True), default=4.0,
+              show_default=True, help="As for run: GiB of summaries the pair stage may hold.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def plan(obj: Ctx, suite: str, max_samples: int | None, as_json: bool) -> None:
-    """Without running: each model's status (cached / to extract / weights unavailable here) and feature storage."""
+def plan(obj: Ctx, suite: str, max_samples: int | None, budget_gib: float, as_json: bool) -> None:
+    """Without running: each model's status (cached / to extract / weights unavailable here) and feature storage,
+    and per metric the model pairs stored / to compute with an estimate of their time and memory."""
     from .features import FeatureCache, cache_root
     from .plan import plan_suite
 
-    table = plan_suite(obj.registry, suite, FeatureCache(cache_root()), max_samples)
+    table, work = plan_suite(obj.registry, suite, FeatureCache(cache_root()), max_samples, budget_gib)
     total = table.feature_MiB.sum(min_count=1)
     if as_json:
         click.echo(json.dumps({"suite": suite, "rows": json.loads(table.to_json(orient="records")),
-                               "feature_MiB": None if pd.isna(total) else float(total)}, indent=2))
+                               "feature_MiB": None if pd.isna(total) else float(total),
+                               "scoring": json.loads(work.to_json(orient="records"))}, indent=2))
         return
     shown = table.drop(columns="note").assign(weights=table.weights.str.slice(0, 60))  # `show ID` has the rest
     click.echo(tabulate(shown, headers="keys", showindex=False, floatfmt=".1f"))
@@ -277,6 +286,12 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, as_json: bool) -> None:
     counts = table.status.value_counts().to_dict()
     click.echo(f"{len(table)} model runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                + (f"; estimated features {total:.0f} MiB" if not pd.isna(total) else ""))
+    if not work.empty:
+        click.echo("\n" + tabulate(work, headers="keys", showindex=False, floatfmt=".1f"))
+        todo, secs = int(work.pairs_to_compute.sum()), work.est_seconds.sum(min_count=1)
+        click.echo(f"{int(work.pairs_cached.sum())} model pairs stored, {todo} to compute"
+                   + (f"; estimated {secs:.0f} s of scoring on this machine (measured on random features of "
+                      f"the suite's N)" if todo and not pd.isna(secs) else ""))
 
 
 @main.command()
@@ -287,28 +302,54 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, as_json: bool) -> None:
               help="A run folder (default: the newest under --runs).")
 @click.option("--runs", "runs_root", default=Path("prh-runs"), show_default=True, type=click.Path(path_type=Path),
               help="Where `run` wrote its folders.")
+@click.option("--results", "store", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A results store (`prh-bench merge`) instead of a run folder: the suite's models, metrics and "
+                   "first condition are read from it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: leaderboards/SUITE.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
 def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None, run_dir: Path | None,
-                runs_root: Path, out: Path | None, as_json: bool) -> None:
+                runs_root: Path, store: Path | None, out: Path | None, as_json: bool) -> None:
     """Rank models by alignment to a reference and correlate with downstream scores, from stored results."""
     from .color_figure import color_figure, is_color_space
     from .features import FeatureCache, cache_root
     from .leaderboard import build, latest_run
+    from .manifest import SuiteManifest
     from .publish import write_leaderboard
+    from .results import run_folder_from_store
 
+    out = out or Path("leaderboards") / suite
+    if store is not None:
+        if run_dir is not None:
+            raise BadInput("give --run or --results, not both")
+        # The scores it is built from travel with the bundle.
+        run_dir = run_folder_from_store(obj.registry, obj.registry.get(suite, SuiteManifest), store, out / "from-results")
     lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric)
     more = None
-    if is_color_space(lb, obj.registry):  # the colour study's figure: every model's colours in CIELAB
+    if store is None and is_color_space(lb, obj.registry):  # the colour study's figure: every model's colours in CIELAB
         more = functools.partial(color_figure, lb, FeatureCache(cache_root()))
-    files = write_leaderboard(lb, out or Path("leaderboards") / suite, more)
+    files = write_leaderboard(lb, out, more)
     if as_json:
         click.echo(json.dumps({"files": files, "correlations": json.loads(lb.correlations.to_json(orient="records"))}, indent=2))
         return
     click.echo(Path(files["leaderboard.md"]).read_text(encoding="utf-8"))
     click.echo(f"leaderboard folder: {Path(files['index.html']).parent}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--into", "store", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The results store to fold them into (created when absent).")
+@handle_errors
+def merge(sources: tuple[Path, ...], store: Path) -> None:
+    """Fold the per-pair results of run folders or other stores (SOURCES) into one store. All or nothing: a
+    record whose versions, feature checksums or scores disagree with one already there is refused."""
+    from .results import merge as merge_results
+
+    done = merge_results(list(sources), store)
+    click.echo(f"{store}: {done['added']} records added ({done['files']} files), {done['already_present']} already "
+               "present")
 
 
 @main.command()

@@ -46,10 +46,11 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
 
     from .align import prepare
     from .publish import _plt, _save, classical_mds
+    from .results import read_table
 
     run = Path(lb.meta["run"])
     side = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    scores = pd.read_csv(run / "scores.csv")
+    scores = read_table(run, "scores")
     scores = scores[(scores.metric == lb.metric) & (scores.condition == lb.condition)]
     prep = lb.suite.prepare
 

@@ -20,7 +20,7 @@ from .features import FeatureCache, Features
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, BlockStore, Member
+from .scoring import DEFAULT_BUDGET_GIB, Member, PairStore
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class RunContext:
         self.models: dict[str, ModelManifest] = {m.id: m for m in self.registry.suite_models(suite)}
         self.conditions = suite_conditions(self.registry, suite)
         self.cache = FeatureCache(Path(spec.cache_root))
-        self.blocks = BlockStore(Path(spec.cache_root))
+        self.pairs = PairStore(Path(spec.cache_root))
         self._data: dict[tuple[str, int | None], SampleSet] = {}
         self._last: tuple[Target, tuple[DatasetManifest, SampleSet, str]] | None = None
 

@@ -1,5 +1,5 @@
 """Where a run's work happens. The driver (runner.py) hands out two kinds of work, both of which leave their
-results in the shared cache: extracting one model's features on one sample set, and computing blocks of pair
+results in the shared cache: extracting one model's features on one sample set, and computing tiles of pair
 scores (scoring.py). `LocalExecutor` does them in this process, in order; `RayExecutor` makes each a Ray task
 with its resource needs, on a local Ray instance or a cluster whose nodes share the cache directory."""
 
@@ -19,12 +19,7 @@ from .context import RunContext, RunSpec, Target
 from .errors import BadInput, PrhBenchError
 from .features import Features, extract, model_feature_key
 from .manifest import ModelManifest
-from .scoring import (
-    ScoreJob,
-    ZooResult,
-    collect,
-    run_blocks,
-)
+from .scoring import JobScores, ScoreJob, collect, run_tiles
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +68,22 @@ class Executor(Protocol):
     def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
         """Each model's features on the target's samples, in the cache; their outcomes in model order."""
 
-    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> ZooResult:
-        """Every block of the job, stored in the block store and returned."""
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> JobScores:
+        """Every pair of the job, read from the pair store or computed and stored, and returned."""
 
 
 class LocalExecutor:
-    """In this process, one model and one block at a time."""
+    """In this process, one model and one tile at a time."""
 
     def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
         label = ctx.samples(target)[2]
         bar = tqdm(models, desc=f"{ctx.suite.id}: models ({label})", disable=not progress, unit="model")
         return [extract_one(ctx, mid, target, progress) for mid in bar]
 
-    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> ZooResult:
-        blocks = job.blocks()
-        with tqdm(total=len(blocks), desc=job.metric.name, disable=not progress, unit="block", leave=False) as bar:
-            return ZooResult(job, run_blocks(job, ctx.blocks, ctx.member_features, blocks, lambda: bar.update()))
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> JobScores:
+        tiles = job.tiles()
+        with tqdm(total=len(tiles), desc=job.metric.name, disable=not progress, unit="tile", leave=False) as bar:
+            return JobScores(job, run_tiles(job, ctx.pairs, ctx.member_features, tiles, lambda: bar.update()))
 
 
 _WORKER_CONTEXTS: dict[RunSpec, RunContext] = {}
@@ -108,14 +103,15 @@ def _ray_extract(spec: RunSpec, model_id: str, target: Target) -> ModelOutcome:
     return extract_one(_worker_context(spec), model_id, target)
 
 
-def _ray_score(spec: RunSpec, job: ScoreJob, i: int, j: int) -> None:
+def _ray_score(spec: RunSpec, job: ScoreJob, i: int, j: int) -> tuple[int, int]:
     ctx = _worker_context(spec)
-    run_blocks(job, ctx.blocks, ctx.member_features, [(i, j)])
+    done = run_tiles(job, ctx.pairs, ctx.member_features, [(i, j)])
+    return done.computed, done.nulls_computed
 
 
 class RayExecutor:
     """Each extraction a Ray task (a GPU when the run's device asks for one and the cluster has one, and the
-    manifest's memory need), each score block a task (its memory budget). Workers read and write the cache
+    manifest's memory need), each tile of pairs a task (its memory budget). Workers read and write the cache
     at the run's cache root, which every node must see (a shared file system).
 
     Every task gets as many CPUs, and torch threads, as this process uses (at most a node's CPUs): on the same
@@ -155,13 +151,13 @@ class RayExecutor:
             refs.append(task.options(**options).remote(self._spec(ctx), mid, target))
         return self._gather(refs, f"{ctx.suite.id}: models", progress)
 
-    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> ZooResult:
+    def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> JobScores:
         if job.budget > self.node_memory:
             raise BadInput(f"--memory-budget {job.budget / 2**30:g} GiB exceeds the memory of the largest Ray node "
                            f"({self.node_memory / 2**30:.1f} GiB)")
         task = self.ray.remote(_ray_score).options(num_cpus=self.threads, memory=job.budget)
-        self._gather([task.remote(self._spec(ctx), job, i, j) for i, j in job.blocks()], job.metric.name, progress)
-        return collect(job, ctx.blocks)
+        done = self._gather([task.remote(self._spec(ctx), job, i, j) for i, j in job.tiles()], job.metric.name, progress)
+        return collect(job, ctx.pairs, sum(c for c, _ in done), sum(n for _, n in done))
 
     def _gather(self, refs: list, desc: str, progress: bool) -> list:
         """Results in submission order (entries that are already outcomes pass through)."""

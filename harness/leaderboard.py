@@ -18,6 +18,7 @@ from .errors import BadInput
 from .manifest import SuiteManifest
 from .registry import Registry
 from .report import alignment_matrix, best_pairs, chance_level
+from .results import read_table
 
 RESAMPLES = 2000
 
@@ -25,7 +26,8 @@ RESAMPLES = 2000
 def latest_run(runs_root: Path, suite: str) -> Path:
     """The newest run folder of a suite under runs_root (names are UTC timestamps)."""
     folder = runs_root / suite
-    runs = sorted(p for p in folder.glob("*") if (p / "scores.csv").exists() and (p / "run.json").exists())
+    runs = sorted(p for p in folder.glob("*") if (p / "run.json").exists()
+                  and ((p / "scores.csv").exists() or (p / "scores.parquet").exists()))
     if not runs:
         raise BadInput(f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first")
     return runs[-1]
@@ -69,7 +71,9 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
           metric: str | None = None) -> Leaderboard:
     suite = registry.get(suite_id, SuiteManifest)
     assert isinstance(suite, SuiteManifest)
-    scores = pd.read_csv(run_dir / "scores.csv")
+    scores = read_table(run_dir, "scores")
+    if scores is None:
+        raise BadInput(f"{run_dir}: no scores table; give a folder written by `prh-bench run`")
     side = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if (got := side.get("suite", {}).get("id")) != suite_id:
         raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite_id}'; give a run of '{suite_id}'")

@@ -1,15 +1,26 @@
 """What a suite would do, without running it: per model and condition, cached or to extract, whether its
-weights can be had here, and how much feature storage it needs."""
+weights can be had here, and how much feature storage it needs; per condition and metric, how many model
+pairs (and permutation nulls) the pair store already holds, how many are left to compute, and an estimate of
+their time and memory."""
 
 from __future__ import annotations
 
+import functools
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
 
+from .align import Metric, prepare, summarize_layers
 from .context import apply_transform, load_samples, suite_conditions
 from .errors import BadInput, PrhBenchError
-from .features import FeatureCache, model_feature_key
+from .features import EntryInfo, FeatureCache, model_feature_key
+from .lazy import torch
 from .manifest import ModelManifest, SuiteManifest
 from .registry import Registry
+from .scoring import DEFAULT_BUDGET_GIB, Member, PairStore, ScoreJob
 
 
 def weights_status(registry: Registry, m: ModelManifest) -> str:
@@ -27,13 +38,77 @@ def feature_widths(registry: Registry, m: ModelManifest) -> list[int] | None:
         return None
 
 
-def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_samples: int | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per layer of preparation and summary, and per layer pair of the pair stage, measured here."""
+
+    summary: float
+    pair: float
+
+
+@functools.cache
+def measured_rates(metric: Metric, params_json: str, n: int, width: int) -> Rates:
+    """Time the metric on random features of N = n samples and the given width (4 layers, 4 layer pairs):
+    an estimate for this machine, not a promise (the pair stage of wide zoos batches better)."""
+    params = json.loads(params_json)
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.randn(n, width, generator=g) for _ in range(4)]
+    t0 = time.perf_counter()
+    sx = summarize_layers(metric, prepare(layers[:2]), **params)
+    sy = summarize_layers(metric, prepare(layers[2:]), **params)
+    t1 = time.perf_counter()
+    metric.cross_scores(sx, sy, params)
+    t2 = time.perf_counter()
+    return Rates((t1 - t0) / 4, (t2 - t1) / 4)
+
+
+def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, label: str, n: int,
+                 members: list[Member], pending: dict[str, list[int] | None], budget: int) -> list[dict[str, Any]]:
+    """Per metric: the pairs (and nulls) stored and to compute among `members` (models with cached features)
+    and `pending` (models still to extract, with their estimated widths), and an estimate of the work."""
+    rows = []
+    unknown = [mid for mid, w in pending.items() if w is None]
+    stand_ins = [Member(mid, "", EntryInfo(n, [], w or [], f"pending:{mid}")) for mid, w in pending.items()]
+    for use in suite.metrics:
+        metric, params = registry.metric(use.name, use.params)
+        job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate,
+                       tuple(members) + tuple(stand_ins), budget, suite.reference)
+        cached = {m.id for m in members}
+        pairs = [p for i, j in job.tiles() for p in job.tile_pairs(i, j)]
+        todo = [(a, b) for a, b in pairs
+                if not ({a.id, b.id} <= cached and store.scores_path(job, a, b).exists())]
+        nulls = job.null_pairs(pairs)
+        nulls_todo = [(a, b) for a, b in nulls if not ({a.id, b.id} <= cached and store.null_path(job, a, b).exists())]
+        involved = {m.id: m for p in todo + nulls_todo for m in p}
+        row = {"condition": label, "metric": use.name, "pairs": len(pairs), "pairs_cached": len(pairs) - len(todo),
+               "pairs_to_compute": len(todo), "nulls": len(nulls), "nulls_to_compute": len(nulls_todo),
+               "est_seconds": None, "est_memory_MiB": None, "note": ""}
+        if involved and not (unknown and set(unknown) & set(involved)):
+            widths = [d for m in involved.values() for d in m.info.widths]
+            rates = measured_rates(metric, json.dumps(params, sort_keys=True), n, int(sorted(widths)[len(widths) // 2]))
+            layer_pairs = sum(job.layers(a) * job.layers(b) for a, b in todo)
+            null_pairs = sum(job.layers(a) * job.layers(b) for a, b in nulls_todo)
+            perms = suite.calibrate.permutations if suite.calibrate else 0
+            row["est_seconds"] = (rates.summary * sum(job.layers(m) for m in involved.values())
+                                  + rates.pair * (layer_pairs * (2 - metric.symmetric) + perms * null_pairs))
+            held = sorted((sum(job.summary_nbytes(m) for m in g if m.id in involved) for g in job.groups), reverse=True)
+            row["est_memory_MiB"] = min(sum(held[:2]), budget) / 2**20
+        elif involved:
+            row["note"] = f"layer widths unknown for {', '.join(sorted(set(unknown) & set(involved)))}"
+        rows.append(row)
+    return rows
+
+
+def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_samples: int | None = None,
+               budget_gib: float = DEFAULT_BUDGET_GIB) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per condition and model: its extraction; one row per condition and metric: its pair work)."""
     suite = registry.get(suite_id, SuiteManifest)
     assert isinstance(suite, SuiteManifest)
     models = registry.suite_models(suite)
     weights = {m.id: weights_status(registry, m) for m in models}
     widths = {m.id: feature_widths(registry, m) for m in models}
-    rows = []
+    store = PairStore(cache.root)
+    rows, work = [], []
     for cond in suite_conditions(registry, suite):
         try:
             samples = apply_transform(load_samples(registry, cond.dataset, max_samples or suite.max_samples), cond)
@@ -41,16 +116,23 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
         except (BadInput, PrhBenchError) as exc:
             samples, data_note = None, f"dataset unavailable: {exc}"
             n = cond.dataset.options.get("limit") or cond.dataset.options.get("count")
+        members, pending = [], {}
         for m in models:
             if samples is not None:
                 key, _ = model_feature_key(registry.plugins.backends[m.backend], m, cond.dataset, samples)
                 cached = cache.path(m.id, key).exists()
                 status = "cached" if cached else ("to extract" if not weights[m.id].startswith("unavailable")
                                                   else "weights unavailable here")
+                if cached:
+                    members.append(Member(m.id, key, cache.info(m.id, key)))
+                elif status == "to extract":
+                    pending[m.id] = widths[m.id]
             else:
                 status = "dataset unavailable"
             w = widths[m.id]
             mb = n * sum(w) * 4 / 2**20 if (w and n) else None
             rows.append({"condition": cond.label, "model": m.id, "status": status, "weights": weights[m.id],
                          "layers": len(w) if w else None, "feature_MiB": mb, "note": data_note})
-    return pd.DataFrame(rows)
+        if samples is not None:
+            work += scoring_work(registry, suite, store, cond.label, n, members, pending, int(budget_gib * 2**30))
+    return pd.DataFrame(rows), pd.DataFrame(work)

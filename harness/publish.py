@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import Leaderboard
-from .report import md_table, md_text, slug
+from .report import md_table, md_text
+from .results import slug
 
 
 def _plt():

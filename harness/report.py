@@ -16,6 +16,7 @@ import pandas as pd
 from . import __version__
 from .features import library_versions
 from .manifest import ModelManifest
+from .results import RESULTS_DIR, slug, write_records, write_table
 from .runner import SuiteRun
 
 #: a sweep with more conditions than this gets its summary only, not a matrix per condition
@@ -119,10 +120,6 @@ def heatmap(mat: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
-
-
 def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, stem: str, run_dir: Path,
                  files: dict[str, str]) -> None:
     """Matrix CSV, heatmap PNG and ranking Markdown of one metric under one condition."""
@@ -187,8 +184,10 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
     for name, table in (("scores", run.scores), ("calibration", run.calibration), ("model_scores", run.model_scores),
                         ("probes", run.probes)):
         if name == "scores" or not table.empty:
-            table.to_csv(run_dir / f"{name}.csv", index=False)
-            files[name] = str(run_dir / f"{name}.csv")
+            files[name] = str(write_table(table, run_dir, name))
+    if run.records:
+        write_records(run_dir / RESULTS_DIR, run.records)
+        files["results"] = str(run_dir / RESULTS_DIR)
     best = best_pairs(run.scores)
     metrics = list(dict.fromkeys(best.metric)) if not best.empty else []
     several = len(run.conditions) > 1
@@ -213,6 +212,7 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
                    for mid, m in run.models.items()},
         "metrics": {u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},
         "device": run.device,
+        "pair_work": run.pair_work,
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
     }
     side = run_dir / "run.json"

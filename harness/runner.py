@@ -20,8 +20,9 @@ from .executors import Executor, LocalExecutor, ModelOutcome
 from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
+from .results import PairRecord, job_records
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, Member, ScoreJob, ZooResult
+from .scoring import DEFAULT_BUDGET_GIB, JobScores, Member, ScoreJob
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
@@ -41,6 +42,8 @@ class SuiteRun:
     metric_versions: dict[str, int]
     device: str
     seconds: dict[str, float] = field(default_factory=dict)
+    pair_work: list[dict[str, Any]] = field(default_factory=list)  # per condition and metric: pairs read / computed
+    records: list[PairRecord] = field(default_factory=list)  # one per condition, ordered model pair and metric
 
     @property
     def failures(self) -> list[ModelOutcome]:
@@ -58,12 +61,12 @@ def check_modalities(models: list[ModelManifest], samples: SampleSet, dataset: D
             raise BadInput(f"model '{m.id}' reads {m.modality} but dataset '{dataset.id}' has no {NEEDS[m.modality]}s")
 
 
-def score_rows(job: ScoreJob, zoo: ZooResult, names: dict[str, list[str]]) -> list[dict[str, Any]]:
+def score_rows(job: ScoreJob, scores: JobScores, names: dict[str, list[str]]) -> list[dict[str, Any]]:
     """The long table of one job: every ordered model pair it scores x every layer pair."""
     params = json.dumps(job.params, sort_keys=True)
     rows = []
     for a, b in job.pairs():
-        matrix = zoo.block(a.id, b.id)
+        matrix = scores.pair(a.id, b.id)
         for i, lx in enumerate(names[a.id]):
             for j, ly in enumerate(names[b.id]):
                 rows.append({"model_x": a.id, "model_y": b.id, "layer_x": lx, "layer_y": ly, "metric": job.metric.name,
@@ -90,7 +93,7 @@ def run_suite(
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
-    scores, nulls, extras, sizes = [], [], [], {}
+    scores, nulls, extras, sizes, work, records = [], [], [], {}, [], []
     for index, cond in enumerate(ctx.conditions):
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
@@ -113,9 +116,14 @@ def run_suite(
         for use, (metric, params) in zip(suite.metrics, metrics):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30), suite.reference)
-            zoo = executor.score(ctx, job, progress)
-            rows += score_rows(job, zoo, names)
-            cal += zoo.calibration()
+            done = executor.score(ctx, job, progress)
+            rows += score_rows(job, done, names)
+            cal += done.calibration()
+            records += job_records(done, cond, len(samples), ctx.models, names)
+            unordered = [p for i, j in job.tiles() for p in job.tile_pairs(i, j)]
+            work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
+                         "pairs_computed": done.result.computed, "nulls": len(job.null_pairs(unordered)),
+                         "nulls_computed": done.result.nulls_computed})
         columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
         scores.append(pd.DataFrame(rows, columns=columns).assign(condition=cond.label))
         nulls.append(pd.DataFrame(cal).assign(condition=cond.label))
@@ -125,7 +133,8 @@ def run_suite(
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
-                    pd.concat(nulls), pd.DataFrame(extras), probes, versions, str(device), timings)
+                    pd.concat(nulls), pd.DataFrame(extras), probes, versions, str(device), timings, pair_work=work,
+                    records=records)
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:

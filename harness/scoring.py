@@ -1,15 +1,25 @@
-"""The pair stage of a run: bounded memory, resumable block by block.
+"""The pair stage of a run: each model pair's scores stored on their own, computed in memory-bounded batches.
 
-Models are split, in suite order, into groups whose per-layer summaries (and the pair stage's working copies
-of them) fit half the memory budget; each metric estimates both from N and the layer widths. A block is a group
-against itself or against a later group, and it is the unit of work: computed in one batched call, stored in
-the cache as one checksummed file keyed by everything it depends on, and never recomputed once stored. At most
-two groups' summaries are held at once, features are read from the cache one model at a time, and a run killed
-while scoring loses at most the block in progress.
+Storage and lookup are per model pair. An entry holds one pair's layer x layer scores under a key of what
+they depend on: the metric, its parameters and version, the code that computes them (`metric_code_digest`),
+torch's version, the preparation, and the two models' feature checksums (which bind the model, the data set,
+its samples and the extraction code). Not the models' ids, the suite or the other models of the run: a pair
+scored once is read back by every run and suite that needs it, so adding a model to a suite of N scores N
+pairs, removing one scores none, and suites that share models on one data set share their pairs. A
+permutation null is an entry of its own, keyed also by the calibration settings and the pair's order (the
+later model's samples are shuffled).
 
-A block's scores depend slightly on what it batches (float64 matrix products sum in a shape-dependent order,
-~1e-15 apart). Blocks are fixed by the suite's models and the budget alone, so a resumed run computes exactly
-the blocks an uninterrupted one would, and its results are bitwise equal.
+Computation is batched. Models are split, in suite order, into groups whose summaries (and the pair stage's
+working copies of them) fit half the memory budget; a tile is a group against itself or against a later
+group. A tile's missing pairs are computed together (`align.matrix.score_pairs`), summaries only of the
+models they involve, at most two groups' at a time, features read one model at a time; a run killed while
+scoring loses at most the tile in progress. Metrics with small summaries (the kNN family: N x k indices) keep
+them in the cache too, so a model added later costs its own preparation and summaries, not everyone's.
+
+Batching changes a pair's score by rounding at most: count metrics (the kNN family: mutual_knn, cycle_knn,
+lcs_knn, edit_knn) give the same bits whatever the batch; float64 kernel, subspace and RSA scores agree
+within 1e-12 (matrix products sum in a shape-dependent order). Once stored, a pair is read, never
+recomputed, so every later run sees the same bits.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import functools
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +39,7 @@ import torch
 
 from .align import LayerScores, prepare, summarize_layers
 from .align.calibrate import calibrate_summaries
-from .align.matrix import score_models
+from .align.matrix import score_pairs
 from .align.metric import Metric
 from .code_digest import files_digest
 from .errors import PrhBenchError
@@ -37,19 +47,24 @@ from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
 from .store import entry_lock, inside, read_valid, write_entry
 
-BLOCK_FORMAT = 2
+PAIR_FORMAT = 1
 DEFAULT_BUDGET_GIB = 4.0
+Pair = tuple[str, str]
 
 
 @functools.cache
 def metric_code_digest(cls: type) -> str:
     """sha256 of the code a stored score depends on: every module of `prh_bench.align` (the preparation, the
     calibration and the helpers metrics share) and the source files that define the metric class and its
-    bases (a plugin's own module). Editing any of them makes new blocks even when no manifest version is
+    bases (a plugin's own module). Editing any of them makes new entries even when no manifest version is
     bumped, so no stale score is ever read back."""
     align = Path(inspect.getfile(prepare)).parent
     return files_digest([*align.glob("*.py"), *(Path(inspect.getfile(c)) for c in cls.__mro__
                                               if c.__module__ not in ("builtins", "abc") and not c.__module__.startswith("typing"))])
+
+
+def _sha(doc: object) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,192 +113,255 @@ class ScoreJob:
         return groups
 
     def pairs(self) -> list[tuple[Member, Member]]:
-        """The ordered model pairs scored, in suite order whatever the groups: each unordered pair once (x before
-        y), then the reverse pairs when the metric is not symmetric."""
+        """The ordered model pairs reported, in suite order: each unordered pair once (x before y), then the
+        reverse pairs when the metric is not symmetric."""
         ms = self.members
         pairs = [(a, b) for n, a in enumerate(ms) for b in ms[n + 1 :]]
         return pairs + ([] if self.metric.symmetric else [(b, a) for a, b in pairs])
 
-    def blocks(self) -> list[tuple[int, int]]:
-        """Row by row; within row i, the other groups from the last down to i + 1, so that the group scored
-        last in a row is the next row's own group and its summaries carry over."""
+    def tiles(self) -> list[tuple[int, int]]:
+        """Row by row; within row i, the other groups from the last down to i + 1, so that the group met last
+        in a row is the next row's own group and its summaries carry over."""
         g = len(self.groups)
         return [(i, j) for i in range(g) for j in [i, *range(g - 1, i, -1)]]
 
-    def block_key(self, i: int, j: int) -> str:
-        doc = {"format": BLOCK_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
-               "code": metric_code_digest(type(self.metric)), "torch": torch.__version__,
-               "prepare": self.prepare.model_dump(mode="json"),
-               "calibrate": self.calibrate.model_dump(mode="json") if self.calibrate else None,
-               "reference": self.reference if self.calibrate and self.calibrate.pairs == "reference" else None,
-               "x": [(m.id, m.info.digest) for m in self.groups[i]], "y": [(m.id, m.info.digest) for m in self.groups[j]]}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    def tile_pairs(self, i: int, j: int) -> list[tuple[Member, Member]]:
+        """The unordered model pairs of a tile, x before y in suite order."""
+        if i == j:
+            return [(a, b) for n, a in enumerate(self.groups[i]) for b in self.groups[i][n + 1 :]]
+        return [(a, b) for a in self.groups[i] for b in self.groups[j]]
+
+    def wants_null(self, a: Member, b: Member) -> bool:
+        return self.calibrate is not None and (self.calibrate.pairs == "all" or self.reference in (a.id, b.id))
+
+    def null_pairs(self, pairs: Iterable[tuple[Member, Member]]) -> list[tuple[Member, Member]]:
+        """The ordered pairs that get a null: (x, y) shuffles y; (y, x) too when the metric is not symmetric."""
+        pairs = list(pairs)
+        both = pairs + ([] if self.metric.symmetric else [(b, a) for a, b in pairs])
+        return [(a, b) for a, b in both if self.wants_null(a, b)]
+
+    @cached_property
+    def scoring(self) -> dict[str, Any]:
+        """What a pair's scores depend on besides its two feature entries."""
+        return {"format": PAIR_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
+                "code": metric_code_digest(type(self.metric)), "torch": torch.__version__,
+                "prepare": self.prepare.model_dump(mode="json")}
+
+    @cached_property
+    def scoring_id(self) -> str:
+        return _sha(self.scoring)
+
+    def pair_key(self, a: Member, b: Member) -> str:
+        """The same for (a, b) and (b, a): entries hold the pair with the smaller feature checksum first."""
+        return _sha([self.scoring_id, *sorted((a.info.digest, b.info.digest))])
+
+    def summary_key(self, m: Member) -> str:
+        return _sha([self.scoring_id, "summaries", m.info.digest])
+
+    def null_key(self, a: Member, b: Member) -> str:
+        assert self.calibrate is not None
+        return _sha([self.scoring_id, self.calibrate.model_dump(mode="json"), a.info.digest, b.info.digest])
 
 
-@dataclass(frozen=True)
-class Block:
-    """Scores of group i's layers (rows) against group j's (columns); for a metric that is not symmetric and
-    i != j, also j's against i's. Permutation nulls of the block's model pairs, when the suite asks."""
-
-    xy: torch.Tensor
-    yx: torch.Tensor | None = None
-    calibration: list[dict[str, Any]] = field(default_factory=list)
-
-
-class BlockStore:
-    """Blocks under CACHE/scores/METRIC/KEY.safetensors, written atomically with a checksum."""
+class PairStore:
+    """Pair entries under CACHE/pairs/METRIC/KEY.safetensors, nulls under CACHE/nulls/METRIC/KEY.safetensors,
+    written atomically with a checksum (store.py)."""
 
     def __init__(self, root: Path):
-        self.root = root / "scores"
+        self.root = root
 
-    def path(self, job: ScoreJob, i: int, j: int) -> Path:
-        return inside(self.root, job.metric.name, f"{job.block_key(i, j)}.safetensors")
+    def _path(self, kind: str, job: ScoreJob, key: str) -> Path:
+        return inside(self.root, kind, job.metric.name, f"{key}.safetensors")
 
-    def lock(self, job: ScoreJob, i: int, j: int) -> contextlib.AbstractContextManager[None]:
-        return entry_lock(self.path(job, i, j))
+    def scores_path(self, job: ScoreJob, a: Member, b: Member) -> Path:
+        return self._path("pairs", job, job.pair_key(a, b))
 
-    def load(self, job: ScoreJob, i: int, j: int) -> Block | None:
-        if (entry := read_valid(self.path(job, i, j), "score block")) is None:
+    def null_path(self, job: ScoreJob, a: Member, b: Member) -> Path:
+        return self._path("nulls", job, job.null_key(a, b))
+
+    def lock(self, job: ScoreJob, keys: list[str]) -> contextlib.AbstractContextManager[None]:
+        """Held while one run computes these entries: a second run wanting the same ones waits, then reads."""
+        return entry_lock(inside(self.root, "pairs", job.metric.name, f"batch-{_sha(sorted(keys))}"))
+
+    def load_scores(self, job: ScoreJob, a: Member, b: Member) -> dict[Pair, torch.Tensor] | None:
+        """{(a, b): a's layers x b's, (b, a): b's x a's}, or None when not stored (or corrupt)."""
+        path = self.scores_path(job, a, b)
+        if (entry := read_valid(path, "pair scores")) is None:
             return None
         tensors, meta = entry
-        return Block(tensors["xy"], tensors.get("yx"), json.loads(meta["calibration"]))
+        x, y = (a, b) if meta["x"] == a.info.digest else (b, a)
+        xy = tensors["xy"]
+        yx = tensors["yx"] if "yx" in tensors else xy.T
+        if tuple(xy.shape) != (job.layers(x), job.layers(y)) or tuple(yx.shape) != (job.layers(y), job.layers(x)):
+            raise PrhBenchError(f"pair entry {path} holds {tuple(xy.shape)} scores for models of {job.layers(x)} and "
+                                f"{job.layers(y)} layers; delete it and run again")
+        return {(x.id, y.id): xy, (y.id, x.id): yx}
 
-    def save(self, job: ScoreJob, i: int, j: int, block: Block) -> None:
-        tensors = {"xy": block.xy} | ({"yx": block.yx} if block.yx is not None else {})
-        meta = {"metric": job.metric.name, "params": json.dumps(job.params, sort_keys=True),
-                "x": json.dumps([m.id for m in job.groups[i]]), "y": json.dumps([m.id for m in job.groups[j]]),
-                "calibration": json.dumps(block.calibration)}
-        write_entry(self.path(job, i, j), tensors, meta)
+    def save_scores(self, job: ScoreJob, a: Member, b: Member, scores: dict[Pair, torch.Tensor]) -> None:
+        x, y = sorted((a, b), key=lambda m: m.info.digest)
+        tensors = {"xy": scores[(x.id, y.id)]} | ({} if job.metric.symmetric else {"yx": scores[(y.id, x.id)]})
+        write_entry(self.scores_path(job, a, b), tensors,
+                    {"x": x.info.digest, "y": y.info.digest, "scoring": json.dumps(job.scoring, sort_keys=True)})
+
+    def load_null(self, job: ScoreJob, a: Member, b: Member) -> dict[str, Any] | None:
+        entry = read_valid(self.null_path(job, a, b), "permutation null")
+        return None if entry is None else json.loads(entry[1]["calibration"])
+
+    def save_null(self, job: ScoreJob, a: Member, b: Member, row: dict[str, Any], null: torch.Tensor) -> None:
+        assert job.calibrate is not None
+        write_entry(self.null_path(job, a, b), {"null": null},
+                    {"calibration": json.dumps(row, sort_keys=True), "scoring": json.dumps(job.scoring, sort_keys=True),
+                     "calibrate": job.calibrate.model_dump_json()})
+
+
+class SummaryStore:
+    """A model's summaries under CACHE/summaries/METRIC/KEY.safetensors, for metrics whose summaries are small
+    (`Metric.summaries_to_tensors`): a model's later pairs then read them instead of its features."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, job: ScoreJob, m: Member) -> Path:
+        return inside(self.root, "summaries", job.metric.name, f"{job.summary_key(m)}.safetensors")
+
+    def load(self, job: ScoreJob, m: Member) -> list[Any] | None:
+        if (entry := read_valid(self.path(job, m), "summaries")) is None:
+            return None
+        return job.metric.summaries_from_tensors(entry[0])
+
+    def save(self, job: ScoreJob, m: Member, summaries: list[Any]) -> None:
+        if (tensors := job.metric.summaries_to_tensors(summaries)) is not None:
+            write_entry(self.path(job, m), tensors, {"scoring": json.dumps(job.scoring, sort_keys=True)})
 
 
 class Summaries:
-    """Per-layer summaries of groups, from features read one model at a time; at most two groups are held.
-    The group asked for with keep=True stays (the row of blocks being computed); of the others only the last
-    one stays, since it may be the next row's group."""
+    """Per-layer summaries of the members of groups, read from the summary store or computed on demand from
+    features read one model at a time; at most two groups' are held. The group asked for with keep=True stays
+    (the row of tiles being computed); of the others only the last one stays, since it may be the next row's
+    group."""
 
-    def __init__(self, job: ScoreJob, load: Callable[[Member], Features]):
-        self.job, self.load = job, load
+    def __init__(self, job: ScoreJob, load: Callable[[Member], Features], store: SummaryStore):
+        self.job, self.load, self.store = job, load, store
         self.row: tuple[int, dict[str, list[Any]]] | None = None
         self.last: tuple[int, dict[str, list[Any]]] | None = None
 
-    def of(self, g: int, keep: bool = False) -> dict[str, list[Any]]:
-        for held in (self.row, self.last):
-            if held is not None and held[0] == g:
-                if keep:
-                    self.row, self.last = held, None
-                return held[1]
-        self.last = None  # drop it before computing another group
+    def of(self, g: int, models: set[str], keep: bool = False) -> dict[str, list[Any]]:
+        held = next((h for h in (self.row, self.last) if h is not None and h[0] == g), None)
+        if held is None:
+            self.last = None  # drop it before computing another group
+            held = (g, {})
         if keep:
-            self.row = None
-        out = {}
-        prep = self.job.prepare
-        for m in self.job.groups[g]:
-            feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers,
-                            prep.clamp)
-            out[m.id] = summarize_layers(self.job.metric, feats, **self.job.params)
-        if keep:
-            self.row = (g, out)
+            self.row, self.last = held, (self.last if self.last is not held else None)
         else:
-            self.last = (g, out)
+            self.last = held
+        prep, out = self.job.prepare, held[1]
+        for m in self.job.groups[g]:
+            if m.id in models and m.id not in out:
+                if (found := self.store.load(self.job, m)) is None:
+                    feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers,
+                                    prep.clamp)
+                    found = summarize_layers(self.job.metric, feats, **self.job.params)
+                    self.store.save(self.job, m, found)
+                out[m.id] = found
         return out
 
 
-def compute_block(job: ScoreJob, i: int, j: int, summaries: Summaries) -> Block:
-    metric, params = job.metric, job.params
-    sx = summaries.of(i, keep=True)
-    if i == j:
-        xy, yx, sy = score_models(metric, sx, params).matrix, None, sx
-    else:
-        sy = summaries.of(j)
-        flat_x, flat_y = ([s for layers in group.values() for s in layers] for group in (sx, sy))
-        if metric.symmetric:
-            xy, yx = metric.cross_scores(flat_x, flat_y, params), None
-        else:
-            xy, yx = metric.cross_scores_both(flat_x, flat_y, params)
-    block = Block(xy, yx)
-    if job.calibrate is not None:
-        view, both = ZooResult(job, {(i, j): block}), sx | sy
-        for a, b in job_pairs(job, i, j):
-            if job.calibrate.pairs == "reference" and job.reference not in (a.id, b.id):
-                continue
-            best = LayerScores(view.block(a.id, b.id), metric.higher_is_better).best
-            cal = calibrate_summaries(metric, both[a.id], both[b.id], best, params, a.info.n,
-                                      job.calibrate.permutations, job.calibrate.seed,
+@dataclass
+class TileResult:
+    """What a tile's pairs read: scores in both orders, nulls by ordered pair, and how many were computed."""
+
+    scores: dict[Pair, torch.Tensor] = field(default_factory=dict)
+    nulls: dict[Pair, dict[str, Any]] = field(default_factory=dict)
+    computed: int = 0
+    nulls_computed: int = 0
+
+
+def _read(job: ScoreJob, store: PairStore, pairs: list[tuple[Member, Member]], nulls: list[tuple[Member, Member]],
+          out: TileResult) -> tuple[list[tuple[Member, Member]], list[tuple[Member, Member]]]:
+    """Read what is stored into `out`; return the pairs and the nulls still missing."""
+    missing = []
+    for a, b in pairs:
+        if (a.id, b.id) not in out.scores:
+            if (found := store.load_scores(job, a, b)) is None:
+                missing.append((a, b))
+            else:
+                out.scores |= found
+    missing_nulls = []
+    for a, b in nulls:
+        if (a.id, b.id) not in out.nulls:
+            if (row := store.load_null(job, a, b)) is None:
+                missing_nulls.append((a, b))
+            else:
+                out.nulls[(a.id, b.id)] = row
+    return missing, missing_nulls
+
+
+def run_tile(job: ScoreJob, store: PairStore, summaries: Summaries, i: int, j: int, out: TileResult) -> None:
+    """A tile's pairs and nulls, read from the store or computed and stored. Stored entries are read without
+    a lock (a read-only cache works); missing ones are computed under a lock on exactly that set of entries,
+    which a second run sharing the cache waits on and then finds stored."""
+    pairs = job.tile_pairs(i, j)
+    nulls = job.null_pairs(pairs)
+    missing, missing_nulls = _read(job, store, pairs, nulls, out)
+    if not missing and not missing_nulls:
+        return
+    keys = [job.pair_key(a, b) for a, b in missing] + [job.null_key(a, b) for a, b in missing_nulls]
+    with store.lock(job, keys):
+        missing, missing_nulls = _read(job, store, missing, missing_nulls, out)
+        involved = {m.id for p in missing + missing_nulls for m in p}
+        both = summaries.of(i, involved, keep=True)
+        both = both | (summaries.of(j, involved) if j != i else {})
+        computed = score_pairs(job.metric, both, [(a.id, b.id) for a, b in missing], job.params)
+        for a, b in missing:
+            store.save_scores(job, a, b, computed)
+        out.scores |= computed
+        out.computed += len(missing)
+        for a, b in missing_nulls:
+            cal = calibrate_summaries(job.metric, both[a.id], both[b.id],
+                                      LayerScores(out.scores[(a.id, b.id)], job.metric.higher_is_better).best,
+                                      job.params, a.info.n, job.calibrate.permutations, job.calibrate.seed,
                                       job.calibrate.alpha)
-            block.calibration.append({"model_x": a.id, "model_y": b.id, "metric": metric.name, **cal.as_dict()})
-    return block
-
-
-def job_pairs(job: ScoreJob, i: int, j: int) -> Iterator[tuple[Member, Member]]:
-    """The ordered model pairs a block scores: each unordered pair once (x before y in suite order), and the
-    reverse too when the metric is not symmetric."""
-    if i == j:
-        pairs = [(a, b) for n, a in enumerate(job.groups[i]) for b in job.groups[i][n + 1 :]]
-    else:
-        pairs = [(a, b) for a in job.groups[i] for b in job.groups[j]]
-    yield from pairs
-    if not job.metric.symmetric:
-        yield from ((b, a) for a, b in pairs)
+            row = {"model_x": a.id, "model_y": b.id, "metric": job.metric.name, **cal.as_dict()}
+            store.save_null(job, a, b, row, cal.null)
+            out.nulls[(a.id, b.id)] = row
+        out.nulls_computed += len(missing_nulls)
 
 
 @dataclass(frozen=True)
-class ZooResult:
-    """The blocks of a job: `block(a, b)` is model a's layers x model b's."""
+class JobScores:
+    """A job's results: `pair(a, b)` is model a's layers x model b's; nulls as calibration rows."""
 
     job: ScoreJob
-    blocks: dict[tuple[int, int], Block]
+    result: TileResult
 
-    @cached_property
-    def where(self) -> dict[str, tuple[int, int, int]]:
-        """model -> (group, first layer row within the group, end)."""
-        out = {}
-        for g, members in enumerate(self.job.groups):
-            row = 0
-            for m in members:
-                out[m.id] = (g, row, row + self.job.layers(m))
-                row += self.job.layers(m)
-        return out
-
-    def block(self, a: str, b: str) -> torch.Tensor:
-        (ga, a0, a1), (gb, b0, b1) = self.where[a], self.where[b]
-        if ga <= gb:
-            return self.blocks[(ga, gb)].xy[a0:a1, b0:b1]
-        if self.job.metric.symmetric:
-            return self.blocks[(gb, ga)].xy[b0:b1, a0:a1].T
-        yx = self.blocks[(gb, ga)].yx
-        assert yx is not None
-        return yx[a0:a1, b0:b1]
+    def pair(self, a: str, b: str) -> torch.Tensor:
+        return self.result.scores[(a, b)]
 
     def calibration(self) -> list[dict[str, Any]]:
-        """The permutation nulls of every pair, in the order of `ScoreJob.pairs`."""
-        rows = {(r["model_x"], r["model_y"]): r for block in self.blocks.values() for r in block.calibration}
-        return [rows[(a.id, b.id)] for a, b in self.job.pairs() if (a.id, b.id) in rows]
+        """The permutation nulls of the pairs that have one, in the order of `ScoreJob.pairs`, named as in
+        this run (a stored null may have been computed by a run that named the models otherwise)."""
+        nulls = self.result.nulls
+        return [nulls[(a.id, b.id)] | {"model_x": a.id, "model_y": b.id}
+                for a, b in self.job.pairs() if (a.id, b.id) in nulls]
 
 
-def run_blocks(job: ScoreJob, store: BlockStore, load: Callable[[Member], Features],
-               blocks: list[tuple[int, int]], on_done: Callable[[], None] = lambda: None) -> dict[tuple[int, int], Block]:
-    """The given blocks, read from the store or computed and stored, in order (rows of blocks share their
-    group's summaries). A second run sharing the cache waits on a block's lock, then finds it stored."""
-    summaries = Summaries(job, load)
-    out = {}
-    for i, j in blocks:
-        if (block := store.load(job, i, j)) is None:  # a stored block needs no lock (a read-only cache works)
-            with store.lock(job, i, j):
-                if (block := store.load(job, i, j)) is None:
-                    block = compute_block(job, i, j, summaries)
-                    store.save(job, i, j, block)
-        out[(i, j)] = block
+def run_tiles(job: ScoreJob, store: PairStore, load: Callable[[Member], Features], tiles: list[tuple[int, int]],
+              on_done: Callable[[], None] = lambda: None) -> TileResult:
+    """The given tiles in order (rows of tiles share their group's summaries)."""
+    summaries, out = Summaries(job, load, SummaryStore(store.root)), TileResult()
+    for i, j in tiles:
+        run_tile(job, store, summaries, i, j, out)
         on_done()
     return out
 
 
-def collect(job: ScoreJob, store: BlockStore) -> ZooResult:
-    """Every block of a job from the store, once other processes have computed them."""
-    blocks = {}
-    for i, j in job.blocks():
-        block = store.load(job, i, j)
-        if block is None:
-            raise PrhBenchError(f"score block {i},{j} of {job.metric.name} is missing from {store.root} after scoring "
-                                "(a Ray node that does not share the cache folder?)")
-        blocks[(i, j)] = block
-    return ZooResult(job, blocks)
+def collect(job: ScoreJob, store: PairStore, computed: int = 0, nulls_computed: int = 0) -> JobScores:
+    """Every pair and null of a job from the store, once other processes have computed them."""
+    out = TileResult(computed=computed, nulls_computed=nulls_computed)
+    for i, j in job.tiles():
+        missing, missing_nulls = _read(job, store, job.tile_pairs(i, j), job.null_pairs(job.tile_pairs(i, j)), out)
+        if missing or missing_nulls:
+            a, b = (missing or missing_nulls)[0]
+            raise PrhBenchError(f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {store.root} after "
+                                "scoring (a Ray node that does not share the cache folder?)")
+    return JobScores(job, out)

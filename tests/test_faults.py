@@ -52,7 +52,7 @@ def registry(root: Path, models: dict[str, str] = SOURCES) -> Path:
 
 
 def command(reg: Path, out: Path, *extra: str) -> list[str]:
-    # A budget of 1 KiB puts every model in its own group: 6 score blocks per metric, 18 in all.
+    # A budget of 1 KiB puts every model in its own group: 6 tiles per metric, 3 pair entries per metric, 9 in all.
     return [sys.executable, "-c", "from prh_bench.cli import main; main()", "--quiet", "--registry", str(reg),
             "run", "--suite", "faulty", "--out", str(out), "--memory-budget", "1e-6", "--json", *extra]
 
@@ -91,7 +91,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return reg, (root / "run" / "scores.csv").read_text()
 
 
-@pytest.mark.parametrize("when", ["features", "scores"])
+@pytest.mark.parametrize("when", ["features", "pairs"])
 def test_killed_run_resumes_without_recomputing_and_gives_identical_scores(
     tmp_path: Path, uninterrupted: tuple[Path, str], when: str
 ) -> None:
@@ -105,7 +105,7 @@ def test_killed_run_resumes_without_recomputing_and_gives_identical_scores(
     assert {k: after[k] for k in survived} == survived  # nothing finished before the kill was rewritten
     kept = {Path(k).parts[1] for k in survived if k.startswith("features")}
     assert {o["model"] for o in resumed["runs"] if o["status"] == "cached"} >= kept
-    assert len([k for k in after if k.startswith("scores")]) == 18
+    assert len([k for k in after if k.startswith("pairs")]) == 9
     assert (tmp_path / "resumed" / "scores.csv").read_text() == expected  # bitwise, as if never interrupted
     assert not list(cache.rglob(".tmp-*"))
 
@@ -162,8 +162,8 @@ def test_corrupt_entry_in_a_run_is_recomputed_with_identical_scores(tmp_path: Pa
     data = bytearray(victim.read_bytes())
     data[-100] ^= 0xFF
     victim.write_bytes(bytes(data))
-    blocks = sorted((tmp_path / "cache" / "scores").rglob("*.safetensors"))
-    blocks[0].write_bytes(blocks[0].read_bytes()[:-10])  # a truncated score block too
+    pairs = sorted((tmp_path / "cache" / "pairs").rglob("*.safetensors"))
+    pairs[0].write_bytes(pairs[0].read_bytes()[:-10])  # a truncated pair entry too
     second = run_to_end(reg, tmp_path / "r2", tmp_path / "cache")
     assert {o["model"]: o["status"] for o in second["runs"]} == {"f-resnet18": "cached", "f-lite0": "extracted",
                                                                   "f-resnet10": "cached"}
@@ -182,7 +182,7 @@ def test_two_runs_sharing_a_cache_extract_each_model_once(tmp_path: Path) -> Non
     for mid in SOURCES:
         assert sorted(o["status"] for r in runs for o in r["runs"] if o["model"] == mid) == ["cached", "extracted"]
     assert (tmp_path / "r0" / "scores.csv").read_text() == (tmp_path / "r1" / "scores.csv").read_text()
-    assert len(list((tmp_path / "cache" / "scores").rglob("*.safetensors"))) == 18
+    assert len(list((tmp_path / "cache" / "pairs").rglob("*.safetensors"))) == 9
 
 
 def test_two_runs_from_empty_caches_are_bitwise_identical(tmp_path: Path, uninterrupted: tuple[Path, str]) -> None:

@@ -52,12 +52,12 @@ def test_edited_metadata_is_never_read(tmp_path: Path, edit: str, caplog: pytest
     assert cache.load("m", "k" * 64) is None and "corrupt" in caplog.text
 
 
-def test_a_score_block_copied_under_another_key_is_recomputed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """k=5 must never be served from the k=3 block: a block names its key inside its checksum."""
+def test_a_pair_entry_copied_under_another_key_is_recomputed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """k=5 must never be served from the k=3 entry: an entry names its key inside its checksum."""
     reg = registry(tmp_path / "reg")
     run_to_end(reg, tmp_path / "r1", tmp_path / "cache")
-    blocks = sorted((tmp_path / "cache" / "scores" / "mutual_knn").glob("*.safetensors"))
-    first, second = blocks[0], blocks[1]
+    entries = sorted((tmp_path / "cache" / "pairs" / "mutual_knn").glob("*.safetensors"))
+    first, second = entries[0], entries[1]
     second.write_bytes(first.read_bytes())  # another key's content under this key
     with pytest.raises(CorruptEntry, match="stored under another key"):
         read_entry(second)
@@ -113,13 +113,13 @@ def test_changing_the_clamp_mode_rescores_from_a_warm_cache(tmp_path: Path) -> N
     out1 = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r1", "--json")
     assert out1.exit_code == 0, out1.output
     cache = Path(__import__("os").environ["PRH_BENCH_CACHE"])
-    before = set((cache / "scores").rglob("*.safetensors"))
+    before = set((cache / "pairs").rglob("*.safetensors"))
     write_yaml(reg / "suite.yaml", suite + "prepare: {clamp: paper}\n")
     out2 = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r2", "--json")
     assert out2.exit_code == 0, out2.output
     assert {o["status"] for o in json.loads(out2.stdout)["models"].values()} == {"cached"}
-    after = set((cache / "scores").rglob("*.safetensors"))
-    assert len(after - before) == 1  # a new block, scored under the new clamp; the old one is not served
+    after = set((cache / "pairs").rglob("*.safetensors"))
+    assert before and len(after - before) == len(before)  # every pair scored anew under the new clamp
 
 
 def test_temporary_files_of_live_writers_survive_the_sweep_whatever_their_name(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: 
         raise AssertionError("a lock was taken to read a stored entry")
 
     monkeypatch.setattr(FeatureCache, "lock", no_locks)
-    monkeypatch.setattr(scoring.BlockStore, "lock", no_locks)
+    monkeypatch.setattr(scoring.PairStore, "lock", no_locks)
     second = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r2")
     assert second.exit_code == 0, second.output
     assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()

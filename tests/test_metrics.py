@@ -641,7 +641,7 @@ def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> No
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_zoo_scores_equal_pairwise_scores(name: str) -> None:
     from prh_bench.align import get_metric, summarize_layers
-    from prh_bench.align.matrix import score_models
+    from prh_bench.align.matrix import score_pairs
 
     m = get_metric(name)
     params = m.params(**REFERENCES[name][1])
@@ -650,13 +650,16 @@ def test_zoo_scores_equal_pairwise_scores(name: str) -> None:
     models = {"x": x, "y": y, "z": z[:1]}
     # The zoo from each model's summaries laid out together, the pairs from layers summarized one by one.
     summaries = {k: [m.summarize(t, **params) for t in v] for k, v in models.items()}
-    zoo = score_models(m, {k: summarize_layers(m, v, **params) for k, v in models.items()}, params)
+    zoo = score_pairs(m, {k: summarize_layers(m, v, **params) for k, v in models.items()},
+                      [("x", "y"), ("x", "z"), ("y", "z")], params)
+    assert len(zoo) == 6  # both orders of each pair
     for a in models:
-        assert torch.isnan(zoo.block(a, a)).all()
         for b in models:
             if a != b:
                 expected = m.pair_scores(summaries[a], summaries[b], **params)
-                torch.testing.assert_close(zoo.block(a, b), expected, atol=1e-12, rtol=0, msg=f"{name} {a}-{b}")
+                torch.testing.assert_close(zoo[(a, b)], expected, atol=1e-12, rtol=0, msg=f"{name} {a}-{b}")
+    with pytest.raises(ValueError, match="with itself"):
+        score_pairs(m, summaries, [("x", "x")], params)
 
 
 def test_blocked_gram_on_larger_inputs() -> None:
@@ -678,7 +681,7 @@ def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     """From N = 256 on, kernels are kept as the blocks of their upper triangle and a model's layers as one
     stack: scores, permuted summaries and zoo blocks must still be those of the definition."""
     from prh_bench.align import get_metric, summarize_layers
-    from prh_bench.align.matrix import score_models
+    from prh_bench.align.matrix import score_pairs
 
     g = torch.Generator().manual_seed(16)
     n = 301  # blocks of unequal size
@@ -696,9 +699,10 @@ def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     via_summary = m.pair_scores(sx, [m.permute(s, perm) for s in summarize_layers(m, y, **p)], **p)
     direct = m.pair_scores(sx, summarize_layers(m, [b[perm] for b in y], **p), **p)
     torch.testing.assert_close(via_summary, direct, atol=1e-12, rtol=0)
-    zoo = score_models(m, {"x": sx, "y": summarize_layers(m, y, **p), "z": summarize_layers(m, x[:1], **p)}, p)
-    torch.testing.assert_close(zoo.block("x", "y"), got, atol=1e-12, rtol=0)
-    torch.testing.assert_close(zoo.block("z", "x")[0, 0], torch.tensor(1.0, dtype=torch.float64), atol=1e-12, rtol=0)
+    zoo = score_pairs(m, {"x": sx, "y": summarize_layers(m, y, **p), "z": summarize_layers(m, x[:1], **p)},
+                      [("x", "y"), ("z", "x"), ("y", "z")], p)
+    torch.testing.assert_close(zoo[("x", "y")], got, atol=1e-12, rtol=0)
+    torch.testing.assert_close(zoo[("z", "x")][0, 0], torch.tensor(1.0, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -731,7 +735,7 @@ def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
     torch.testing.assert_close(small_cka.cross_scores(sx, sy, cka.params()), cka.cross_scores(sx, sy, cka.params()),
                                atol=1e-12, rtol=0)
     small_cknna, cknna = CKNNA(), CKNNA()
-    small_cknna.block = 2
+    small_cknna.chunk = 2
     p = cknna.params(k=5)
     sx, sy = [cknna.summarize(a, **p) for a in x], [cknna.summarize(b, **p) for b in y]
     for got, want in zip(small_cknna.pair_scores_both(sx, sy, **p), cknna.pair_scores_both(sx, sy, **p)):

@@ -292,9 +292,16 @@ def test_hf_dataset_loader_on_a_local_parquet(tmp_path: Path) -> None:
 def test_plan_reports_cache_status_and_storage(tmp_path: Path, registry: Registry) -> None:
     before = cli_json("plan", "--suite", "pocket", "--max-samples", "16")
     assert {r["status"] for r in before["rows"]} == {"to extract"}
+    n_models = len(before["rows"])
+    for work in before["scoring"]:  # nothing stored: every pair to compute, estimated from the backends' widths
+        assert work["pairs"] == work["pairs_to_compute"] == n_models * (n_models - 1) // 2
+        assert work["est_seconds"] > 0 and work["est_memory_MiB"] > 0 and work["nulls_to_compute"] == work["nulls"] > 0
     cli("run", "--suite", "pocket", "--max-samples", "16", "--out", tmp_path / "run")
     after = cli_json("plan", "--suite", "pocket", "--max-samples", "16")
     assert {r["status"] for r in after["rows"]} == {"cached"}
+    for work in after["scoring"]:
+        assert work["pairs_cached"] == work["pairs"] and work["pairs_to_compute"] == work["nulls_to_compute"] == 0
+        assert work["est_seconds"] is None
     lite0 = next(r for r in after["rows"] if r["model"] == "efficientnet-lite0")
     assert lite0["layers"] == 6 and lite0["feature_MiB"] == pytest.approx(16 * (16 + 24 + 40 + 112 + 320 + 1280) * 4 / 2**20)
     vit = registry.get("vit-tiny-random")

@@ -209,24 +209,6 @@ class CKA(Metric):
                 out[x0:x1, y0:y1] = _cosines(x, y, sx[x0:x1], sy[y0:y1], self._eps(sx, params))
         return out
 
-    def zoo_scores(self, flat: Sequence[FlatKernel], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
-        """All layers against all, one matrix product per pair of stacks, the upper triangle only (the pair
-        stage is symmetric); a model's own stack is not multiplied with itself."""
-        out = torch.full((len(flat), len(flat)), float("nan"), dtype=torch.float64)
-        rows = self._rows(flat)
-        for x0, x in _stacks(flat, rows):
-            x1 = x0 + len(x)
-            for y0, y in _stacks(flat[x0:], rows):
-                y0, y1 = x0 + y0, x0 + y0 + len(y)
-                if y0 == x0 and flat[x0].stack is not None:
-                    continue
-                scores = _cosines(x, y, flat[x0:x1], flat[y0:y1], self._eps(flat, params))
-                out[x0:x1, y0:y1] = scores
-                out[y0:y1, x0:x1] = scores.T
-        for a0, a1 in spans:
-            out[a0:a1, a0:a1] = float("nan")
-        return out
-
     def permute(self, summary: FlatKernel, perm: torch.Tensor) -> FlatKernel:
         return summary.permuted(perm)
 
@@ -378,14 +360,14 @@ class CKNNA(Metric):
 
     def pair_scores_both(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel],
                          **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slot tables for the side with more layers, `block` layers at a time (a table takes N^2 bytes per
+        """Slot tables for the side with more layers, `chunk` layers at a time (a table takes N^2 bytes per
         layer); each layer of the other side is one pass per table."""
         if len(sx) > len(sy):
             yx, xy = self.pair_scores_both(sy, sx, **params)
             return xy, yx
         xy, yx = [], []
-        for c in range(0, len(sy), self.block):
-            table = _SlotTable(sy[c : c + self.block])
+        for c in range(0, len(sy), self.chunk):
+            table = _SlotTable(sy[c : c + self.chunk])
             both = [table.scores(x, params["eps"]) for x in sx]
             xy.append(torch.stack([s for s, _ in both]))
             yx.append(torch.stack([s for _, s in both], dim=1))

@@ -129,6 +129,12 @@ class KNNMetric(Metric):
     def permute(self, summary: Neighbours, perm: torch.Tensor) -> Neighbours:
         return summary.permuted(perm)
 
+    def summaries_to_tensors(self, summaries: Sequence[Neighbours]) -> dict[str, torch.Tensor]:
+        return {"idx": stack_idx(summaries)}  # L x N x k: 80 KB per layer at N = 1000, k = 10
+
+    def summaries_from_tensors(self, tensors: dict[str, torch.Tensor]) -> list[Neighbours]:
+        return [Neighbours(idx) for idx in tensors["idx"]]
+
 
 class MutualKNN(KNNMetric):
     """m(A, B) = mean_i |N_A(i) ∩ N_B(i)| / k; chance for independent features is k/(N-1)."""

@@ -25,8 +25,8 @@ class Metric(Parametrized, ABC):
     maximum: float = 1.0
     #: fewest samples the definition allows
     min_samples: int = 2
-    #: most layers on the y side of one pair_scores call in zoo_scores: bounds memory
-    block: int = 256
+    #: most layers on the y side of one pair_scores call in cross_scores: bounds memory
+    chunk: int = 256
 
     def check(self, feats: torch.Tensor) -> None:
         """Reject what would give a silent NaN: wrong shape, too few samples, non-finite or constant features."""
@@ -56,14 +56,14 @@ class Metric(Parametrized, ABC):
         return 0
 
     def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], params: dict[str, Any]) -> torch.Tensor:
-        """All layers of one group of models against all layers of another, in chunks of `block` y layers."""
-        return torch.cat([self.pair_scores(sx, sy[c : c + self.block], **params)
-                          for c in range(0, len(sy), self.block)], dim=1)
+        """All layers of one group of models against all layers of another, in chunks of `chunk` y layers."""
+        return torch.cat([self.pair_scores(sx, sy[c : c + self.chunk], **params)
+                          for c in range(0, len(sy), self.chunk)], dim=1)
 
     def cross_scores_both(self, sx: Sequence[Any], sy: Sequence[Any],
                           params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """`cross_scores` both ways, (x against y, y against x), for metrics that are not symmetric."""
-        chunks = [self.pair_scores_both(sx, sy[c : c + self.block], **params) for c in range(0, len(sy), self.block)]
+        chunks = [self.pair_scores_both(sx, sy[c : c + self.chunk], **params) for c in range(0, len(sy), self.chunk)]
         return torch.cat([xy for xy, _ in chunks], dim=1), torch.cat([yx for _, yx in chunks], dim=0)
 
     @abstractmethod
@@ -85,20 +85,15 @@ class Metric(Parametrized, ABC):
         xy = self.pair_scores(sx, sy, **params)
         return xy, xy.T if self.symmetric else self.pair_scores(sy, sx, **params)
 
-    def zoo_scores(self, flat: Sequence[Any], spans: Sequence[tuple[int, int]], params: dict[str, Any]) -> torch.Tensor:
-        """Scores of all layer pairs of different models (L x L over `flat`, models at `spans`; NaN within a
-        model). Each model's layers meet all later models' layers in one call (both ways if the metric is not
-        symmetric), in chunks of at most `block` layers. Metrics whose pair stage is one matrix product
-        override this."""
-        out = torch.full((len(flat), len(flat)), float("nan"), dtype=torch.float64)
-        for a, (x0, x1) in enumerate(spans):
-            later = [i for y0, y1 in spans[a + 1 :] for i in range(y0, y1)]
-            for c in range(0, len(later), self.block):
-                cols = later[c : c + self.block]
-                xy, yx = self.pair_scores_both(flat[x0:x1], [flat[i] for i in cols], **params)
-                out[x0:x1, cols] = xy
-                out[cols, x0:x1] = yx
-        return out
+    def summaries_to_tensors(self, summaries: Sequence[Any]) -> dict[str, torch.Tensor] | None:
+        """A model's summaries as tensors for the cache, so that a model's pairs with a later model cost no
+        preparation or summary again; None (the default) when they are not worth keeping: N x N kernels
+        take more room than the features they come from."""
+        return None
+
+    def summaries_from_tensors(self, tensors: dict[str, torch.Tensor]) -> list[Any]:
+        """The inverse of `summaries_to_tensors`."""
+        raise NotImplementedError(f"{self.name} keeps no summaries in the cache")
 
     @abstractmethod
     def permute(self, summary: Any, perm: torch.Tensor) -> Any:

@@ -33,14 +33,18 @@ def _order_stat(flat: torch.Tensor, i: int, dim: int = -1) -> torch.Tensor:
 
 def _interpolated(a: torch.Tensor, q: float, dim: int = -1) -> torch.Tensor:
     """The q-quantile along `dim` with linear interpolation, as torch.quantile (which caps its input at 2**24
-    elements and sorts)."""
+    elements and sorts). One selection: the next order statistic is the selected value again when it is tied,
+    else the smallest value above it."""
     m = a.shape[dim]
     pos = q * (m - 1)
     lo = int(pos)
     low = _order_stat(a, lo, dim)
     if lo + 1 >= m or pos == lo:
         return low
-    return low + (_order_stat(a, lo + 1, dim) - low) * (pos - lo)
+    at_most = a <= low.unsqueeze(dim)
+    above = a.masked_fill(at_most, float("inf")).amin(dim)
+    high = torch.where(at_most.sum(dim) > lo + 1, low, above)
+    return low + (high - low) * (pos - lo)
 
 
 def abs_quantile(x: torch.Tensor, q: float) -> torch.Tensor:

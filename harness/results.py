@@ -1,0 +1,329 @@
+"""Results that merge: one JSON file per model pair and condition, in the style of MTEB's results repository.
+
+    RESULTS/CONDITION/MODEL_X/MODEL_Y.json   # a list of records, one per metric (and parameters)
+
+A record carries what a reader needs to trust and compare it without the run that made it: the two models'
+ids, revisions, manifest versions and feature checksums (which bind the model, the data set, its samples and
+the extraction code), the condition (data set, version, revision, N), the metric with its parameters, version
+and code digest, the preparation, torch's and prh-bench's versions, the layer x layer scores (metric(x layer,
+y layer)) and the pair's permutation null when the run computed one.
+
+`prh-bench run` writes its records under RUN/results; `prh-bench merge` folds run folders or other stores into
+one store, refusing (and writing nothing) when two records of the same pair, condition, metric and parameters
+disagree on any version or checksum; `prh-bench leaderboard --results STORE` ranks a suite's models from a store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BadInput
+from .manifest import SuiteManifest
+from .registry import Registry
+
+if TYPE_CHECKING:
+    from .context import Condition
+    from .manifest import ModelManifest
+    from .scoring import JobScores
+
+RESULTS_FORMAT = 1
+#: a long table with more rows than this is written as Parquet (a vision78 run has about 1.2 million per metric)
+PARQUET_ROWS = 200_000
+RESULTS_DIR = "results"
+SCORE_ATOL = 1e-12  # two records of one pair from the same code and features agree to rounding
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelRef(_Record):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    revision: str | None
+    manifest_version: int
+    features_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    layers: list[str] = Field(min_length=1)
+
+
+class ConditionRef(_Record):
+    label: str
+    dataset: str
+    dataset_version: int
+    dataset_revision: str | None
+    transform: str | None
+    level: float | None
+    n_samples: int = Field(ge=2)
+
+
+class PairRecord(_Record):
+    format: Literal[1]
+    condition: ConditionRef
+    metric: str
+    params: dict[str, Any]
+    metric_version: int
+    prepare: dict[str, Any]
+    code_sha256: str
+    torch: str
+    prh_bench: str
+    model_x: ModelRef
+    model_y: ModelRef
+    scores: list[list[float]]  # model_x's layers x model_y's: metric(x layer, y layer)
+    calibration: dict[str, Any] | None = None
+
+    def identity(self) -> tuple[str, ...]:
+        """What names a record: two records with it describe the same measurement."""
+        return (self.condition.label, self.condition.dataset, self.model_x.id, self.model_y.id, self.metric,
+                json.dumps(self.params, sort_keys=True), json.dumps(self.prepare, sort_keys=True))
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything two records of one measurement must share to be the same result."""
+        return self.model_dump(exclude={"scores", "calibration", "prh_bench"})
+
+    def check_shape(self, where: str) -> None:
+        rows, cols = len(self.model_x.layers), len(self.model_y.layers)
+        if len(self.scores) != rows or any(len(r) != cols for r in self.scores):
+            raise BadInput(f"{where}: scores must be {rows} x {cols} (the layers of {self.model_x.id} x "
+                           f"{self.model_y.id})")
+
+
+def write_table(table: pd.DataFrame, run_dir: Path, name: str) -> Path:
+    """A run's table as NAME.csv, or NAME.parquet when it is long."""
+    if len(table) > PARQUET_ROWS:
+        path = run_dir / f"{name}.parquet"
+        table.to_parquet(path, index=False)
+    else:
+        path = run_dir / f"{name}.csv"
+        table.to_csv(path, index=False)
+    return path
+
+
+def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
+    """A run's table from NAME.parquet or NAME.csv (params kept as text, empty cells as empty text), or None."""
+    if (path := run_dir / f"{name}.parquet").is_file():
+        return pd.read_parquet(path)
+    if (path := run_dir / f"{name}.csv").is_file():
+        return pd.read_csv(path, dtype={"params": str})
+    return None
+
+
+def slug(text: str) -> str:
+    """A file name's part from free text (a condition label like 'pocket-photos gaussian_noise=0.5')."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+
+
+def record_path(root: Path, condition: str, model_x: str, model_y: str) -> Path:
+    return root / slug(condition) / model_x / f"{model_y}.json"
+
+
+def read_records(path: Path) -> list[PairRecord]:
+    """The records of one file; bad input naming the file and the field when it is not a list of records."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadInput(f"{path}: not a results file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, list):
+        raise BadInput(f"{path}: expected a list of pair records, got {type(raw).__name__}")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            rec = PairRecord.model_validate(item)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise BadInput(f"{path}: record {i}, field '{field}': {err['msg']}") from None
+        rec.check_shape(f"{path}: record {i}")
+        out.append(rec)
+    return out
+
+
+def results_root(source: Path) -> Path:
+    """A run folder's results, or a store itself."""
+    return source / RESULTS_DIR if (source / "run.json").is_file() else source
+
+
+def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
+    """Every record under a run folder or a store, by identity; two files disagreeing inside one source are
+    refused like any other conflict."""
+    root = results_root(source)
+    if not root.is_dir():
+        raise BadInput(f"{source}: neither a run folder with results nor a results store")
+    out: dict[tuple[str, ...], tuple[PairRecord, Path]] = {}
+    for path in sorted(root.rglob("*.json")):
+        for rec in read_records(path):
+            if (old := out.get(rec.identity())) is not None and (why := disagreement(old[0], rec)):
+                raise BadInput(f"{source} holds two different results for {describe(rec)}: {why} ({old[1]}, {path})")
+            out[rec.identity()] = (rec, path)
+    return out
+
+
+def disagreement(a: PairRecord, b: PairRecord) -> str:
+    """Empty when two records of one measurement agree; else which field differs, with both values."""
+    pa, pb = a.provenance(), b.provenance()
+    for field in _diff(pa, pb):
+        return f"{field}: {_get(pa, field)!r} vs {_get(pb, field)!r}"
+    worst = max((abs(x - y) for ra, rb in zip(a.scores, b.scores) for x, y in zip(ra, rb)
+                 if not (math.isnan(x) and math.isnan(y))), default=0.0)
+    if not worst <= SCORE_ATOL:
+        return f"scores differ by up to {worst:.3g} (beyond rounding, {SCORE_ATOL:g})"
+    return ""
+
+
+def _diff(a: Any, b: Any, where: str = "") -> Iterable[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+    elif a != b:
+        yield where
+
+
+def _get(doc: dict[str, Any], field: str) -> Any:
+    for part in field.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
+def describe(rec: PairRecord) -> str:
+    return (f"{rec.model_x.id} x {rec.model_y.id}, {rec.metric} {json.dumps(rec.params, sort_keys=True)}, "
+            f"condition '{rec.condition.label}'")
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    """Atomically: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_records(root: Path, records: Iterable[PairRecord]) -> int:
+    """Records into their files under root (added to what a file holds, one per identity); how many files."""
+    by_file: dict[Path, list[PairRecord]] = {}
+    for rec in records:
+        by_file.setdefault(record_path(root, rec.condition.label, rec.model_x.id, rec.model_y.id), []).append(rec)
+    for path, recs in by_file.items():
+        old = {r.identity(): r for r in (read_records(path) if path.exists() else [])}
+        old.update({r.identity(): r for r in recs})
+        _write_json(path, [r.model_dump(mode="json") for r in old.values()])
+    return len(by_file)
+
+
+def merge(sources: list[Path], store: Path) -> dict[str, int]:
+    """Fold the records of run folders or stores into `store`. All or nothing: any record that disagrees with
+    the store or with another source on a version, a checksum or its scores is bad input naming both, and
+    nothing is written."""
+    have = scan(store) if store.exists() else {}
+    new: dict[tuple[str, ...], tuple[PairRecord, Path]] = {}
+    conflicts, same = [], 0
+    for source in sources:
+        for ident, (rec, path) in scan(source).items():
+            seen = have.get(ident) or new.get(ident)
+            if seen is None:
+                new[ident] = (rec, path)
+            elif why := disagreement(seen[0], rec):
+                conflicts.append(f"{describe(rec)}: {why}\n    {seen[1]}\n    {path}")
+            else:
+                same += 1
+    if conflicts:
+        more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        raise BadInput(f"refusing to merge: {len(conflicts)} record(s) disagree with what {store} or another "
+                       "source holds (different versions, feature checksums or scores mean different results; "
+                       "rerun one side with the other's code and manifests):\n  " + "\n  ".join(conflicts[:10]) + more)
+    files = write_records(store, (rec for rec, _ in new.values()))
+    return {"added": len(new), "already_present": same, "files": files}
+
+
+def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, ModelManifest],
+                names: dict[str, list[str]]) -> list[PairRecord]:
+    """One record per ordered model pair a job reports."""
+    from . import __version__
+
+    job = scores.job
+    nulls = {(r["model_x"], r["model_y"]): r for r in scores.calibration()}
+    condition = ConditionRef(label=cond.label, dataset=cond.dataset.id, dataset_version=cond.dataset.version,
+                             dataset_revision=cond.dataset.revision, transform=cond.transform, level=cond.level,
+                             n_samples=n)
+
+    def ref(m: Any) -> ModelRef:
+        manifest = models[m.id]
+        return ModelRef(id=m.id, revision=manifest.revision, manifest_version=manifest.version,
+                        features_sha256=m.info.digest, layers=names[m.id])
+
+    return [PairRecord(format=RESULTS_FORMAT, condition=condition, metric=job.metric.name, params=job.params,
+                       metric_version=job.version, prepare=job.scoring["prepare"], code_sha256=job.scoring["code"],
+                       torch=job.scoring["torch"], prh_bench=__version__, model_x=ref(a), model_y=ref(b),
+                       scores=scores.pair(a.id, b.id).tolist(), calibration=nulls.get((a.id, b.id)))
+            for a, b in job.pairs()]
+
+
+def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path, dest: Path) -> Path:
+    """The suite's first condition as a run folder (scores, nulls, run.json) built from a store's records, so
+    that a leaderboard is built from merged results exactly as from one run."""
+    from .context import suite_conditions
+
+    cond = suite_conditions(registry, suite)[0]
+    models = {m.id: m for m in registry.suite_models(suite)}
+    wanted = {}
+    for use in suite.metrics:
+        metric, params = registry.metric(use.name, use.params)
+        wanted[(metric.name, json.dumps(params, sort_keys=True))] = registry.get(use.name).version
+    prepare = json.dumps(suite.prepare.model_dump(mode="json"), sort_keys=True)
+    rows, nulls, seen = [], [], {}
+    n_samples = None
+    for rec, path in scan(store).values():
+        key = (rec.metric, json.dumps(rec.params, sort_keys=True))
+        if (rec.condition.label != cond.label or rec.condition.dataset != cond.dataset.id or key not in wanted
+                or json.dumps(rec.prepare, sort_keys=True) != prepare or not {rec.model_x.id, rec.model_y.id} <= set(models)):
+            continue
+        if rec.metric_version != wanted[key]:
+            raise BadInput(f"{path}: {rec.metric} version {rec.metric_version}, but the registry's is {wanted[key]}")
+        if rec.condition.dataset_version != cond.dataset.version:
+            raise BadInput(f"{path}: dataset {cond.dataset.id} version {rec.condition.dataset_version}, but the "
+                           f"registry's is {cond.dataset.version}")
+        for ref in (rec.model_x, rec.model_y):
+            if (old := seen.setdefault(ref.id, ref)) != ref:
+                raise BadInput(f"{store} holds results of '{ref.id}' from different features or manifest versions "
+                               f"({old.features_sha256[:12]} v{old.manifest_version} vs {ref.features_sha256[:12]} "
+                               f"v{ref.manifest_version}); merge results of one version only")
+            if ref.manifest_version != models[ref.id].version:
+                raise BadInput(f"{path}: '{ref.id}' manifest version {ref.manifest_version}, but the registry's is "
+                               f"{models[ref.id].version}")
+        n_samples = rec.condition.n_samples
+        for i, lx in enumerate(rec.model_x.layers):
+            for j, ly in enumerate(rec.model_y.layers):
+                rows.append({"condition": cond.label, "model_x": rec.model_x.id, "model_y": rec.model_y.id, "layer_x": lx,
+                             "layer_y": ly, "metric": rec.metric, "params": key[1], "score": rec.scores[i][j]})
+        if rec.calibration is not None:
+            nulls.append({**rec.calibration, "condition": cond.label})
+    if not rows:
+        raise BadInput(f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
+                       "preparation and models)")
+    dest.mkdir(parents=True, exist_ok=True)
+    write_table(pd.DataFrame(rows), dest, "scores")
+    if nulls:
+        pd.DataFrame(nulls).to_csv(dest / "calibration.csv", index=False)
+    side = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": str(store),
+            "suite": suite.model_dump(mode="json"), "libraries": {},
+            "conditions": [{"label": cond.label, "dataset": cond.dataset.model_dump(mode="json"), "transform": None,
+                            "level": None, "n_samples": n_samples}],
+            "models": {mid: {"manifest_version": m.version, "revision": m.revision, "weights": m.weights_label,
+                             "runs": [{"condition": cond.label, "status": "cached" if mid in seen else "failed"}]}
+                       for mid, m in models.items()},
+            "metrics": {u.name: {"version": registry.get(u.name).version} for u in suite.metrics}}
+    (dest / "run.json").write_text(json.dumps(side, indent=2), encoding="utf-8")
+    return dest
