@@ -86,16 +86,25 @@ def write_features(registry_dir: Path, cache_root: Path, widths: list[list[int]]
 
 def cli_step(registry_dir: str, cache_root: str, args: list[str]) -> tuple[float, float]:
     """Seconds and peak RSS (MiB) of one prh-bench command in this (fresh) process."""
+    import contextlib
+    import io
+
     os.environ["PRH_BENCH_CACHE"] = cache_root
     from prh_bench.cli import main
 
     t0 = time.perf_counter()
-    try:
+    with contextlib.redirect_stdout(io.StringIO()):  # the tables it prints; errors still show
         main(["--quiet", "--registry", registry_dir, *args], standalone_mode=False)
-    except SystemExit as exc:
-        if exc.code:
-            raise
-    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return time.perf_counter() - t0, peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's high-water resident memory (VmHWM: unlike ru_maxrss it does not carry over the
+    spawning parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def engine_split(registry_dir: str, cache_root: str, n_models: int) -> dict[str, float]:

@@ -385,7 +385,6 @@ def ls(obj: Ctx, what: str, suite: str | None, as_json: bool) -> None:
         entries = [m for m in reg.entries.values() if m.kind == kind]
         if suite is not None:
             s = reg.get(suite, SuiteManifest)
-            assert isinstance(s, SuiteManifest)
             if kind == "model":  # as the suite runs them (revision sweeps make ID@REVISION)
                 entries = list(reg.suite_models(s))
             else:

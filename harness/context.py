@@ -66,7 +66,6 @@ def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition
     out = []
     for ds in datasets:
         manifest = registry.get(ds, DatasetManifest)
-        assert isinstance(manifest, DatasetManifest)
         for level in levels:
             out.append(Condition(manifest, sweep.transform if level is not None else None, level,
                                  sweep.seed if sweep else 0))
@@ -130,7 +129,6 @@ class RunContext:
         self.spec = spec
         self.registry = registry or Registry.load(load_plugins(), [Path(d) for d in spec.registry_dirs])
         suite = self.registry.get(spec.suite, SuiteManifest)
-        assert isinstance(suite, SuiteManifest)
         self.suite = suite
         self.models: dict[str, ModelManifest] = {m.id: m for m in self.registry.suite_models(suite)}
         self.conditions = suite_conditions(self.registry, suite)
@@ -162,7 +160,6 @@ class RunContext:
             limit = self.spec.max_samples or self.suite.max_samples
             return cond.dataset, apply_transform(self.dataset(cond.dataset, limit), cond), cond.label
         ds = self.registry.get(target.probe or "", DatasetManifest)
-        assert isinstance(ds, DatasetManifest)
         return ds, self.dataset(ds, None), f"probe {ds.id}"
 
     def features(self, model_id: str, key: str) -> Features:

@@ -70,7 +70,6 @@ def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any
 def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | None = None,
           metric: str | None = None) -> Leaderboard:
     suite = registry.get(suite_id, SuiteManifest)
-    assert isinstance(suite, SuiteManifest)
     scores = read_table(run_dir, "scores")
     if scores is None:
         raise BadInput(f"{run_dir}: no scores table; give a folder written by `prh-bench run`")

@@ -103,7 +103,6 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
                budget_gib: float = DEFAULT_BUDGET_GIB) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per condition and model: its extraction; one row per condition and metric: its pair work)."""
     suite = registry.get(suite_id, SuiteManifest)
-    assert isinstance(suite, SuiteManifest)
     models = registry.suite_models(suite)
     weights = {m.id: weights_status(registry, m) for m in models}
     widths = {m.id: feature_widths(registry, m) for m in models}

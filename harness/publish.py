@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import Leaderboard
+from .report import heatmap_figure as model_heatmap
 from .report import md_table, md_text
 from .results import slug
 
@@ -50,24 +51,10 @@ def cluster_order(mat: pd.DataFrame) -> list[str]:
 
 
 def heatmap_figure(lb: Leaderboard, stem: Path) -> list[Path]:
-    plt = _plt()
     order = cluster_order(lb.matrix)
-    mat = lb.matrix.loc[order, order].to_numpy(dtype=float)
-    n = len(order)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.45 * n, 2 + 0.42 * n))
-    im = ax.imshow(mat, cmap="viridis")
-    ax.set_xticks(range(n), order, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), order, fontsize=7)
-    if n <= 24:  # the numbers themselves, where they fit
-        for i in range(n):
-            for j in range(n):
-                if np.isfinite(mat[i, j]):
-                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=max(4, 7 - n // 6),
-                            color="white" if mat[i, j] < np.nanmean(mat) else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, label=lb.metric)
-    ax.set_title(f"{lb.suite.id}: {lb.metric}, max over layer pairs; rows and columns ordered by average-linkage "
-                 "clustering", fontsize=8)
-    return _save(fig, stem)
+    title = (f"{lb.suite.id}: {lb.metric}, max over layer pairs; rows and columns ordered by average-linkage "
+             "clustering")
+    return _save(model_heatmap(lb.matrix.loc[order, order], title, lb.metric), stem)
 
 
 def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from .errors import BadInput, ManifestError
 from .manager import Plugins
@@ -20,6 +20,8 @@ from .manifest import (
     TagQuery,
     load_manifest,
 )
+
+M = TypeVar("M")
 
 
 def unknown_problem(path: Path, fieldname: str, value: str, known: Iterable[str], what: str) -> str:
@@ -158,7 +160,14 @@ class Registry:
     def of_kind(self, kind: type) -> dict[str, Manifest]:
         return {k: v for k, v in self.entries.items() if isinstance(v, kind)}
 
-    def get(self, mid: str, kind: type | None = None) -> Manifest:
+    @overload
+    def get(self, mid: str) -> Manifest: ...
+
+    @overload
+    def get(self, mid: str, kind: type[M]) -> M: ...
+
+    def get(self, mid: str, kind: type | None = None) -> Any:
+        """The manifest with this id, of the given kind when one is named (then typed as that kind)."""
         m = self.entries.get(mid)
         if m is None or (kind is not None and not isinstance(m, kind)):
             pool = self.entries if kind is None else self.of_kind(kind)

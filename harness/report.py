@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -97,25 +98,44 @@ def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelManife
     return table
 
 
-def heatmap(mat: pd.DataFrame, title: str, path: Path) -> None:
+#: models beyond which a heatmap's cells carry no numbers (they would not fit) and its labels shrink
+NUMBERED_CELLS = 24
+
+
+def heatmap_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
+    """A model x model heatmap that stays readable from 3 to 100 models: cell numbers up to NUMBERED_CELLS
+    models, labels shrinking with the count, and at most about 24 inches a side (a 78-model zoo)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    values = mat.to_numpy(dtype=float)
     n = len(mat)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.55 * n, 2 + 0.5 * n))
-    im = ax.imshow(mat.to_numpy(dtype=float), cmap="viridis")
-    ax.set_xticks(range(n), mat.columns, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), mat.index, fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            v = mat.iat[i, j]
-            if pd.notna(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < mat.max().max() * 0.6 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(title, fontsize=10)
+    side = min(24.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    im = ax.imshow(values, cmap="viridis")
+    font = 7 if n <= 40 else max(3.5, 7 * 40 / n)
+    ax.set_xticks(range(n), mat.columns, rotation=60 if n <= 40 else 90, ha="right" if n <= 40 else "center",
+                  fontsize=font)
+    ax.set_yticks(range(n), mat.index, fontsize=font)
+    if n <= NUMBERED_CELLS:
+        middle = np.nanmean(values)
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=max(4, 7 - n // 6),
+                            color="white" if values[i, j] < middle else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label=colorbar)
+    ax.set_title(title, fontsize=8 if n > NUMBERED_CELLS else 10)
     fig.tight_layout()
+    return fig
+
+
+def heatmap(mat: pd.DataFrame, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(mat, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
