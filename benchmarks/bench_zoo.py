@@ -158,16 +158,19 @@ def main() -> None:
         rows = []
         for name, cmd, run_dir in steps:
             seconds, peak = in_fresh_process(cli_step, str(reg), str(cache), cmd)
-            work = ""
+            work, split = "", ""
             if run_dir is not None:
-                w = json.loads((run_dir / "run.json").read_text())["pair_work"][0]
+                side = json.loads((run_dir / "run.json").read_text())
+                w, t = side["pair_work"][0], side["seconds"]
                 work = (f"{w['pairs_computed']} of {w['pairs']} pairs, {w['nulls_computed']} of {w['nulls']} nulls "
                         "computed")
-            rows.append((name, seconds, peak, work))
+                split = (f"data {t['load_data']:.1f}, features {t['features']:.1f}, scoring {t['scoring']:.1f}, rest "
+                         f"(imports, run folder) {seconds - sum(t.values()):.1f}")
+            rows.append((name, seconds, peak, work, split))
         print(f"{'step':26s} {'seconds':>8s} {'peak MiB':>9s}  work")
-        for name, seconds, peak, work in rows:
-            print(f"{name:26s} {seconds:8.1f} {peak:9.0f}  {work}")
-        print(f"\nadd one model / full matrix: {rows[1][1] / rows[0][1]:.3f} (1/{rows[0][1] / rows[1][1]:.0f})")
+        for name, seconds, peak, work, split in rows:
+            print(f"{name:26s} {seconds:8.1f} {peak:9.0f}  {work}" + (f"\n{'':46s}seconds: {split}" if split else ""))
+        print(f"\nadd one model / full matrix: {rows[1][1] / rows[0][1]:.3f} (1/{rows[0][1] / rows[1][1]:.0f}) end to end")
         page = root / "board" / "index.html"
         print(f"page: {page.stat().st_size / 1024:.0f} KiB; figures: "
               + ", ".join(f"{p.name} {p.stat().st_size / 1024:.0f} KiB" for p in sorted((root / "board").glob("*.png"))))

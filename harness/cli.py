@@ -10,7 +10,6 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,15 @@ from tabulate import tabulate
 
 from .errors import BadInput, ManifestError, PrhBenchError
 from .lazy import pd
+from .results.run_folder import (
+    BUNDLE_INDEX,
+    LEADERBOARDS_ROOT,
+    RUNS_ROOT,
+    baseline_file,
+    leaderboard_bundle,
+    new_run_dir,
+    suite_runs,
+)
 
 
 class Tolerance(click.ParamType):
@@ -170,7 +178,7 @@ def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, ex
                address: str | None = None, **options: Any) -> tuple[Any, Path, dict[str, Any]]:
     """Run a suite and write its run folder: (the SuiteRun, the folder, what write_run returned)."""
     from .features import FeatureCache, cache_root
-    from .report import write_run
+    from .results.report import write_run
     from .runner import run_suite
 
     runner = None
@@ -180,23 +188,8 @@ def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, ex
         runner = RayExecutor(address)
     result = run_suite(obj.registry, suite, FeatureCache(cache_root()), progress=progress, executor=runner,
                        registry_dirs=obj.registry_dirs, **options)
-    run_dir = out or new_run_dir(Path("prh-runs") / suite)
+    run_dir = out or new_run_dir(suite_runs(suite))
     return result, run_dir, write_run(result, run_dir)
-
-
-def new_run_dir(folder: Path) -> Path:
-    """A new folder named by the UTC time to the microsecond, created here: two runs started at once (in one
-    process or several) never write into the same folder."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(1000):
-        path = folder / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise PrhBenchError(f"cannot create a new run folder under {folder}")
 
 
 @main.command()
@@ -212,7 +205,7 @@ def new_run_dir(folder: Path) -> Path:
 def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | None, rtol: float | None,
           as_json: bool) -> None:
     """Compare a run's scores with a baseline; exit 1 listing what moved, what is missing and what changed version."""
-    from .baseline import compare, describe, read_baseline, read_run, tolerances
+    from .results.baseline import compare, describe, read_baseline, read_run, tolerances
 
     base = read_baseline(baseline_file)
     tol = tolerances(base, atol, rtol)
@@ -235,7 +228,7 @@ def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | Non
 @click.option("--suite", required=True, help="Suite id.")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A run folder (default: the newest under --runs).")
-@click.option("--runs", "runs_root", default=Path("prh-runs"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--runs", "runs_root", default=RUNS_ROOT, show_default=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Baseline file (default: leaderboards/baselines/SUITE.json).")
 @click.option("--atol", type=Tolerance(), help="Default absolute tolerance stored in the baseline.")
@@ -244,15 +237,15 @@ def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | Non
 def baseline(suite: str, run_dir: Path | None, runs_root: Path, out: Path | None, atol: float | None,
              rtol: float | None) -> None:
     """Write or update a suite's baseline from stored results (a run folder)."""
-    from .baseline import DEFAULT_TOLERANCE, read_run, write_baseline
-    from .leaderboard import latest_run
+    from .results.baseline import DEFAULT_TOLERANCE, read_run, write_baseline
+    from .results.run_folder import latest_run
 
     run_dir = run_dir or latest_run(runs_root, suite)
     if (got := read_run(run_dir)["suite"]) != suite:
         raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite}'")
     tol = {"atol": DEFAULT_TOLERANCE["atol"] if atol is None else atol,
            "rtol": DEFAULT_TOLERANCE["rtol"] if rtol is None else rtol}
-    path = out or Path("leaderboards") / "baselines" / f"{suite}.json"
+    path = out or baseline_file(suite)
     doc = write_baseline(run_dir, path, tol)
     click.echo(f"wrote {path} from {run_dir} (tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}, "
                f"{len(doc['versions']['models'])} models)")
@@ -300,7 +293,7 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, budget_gib: float, as_js
 @click.option("--metric", help="Metric of the suite's results to rank by (default: its first).")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A run folder (default: the newest under --runs).")
-@click.option("--runs", "runs_root", default=Path("prh-runs"), show_default=True, type=click.Path(path_type=Path),
+@click.option("--runs", "runs_root", default=RUNS_ROOT, show_default=True, type=click.Path(path_type=Path),
               help="Where `run` wrote its folders.")
 @click.option("--results", "store", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A results store (`prh-bench merge`) instead of a run folder: the suite's models, metrics and "
@@ -312,14 +305,15 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, budget_gib: float, as_js
 def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None, run_dir: Path | None,
                 runs_root: Path, store: Path | None, out: Path | None, as_json: bool) -> None:
     """Rank models by alignment to a reference and correlate with downstream scores, from stored results."""
-    from .color_figure import color_figure, is_color_space
     from .features import FeatureCache, cache_root
-    from .leaderboard import build, latest_run
     from .manifest import SuiteManifest
-    from .publish import write_leaderboard
-    from .results import run_folder_from_store
+    from .results.color_figure import color_figure, is_color_space
+    from .results.leaderboard import build
+    from .results.pairs import run_folder_from_store
+    from .results.publish import write_leaderboard
+    from .results.run_folder import latest_run
 
-    out = out or Path("leaderboards") / suite
+    out = out or leaderboard_bundle(suite)
     if store is not None:
         if run_dir is not None:
             raise BadInput("give --run or --results, not both")
@@ -334,7 +328,7 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
         click.echo(json.dumps({"files": files, "correlations": json.loads(lb.correlations.to_json(orient="records"))}, indent=2))
         return
     click.echo(Path(files["leaderboard.md"]).read_text(encoding="utf-8"))
-    click.echo(f"leaderboard folder: {Path(files['index.html']).parent}")
+    click.echo(f"leaderboard folder: {Path(files[BUNDLE_INDEX]).parent}")
 
 
 @main.command()
@@ -345,7 +339,7 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
 def merge(sources: tuple[Path, ...], store: Path) -> None:
     """Fold the per-pair results of run folders or other stores (SOURCES) into one store. All or nothing: a
     record whose versions, feature checksums or scores disagree with one already there is refused."""
-    from .results import merge as merge_results
+    from .results.pairs import merge as merge_results
 
     done = merge_results(list(sources), store)
     click.echo(f"{store}: {done['added']} records added ({done['files']} files), {done['already_present']} already "
@@ -355,14 +349,14 @@ def merge(sources: tuple[Path, ...], store: Path) -> None:
 @main.command()
 @click.option("--suite", required=True)
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--from", "src_root", default=Path("leaderboards"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--from", "src_root", default=LEADERBOARDS_ROOT, show_default=True, type=click.Path(path_type=Path))
 @handle_errors
 def publish(suite: str, dest: Path, src_root: Path) -> None:
     """Copy a suite's leaderboard bundle (tables, figures, index.html) to DIR."""
-    from .publish import publish as copy_bundle
+    from .results.publish import publish as copy_bundle
 
-    src = src_root / suite
-    if not (src / "index.html").exists():
+    src = leaderboard_bundle(suite, src_root)
+    if not (src / BUNDLE_INDEX).exists():
         raise BadInput(f"no leaderboard at {src}; run `prh-bench leaderboard --suite {suite}` first")
     click.echo(f"published: {copy_bundle(src, dest)}")
 

@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from .errors import ManifestError
 
@@ -126,6 +136,19 @@ class ModelManifest(ManifestBase):
     params: float | None = Field(default=None, gt=0, le=1e15, description="parameter count")
     license: str = ""
     resources: Resources = Resources()
+
+    #: the registry id this model comes from: a suite's `revisions` make 'ID@REVISION' copies of it
+    _manifest_id: str | None = PrivateAttr(default=None)
+
+    @property
+    def manifest_id(self) -> str:
+        return self._manifest_id or self.id
+
+    def at_revision(self, revision: str) -> ModelManifest:
+        """This model at a hub revision (a training checkpoint), named 'ID@REVISION'."""
+        copy = self.model_copy(update={"id": f"{self.id}@{revision}", "revision": revision})
+        copy._manifest_id = self.manifest_id
+        return copy
 
     def memory_bytes(self) -> int | None:
         """Host memory one extraction needs: the manifest's, else 4x the weights at the manifest's dtype."""

@@ -190,4 +190,4 @@ class Registry:
         models = self._resolve(suite)
         if suite.revisions is None:
             return models
-        return [m.model_copy(update={"id": f"{m.id}@{rev}", "revision": rev}) for m in models for rev in suite.revisions]
+        return [m.at_revision(rev) for m in models for rev in suite.revisions]

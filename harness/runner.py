@@ -20,12 +20,21 @@ from .executors import Executor, LocalExecutor, ModelOutcome
 from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
-from .results import PairRecord, job_records
 from .samples import SampleSet
 from .scoring import DEFAULT_BUDGET_GIB, JobScores, Member, ScoreJob
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
+
+
+@dataclass(frozen=True)
+class ScoredJob:
+    """One metric's pair scores under one condition of N samples, with the layer names of its models."""
+
+    condition: Condition
+    n: int
+    scores: JobScores
+    layer_names: dict[str, list[str]]
 
 
 @dataclass
@@ -43,7 +52,7 @@ class SuiteRun:
     device: str
     seconds: dict[str, float] = field(default_factory=dict)
     pair_work: list[dict[str, Any]] = field(default_factory=list)  # per condition and metric: pairs read / computed
-    records: list[PairRecord] = field(default_factory=list)  # one per condition, ordered model pair and metric
+    scored: list[ScoredJob] = field(default_factory=list)  # every job's pair scores, for the per-pair records
 
     @property
     def failures(self) -> list[ModelOutcome]:
@@ -93,7 +102,7 @@ def run_suite(
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
-    scores, nulls, extras, sizes, work, records = [], [], [], {}, [], []
+    scores, nulls, extras, sizes, work, scored = [], [], [], {}, [], []
     for index, cond in enumerate(ctx.conditions):
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
@@ -119,7 +128,7 @@ def run_suite(
             done = executor.score(ctx, job, progress)
             rows += score_rows(job, done, names)
             cal += done.calibration()
-            records += job_records(done, cond, len(samples), ctx.models, names)
+            scored.append(ScoredJob(cond, len(samples), done, names))
             unordered = [p for i, j in job.tiles() for p in job.tile_pairs(i, j)]
             work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
                          "pairs_computed": done.result.computed, "nulls": len(job.null_pairs(unordered)),
@@ -134,7 +143,7 @@ def run_suite(
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
                     pd.concat(nulls), pd.DataFrame(extras), probes, versions, str(device), timings, pair_work=work,
-                    records=records)
+                    scored=scored)
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:

@@ -128,7 +128,7 @@ def test_a_nan_or_negative_tolerance_option_is_refused(frozen: tuple[Path, Path,
 def test_a_probe_moved_by_one_test_sample_passes_and_a_changed_probe_fails(frozen: tuple[Path, Path, Path]) -> None:
     """Another machine's rounding may flip a probe's test sample (1/150 on pocket-digits): within the probe
     table's tolerance; a score moved by as much still fails."""
-    from prh_bench.baseline import compare, read_baseline, read_run, tolerances
+    from prh_bench.results.baseline import compare, read_baseline, read_run, tolerances
 
     reg, run, base = frozen
     doc, got = read_baseline(base), read_run(run)

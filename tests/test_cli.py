@@ -45,7 +45,7 @@ def test_a_run_writes_no_escape_codes_when_output_is_not_a_terminal(tmp_path: Pa
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prh_bench.cli import new_run_dir
+    from prh_bench.results.run_folder import new_run_dir
 
     monkeypatch.chdir(tmp_path)
     folders = {new_run_dir(tmp_path / "prh-runs" / "s") for _ in range(50)}
@@ -70,7 +70,7 @@ def test_unknown_plugin_names_are_reported(caplog: pytest.LogCaptureFixture, mon
 
 
 def test_markdown_outputs_escape_what_users_wrote(tmp_path: Path) -> None:
-    from prh_bench.report import md_table, md_text
+    from prh_bench.results.report import md_table, md_text
 
     assert md_text("a|b <script>x</script> [link](http://e) `code` *em*\nnext") == (
         "a\\|b \\<script\\>x\\</script\\> \\[link\\](http://e) \\`code\\` \\*em\\* next")

@@ -93,7 +93,7 @@ def test_templates_average_the_features_of_each_template() -> None:
 
 @pytest.mark.parametrize("reflect", [False, True])
 def test_kabsch_umeyama_recovers_a_similarity_transform(reflect: bool) -> None:
-    from prh_bench.color_figure import aligned
+    from prh_bench.results.color_figure import aligned
 
     rng = np.random.default_rng(0)
     target = rng.normal(size=(50, 3))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from prh_bench.leaderboard import correlate
+from prh_bench.results.leaderboard import correlate
 
 from .conftest import cli, cli_json, write_yaml
 
@@ -108,7 +108,7 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
 def test_matrices_follow_the_paper_orientation_for_asymmetric_metrics() -> None:
     """The long table holds metric(model_x, model_y); the matrix entry [a, b] is metric(b, a), as the PRH
     pipeline's alignment_scores[x, y] = compute_score(y_feats, x_feats)."""
-    from prh_bench.report import alignment_matrix
+    from prh_bench.results.report import alignment_matrix
 
     rows = [("a", "b", 0.3), ("b", "a", 0.7)]  # cycle_knn(a, b) = 0.3, cycle_knn(b, a) = 0.7
     best = pd.DataFrame([{"metric": "cycle_knn", "model_x": x, "model_y": y, "score": v} for x, y, v in rows])
@@ -121,7 +121,7 @@ def test_matrices_follow_the_paper_orientation_for_asymmetric_metrics() -> None:
 def test_classical_mds_recovers_planar_distances() -> None:
     from scipy.spatial.distance import pdist, squareform
 
-    from prh_bench.publish import classical_mds
+    from prh_bench.results.publish import classical_mds
 
     pts = np.random.default_rng(1).normal(size=(7, 2))
     d = squareform(pdist(pts))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prh_bench.results import PARQUET_ROWS, read_records, read_table, write_table
+from prh_bench.results.pairs import PARQUET_ROWS, read_records, read_table, write_table
 
 from .conftest import cli, write_yaml
 
@@ -119,3 +119,25 @@ def test_long_tables_are_parquet_and_read_back_equal(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     assert write_table(long, tmp_path / "x", "scores").name == "scores.parquet"
     pd.testing.assert_frame_equal(read_table(tmp_path / "x", "scores"), long)
+
+
+def test_run_records_of_every_format_read_through_one_schema(tmp_path: Path) -> None:
+    from prh_bench.errors import BadInput
+    from prh_bench.results.run_folder import RUN_FORMAT, read_run_record
+
+    old = {"suite": {"id": "s", "version": 1}, "libraries": {"torch": "2"}, "metrics": {"cka": {"version": 1}},
+           "conditions": [{"label": "d", "dataset": {"id": "d", "version": 1}, "transform": None, "level": None,
+                           "n_samples": 20}],
+           "models": {"m@step1": {"manifest_version": 1, "revision": "step1", "weights": "hub",
+                                  "runs": [{"condition": "d", "status": "cached", "cache_key": "k", "layers": 2,
+                                            "seconds": 0.1, "error": ""}]}}}
+    (tmp_path / "run.json").write_text(json.dumps(old))  # format 1: no format field, no pair work
+    record = read_run_record(tmp_path)
+    assert record.format == RUN_FORMAT and record.suite_id == "s" and record.pair_work == []
+    assert record.n_samples("d") == 20 and record.models["m@step1"].manifest_id is None
+    for doc, message in [({**old, "format": RUN_FORMAT + 1}, "newer than this prh-bench reads"),
+                         ({**old, "models": {"m": {"manifest_version": "one"}}}, "field 'models.m.manifest_version'"),
+                         ([old], "a JSON object is expected")]:
+        (tmp_path / "run.json").write_text(json.dumps(doc))
+        with pytest.raises(BadInput, match=message):
+            read_run_record(tmp_path)

@@ -28,19 +28,19 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadInput
-from .manifest import SuiteManifest
-from .registry import Registry
+from ..errors import BadInput
+from ..manifest import SuiteManifest
+from ..registry import Registry
+from .run_folder import RESULTS_DIR, RUN_RECORD, ConditionEntry, ModelEntry, ModelRun, RunRecord, write_run_record
 
 if TYPE_CHECKING:
-    from .context import Condition
-    from .manifest import ModelManifest
-    from .scoring import JobScores
+    from ..context import Condition
+    from ..manifest import ModelManifest
+    from ..scoring import JobScores
 
 RESULTS_FORMAT = 1
 #: a long table with more rows than this is written as Parquet (a vision78 run has about 1.2 million per metric)
 PARQUET_ROWS = 200_000
-RESULTS_DIR = "results"
 SCORE_ATOL = 1e-12  # two records of one pair from the same code and features agree to rounding
 
 
@@ -149,7 +149,7 @@ def read_records(path: Path) -> list[PairRecord]:
 
 def results_root(source: Path) -> Path:
     """A run folder's results, or a store itself."""
-    return source / RESULTS_DIR if (source / "run.json").is_file() else source
+    return source / RESULTS_DIR if (source / RUN_RECORD).is_file() else source
 
 
 def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
@@ -251,7 +251,7 @@ def merge(sources: list[Path], store: Path) -> dict[str, int]:
 def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, ModelManifest],
                 names: dict[str, list[str]]) -> list[PairRecord]:
     """One record per ordered model pair a job reports."""
-    from . import __version__
+    from .. import __version__
 
     job = scores.job
     nulls = {(r["model_x"], r["model_y"]): r for r in scores.calibration()}
@@ -274,7 +274,7 @@ def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, Mo
 def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path, dest: Path) -> Path:
     """The suite's first condition as a run folder (scores, nulls, run.json) built from a store's records, so
     that a leaderboard is built from merged results exactly as from one run."""
-    from .context import suite_conditions
+    from ..context import suite_conditions
 
     cond = suite_conditions(registry, suite)[0]
     models = {m.id: m for m in registry.suite_models(suite)}
@@ -317,13 +317,14 @@ def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path,
     write_table(pd.DataFrame(rows), dest, "scores")
     if nulls:
         pd.DataFrame(nulls).to_csv(dest / "calibration.csv", index=False)
-    side = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": str(store),
-            "suite": suite.model_dump(mode="json"), "libraries": {},
-            "conditions": [{"label": cond.label, "dataset": cond.dataset.model_dump(mode="json"), "transform": None,
-                            "level": None, "n_samples": n_samples}],
-            "models": {mid: {"manifest_version": m.version, "revision": m.revision, "weights": m.weights_label,
-                             "runs": [{"condition": cond.label, "status": "cached" if mid in seen else "failed"}]}
-                       for mid, m in models.items()},
-            "metrics": {u.name: {"version": registry.get(u.name).version} for u in suite.metrics}}
-    (dest / "run.json").write_text(json.dumps(side, indent=2), encoding="utf-8")
+    record = RunRecord(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=str(store),
+        suite=suite.model_dump(mode="json"),
+        conditions=[ConditionEntry(label=cond.label, dataset=cond.dataset.model_dump(mode="json"), n_samples=n_samples)],
+        models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
+                                weights=m.weights_label,
+                                runs=[ModelRun(condition=cond.label, status="cached" if mid in seen else "failed")])
+                for mid, m in models.items()},
+        metrics={u.name: {"version": registry.get(u.name).version} for u in suite.metrics})
+    write_run_record(dest, record)
     return dest

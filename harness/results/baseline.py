@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import BadInput
+from ..errors import BadInput
+from .run_folder import read_run_record
 
 FORMAT = 2  # 2: per-table tolerances
 #: mutual_knn on 280 samples with k=10 moves by 1/2800 = 3.6e-4 per neighbour that flips; the default allows
@@ -37,24 +38,18 @@ VALUE = {"scores": "score", "probes": "score", "model_scores": "mean"}
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The scores and versions of a run folder, in the baseline's layout."""
-    side = run_dir / "run.json"
-    if not side.is_file():
-        raise BadInput(f"{run_dir}: not a run folder (no run.json); give a folder written by `prh-bench run`")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-        out: dict[str, Any] = {
-            "suite": meta["suite"]["id"],
-            "versions": {
-                "suite": meta["suite"]["version"],
-                "metrics": {k: v["version"] for k, v in meta["metrics"].items()},
-                "models": {k: v["manifest_version"] for k, v in meta["models"].items()},
-                "datasets": {c["dataset"]["id"]: c["dataset"]["version"] for c in meta["conditions"]},
-                "n_samples": {c["label"]: c["n_samples"] for c in meta["conditions"]},
-            },
-            "libraries": meta["libraries"],
-        }
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{side}: not a run sidecar of this prh-bench ({type(exc).__name__}: {exc})") from None
+    meta = read_run_record(run_dir)
+    out: dict[str, Any] = {
+        "suite": meta.suite_id,
+        "versions": {
+            "suite": meta.suite.get("version"),
+            "metrics": {k: v.get("version") for k, v in meta.metrics.items()},
+            "models": {k: v.manifest_version for k, v in meta.models.items()},
+            "datasets": {c.dataset.get("id"): c.dataset.get("version") for c in meta.conditions},
+            "n_samples": {c.label: c.n_samples for c in meta.conditions},
+        },
+        "libraries": meta.libraries,
+    }
     for table in TABLES:
         path, long = run_dir / f"{table}.csv", run_dir / f"{table}.parquet"
         if path.is_file():

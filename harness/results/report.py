@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .features import library_versions
-from .manifest import ModelManifest
-from .results import RESULTS_DIR, slug, write_records, write_table
-from .runner import SuiteRun
+from .. import __version__
+from ..features import library_versions
+from ..manifest import ModelManifest
+from ..runner import SuiteRun
+from .pairs import job_records, slug, write_records, write_table
+from .run_folder import RESULTS_DIR, ConditionEntry, ModelEntry, ModelRun, RunRecord, write_run_record
 
 #: a sweep with more conditions than this gets its summary only, not a matrix per condition
 MAX_MATRICES = 5
@@ -205,8 +206,9 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
                         ("probes", run.probes)):
         if name == "scores" or not table.empty:
             files[name] = str(write_table(table, run_dir, name))
-    if run.records:
-        write_records(run_dir / RESULTS_DIR, run.records)
+    records = [r for job in run.scored for r in job_records(job.scores, job.condition, job.n, run.models, job.layer_names)]
+    if records:
+        write_records(run_dir / RESULTS_DIR, records)
         files["results"] = str(run_dir / RESULTS_DIR)
     best = best_pairs(run.scores)
     metrics = list(dict.fromkeys(best.metric)) if not best.empty else []
@@ -218,25 +220,24 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
             for cond in run.conditions:
                 stem = metric + (f"_{slug(cond.label)}" if several else "")
                 write_matrix(run, best, metric, cond.label, stem, run_dir, files)
-    sidecar = {
-        "harness": {"prh_bench": __version__, "python": sys.version.split()[0], "platform": platform.platform()},
-        "libraries": library_versions(LIBRARIES),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "suite": run.suite.model_dump(mode="json"),
-        "conditions": [{"label": c.label, "dataset": c.dataset.model_dump(mode="json"), "transform": c.transform,
-                        "level": c.level, "n_samples": run.n_samples[c.label]} for c in run.conditions],
-        "models": {mid: {"manifest_version": m.version, "revision": m.revision, "weights": m.weights_label,
-                         "runs": [{"condition": o.condition, "status": o.status, "cache_key": o.key, "layers": o.layers,
-                                   "seconds": round(o.seconds, 3), "error": o.error}
-                                  for o in run.outcomes if o.model == mid]}
-                   for mid, m in run.models.items()},
-        "metrics": {u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},
-        "device": run.device,
-        "pair_work": run.pair_work,
-        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
-    }
-    side = run_dir / "run.json"
-    side.write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
-    files["sidecar"] = str(side)
+    record = RunRecord(
+        harness={"prh_bench": __version__, "python": sys.version.split()[0], "platform": platform.platform()},
+        libraries=library_versions(LIBRARIES),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        suite=run.suite.model_dump(mode="json"),
+        conditions=[ConditionEntry(label=c.label, dataset=c.dataset.model_dump(mode="json"), transform=c.transform,
+                                   level=c.level, n_samples=run.n_samples[c.label]) for c in run.conditions],
+        models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
+                                weights=m.weights_label,
+                                runs=[ModelRun(condition=o.condition, status=o.status, cache_key=o.key, layers=o.layers,
+                                               seconds=round(o.seconds, 3), error=o.error)
+                                      for o in run.outcomes if o.model == mid])
+                for mid, m in run.models.items()},
+        metrics={u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},
+        device=run.device,
+        pair_work=run.pair_work,
+        seconds={k: round(v, 3) for k, v in run.seconds.items()},
+    )
+    files["sidecar"] = str(write_run_record(run_dir, record))
     cols = ["condition", "metric", "model_x", "model_y", "layer_x", "layer_y", "score"]
     return {"files": files, "best": best[cols].to_dict("records") if not best.empty else []}

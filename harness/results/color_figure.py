@@ -7,13 +7,12 @@ cache (never extracted) and prepared as the suite prepares them."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
-from .features import FeatureCache
-from .lazy import np, pd
+from ..errors import BadInput
+from ..features import FeatureCache
+from ..lazy import np, pd
 from .leaderboard import Leaderboard
 
 #: panels beyond the reference (three rows of four): the best-ranked models, and the last-ranked (a control, usually)
@@ -44,19 +43,20 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
     """Write colorspace.png/svg for a leaderboard whose reference is a 3-D colour space (CIELAB)."""
     from skimage.color import lab2rgb
 
-    from .align import prepare
+    from ..align import prepare
+    from .pairs import read_table
     from .publish import _plt, _save, classical_mds
-    from .results import read_table
+    from .run_folder import read_run_record
 
     run = Path(lb.meta["run"])
-    side = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    side = read_run_record(run)
     scores = read_table(run, "scores")
     scores = scores[(scores.metric == lb.metric) & (scores.condition == lb.condition)]
     prep = lb.suite.prepare
 
     def features(model: str, layer: str | None) -> np.ndarray:
-        runs = [r for r in side["models"][model]["runs"] if r["condition"] == lb.condition and r["cache_key"]]
-        feats = cache.load(model, runs[0]["cache_key"]) if runs else None
+        runs = [r for r in side.models[model].runs if r.condition == lb.condition and r.cache_key]
+        feats = cache.load(model, runs[0].cache_key) if runs else None
         if feats is None:
             raise BadInput(f"the features of '{model}' are no longer in the cache {cache.root}; run the suite again")
         i = feats.layer_names.index(layer) if layer is not None else 0

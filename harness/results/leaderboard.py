@@ -13,24 +13,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .errors import BadInput
-from .manifest import SuiteManifest
-from .registry import Registry
+from .. import __version__
+from ..errors import BadInput
+from ..manifest import SuiteManifest
+from ..registry import Registry
+from .pairs import read_table
 from .report import alignment_matrix, best_pairs, chance_level
-from .results import read_table
+from .run_folder import read_run_record
 
 RESAMPLES = 2000
-
-
-def latest_run(runs_root: Path, suite: str) -> Path:
-    """The newest run folder of a suite under runs_root (names are UTC timestamps)."""
-    folder = runs_root / suite
-    runs = sorted(p for p in folder.glob("*") if (p / "run.json").exists()
-                  and ((p / "scores.csv").exists() or (p / "scores.parquet").exists()))
-    if not runs:
-        raise BadInput(f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first")
-    return runs[-1]
 
 
 @dataclass
@@ -73,15 +64,15 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     scores = read_table(run_dir, "scores")
     if scores is None:
         raise BadInput(f"{run_dir}: no scores table; give a folder written by `prh-bench run`")
-    side = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if (got := side.get("suite", {}).get("id")) != suite_id:
+    side = read_run_record(run_dir)
+    if (got := side.suite_id) != suite_id:
         raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite_id}'; give a run of '{suite_id}'")
     metric = metric or suite.metrics[0].name
     if metric not in set(scores.metric):
         raise BadInput(f"{run_dir}: no '{metric}' scores; it has {sorted(set(scores.metric))}")
     condition = scores.condition.iloc[0]
     best = best_pairs(scores[(scores.metric == metric) & (scores.condition == condition)])
-    models = list(side["models"])
+    models = list(side.models)
     done = [m for m in models if m in set(best.model_x) | set(best.model_y)]
     mat = alignment_matrix(best, metric, done)
     reference = reference or suite.reference
@@ -89,14 +80,15 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
         raise BadInput(f"reference '{reference}' has no results in {run_dir}; models with results: {', '.join(done)}")
     downstream = downstream_scores(registry, suite, run_dir, condition)
     nulls = calibration_of(run_dir, metric, condition)
-    n = next(c["n_samples"] for c in side["conditions"] if c["label"] == condition)
+    n = side.n_samples(condition)
     params = json.loads(best.params.iloc[0]) if not best.empty else {}
     chance, chance_source = chance_level(metric, params, n, nulls)
     rows = []
     for mid in models:
-        status = [r["status"] for r in side["models"][mid]["runs"]]
-        row: dict[str, Any] = {"model": mid, "weights": side["models"][mid]["weights"],
-                               "params": getattr(registry.entries.get(mid.split("@")[0]), "params", None)}
+        entry = side.models[mid]
+        status = [r.status for r in entry.runs]
+        row: dict[str, Any] = {"model": mid, "weights": entry.weights,
+                               "params": getattr(registry.entries.get(entry.manifest_id or mid), "params", None)}
         if mid in mat.index:
             others = mat.loc[mid].drop(mid).dropna()
             partner = others.idxmax()
@@ -132,9 +124,9 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             "chance_level": chance, "chance_source": chance_source,
             "calibration": ({"permutations": int(nulls.permutations.iloc[0]), "alpha": float(nulls.alpha.iloc[0])}
                             if not nulls.empty else None),
-            "condition": condition, "run": str(run_dir), "run_created": side.get("created"),
-            "manifest_versions": {m: side["models"][m]["manifest_version"] for m in models},
-            "dataset": side["conditions"][0]["dataset"], "libraries": side.get("libraries", {}),
+            "condition": condition, "run": str(run_dir), "run_created": side.created,
+            "manifest_versions": {m: side.models[m].manifest_version for m in models},
+            "dataset": side.conditions[0].dataset, "libraries": side.libraries,
             "scores_sources": {n: getattr(registry.score_table(n), "source", "computed by this harness from the run")
                                for n in downstream},
             "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models"}

@@ -1,0 +1,149 @@
+"""Where a run's and a leaderboard's files live, and the run's typed record (run.json) that the report writes and
+every reader (baselines, leaderboards, the colour figure, stores) reads: one schema with a format version, and
+a migration for records written before it had one."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import BadInput, PrhBenchError
+
+RUNS_ROOT = Path("prh-runs")  # run folders: RUNS_ROOT/SUITE/UTC-TIME
+LEADERBOARDS_ROOT = Path("leaderboards")  # bundles: LEADERBOARDS_ROOT/SUITE, baselines: LEADERBOARDS_ROOT/baselines
+RUN_RECORD = "run.json"
+RESULTS_DIR = "results"  # per-pair records inside a run folder (pairs.py)
+BUNDLE_INDEX = "index.html"
+#: 1: no format field (before 2026-12); 2: the format field and the pair work of each job
+RUN_FORMAT = 2
+
+
+def suite_runs(suite: str, root: Path = RUNS_ROOT) -> Path:
+    return root / suite
+
+
+def leaderboard_bundle(suite: str, root: Path = LEADERBOARDS_ROOT) -> Path:
+    return root / suite
+
+
+def baseline_file(suite: str, root: Path = LEADERBOARDS_ROOT) -> Path:
+    return root / "baselines" / f"{suite}.json"
+
+
+def new_run_dir(folder: Path) -> Path:
+    """A new folder named by the UTC time to the microsecond, created here: two runs started at once (in one
+    process or several) never write into the same folder."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        path = folder / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise PrhBenchError(f"cannot create a new run folder under {folder}")
+
+
+def has_scores(run_dir: Path) -> bool:
+    return (run_dir / "scores.csv").is_file() or (run_dir / "scores.parquet").is_file()
+
+
+def latest_run(runs_root: Path, suite: str) -> Path:
+    """The newest run folder of a suite under runs_root (names are UTC timestamps)."""
+    folder = suite_runs(suite, runs_root)
+    runs = sorted(p for p in folder.glob("*") if (p / RUN_RECORD).exists() and has_scores(p))
+    if not runs:
+        raise BadInput(f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first")
+    return runs[-1]
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ModelRun(_Loose):
+    condition: str
+    status: str  # cached | extracted | failed
+    cache_key: str = ""
+    layers: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+class ModelEntry(_Loose):
+    manifest_id: str | None = None  # the registry id ('ID' of a revision sweep's 'ID@REVISION'); format 1 lacks it
+    manifest_version: int
+    revision: str | None = None
+    weights: str = ""
+    runs: list[ModelRun] = []
+
+
+class ConditionEntry(_Loose):
+    label: str
+    dataset: dict[str, Any]
+    transform: str | None = None
+    level: float | None = None
+    n_samples: int | None = None
+
+
+class RunRecord(_Loose):
+    """run.json: what ran (suite, conditions, models with their outcomes, metric versions), where and how long."""
+
+    format: int = RUN_FORMAT
+    created: str | None = None
+    harness: dict[str, Any] = {}
+    libraries: dict[str, str] = {}
+    suite: dict[str, Any]
+    conditions: list[ConditionEntry]
+    models: dict[str, ModelEntry]
+    metrics: dict[str, dict[str, Any]]
+    device: str = ""
+    pair_work: list[dict[str, Any]] = []  # per condition and metric: pairs and nulls, computed or read
+    seconds: dict[str, float] = {}
+    source: str | None = None  # a results store the record was built from, instead of a run
+
+    @property
+    def suite_id(self) -> str:
+        return str(self.suite.get("id"))
+
+    def n_samples(self, condition: str) -> int | None:
+        return next((c.n_samples for c in self.conditions if c.label == condition), None)
+
+
+def migrate(doc: dict[str, Any]) -> dict[str, Any]:
+    """A record of an older format as the current one."""
+    if "format" not in doc:  # format 1: the same fields, no pair work
+        doc = {**doc, "format": RUN_FORMAT}
+    return doc
+
+
+def read_run_record(run_dir: Path) -> RunRecord:
+    path = run_dir / RUN_RECORD
+    if not path.is_file():
+        raise BadInput(f"{run_dir}: not a run folder (no {RUN_RECORD}); give a folder written by `prh-bench run`")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadInput(f"{path}: not a run record ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path}: not a run record (a JSON object is expected)")
+    if isinstance(doc.get("format"), int) and doc["format"] > RUN_FORMAT:
+        raise BadInput(f"{path}: run record format {doc['format']} is newer than this prh-bench reads ({RUN_FORMAT}); "
+                       "upgrade prh-bench")
+    try:
+        return RunRecord.model_validate(migrate(doc))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise BadInput(f"{path}: field '{field}': {err['msg']}") from None
+
+
+def write_run_record(run_dir: Path, record: RunRecord) -> Path:
+    path = run_dir / RUN_RECORD
+    path.write_text(record.model_dump_json(indent=2), encoding="utf-8")
+    return path
