@@ -188,7 +188,8 @@ class MetricManifest(ManifestBase):
     kind: Literal["metric"]
     name: str
     params: dict[str, Any] = {}
-    higher_is_better: bool = True
+    higher_is_better: bool | None = Field(
+        default=None, description="documents the metric's direction; validate refuses a value its code contradicts")
 
 
 class ScoresManifest(ManifestBase):
@@ -196,7 +197,9 @@ class ScoresManifest(ManifestBase):
 
     kind: Literal["scores"]
     name: str = Field(description="the score's name, as suites list it (e.g. hellaswag)")
-    higher_is_better: bool = True
+    higher_is_better: bool = Field(
+        default=True, description="competence goes with higher values; leaderboards report each correlation's "
+        "direction from it")
     source: str = Field(min_length=1, description="where the numbers come from")
     values: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, description="model id -> score")
 

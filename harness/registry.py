@@ -94,10 +94,15 @@ class Registry:
             if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
                 out.extend(self.plugin_problems(m.model_dump(), path))
             if isinstance(m, MetricManifest) and m.name in self.plugins.metrics:
+                metric = self.plugins.metrics[m.name]
                 try:
-                    self.plugins.metrics[m.name].params(**m.params)
+                    metric.params(**m.params)
                 except BadInput as exc:
                     out.append(f"{path}: field 'params': {exc}")
+                if m.higher_is_better is not None and m.higher_is_better != metric.higher_is_better:
+                    out.append(f"{path}: field 'higher_is_better': {m.higher_is_better}, but metric '{m.name}' is "
+                               f"{'higher' if metric.higher_is_better else 'lower'}-is-better (its direction is its "
+                               "code's; omit the field or state it)")
             elif isinstance(m, ScoresManifest):
                 models = self.of_kind(ModelManifest)
                 out.extend(unknown_problem(path, f"values.{k}", k, models, "model") for k in m.values if k not in models)

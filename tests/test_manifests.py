@@ -125,3 +125,12 @@ def test_one_file_with_all_three_mistakes_reports_each(tmp_path: Path) -> None:
     assert f"{bad}: field 'version': Input should be a valid integer, unable to parse string as an integer, got 'one'" in lines
     assert f"{bad}: field 'modalty': unknown field (misspelled?)" in lines
     assert f"{bad}: field 'backend': unknown backend 'timmm'; did you mean 'timm'?" in lines
+
+
+def test_a_metric_manifest_cannot_contradict_its_metrics_direction(tmp_path: Path) -> None:
+    text = "kind: metric\nid: my-knn\nversion: 1\nname: mutual_knn\nparams: {{k: 5}}\nhigher_is_better: {}\n"
+    assert cli("validate", write_yaml(tmp_path / "ok.yaml", text.format("true"))).exit_code == 0
+    bad = write_yaml(tmp_path / "bad.yaml", text.format("false"))
+    result = cli("validate", bad)
+    assert result.exit_code == 2
+    assert f"{bad}: field 'higher_is_better': False, but metric 'mutual_knn' is higher-is-better" in result.stderr

@@ -18,7 +18,7 @@ from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
 from .pairs import read_table
-from .report import alignment_matrix, best_pairs, chance_level
+from .report import alignment_matrix, best_pairs, best_partner, chance_level
 from .run_folder import read_run_record
 
 RESAMPLES = 2000
@@ -90,15 +90,13 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
         row: dict[str, Any] = {"model": mid, "weights": entry.weights,
                                "params": getattr(registry.entries.get(entry.manifest_id or mid), "params", None)}
         if mid in mat.index:
-            others = mat.loc[mid].drop(mid).dropna()
-            partner = others.idxmax()
-            pair = best[((best.model_x == mid) & (best.model_y == partner)) | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
             row["alignment_to_reference"] = mat.loc[mid, reference] if reference and mid != reference else math.nan
             if reference and not nulls.empty:
                 null = null_of(nulls, mid, reference)
                 row |= {"p_value": null.get("p_value", math.nan), "calibrated": null.get("calibrated", math.nan)}
-            row |= {"mean_alignment": others.mean(), "best_partner": partner,
-                    "best_layer_pair": f"{pair.layer_x} / {pair.layer_y}" if pair.model_x == mid else f"{pair.layer_y} / {pair.layer_x}"}
+            if (partner := best_partner(mat, best, mid)) is not None:
+                row |= {"mean_alignment": partner.mean_alignment, "best_partner": partner.model,
+                        "best_layer_pair": partner.layer_pair}
         else:
             row["status"] = "failed"
         for name, values in downstream.items():
@@ -117,7 +115,9 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
                 continue
             ok = table[[measure, name]].dropna()
             if len(ok) >= 3 and ok[name].nunique() > 1 and ok[measure].nunique() > 1:
-                corr += [{"alignment": measure, "score": name, **c} for c in correlate(ok[measure].to_numpy(), ok[name].to_numpy())]
+                direction = "higher is better" if score_higher_is_better(registry, name) else "lower is better"
+                corr += [{"alignment": measure, "score": name, "score_direction": direction, **c}
+                         for c in correlate(ok[measure].to_numpy(), ok[name].to_numpy())]
     binned = binned_view(table, key) if "tasks_solved" in table else pd.DataFrame()
     meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
             "metric_params": params, "reference": reference, "n_samples": n,
@@ -132,6 +132,15 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models"}
     return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
                        binned, meta)
+
+
+def score_higher_is_better(registry: Registry, name: str) -> bool:
+    """A downstream score's direction: bits per byte (computed by the run) is lower-is-better; a score table says
+    its own; probe accuracies and tasks solved are higher-is-better."""
+    if name == "bits_per_byte":
+        return False
+    table = registry.score_table(name)
+    return table.higher_is_better if table is not None else True
 
 
 def calibration_of(run_dir: Path, metric: str, condition: str) -> pd.DataFrame:

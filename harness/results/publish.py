@@ -132,7 +132,9 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
 
 CORRELATION_NOTE = ("r: over the models with both numbers (n); ci_low and ci_high: the 2.5 and 97.5 percentiles of r "
                     "over bootstrap resamples of the models, of which bootstrap_resamples (of 2000) had both sides "
-                    "varying (the others have no r); p_value: two-sided permutation test of the pairing.")
+                    "varying (the others have no r); p_value: two-sided permutation test of the pairing; "
+                    "score_direction: whether more of the score means more competence (for bits per byte it means "
+                    "less, so alignment growing with competence shows as a negative r).")
 
 
 def write_leaderboard(lb: Leaderboard, out: Path,

@@ -7,6 +7,7 @@ import json
 import platform
 import re
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -79,18 +80,34 @@ def chance_level(metric: str, params: dict[str, Any], n: int, calibration: pd.Da
     return float("nan"), "unknown (the suite asks for no permutation nulls)"
 
 
+@dataclass(frozen=True)
+class Partner:
+    """A model's most aligned other model in a matrix, with the layer pair (its layer / theirs) that scored it."""
+
+    model: str
+    score: float
+    layer_pair: str
+    mean_alignment: float  # over all other models
+
+
+def best_partner(mat: pd.DataFrame, best: pd.DataFrame, mid: str) -> Partner | None:
+    others = mat.loc[mid].drop(mid).dropna()
+    if others.empty:
+        return None
+    partner = others.idxmax()
+    pair = best[((best.model_x == mid) & (best.model_y == partner))
+                | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
+    own, their = (pair.layer_x, pair.layer_y) if pair.model_x == mid else (pair.layer_y, pair.layer_x)
+    return Partner(partner, float(others.max()), f"{own} / {their}", float(others.mean()))
+
+
 def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelManifest], reference: str | None) -> pd.DataFrame:
     rows = []
     for mid in mat.index:
-        others = mat.loc[mid].drop(mid).dropna()
-        if others.empty:
+        if (partner := best_partner(mat, best, mid)) is None:
             continue
-        partner = others.idxmax()
-        pair = best[((best.model_x == mid) & (best.model_y == partner)) | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
-        own, their = (pair.layer_x, pair.layer_y) if pair.model_x == mid else (pair.layer_y, pair.layer_x)
-        row = {"model": mid, "weights": models[mid].weights_label,
-               "mean_alignment": others.mean(), "most_aligned_with": partner, "score": others.max(),
-               "layer_pair": f"{own} / {their}"}
+        row = {"model": mid, "weights": models[mid].weights_label, "mean_alignment": partner.mean_alignment,
+               "most_aligned_with": partner.model, "score": partner.score, "layer_pair": partner.layer_pair}
         if reference is not None and reference in mat.columns:
             row[f"to_{reference}"] = mat.loc[mid, reference]
         rows.append(row)
