@@ -389,10 +389,16 @@ def safe_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and validate one YAML manifest file (safe YAML only: no tags that run code, no alias bombs)."""
+#: a manifest may start from another file (`include: NAME`, relative to it, inside its folder): the including
+#: file's fields override the included ones, mappings merged key by key (as lm-evaluation-harness task YAMLs do).
+#: Files whose name starts with "_" are such fragments, not manifests.
+INCLUDE = "include"
+
+
+def read_yaml(path: Path) -> Any:
+    """One YAML file, safely (no tags that run code, no alias bombs); ManifestError naming the file otherwise."""
     try:
-        data = safe_yaml(path.read_text(encoding="utf-8"), path)
+        return safe_yaml(path.read_text(encoding="utf-8"), path)
     except OSError as exc:
         raise ManifestError([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
@@ -401,4 +407,32 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
     except RecursionError:
         raise ManifestError([f"{path}: nested too deeply to be a manifest"]) from None
-    return parse_manifest(data, path)
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_includes(data: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """The document with its `include:` chain applied."""
+    if not isinstance(data, dict) or INCLUDE not in data:
+        return data
+    name = data[INCLUDE]
+    target = (path.parent / name).resolve() if isinstance(name, str) else None
+    if target is None or not target.is_relative_to(path.parent.resolve()):
+        raise ManifestError([f"{path}: field '{INCLUDE}': expected a file name inside this manifest's folder, "
+                             f"got {name!r}"])
+    if target in seen:
+        raise ManifestError([f"{path}: field '{INCLUDE}': includes itself through {' -> '.join(p.name for p in seen)}"])
+    base = resolve_includes(read_yaml(target), target, (*seen, path.resolve()))
+    if not isinstance(base, dict):
+        raise ManifestError([f"{target}: an included file must be a mapping, got {type(base).__name__}"])
+    return merged(base, {k: v for k, v in data.items() if k != INCLUDE})
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate one YAML manifest file, its includes applied."""
+    return parse_manifest(resolve_includes(read_yaml(path), path), path)

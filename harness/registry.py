@@ -32,11 +32,13 @@ def unknown_problem(path: Path, fieldname: str, value: str, known: Iterable[str]
 
 
 def manifest_files(paths: Iterable[Path]) -> list[Path]:
-    """YAML files under folders (recursively, skipping templates/) or given directly."""
+    """YAML files under folders (recursively, skipping templates/ and the "_" fragments that manifests include)
+    or given directly."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files.extend(f for f in sorted(p.rglob("*.y*ml")) if "templates" not in f.relative_to(p).parts)
+            files.extend(f for f in sorted(p.rglob("*.y*ml"))
+                         if "templates" not in f.relative_to(p).parts and not f.name.startswith("_"))
         else:
             files.append(p)
     return files

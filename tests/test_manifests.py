@@ -134,3 +134,20 @@ def test_a_metric_manifest_cannot_contradict_its_metrics_direction(tmp_path: Pat
     result = cli("validate", bad)
     assert result.exit_code == 2
     assert f"{bad}: field 'higher_is_better': False, but metric 'mutual_knn' is higher-is-better" in result.stderr
+
+
+def test_manifests_include_a_shared_fragment_and_cannot_escape_their_folder(tmp_path: Path) -> None:
+    from prh_bench.manifest import ManifestError, load_manifest
+
+    write_yaml(tmp_path / "_base.yaml", "kind: model\nversion: 1\nbackend: timm\nsource: resnet18\nmodality: vision\n"
+               "weights: {path: /w.pth, sha256: null}\ntags: [a]\n")
+    one = write_yaml(tmp_path / "one.yaml", "include: _base.yaml\nid: one\nweights: {path: /other.pth}\ntags: [b]\n")
+    m = load_manifest(one)
+    assert (m.id, m.source, str(m.weights.path), m.tags) == ("one", "resnet18", "/other.pth", ["b"])
+    assert cli("validate", tmp_path).exit_code == 0  # the fragment is no manifest of its own
+    outside = write_yaml(tmp_path / "sub" / "x.yaml", "include: ../_base.yaml\nid: x\n")
+    loop = write_yaml(tmp_path / "_loop.yaml", "include: loop.yaml\n")
+    write_yaml(tmp_path / "loop.yaml", "include: _loop.yaml\nid: loop\n")
+    for path, message in ((outside, "expected a file name inside this manifest's folder"), (loop, "includes itself")):
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(path)
