@@ -29,19 +29,25 @@ class FeatureExtractor(ABC):
         """Features of one batch: one B x D float tensor per layer, then one B-vector per extra name."""
 
 
-class ModelBackend(Protocol):
-    """Builds extractors for model manifests whose `backend` names it."""
+class ModelBackend(ABC):
+    """Builds extractors for model manifests whose `backend` names it. Subclass it: `load` is required, the
+    rest has defaults that `prh-bench plan` and `show` read."""
 
     #: distributions whose versions change features: they enter the feature-cache key
-    libraries: tuple[str, ...]
+    libraries: tuple[str, ...] = ()
 
+    @abstractmethod
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         """Load the model (raising WeightsUnavailable with a how-to when weights are missing)."""
-        ...
 
-    # Optional, for `prh-bench plan` and `show` (without them the plan says 'unknown'):
-    #   weights_status(manifest) -> str: 'local', 'download' or 'unavailable: why', without loading weights
-    #   feature_widths(manifest) -> list[int] | None: the width of every layer, without loading weights
+    def weights_status(self, manifest: ModelManifest) -> str:
+        """'local', 'download' (hub or URL, not fetched yet) or 'unavailable: why', without loading weights."""
+        return "unknown"
+
+    def feature_widths(self, manifest: ModelManifest) -> list[int] | None:
+        """The width of every layer without loading weights (None: unknown), for feature storage and pair-work
+        estimates."""
+        return None
 
 
 class DatasetLoader(Protocol):

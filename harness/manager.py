@@ -82,6 +82,11 @@ class Plugins:
 
     @classmethod
     def collect(cls, pm: pluggy.PluginManager) -> Plugins:
+        from .align.metric import Metric
+        from .backend import ModelBackend
+        from .task import Task
+
+        bases = {"backend": ModelBackend, "metric": Metric, "task": Task}
         self = cls(pm)
         for kind, hook in (
             ("backend", pm.hook.prh_model_backends),
@@ -99,6 +104,12 @@ class Plugins:
                         )
                     target[name] = obj
                     self.provider[(kind, name)] = impl.plugin_name
+            base = bases.get(kind)
+            for name, obj in target.items():  # after the duplicates: a name claimed twice is the clearer error
+                if not (isinstance(obj, base) if base else callable(obj)):
+                    want = f"a {base.__module__}.{base.__name__} (subclass it)" if base else "a function"
+                    raise BadInput(f"{kind} '{name}' of plugin {self.provider[(kind, name)]} is a {type(obj).__name__}, "
+                                   f"not {want}; see CONTRIBUTING.md")
         for impl in reversed(pm.hook.prh_manifest_dirs.get_hookimpls()):
             self.manifest_dirs.extend(Path(p) for p in impl.function() or [])
         return self

@@ -26,14 +26,12 @@ from .scoring import DEFAULT_BUDGET_GIB, Member, PairStore, ScoreJob
 def weights_status(registry: Registry, m: ModelManifest) -> str:
     """'local', 'download' (hub or URL, not cached yet), or 'unavailable: why', from the backend when it can
     tell ('unknown' otherwise)."""
-    check = getattr(registry.plugins.backends[m.backend], "weights_status", None)
-    return check(m) if check is not None else "unknown"
+    return registry.plugins.backends[m.backend].weights_status(m)
 
 
 def feature_widths(registry: Registry, m: ModelManifest) -> list[int] | None:
-    widths = getattr(registry.plugins.backends[m.backend], "feature_widths", None)
     try:
-        return widths(m) if widths is not None else None
+        return registry.plugins.backends[m.backend].feature_widths(m)
     except Exception:  # a width estimate must never break a plan
         return None
 

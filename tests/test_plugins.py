@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prh_bench.backend import FeatureExtractor
+from prh_bench.backend import FeatureExtractor, ModelBackend
 from prh_bench.hookspecs import hookimpl
 
 
@@ -35,7 +35,7 @@ class Thumbs(FeatureExtractor):
         return out
 
 
-class PixelsBackend:
+class PixelsBackend(ModelBackend):
     libraries = ("torch",)
 
     def load(self, manifest, device):
@@ -93,6 +93,9 @@ def test_every_hook_is_documented_and_implemented_by_a_builtin() -> None:
         assert doc and len(doc.splitlines()) == 1, f"{name} needs a one-line docstring"
         impls = {i.plugin_name for i in getattr(pm.hook, name).get_hookimpls()}
         assert impls & set(BUILTINS), f"no built-in implements {name}"
+    # Where plugin authors read (as datasette's test_docs): a hook missing there is a hook nobody finds.
+    contributing = (Path(__file__).parents[1] / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert [n for n in specs if f"`{n}`" not in contributing and f"def {n}(" not in contributing] == []
 
 
 def test_external_plugin_adds_a_model_that_is_listed_and_runs(external_plugin: Path, tmp_path: Path) -> None:
@@ -129,3 +132,16 @@ def test_two_plugins_claiming_one_name_is_an_error() -> None:
 
     with pytest.raises(BadInput, match="backend 'timm' is provided by two plugins"):
         load_plugins(extra=(Clash(),))
+
+
+def test_a_plugin_object_that_is_no_backend_is_refused_naming_the_plugin() -> None:
+    from prh_bench.errors import BadInput
+    from prh_bench.hookspecs import hookimpl
+
+    class Loose:
+        @hookimpl
+        def prh_model_backends(self):
+            return {"loose": object()}
+
+    with pytest.raises(BadInput, match="backend 'loose' of plugin .* is a object, not a prh_bench.backend.ModelBackend"):
+        load_plugins((Loose(),))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.backend import FeatureExtractor, ModelBackend
 from prh_bench.errors import BadInput
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import np, torch
@@ -97,7 +97,7 @@ class ColorSpaceExtractor(FeatureExtractor):
         return [torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))]
 
 
-class ColorSpaceBackend:
+class ColorSpaceBackend(ModelBackend):
     libraries = ("numpy", "scikit-image")
 
     def load(self, manifest: ModelManifest, device: Any) -> FeatureExtractor:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor
+from prh_bench.backend import FeatureExtractor, ModelBackend
 from prh_bench.errors import BadInput, ExtractionFailed
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import np, torch
@@ -62,7 +62,7 @@ class GloveExtractor(FeatureExtractor):
         return torch.from_numpy(np.asarray(self.vectors[rows], dtype=np.float32).mean(0))
 
 
-class GloveBackend:
+class GloveBackend(ModelBackend):
     libraries = ("numpy",)
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, torch_dtype
+from prh_bench.backend import FeatureExtractor, ModelBackend, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
@@ -84,7 +84,7 @@ class OpenClipExtractor(FeatureExtractor):
         return self.hooks.collect()
 
 
-class OpenClipBackend:
+class OpenClipBackend(ModelBackend):
     libraries = ("torch", "open_clip_torch")
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:

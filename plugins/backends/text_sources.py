@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prh_bench.backend import ModelBackend
 from prh_bench.errors import BadInput
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, RandomWeights
@@ -59,7 +60,7 @@ def hidden_widths(m: ModelManifest) -> list[int]:
     return [cfg.hidden_size] * (cfg.num_hidden_layers + 1)
 
 
-class HubTextBackend:
+class HubTextBackend(ModelBackend):
     """A backend of transformers text models: `extractor` builds the extractor from the manifest."""
 
     libraries = ("torch", "transformers", "tokenizers")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, torch_dtype
+from prh_bench.backend import FeatureExtractor, ModelBackend, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
@@ -73,7 +73,7 @@ class TimmExtractor(FeatureExtractor):
         return self.hooks.collect()
 
 
-class TimmBackend:
+class TimmBackend(ModelBackend):
     libraries = ("torch", "timm")
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
