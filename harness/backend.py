@@ -22,7 +22,7 @@ class FeatureExtractor(ABC):
     #: layer names in network order; fixed once the extractor is built
     layer_names: list[str]
     #: per-sample scores computed on the way (e.g. bits per byte of a language model)
-    extra_names: tuple[str, ...] = ()
+    sample_score_names: tuple[str, ...] = ()
 
     @abstractmethod
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:

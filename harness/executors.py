@@ -33,7 +33,7 @@ class ModelOutcome:
     key: str = ""
     layers: int = 0
     condition: str = ""
-    extras: dict[str, float] | None = None  # mean of each per-sample extra (e.g. bits per byte)
+    model_scores: dict[str, float] | None = None  # the mean of each per-sample score (bits per byte)
 
 
 def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool = False) -> ModelOutcome:
@@ -47,7 +47,7 @@ def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool =
 
     def done(status: str, feats: Features) -> ModelOutcome:
         return ModelOutcome(m.id, status, time.perf_counter() - start, key=key, layers=len(feats.layer_names),
-                            condition=label, extras={k: float(v.mean()) for k, v in feats.extras.items()})
+                            condition=label, model_scores={k: float(v.mean()) for k, v in feats.sample_scores.items()})
 
     if not ctx.spec.force and (feats := ctx.cache.load(m.id, key)) is not None:
         return done("cached", feats)  # no lock needed to read a stored entry (a read-only cache works)

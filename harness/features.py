@@ -87,11 +87,12 @@ def model_feature_key(backend: ModelBackend, model: ModelManifest, dataset: Data
 
 @dataclass(frozen=True)
 class Features:
-    """One model's features on one sample set: a list of N x D tensors, one per layer, and per-sample extras."""
+    """One model's features on one sample set: a list of N x D tensors, one per layer, and per-sample scores
+    computed on the way (a causal LM's bits per byte; their means are the run's model scores)."""
 
     layer_names: list[str]
     tensors: list[torch.Tensor]
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    sample_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -158,9 +159,10 @@ class FeatureCache:
         """Write atomically with a checksum: a reader sees the old entry or the complete new one."""
         path = self.path(model_id, key)
         tensors = {f"layer{i:03d}": t for i, t in enumerate(feats.tensors)}
-        tensors |= {f"extra.{name}": t for name, t in feats.extras.items()}
+        # stored as 'extra.NAME' tensors listed under 'extras' (the names of cache format 3)
+        tensors |= {f"extra.{name}": t for name, t in feats.sample_scores.items()}
         write_entry(path, tensors, {"key": key, "layers": json.dumps(feats.layer_names),
-                                    "extras": json.dumps(list(feats.extras)), "key_doc": json.dumps(doc, sort_keys=True)})
+                                    "extras": json.dumps(list(feats.sample_scores)), "key_doc": json.dumps(doc, sort_keys=True)})
         return path
 
 
@@ -169,7 +171,7 @@ def extract(
 ) -> Features:
     """Run the extractor over all samples in batches; check shapes and finiteness. On an out-of-memory error
     the batch size halves and the batch is retried (down to 1)."""
-    names = list(extractor.layer_names) + list(extractor.extra_names)
+    names = list(extractor.layer_names) + list(extractor.sample_score_names)
     parts: list[list[torch.Tensor]] = [[] for _ in names]
     done, size = 0, batch_size
     with torch.inference_mode(), tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample", leave=False) as bar:

@@ -55,7 +55,7 @@ def measured_rates(metric: Metric, params_json: str, n: int, width: int) -> Rate
     sx = summarize_layers(metric, prepare(layers[:2]), **params)
     sy = summarize_layers(metric, prepare(layers[2:]), **params)
     t1 = time.perf_counter()
-    metric.cross_scores(sx, sy, params)
+    metric.cross_scores(sx, sy, **params)
     t2 = time.perf_counter()
     return Rates((t1 - t0) / 4, (t2 - t1) / 4)
 

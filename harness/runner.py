@@ -102,7 +102,7 @@ def run_suite(
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
-    scores, nulls, extras, sizes, work, scored = [], [], [], {}, [], []
+    scores, nulls, model_scores, sizes, work, scored = [], [], [], {}, [], []
     for index, cond in enumerate(ctx.conditions):
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
@@ -115,8 +115,8 @@ def run_suite(
         done = executor.extract(ctx, list(ctx.models), Target(condition=index), progress)
         outcomes += done
         ok = [o for o in done if o.status != "failed"]
-        extras += [{"condition": cond.label, "model": o.model, "score": k, "mean": v}
-                   for o in ok for k, v in (o.extras or {}).items()]
+        model_scores += [{"condition": cond.label, "model": o.model, "score": k, "mean": v}
+                         for o in ok for k, v in (o.model_scores or {}).items()]
         timings["features"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
@@ -142,7 +142,7 @@ def run_suite(
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
-                    pd.concat(nulls), pd.DataFrame(extras), probes, versions, str(device), timings, pair_work=work,
+                    pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(device), timings, pair_work=work,
                     scored=scored)
 
 

@@ -172,7 +172,7 @@ def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
     assert (folder / "model.safetensors").stat().st_mtime_ns == written  # read, not dequantised again
     f = features(registry, m, words("The river flows into the sea.", "A house stands on the hill.", "red"))
     assert len(f.layer_names) == 31 and all(t.shape == (3, 576) for t in f.tensors)
-    bits = f.extras["bits_per_byte"].tolist()
+    bits = f.sample_scores["bits_per_byte"].tolist()
     # Sentences cost a real LM about 1 bit per byte; this tokenizer adds no BOS token, so the first token of a
     # text is never predicted and a one-token text ('red') costs nothing (see the backend's docstring).
     assert all(0.3 < b < 3 for b in bits[:2]) and bits[2] == 0 and again.layer_names == ext.layer_names

@@ -732,7 +732,7 @@ def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
     small_cka, cka = CKA(), CKA()
     small_cka.stack_bytes = 8 * 24 * 24  # one kernel per stack
     sx, sy = [cka.summarize(a, **cka.params()) for a in x], [cka.summarize(b, **cka.params()) for b in y]
-    torch.testing.assert_close(small_cka.cross_scores(sx, sy, cka.params()), cka.cross_scores(sx, sy, cka.params()),
+    torch.testing.assert_close(small_cka.cross_scores(sx, sy, **cka.params()), cka.cross_scores(sx, sy, **cka.params()),
                                atol=1e-12, rtol=0)
     small_cknna, cknna = CKNNA(), CKNNA()
     small_cknna.chunk = 2

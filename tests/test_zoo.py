@@ -153,7 +153,7 @@ def test_causal_lm_bits_per_byte_and_pooling(registry: Registry, tmp_path: Path)
     texts = SampleSet((Sample(id="a", text="a cat on a mat"), Sample(id="b", text="two dogs")))
     f = run_extract(registry, m, texts)
     assert f.layer_names == ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
-    assert f.tensors[0].shape == (2, 32) and set(f.extras) == {"bits_per_byte"}
+    assert f.tensors[0].shape == (2, 32) and set(f.sample_scores) == {"bits_per_byte"}
     # The same quantities by hand, one text at a time (no padding).
     lm, tok = AutoModelForCausalLM.from_pretrained(local).eval(), AutoTokenizer.from_pretrained(local)
     for i, text in enumerate(["Caption: a cat on a mat", "Caption: two dogs"]):
@@ -162,7 +162,7 @@ def test_causal_lm_bits_per_byte_and_pooling(registry: Registry, tmp_path: Path)
             out = lm(ids, output_hidden_states=True)
         logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
         bits = -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum() / np.log(2)
-        assert f.extras["bits_per_byte"][i].item() == pytest.approx(bits.item() / len(text.encode()), rel=1e-4)
+        assert f.sample_scores["bits_per_byte"][i].item() == pytest.approx(bits.item() / len(text.encode()), rel=1e-4)
         torch.testing.assert_close(f.tensors[2][i], out.hidden_states[2][0].mean(0), atol=1e-5, rtol=1e-4)
     assert registry.plugins.backends["transformers-causal-lm"].feature_widths(m) == [32, 32, 32]
 

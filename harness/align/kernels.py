@@ -198,9 +198,9 @@ class CKA(Metric):
         return max(1, self.stack_bytes // (8 * flat[0].flat.numel()))
 
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
-        return self.cross_scores(sx, sy, params)
+        return self.cross_scores(sx, sy, **params)
 
-    def cross_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], params: dict[str, Any]) -> torch.Tensor:
+    def cross_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
         for x0, x in _stacks(sx, self._rows(sx)):
             x1 = x0 + len(x)

@@ -30,9 +30,9 @@ def score_pairs(metric: Metric, summaries: Mapping[str, list[Any]], pairs: Seque
         partners = sorted((next(iter(key - {hub})) for key in todo if hub in key), key=order.__getitem__)
         flat = [s for p in partners for s in summaries[p]]
         if metric.symmetric:
-            xy, yx = metric.cross_scores(summaries[hub], flat, params), None
+            xy, yx = metric.cross_scores(summaries[hub], flat, **params), None
         else:
-            xy, yx = metric.cross_scores_both(summaries[hub], flat, params)
+            xy, yx = metric.cross_scores_both(summaries[hub], flat, **params)
         start = 0
         for p in partners:
             end = start + len(summaries[p])

@@ -55,13 +55,12 @@ class Metric(Parametrized, ABC):
         """Estimated extra bytes per layer that the pair stage needs while scoring a group (copies, stacks)."""
         return 0
 
-    def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], params: dict[str, Any]) -> torch.Tensor:
+    def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
         """All layers of one group of models against all layers of another, in chunks of `chunk` y layers."""
         return torch.cat([self.pair_scores(sx, sy[c : c + self.chunk], **params)
                           for c in range(0, len(sy), self.chunk)], dim=1)
 
-    def cross_scores_both(self, sx: Sequence[Any], sy: Sequence[Any],
-                          params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_scores_both(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """`cross_scores` both ways, (x against y, y against x), for metrics that are not symmetric."""
         chunks = [self.pair_scores_both(sx, sy[c : c + self.chunk], **params) for c in range(0, len(sy), self.chunk)]
         return torch.cat([xy for xy, _ in chunks], dim=1), torch.cat([yx for _, yx in chunks], dim=0)

@@ -34,7 +34,7 @@ OPTIONS = {"template": "{text}", "templates": None, "max_length": 512, "device_m
 
 
 class CausalLMExtractor(FeatureExtractor):
-    extra_names = ("bits_per_byte",)
+    sample_score_names = ("bits_per_byte",)
 
     def __init__(self, m: ModelManifest, device: torch.device):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
