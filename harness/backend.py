@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
+from .errors import BadInput
 from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import Sample, SampleSet
@@ -14,6 +15,13 @@ from .samples import Sample, SampleSet
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype a manifest's `dtype` names (float32, bfloat16, float16)."""
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def preprocess_options(m: ModelManifest, known: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's `preprocess` over a backend's defaults; a key the backend does not know is bad input."""
+    if unknown := set(m.preprocess) - set(known):
+        raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return {**known, **m.preprocess}
 
 
 class FeatureExtractor(ABC):

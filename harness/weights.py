@@ -8,12 +8,13 @@ import importlib.util
 import logging
 import os
 import pickle  # only for its exception type: nothing is unpickled here
+from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
 from .errors import BadInput, WeightsUnavailable
 from .lazy import torch
-from .manifest import PathWeights, UrlWeights
+from .manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
 
 PKG_SCHEME = "pkg://"
 log = logging.getLogger(__name__)
@@ -178,3 +179,25 @@ def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights, model_i
             f"missing {missing[:5]}, unexpected {unexpected[:5]} (see `strip_prefix` and `drop` in the manifest)"
         )
     return path
+
+
+def build_with_weights(m: ModelManifest, create: Callable[[bool], torch.nn.Module], pretrained: str, host: str,
+                       cached_under: str, cache_dir: Path) -> torch.nn.Module:
+    """The model a manifest's `weights` ask for, from `create(pretrained)`: the library's pretrained weights
+    (the error names them, the `host` they come from and where a connected run caches them), a seeded random
+    initialisation, or a checkpoint file or URL loaded into the bare architecture."""
+    if m.weights == "pretrained":
+        try:
+            return create(True)
+        except (OSError, RuntimeError) as exc:  # hub and download errors derive from OSError
+            raise WeightsUnavailable(
+                f"model '{m.id}': {pretrained} are not available here ({type(exc).__name__}). Run once where {host} "
+                f"is reachable (they are then cached under {cached_under}), or download the checkpoint and set "
+                "`weights: {path: FILE, sha256: HASH}` in the manifest."
+            ) from None
+    if isinstance(m.weights, RandomWeights):
+        torch.manual_seed(m.weights.random)
+    model = create(False)
+    if isinstance(m.weights, (PathWeights, UrlWeights)):
+        load_checkpoint(model, m.weights, m.id, cache_dir)
+    return model

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, torch_dtype
+from prh_bench.backend import FeatureExtractor, preprocess_options, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
@@ -39,14 +39,11 @@ class CausalLMExtractor(FeatureExtractor):
     def __init__(self, m: ModelManifest, device: torch.device):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        unknown = set(m.preprocess) - set(OPTIONS)
-        if unknown:
-            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(OPTIONS)}")
+        self.opts = preprocess_options(m, OPTIONS)
         if m.layers.pool not in ("mean", "avg", "last"):
             raise BadInput(f"model '{m.id}': field 'layers.pool': causal LMs pool by 'mean' or 'last', got '{m.layers.pool}'")
         if m.layers.nodes is not None:
             raise BadInput(f"model '{m.id}': field 'layers.nodes': causal LMs always give every hidden state; remove it")
-        self.opts = {**OPTIONS, **m.preprocess}
         self.templates = prompt_templates(m)
         where, kw = model_location(m), hub_kwargs(m)
         dtype = torch_dtype(m.dtype)

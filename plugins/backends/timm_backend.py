@@ -8,14 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, ModelBackend, torch_dtype
-from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.backend import FeatureExtractor, ModelBackend, preprocess_options, torch_dtype
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from prh_bench.manifest import ModelManifest
 from prh_bench.samples import Sample
-from prh_bench.weights import load_checkpoint
+from prh_bench.weights import build_with_weights
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, hub_file_status
@@ -26,22 +25,9 @@ PRE_LOGITS = "pre_logits"
 def create_model(m: ModelManifest) -> torch.nn.Module:
     import timm
 
-    if m.weights == "pretrained":
-        try:
-            return timm.create_model(m.source, pretrained=True)
-        except (OSError, RuntimeError) as exc:  # hub errors derive from OSError
-            raise WeightsUnavailable(
-                f"model '{m.id}': pretrained weights for timm '{m.source}' are not available here ({type(exc).__name__}). "
-                "Run once where the Hugging Face Hub is reachable (they are then cached under HF_HOME), "
-                "or download the checkpoint and set `weights: {path: FILE, sha256: HASH}` in the manifest."
-            ) from None
-    if isinstance(m.weights, RandomWeights):
-        torch.manual_seed(m.weights.random)
-        return timm.create_model(m.source, pretrained=False)
-    model = timm.create_model(m.source, pretrained=False)
-    assert isinstance(m.weights, (PathWeights, UrlWeights))
-    load_checkpoint(model, m.weights, m.id, cache_root())
-    return model
+    return build_with_weights(m, lambda pretrained: timm.create_model(m.source, pretrained=pretrained),
+                              f"pretrained weights for timm '{m.source}'", "the Hugging Face Hub", "HF_HOME",
+                              cache_root())
 
 
 class TimmExtractor(FeatureExtractor):
@@ -51,10 +37,7 @@ class TimmExtractor(FeatureExtractor):
         self.device, self.dtype = device, torch_dtype(m.dtype)
         self.model = model.eval().to(device=device, dtype=self.dtype)
         cfg = timm.data.resolve_data_config(model=model)
-        unknown = set(m.preprocess) - set(cfg)
-        if unknown:
-            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(cfg)}")
-        cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in m.preprocess.items()})
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess_options(m, cfg).items()}
         self.transform = timm.data.create_transform(**cfg, is_training=False)
         patterns = m.layers.nodes or [f["module"] for f in model.feature_info] + [PRE_LOGITS]
         self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'", computed=[PRE_LOGITS])

@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, ModelBackend, torch_dtype
-from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.backend import FeatureExtractor, ModelBackend, preprocess_options, torch_dtype
+from prh_bench.errors import BadInput
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from prh_bench.manifest import ModelManifest
 from prh_bench.samples import Sample
-from prh_bench.weights import load_checkpoint
+from prh_bench.weights import build_with_weights
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, offline
@@ -28,31 +28,16 @@ def create_model(m: ModelManifest) -> torch.nn.Module:
 
     if m.source not in torchvision.models.list_models():
         raise BadInput(f"model '{m.id}': field 'source': '{m.source}' is not a torchvision model")
-    if m.weights == "pretrained":
-        try:
-            return torchvision.models.get_model(m.source, weights="DEFAULT")
-        except (OSError, RuntimeError) as exc:  # URLError derives from OSError
-            raise WeightsUnavailable(
-                f"model '{m.id}': torchvision's pretrained weights for '{m.source}' cannot be downloaded here "
-                f"({type(exc).__name__}). Run once with network access (they are cached under TORCH_HOME), or "
-                "set `weights: {path: FILE, sha256: HASH}` in the manifest."
-            ) from None
-    if isinstance(m.weights, RandomWeights):
-        torch.manual_seed(m.weights.random)
-    model = torchvision.models.get_model(m.source, weights=None)
-    if isinstance(m.weights, (PathWeights, UrlWeights)):
-        load_checkpoint(model, m.weights, m.id, cache_root())
-    return model
+    return build_with_weights(
+        m, lambda pretrained: torchvision.models.get_model(m.source, weights="DEFAULT" if pretrained else None),
+        f"torchvision's pretrained weights for '{m.source}'", "download.pytorch.org", "TORCH_HOME", cache_root())
 
 
 class TorchvisionExtractor(FeatureExtractor):
     def __init__(self, m: ModelManifest, model: torch.nn.Module, device: torch.device):
         from torchvision.transforms import v2
 
-        unknown = set(m.preprocess) - set(PREPROCESS)
-        if unknown:
-            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(PREPROCESS)}")
-        cfg = {**PREPROCESS, **m.preprocess}
+        cfg = preprocess_options(m, PREPROCESS)
         self.transform = v2.Compose([
             v2.PILToTensor(), v2.Resize(cfg["resize"], antialias=True), v2.CenterCrop(cfg["crop"]),
             v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"]),
