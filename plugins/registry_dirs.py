@@ -13,7 +13,7 @@ def builtin_registry() -> Path:
     spec = importlib.util.find_spec("prh_bench.registry")
     if spec is not None and spec.submodule_search_locations:  # a wheel install
         return Path(next(iter(spec.submodule_search_locations)))
-    return Path(prh_bench.__file__).resolve().parent.parent / "registry"  # a source checkout / editable install
+    return Path(prh_bench.__file__).resolve().parents[2] / "registry"  # a source checkout: harness/prh_bench/..
 
 
 @hookimpl

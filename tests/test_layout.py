@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-HARNESS = Path(__file__).parents[1] / "harness"
+HARNESS = Path(__file__).parents[1] / "harness" / "prh_bench"
 
 
 def module_name(path: Path) -> str:
