@@ -45,7 +45,8 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
 
     from ..align import prepare
     from .pairs import read_table
-    from .publish import _plt, _save, classical_mds
+    from .publish import _save, classical_mds
+    from .report import pyplot
     from .run_folder import read_run_record
 
     run = Path(lb.meta["run"])
@@ -83,7 +84,7 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
         stats = f"{lb.metric} {row.alignment_to_reference:.3f}" + (
             f", p = {row.p_value:.3g}" if "p_value" in row and pd.notna(row.p_value) else "")
         panels.append((f"{model} [{layer}]", mapped, f"{stats}\nresidual {residual:.2f}, MDS keeps {kept:.0%}"))
-    plt = _plt()
+    plt = pyplot()
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig = plt.figure(figsize=(3.6 * cols, 3.7 * rows))

@@ -17,23 +17,14 @@ import pandas as pd
 from .leaderboard import Leaderboard
 from .pairs import slug
 from .report import heatmap_figure as model_heatmap
-from .report import md_table, md_text
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .report import md_table, md_text, pyplot
 
 
 def _save(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for p in paths:
         fig.savefig(p, dpi=130, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return paths
 
 
@@ -60,7 +51,7 @@ def heatmap_figure(lb: Leaderboard, stem: Path) -> list[Path]:
 def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
     """Alignment to the reference vs a downstream score, marker area by parameter count, least-squares fit with
     a bootstrap 95% band (like the paper's Figure 4)."""
-    plt = _plt()
+    plt = pyplot()
     measure = "alignment_to_reference" if lb.reference else "mean_alignment"
     t = lb.table[[measure, score, "model", "params"]].dropna(subset=[measure, score])
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -106,7 +97,7 @@ def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
 
 def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     """Models in 2-D by classical MDS of the distance -log(alignment) (like the paper's Figure 2)."""
-    plt = _plt()
+    plt = pyplot()
     a = lb.matrix.to_numpy(dtype=float)
     d = -np.log(np.clip(np.nan_to_num(a, nan=1.0), 1e-6, 1.0))
     d = (d + d.T) / 2

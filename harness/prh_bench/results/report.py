@@ -116,6 +116,16 @@ def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelManife
     return table
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display): every figure of a run or leaderboard."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 #: models beyond which a heatmap's cells carry no numbers (they would not fit) and its labels shrink
 NUMBERED_CELLS = 24
 
@@ -123,11 +133,7 @@ NUMBERED_CELLS = 24
 def heatmap_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
     """A model x model heatmap that stays readable from 3 to 100 models: cell numbers up to NUMBERED_CELLS
     models, labels shrinking with the count, and at most about 24 inches a side (a 78-model zoo)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     values = mat.to_numpy(dtype=float)
     n = len(mat)
     side = min(24.0, 2.5 + 0.45 * n)
@@ -151,11 +157,9 @@ def heatmap_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
 
 
 def heatmap(mat: pd.DataFrame, title: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig = heatmap_figure(mat, title)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, stem: str, run_dir: Path,
@@ -185,11 +189,7 @@ def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, ste
 
 def write_sweep(run: SuiteRun, best: pd.DataFrame, metric: str, run_dir: Path, files: dict[str, str]) -> None:
     """Mean and spread over model pairs of the best score, per condition, as CSV and a line plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = []
     for cond in run.conditions:
         sc = best[(best.metric == metric) & (best.condition == cond.label)].score
