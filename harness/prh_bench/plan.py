@@ -38,26 +38,33 @@ def feature_widths(registry: Registry, m: ModelManifest) -> list[int] | None:
 
 @dataclass(frozen=True)
 class Rates:
-    """Seconds per layer of preparation and summary, and per layer pair of the pair stage, measured here."""
+    """Seconds per layer of preparation and summary, per model pair of the pair stage, and per model pair and
+    permutation of a null, measured here on models of a typical size."""
 
     summary: float
     pair: float
+    null: float
 
 
 @functools.cache
-def measured_rates(metric: Metric, params_json: str, n: int, width: int) -> Rates:
-    """Time the metric on random features of N = n samples and the given width (4 layers, 4 layer pairs):
-    an estimate for this machine, not a promise (the pair stage of wide zoos batches better)."""
+def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers: int) -> Rates:
+    """Time the metric on random features of N = n samples, models of `layers` layers of the given width: four
+    models summarised, one scored against three in one call, 4 permutations of one pair's null. An estimate
+    for this machine, not a promise (the timing is as noisy as the machine)."""
+    from .align.calibrate import calibrate_summaries
+
     params = json.loads(params_json)
     g = torch.Generator().manual_seed(0)
-    layers = [torch.randn(n, width, generator=g) for _ in range(4)]
+    feats = [torch.randn(n, width, generator=g) for _ in range(4 * layers)]
     t0 = time.perf_counter()
-    sx = summarize_layers(metric, prepare(layers[:2]), **params)
-    sy = summarize_layers(metric, prepare(layers[2:]), **params)
+    sx = summarize_layers(metric, prepare(feats[:layers]), **params)
+    sy = summarize_layers(metric, prepare(feats[layers:]), **params)
     t1 = time.perf_counter()
     metric.cross_scores(sx, sy, **params)
     t2 = time.perf_counter()
-    return Rates((t1 - t0) / 4, (t2 - t1) / 4)
+    calibrate_summaries(metric, sx, sy[:layers], 0.0, params, n, 4)
+    t3 = time.perf_counter()
+    return Rates((t1 - t0) / (4 * layers), (t2 - t1) / 3, (t3 - t2) / 4)
 
 
 def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, label: str, n: int,
@@ -82,13 +89,13 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, lab
                "pairs_to_compute": len(todo), "nulls": len(nulls), "nulls_to_compute": len(nulls_todo),
                "est_seconds": None, "est_memory_MiB": None, "note": ""}
         if involved and not (unknown and set(unknown) & set(involved)):
-            widths = [d for m in involved.values() for d in m.info.widths]
-            rates = measured_rates(metric, json.dumps(params, sort_keys=True), n, int(sorted(widths)[len(widths) // 2]))
-            layer_pairs = sum(job.layers(a) * job.layers(b) for a, b in todo)
-            null_pairs = sum(job.layers(a) * job.layers(b) for a, b in nulls_todo)
+            widths = sorted(d for m in involved.values() for d in m.info.widths)
+            depth = sorted(job.layers(m) for m in involved.values())[len(involved) // 2]
+            rates = measured_rates(metric, json.dumps(params, sort_keys=True), n, int(widths[len(widths) // 2]),
+                                   max(1, min(depth, 24)))
             perms = suite.calibrate.permutations if suite.calibrate else 0
             row["est_seconds"] = (rates.summary * sum(job.layers(m) for m in involved.values())
-                                  + rates.pair * (layer_pairs * (2 - metric.symmetric) + perms * null_pairs))
+                                  + rates.pair * len(todo) * (2 - metric.symmetric) + rates.null * perms * len(nulls_todo))
             held = sorted((sum(job.summary_nbytes(m) for m in g if m.id in involved) for g in job.groups), reverse=True)
             row["est_memory_MiB"] = min(sum(held[:2]), budget) / 2**20
         elif involved:
