@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from prh_bench.results.pairs import PARQUET_ROWS, read_records, read_table, write_table
+from prh_bench.results.pairs import read_records
+from prh_bench.results.run_folder import PARQUET_ROWS, read_table, write_table
 
 from .conftest import cli, write_yaml
 

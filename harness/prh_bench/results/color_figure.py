@@ -44,10 +44,9 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
     from skimage.color import lab2rgb
 
     from ..align import prepare
-    from .pairs import read_table
     from .publish import _save, classical_mds
     from .report import pyplot
-    from .run_folder import read_run_record
+    from .run_folder import read_run_record, read_table
 
     run = Path(lb.meta["run"])
     side = read_run_record(run)

@@ -17,9 +17,8 @@ from .. import __version__
 from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
-from .pairs import read_table
 from .report import alignment_matrix, best_pairs, best_partner, chance_level
-from .run_folder import read_run_record
+from .run_folder import read_run_record, read_table
 
 RESAMPLES = 2000
 

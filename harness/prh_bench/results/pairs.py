@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -31,7 +30,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
-from .run_folder import RESULTS_DIR, RUN_RECORD, ConditionEntry, ModelEntry, ModelRun, RunRecord, write_run_record
+from .run_folder import (
+    RESULTS_DIR,
+    RUN_RECORD,
+    ConditionEntry,
+    ModelEntry,
+    ModelRun,
+    RunRecord,
+    slug,
+    write_run_record,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from ..context import Condition
@@ -39,8 +48,6 @@ if TYPE_CHECKING:
     from ..scoring import JobScores
 
 RESULTS_FORMAT = 1
-#: a long table with more rows than this is written as Parquet (a vision78 run has about 1.2 million per metric)
-PARQUET_ROWS = 200_000
 SCORE_ATOL = 1e-12  # two records of one pair from the same code and features agree to rounding
 
 
@@ -95,31 +102,6 @@ class PairRecord(_Record):
         if len(self.scores) != rows or any(len(r) != cols for r in self.scores):
             raise BadInput(f"{where}: scores must be {rows} x {cols} (the layers of {self.model_x.id} x "
                            f"{self.model_y.id})")
-
-
-def write_table(table: pd.DataFrame, run_dir: Path, name: str) -> Path:
-    """A run's table as NAME.csv, or NAME.parquet when it is long."""
-    if len(table) > PARQUET_ROWS:
-        path = run_dir / f"{name}.parquet"
-        table.to_parquet(path, index=False)
-    else:
-        path = run_dir / f"{name}.csv"
-        table.to_csv(path, index=False)
-    return path
-
-
-def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
-    """A run's table from NAME.parquet or NAME.csv (params kept as text, empty cells as empty text), or None."""
-    if (path := run_dir / f"{name}.parquet").is_file():
-        return pd.read_parquet(path)
-    if (path := run_dir / f"{name}.csv").is_file():
-        return pd.read_csv(path, dtype={"params": str})
-    return None
-
-
-def slug(text: str) -> str:
-    """A file name's part from free text (a condition label like 'pocket-photos gaussian_noise=0.5')."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
 def record_path(root: Path, condition: str, model_x: str, model_y: str) -> Path:

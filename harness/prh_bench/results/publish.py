@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import Leaderboard
-from .pairs import slug
 from .report import heatmap_figure as model_heatmap
 from .report import md_table, md_text, pyplot
+from .run_folder import slug
 
 
 def _save(fig, stem: Path) -> list[Path]:

@@ -19,8 +19,17 @@ from .. import __version__
 from ..features import library_versions
 from ..manifest import ModelManifest
 from ..runner import SuiteRun
-from .pairs import job_records, slug, write_records, write_table
-from .run_folder import RESULTS_DIR, ConditionEntry, ModelEntry, ModelRun, RunRecord, write_run_record
+from .pairs import job_records, write_records
+from .run_folder import (
+    RESULTS_DIR,
+    ConditionEntry,
+    ModelEntry,
+    ModelRun,
+    RunRecord,
+    slug,
+    write_run_record,
+    write_table,
+)
 
 #: a sweep with more conditions than this gets its summary only, not a matrix per condition
 MAX_MATRICES = 5

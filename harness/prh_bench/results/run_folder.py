@@ -5,6 +5,7 @@ a migration for records written before it had one."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import BadInput, PrhBenchError
+from ..lazy import pd
 
 RUNS_ROOT = Path("prh-runs")  # run folders: RUNS_ROOT/SUITE/UTC-TIME
 LEADERBOARDS_ROOT = Path("leaderboards")  # bundles: LEADERBOARDS_ROOT/SUITE, baselines: LEADERBOARDS_ROOT/baselines
@@ -20,6 +22,8 @@ RESULTS_DIR = "results"  # per-pair records inside a run folder (pairs.py)
 BUNDLE_INDEX = "index.html"
 #: 1: no format field (before 2026-12); 2: the format field and the pair work of each job
 RUN_FORMAT = 2
+#: a long table with more rows than this is written as Parquet (a vision78 run has about 1.2 million per metric)
+PARQUET_ROWS = 200_000
 
 
 def suite_runs(suite: str, root: Path = RUNS_ROOT) -> Path:
@@ -60,6 +64,31 @@ def latest_run(runs_root: Path, suite: str) -> Path:
     if not runs:
         raise BadInput(f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first")
     return runs[-1]
+
+
+def write_table(table: pd.DataFrame, run_dir: Path, name: str) -> Path:
+    """A run's table as NAME.csv, or NAME.parquet when it is long."""
+    if len(table) > PARQUET_ROWS:
+        path = run_dir / f"{name}.parquet"
+        table.to_parquet(path, index=False)
+    else:
+        path = run_dir / f"{name}.csv"
+        table.to_csv(path, index=False)
+    return path
+
+
+def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
+    """A run's table from NAME.parquet or NAME.csv (metric parameters kept as text), or None."""
+    if (path := run_dir / f"{name}.parquet").is_file():
+        return pd.read_parquet(path)
+    if (path := run_dir / f"{name}.csv").is_file():
+        return pd.read_csv(path, dtype={"params": str})
+    return None
+
+
+def slug(text: str) -> str:
+    """A file name's part from free text (a condition label like 'pocket-photos gaussian_noise=0.5')."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
 class _Loose(BaseModel):
