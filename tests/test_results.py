@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prh_bench.results.pairs import read_records
+from prh_bench.results.pairs import disagreement, read_records
 from prh_bench.results.run_folder import PARQUET_ROWS, read_table, write_table
 
 from .conftest import cli, write_yaml
@@ -103,7 +103,10 @@ def test_a_malformed_results_file_is_bad_input_naming_file_and_field(tmp_path: P
     path = tmp_path / "d" / "x" / "y.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps([record]))
-    assert len(read_records(path)) == 1
+    (path.parent / ".tmp-abc.json").write_text("[{")  # a writer killed mid-file is no record
+    (rec,) = read_records(path)
+    other = rec.model_copy(update={"scores": [[0.1, float("nan")]]})
+    assert disagreement(rec, rec) == "" and disagreement(rec, other) == "scores: a NaN on one side only"
     change(record)
     path.write_text(json.dumps([record]))
     done = cli("merge", tmp_path, "--into", tmp_path / "store")

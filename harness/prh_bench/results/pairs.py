@@ -141,7 +141,8 @@ def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
     if not root.is_dir():
         raise BadInput(f"{source}: neither a run folder with results nor a results store")
     out: dict[tuple[str, ...], tuple[PairRecord, Path]] = {}
-    for path in sorted(root.rglob("*.json")):
+    # A writer killed mid-file leaves a ".tmp-" file, never a half record under a record's name.
+    for path in sorted(p for p in root.rglob("*.json") if not p.name.startswith(".tmp-")):
         for rec in read_records(path):
             if (old := out.get(rec.identity())) is not None and (why := disagreement(old[0], rec)):
                 raise BadInput(f"{source} holds two different results for {describe(rec)}: {why} ({old[1]}, {path})")
@@ -154,8 +155,10 @@ def disagreement(a: PairRecord, b: PairRecord) -> str:
     pa, pb = a.provenance(), b.provenance()
     for field in _diff(pa, pb):
         return f"{field}: {_get(pa, field)!r} vs {_get(pb, field)!r}"
-    worst = max((abs(x - y) for ra, rb in zip(a.scores, b.scores) for x, y in zip(ra, rb)
-                 if not (math.isnan(x) and math.isnan(y))), default=0.0)
+    pairs = [(x, y) for ra, rb in zip(a.scores, b.scores) for x, y in zip(ra, rb)]
+    if any(math.isnan(x) != math.isnan(y) for x, y in pairs):
+        return "scores: a NaN on one side only"
+    worst = max((abs(x - y) for x, y in pairs if not math.isnan(x)), default=0.0)
     if not worst <= SCORE_ATOL:
         return f"scores differ by up to {worst:.3g} (beyond rounding, {SCORE_ATOL:g})"
     return ""
