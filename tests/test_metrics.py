@@ -639,7 +639,7 @@ def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> No
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
-def test_zoo_scores_equal_pairwise_scores(name: str) -> None:
+def test_many_pairs_at_once_equal_pairwise_scores(name: str) -> None:
     from prh_bench.align import get_metric, summarize_layers
     from prh_bench.align.matrix import score_pairs
 

@@ -115,7 +115,7 @@ def read_features(path: Path) -> tuple[Features, dict[str, str]]:
 @dataclass(frozen=True)
 class EntryInfo:
     """What scoring needs to know of a cached entry without reading its data: sample count, layer names and
-    widths, and the checksum of its tensors (score blocks are keyed by it, so new features mean new scores)."""
+    widths, and the checksum of its tensors (pair scores are keyed by it, so new features mean new scores)."""
 
     n: int
     layer_names: list[str]

@@ -34,7 +34,7 @@ ENTRY_FIELD = "entry"  # the file name the entry was written under
 STORE_FORMAT = "3"  # 3: metadata and entry name inside the checksum
 _TMP = ".tmp-"
 ENV_LOCK_TIMEOUT = "PRH_BENCH_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0  # longer than any one extraction or score block should take
+DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0  # longer than any one extraction or tile of pair scores should take
 _ANNOUNCE_AFTER_S = 5.0
 
 
