@@ -79,7 +79,7 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, lab
         job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate,
                        tuple(members) + tuple(stand_ins), budget, suite.reference)
         cached = {m.id for m in members}
-        pairs = [p for i, j in job.tiles() for p in job.tile_pairs(i, j)]
+        pairs = job.unordered_pairs()
         todo = [(a, b) for a, b in pairs
                 if not ({a.id, b.id} <= cached and store.scores_path(job, a, b).exists())]
         nulls = job.null_pairs(pairs)

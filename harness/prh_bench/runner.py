@@ -129,7 +129,7 @@ def run_suite(
             rows += score_rows(job, done, names)
             cal += done.calibration()
             scored.append(ScoredJob(cond, len(samples), done, names))
-            unordered = [p for i, j in job.tiles() for p in job.tile_pairs(i, j)]
+            unordered = job.unordered_pairs()
             work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
                          "pairs_computed": done.result.computed, "nulls": len(job.null_pairs(unordered)),
                          "nulls_computed": done.result.nulls_computed})

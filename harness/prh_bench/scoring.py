@@ -112,11 +112,15 @@ class ScoreJob:
             used += size
         return groups
 
+    def unordered_pairs(self) -> list[tuple[Member, Member]]:
+        """Each pair of different members once, x before y in suite order: what the store holds."""
+        ms = self.members
+        return [(a, b) for n, a in enumerate(ms) for b in ms[n + 1 :]]
+
     def pairs(self) -> list[tuple[Member, Member]]:
         """The ordered model pairs reported, in suite order: each unordered pair once (x before y), then the
         reverse pairs when the metric is not symmetric."""
-        ms = self.members
-        pairs = [(a, b) for n, a in enumerate(ms) for b in ms[n + 1 :]]
+        pairs = self.unordered_pairs()
         return pairs + ([] if self.metric.symmetric else [(b, a) for a, b in pairs])
 
     def tiles(self) -> list[tuple[int, int]]:
@@ -358,10 +362,10 @@ def run_tiles(job: ScoreJob, store: PairStore, load: Callable[[Member], Features
 def collect(job: ScoreJob, store: PairStore, computed: int = 0, nulls_computed: int = 0) -> JobScores:
     """Every pair and null of a job from the store, once other processes have computed them."""
     out = TileResult(computed=computed, nulls_computed=nulls_computed)
-    for i, j in job.tiles():
-        missing, missing_nulls = _read(job, store, job.tile_pairs(i, j), job.null_pairs(job.tile_pairs(i, j)), out)
-        if missing or missing_nulls:
-            a, b = (missing or missing_nulls)[0]
-            raise PrhBenchError(f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {store.root} after "
-                                "scoring (a Ray node that does not share the cache folder?)")
+    pairs = job.unordered_pairs()
+    missing, missing_nulls = _read(job, store, pairs, job.null_pairs(pairs), out)
+    if missing or missing_nulls:
+        a, b = (missing or missing_nulls)[0]
+        raise PrhBenchError(f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {store.root} after "
+                            "scoring (a Ray node that does not share the cache folder?)")
     return JobScores(job, out)
