@@ -37,6 +37,8 @@ from .run_folder import (
     ModelEntry,
     ModelRun,
     RunRecord,
+    first_problem,
+    read_json,
     slug,
     write_run_record,
     write_table,
@@ -110,10 +112,7 @@ def record_path(root: Path, condition: str, model_x: str, model_y: str) -> Path:
 
 def read_records(path: Path) -> list[PairRecord]:
     """The records of one file; bad input naming the file and the field when it is not a list of records."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadInput(f"{path}: not a results file ({type(exc).__name__}: {exc})") from None
+    raw = read_json(path, "results file")
     if not isinstance(raw, list):
         raise BadInput(f"{path}: expected a list of pair records, got {type(raw).__name__}")
     out = []
@@ -121,9 +120,7 @@ def read_records(path: Path) -> list[PairRecord]:
         try:
             rec = PairRecord.model_validate(item)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise BadInput(f"{path}: record {i}, field '{field}': {err['msg']}") from None
+            raise BadInput(f"{path}: record {i}, {first_problem(exc)}") from None
         rec.check_shape(f"{path}: record {i}")
         out.append(rec)
     return out

@@ -144,6 +144,20 @@ class RunRecord(_Loose):
         return next((c.n_samples for c in self.conditions if c.label == condition), None)
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's document; bad input naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadInput(f"{path}: not a {what} ({type(exc).__name__}: {exc})") from None
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first schema error, as "field 'a.b': what is wrong"."""
+    err = exc.errors()[0]
+    return f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}"
+
+
 def migrate(doc: dict[str, Any]) -> dict[str, Any]:
     """A record of an older format as the current one."""
     if "format" not in doc:  # format 1: the same fields, no pair work
@@ -155,10 +169,7 @@ def read_run_record(run_dir: Path) -> RunRecord:
     path = run_dir / RUN_RECORD
     if not path.is_file():
         raise BadInput(f"{run_dir}: not a run folder (no {RUN_RECORD}); give a folder written by `prh-bench run`")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadInput(f"{path}: not a run record ({type(exc).__name__}: {exc})") from None
+    doc = read_json(path, "run record")
     if not isinstance(doc, dict):
         raise BadInput(f"{path}: not a run record (a JSON object is expected)")
     if isinstance(doc.get("format"), int) and doc["format"] > RUN_FORMAT:
@@ -167,9 +178,7 @@ def read_run_record(run_dir: Path) -> RunRecord:
     try:
         return RunRecord.model_validate(migrate(doc))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise BadInput(f"{path}: field '{field}': {err['msg']}") from None
+        raise BadInput(f"{path}: {first_problem(exc)}") from None
 
 
 def write_run_record(run_dir: Path, record: RunRecord) -> Path:
