@@ -32,7 +32,7 @@ CHECKSUM_FIELD = "sha256"  # over the tensors and the metadata
 META_FIELD = "meta_sha256"  # over the metadata alone: headers are checked without reading the data
 ENTRY_FIELD = "entry"  # the file name the entry was written under
 STORE_FORMAT = "3"  # 3: metadata and entry name inside the checksum
-_TMP = ".tmp-"
+TEMP_PREFIX = ".tmp-"  # a file being written; never read as an entry
 ENV_LOCK_TIMEOUT = "PRH_BENCH_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0  # longer than any one extraction or tile of pair scores should take
 _ANNOUNCE_AFTER_S = 5.0
@@ -77,7 +77,7 @@ def sweep_temporaries(folder: Path) -> None:
     """Remove temporary files in `folder` that no writer holds: a writer keeps an exclusive lock on its
     temporary file until it is renamed, and the kernel drops the lock when the writer dies, whatever its host
     name, PID or PID namespace."""
-    for tmp in folder.glob(f"{_TMP}*"):
+    for tmp in folder.glob(f"{TEMP_PREFIX}*"):
         try:
             fd = os.open(tmp, os.O_RDONLY)
         except OSError:
@@ -92,12 +92,41 @@ def sweep_temporaries(folder: Path) -> None:
             os.close(fd)
 
 
-def _unwritable(path: Path, exc: OSError) -> CacheUnwritable:
+#: what an unwritable file is, and where else to write, for a cache entry (the default)
+CACHE_FILE = ("cache entry", "point PRH_BENCH_CACHE at a writable folder")
+
+
+def _unwritable(path: Path, exc: OSError, kind: tuple[str, str] = CACHE_FILE) -> CacheUnwritable:
+    what, elsewhere = kind
     reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
               errno.ENOENT: "its folder vanished (was the cache deleted during the run?)"}.get(exc.errno, exc.strerror)
-    return CacheUnwritable(f"cannot write the cache entry {path}: {reason}. Free space, fix the permissions, or point "
-                           f"PRH_BENCH_CACHE at a writable folder")
+    return CacheUnwritable(f"cannot write the {what} {path}: {reason}. Free space, fix the permissions, or {elsewhere}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, suffix: str, kind: tuple[str, str] = CACHE_FILE) -> Iterator[str]:
+    """A temporary file beside `path` for the block to write, synced and renamed onto `path` when the block ends
+    (a crash cannot expose an empty or half file), removed when it fails. A writer killed inside the block
+    leaves only the temporary file, which the next writer in that folder removes once no process holds its
+    lock. An OSError (full disk, read-only folder) is CacheUnwritable naming `path` as `kind` says."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=suffix)
+    except OSError as exc:
+        raise _unwritable(path, exc, kind) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: the sweep leaves a live writer's file alone
+        yield tmp
+        os.fsync(fd)  # on disk before the rename
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path, exc, kind) from None
+    finally:
+        os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -110,25 +139,11 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     meta[META_FIELD] = _meta_digest(meta)
     meta[CHECKSUM_FIELD] = _checksum(tensors_digest(tensors), meta[META_FIELD])
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_temporaries(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP, suffix=".safetensors")
-    except OSError as exc:
-        raise _unwritable(path, exc) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: the sweep leaves a live writer's file alone
-        save_file(tensors, tmp, metadata=meta)
-        os.fsync(fd)  # on disk before the rename: a crash cannot expose an empty file
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise _unwritable(path, exc) from None
+        with atomic_file(path, ".safetensors") as tmp:
+            save_file(tensors, tmp, metadata=meta)
     except SafetensorError as exc:  # safetensors reports a failed write (e.g. ENOSPC) as its own error
         raise CacheUnwritable(f"cannot write the cache entry {path}: {exc}. Free space or point PRH_BENCH_CACHE "
                               "at another folder") from None
-    finally:
-        os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_meta(path: Path, meta: dict[str, str]) -> None:

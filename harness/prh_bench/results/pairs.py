@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
+from ..store import TEMP_PREFIX, atomic_file
 from .run_folder import (
     RESULTS_DIR,
     RUN_RECORD,
@@ -138,8 +137,8 @@ def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
     if not root.is_dir():
         raise BadInput(f"{source}: neither a run folder with results nor a results store")
     out: dict[tuple[str, ...], tuple[PairRecord, Path]] = {}
-    # A writer killed mid-file leaves a ".tmp-" file, never a half record under a record's name.
-    for path in sorted(p for p in root.rglob("*.json") if not p.name.startswith(".tmp-")):
+    # A writer killed mid-file leaves a temporary file, never a half record under a record's name.
+    for path in sorted(p for p in root.rglob("*.json") if not p.name.startswith(TEMP_PREFIX)):
         for rec in read_records(path):
             if (old := out.get(rec.identity())) is not None and (why := disagreement(old[0], rec)):
                 raise BadInput(f"{source} holds two different results for {describe(rec)}: {why} ({old[1]}, {path})")
@@ -181,16 +180,9 @@ def describe(rec: PairRecord) -> str:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    """Atomically: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomically (store.atomic_file): a reader sees the old file or the new one, a crash leaves no half file."""
+    with atomic_file(path, ".json", ("results file", "merge into another folder")) as tmp:
+        Path(tmp).write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
 
 def write_records(root: Path, records: Iterable[PairRecord]) -> int:
