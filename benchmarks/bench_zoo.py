@@ -28,6 +28,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -107,10 +108,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def engine_split(registry_dir: str, cache_root: str, n_models: int) -> dict[str, float]:
-    """Preparation, summaries and pair stage of the full matrix through the engine's API, features in memory."""
+def timed_matrix(feats: dict[str, list[torch.Tensor]], metric: str, clock: Callable[[], float] = time.perf_counter
+                 ) -> dict[str, float]:
+    """Seconds of preparation, summaries and pair stage of every model pair through the engine's API, features
+    in memory (`clock` synchronises a GPU first where there is one)."""
     from prh_bench.align import get_metric, prepare, summarize_layers
     from prh_bench.align.matrix import score_pairs
+
+    m = get_metric(metric)
+    p = m.params(**({"k": 10} if metric == "mutual_knn" else {}))
+    t0 = clock()
+    prepared = {k: prepare(v) for k, v in feats.items()}
+    t1 = clock()
+    summaries = {k: summarize_layers(m, v, **p) for k, v in prepared.items()}
+    t2 = clock()
+    ids = list(summaries)
+    score_pairs(m, summaries, [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]], p)
+    t3 = clock()
+    return {"prepare": t1 - t0, "summaries": t2 - t1, "pairs": t3 - t2}
+
+
+def engine_split(registry_dir: str, cache_root: str, n_models: int) -> dict[str, float]:
+    """`timed_matrix` of the cached zoo, mutual_knn."""
     from prh_bench.features import FeatureCache
 
     cache = FeatureCache(Path(cache_root))
@@ -118,17 +137,7 @@ def engine_split(registry_dir: str, cache_root: str, n_models: int) -> dict[str,
     for i in range(n_models):
         entry = next((Path(cache_root) / "features" / f"z{i:02d}").glob("*.safetensors"))
         feats[f"z{i:02d}"] = cache.load(f"z{i:02d}", entry.stem).tensors
-    m = get_metric("mutual_knn")
-    p = m.params(k=10)
-    t0 = time.perf_counter()
-    prepared = {k: prepare(v) for k, v in feats.items()}
-    t1 = time.perf_counter()
-    summaries = {k: summarize_layers(m, v, **p) for k, v in prepared.items()}
-    t2 = time.perf_counter()
-    ids = list(summaries)
-    score_pairs(m, summaries, [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]], p)
-    t3 = time.perf_counter()
-    return {"prepare": t1 - t0, "summaries": t2 - t1, "pairs": t3 - t2}
+    return timed_matrix(feats, "mutual_knn")
 
 
 def main() -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import time
 
 import torch
-
-from prh_bench.align import get_metric, prepare, summarize_layers
-from prh_bench.align.matrix import score_pairs
+from bench_zoo import timed_matrix, vision78_widths
 
 
 def synced() -> float:
@@ -54,24 +52,15 @@ def extraction(batch: int = 32, batches: int = 8) -> None:
 
 
 def zoo(widths: list[list[int]], n: int, device: str, metric: str) -> dict[str, float]:
+    """`bench_zoo.timed_matrix` of random features with these layer widths, on `device`, with a total."""
     latent = torch.randn(n, 64, generator=torch.Generator().manual_seed(0))
     feats = {}
     for i, ws in enumerate(widths):
         g = torch.Generator().manual_seed(i + 1)
         feats[str(i)] = [torch.relu(latent @ torch.randn(64, w, generator=g) + torch.randn(n, w, generator=g)).to(device)
                          for w in ws]
-    m = get_metric(metric)
-    p = m.params(**({"k": 10} if metric == "mutual_knn" else {}))
-    clock = synced if device == "cuda" else time.perf_counter
-    t0 = clock()
-    prepared = {k: prepare(v) for k, v in feats.items()}
-    t1 = clock()
-    summaries = {k: summarize_layers(m, v, **p) for k, v in prepared.items()}
-    t2 = clock()
-    ids = list(summaries)
-    score_pairs(m, summaries, [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]], p)
-    t3 = clock()
-    return {"prepare": t1 - t0, "summaries": t2 - t1, "pairs": t3 - t2, "total": t3 - t0}
+    split = timed_matrix(feats, metric, synced if device == "cuda" else time.perf_counter)
+    return split | {"total": sum(split.values())}
 
 
 def main() -> None:
@@ -84,8 +73,6 @@ def main() -> None:
         cpu, gpu = zoo(ten, 1000, "cpu", metric), zoo(ten, 1000, "cuda", metric)
         print(f"engine, 10 models x 13 x 768, N = 1000, {metric}: CPU {cpu['total']:.2f} s, GPU {gpu['total']:.2f} s "
               f"(speedup {cpu['total'] / gpu['total']:.1f}x)")
-    from bench_zoo import vision78_widths
-
     split = zoo(list(vision78_widths().values()), 1000, "cuda", "mutual_knn")
     print("78-model matrix on GPU, mutual_knn, N = 1000: " + ", ".join(f"{k} {v:.2f} s" for k, v in split.items()))
 
