@@ -336,3 +336,47 @@ max_samples: 16
     result = cli("--registry", tmp_path / "reg", "run", "--suite", "probe-missing", "--out", tmp_path / "run")
     assert result.exit_code == 1 and "1 failed: probe:vtab-cifar100" in result.stderr
     assert (tmp_path / "run" / "alignment_mutual_knn.csv").exists()  # the alignment results are kept
+
+
+def test_hf_dataset_reads_the_caption_of_the_papers_wit_layout(tmp_path: Path) -> None:
+    """The paper's minhuh/prh (wit_1024) stores `text` as [caption, page description, section description] and
+    embeds the caption alone; an imagefolder with metadata.jsonl in that layout must give the captions."""
+    pytest.importorskip("datasets")
+    from prh_bench.plugins.datasets.images import hf_dataset
+
+    rows = [[f"caption {i}", f"page about thing {i}", f"section {i}"] for i in range(6)]
+    with open(tmp_path / "metadata.jsonl", "w") as f:
+        for i, text in enumerate(rows):
+            Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(tmp_path / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    wit = DatasetManifest(kind="dataset", id="local-wit", version=1, loader="hf_dataset", modality="vision-text",
+                          options={"path": str(tmp_path), "image_column": "image", "text_column": "text",
+                                   "text_select": 0})
+    s = hf_dataset(wit)
+    assert sorted(x.text for x in s.samples) == [r[0] for r in rows]
+    page = hf_dataset(wit.model_copy(update={"options": {**wit.options, "text_select": 1}}))
+    assert sorted(x.text for x in page.samples) == sorted(r[1] for r in rows)
+    # A list column without a selector would feed the models the list's repr: refused, the column's type named.
+    for select, why in [(None, r"column 'text' \(List\(Value\('string'\)\)\) holds a list .*options.text_select"),
+                        ("caption", "holds a list"), (7, "row 0 has no element 7")]:
+        with pytest.raises(BadInput, match=why):
+            hf_dataset(wit.model_copy(update={"options": {**wit.options, "text_select": select}}))
+
+
+def test_hf_dataset_text_select_on_struct_and_string_columns(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from prh_bench.plugins.datasets.images import hf_dataset
+
+    data = datasets.Dataset.from_dict({"meta": [{"caption": f"c{i}", "alt": f"a{i}"} for i in range(4)],
+                                       "plain": [f"p{i}" for i in range(4)], "n": list(range(4))})
+    (tmp_path / "data").mkdir()
+    data.to_parquet(str(tmp_path / "data" / "train-00000.parquet"))
+    base = DatasetManifest(kind="dataset", id="d", version=1, loader="hf_dataset", modality="text",
+                           options={"path": str(tmp_path), "text_column": "meta", "text_select": "caption"})
+    assert [x.text for x in hf_dataset(base).samples] == ["c0", "c1", "c2", "c3"]
+    cases = [({"text_select": None}, r"holds a struct per row; set options.text_select to one of its fields \['alt', 'caption'\]"),
+             ({"text_column": "plain"}, "holds one value per row: remove options.text_select"),
+             ({"text_column": "n", "text_select": None}, "row 0 is int, not text")]
+    for update, why in cases:
+        with pytest.raises(BadInput, match=why):
+            hf_dataset(base.model_copy(update={"options": {**base.options, **update}}))

@@ -6,6 +6,7 @@ order."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,15 @@ def open_image(path: Path, dataset: str) -> Image.Image:
 
 def hf_dataset(m: DatasetManifest) -> SampleSet:
     """A Hugging Face dataset: `options.path` (hub id or local folder), `split`, `image_column`, `text_column`,
+    `text_select` (which element of a list column, or field of a struct column, is the text: the paper's WIT
+    stores [caption, page description, section description] and embeds only the caption, element 0),
     `id_column` (default: the row index); the manifest's `revision` pins the hub revision."""
     try:
         import datasets
     except ModuleNotFoundError:
         raise BadInput(f"dataset '{m.id}' needs the `datasets` package: pip install 'prh-bench[hf]'") from None
-    opts = {"split": "train", "image_column": None, "text_column": None, "id_column": None, **m.options}
+    opts = {"split": "train", "image_column": None, "text_column": None, "text_select": None, "id_column": None,
+            **m.options}
     if not opts.get("path"):
         raise BadInput(f"dataset '{m.id}': field 'options.path': expected a hub id or a local folder")
     try:
@@ -86,14 +90,53 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
             raise BadInput(f"dataset '{m.id}': field 'options.{col}': no column '{opts[col]}' in {ds.column_names}")
     if opts["image_column"] is None and opts["text_column"] is None:
         raise BadInput(f"dataset '{m.id}': set options.image_column and/or options.text_column")
+    read_text = text_reader(m.id, ds.features[opts["text_column"]], opts) if opts["text_column"] else None
     samples = []
     for i in subset(len(ds), opts):
         row = ds[i]
         image = row[opts["image_column"]].convert("RGB") if opts["image_column"] else None
-        text = str(row[opts["text_column"]]) if opts["text_column"] else None
+        text = read_text(row[opts["text_column"]], i) if read_text else None
         sid = str(row[opts["id_column"]]) if opts["id_column"] else f"{opts['split']}/{i}"
         samples.append(Sample(id=sid, image=image, text=text))
     return SampleSet(tuple(samples))
+
+
+def text_reader(dataset: str, feature: Any, opts: dict[str, Any]) -> Callable[[Any, int], str]:
+    """How to get one string from a value of the text column: the value itself for a string column, the element
+    `text_select` (an index) of a list column, the field `text_select` (a name) of a struct column. Any other
+    combination is refused with the column's type named: str() of a list would feed the models its repr."""
+    import datasets
+
+    col, select = opts["text_column"], opts["text_select"]
+    where = f"dataset '{dataset}': column '{col}' ({feature})"
+    # datasets 4+ has List and LargeList classes (Sequence became a function); 2.x and 3.x have a Sequence class
+    list_types = tuple(t for t in (getattr(datasets, n, None) for n in ("List", "LargeList", "Sequence"))
+                       if isinstance(t, type))
+    is_list = isinstance(feature, (list, *list_types))
+    is_struct = isinstance(feature, dict)
+    if is_list:
+        if type(select) is not int:
+            raise BadInput(f"{where} holds a list of values per row; set options.text_select to the index of the "
+                           f"text to read (e.g. 0 for the first), got {select!r}")
+    elif is_struct:
+        if not isinstance(select, str) or select not in feature:
+            raise BadInput(f"{where} holds a struct per row; set options.text_select to one of its fields "
+                           f"{sorted(feature)}, got {select!r}")
+    elif select is not None:
+        raise BadInput(f"{where} holds one value per row: remove options.text_select ({select!r})")
+
+    def read(value: Any, row: int) -> str:
+        if select is not None:
+            try:
+                value = value[select]
+            except (IndexError, KeyError, TypeError):
+                raise BadInput(f"{where}: row {row} has no element {select!r} ({value!r:.80})") from None
+        if not isinstance(value, str):
+            raise BadInput(f"{where}: row {row}{f' element {select!r}' if select is not None else ''} is "
+                           f"{type(value).__name__}, not text ({value!r:.80})")
+        return value
+
+    return read
 
 
 def noise_images(m: DatasetManifest) -> SampleSet:
