@@ -5,7 +5,7 @@ The checksum covers the tensors and every metadata field, and the metadata names
 which is its key): a file whose layer names were edited, or that was copied or linked under another key, is
 never read as valid. A writer killed at any point leaves either the old entry or the complete new one under
 the final name (the data goes to a temporary file that is renamed into place), plus at worst a temporary file
-that the next writer in that folder removes once no process holds it. A reader that finds a truncated, altered
+that a later writer removes once no writer is busy in that folder. A reader that finds a truncated, altered
 or misplaced file gets `CorruptEntry`.
 """
 
@@ -33,6 +33,8 @@ META_FIELD = "meta_sha256"  # over the metadata alone: headers are checked witho
 ENTRY_FIELD = "entry"  # the file name the entry was written under
 STORE_FORMAT = "3"  # 3: metadata and entry name inside the checksum
 TEMP_PREFIX = ".tmp-"  # a file being written; never read as an entry
+TEMP_GLOB = ".tmp"  # ours and the temporary files safetensors writes before renaming (".tmpXXXXXX")
+WRITERS_LOCK = ".writers.lock"  # per folder: writers hold it shared, a sweep exclusive
 ENV_LOCK_TIMEOUT = "PRH_BENCH_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0  # longer than any one extraction or tile of pair scores should take
 _ANNOUNCE_AFTER_S = 5.0
@@ -73,23 +75,37 @@ def _checksum(tensors_sha: str, meta_sha: str) -> str:
     return hashlib.sha256(f"{tensors_sha}|{meta_sha}".encode()).hexdigest()
 
 
-def sweep_temporaries(folder: Path) -> None:
-    """Remove temporary files in `folder` that no writer holds: a writer keeps an exclusive lock on its
-    temporary file until it is renamed, and the kernel drops the lock when the writer dies, whatever its host
-    name, PID or PID namespace."""
-    for tmp in folder.glob(f"{TEMP_PREFIX}*"):
-        try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:
-            continue
+def _folder_lock(folder: Path) -> int:
+    """An open descriptor on the folder's writers lock (created on first use; never removed)."""
+    return os.open(folder / WRITERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def sweep_temporaries(folder: Path) -> bool:
+    """Remove the temporary files in `folder` when no writer is writing there: every writer holds a shared lock
+    on the folder's writers lock while its temporary file exists, and the kernel drops the lock when the writer
+    dies (whatever its host name, PID or PID namespace), so a file left then is a killed writer's. The lock is on
+    the folder, not on the temporary file, because a writer may replace its temporary file by a new inode
+    (safetensors 0.8 writes its own temporary file and renames it over the path it is given). True when swept."""
+    fd = _folder_lock(folder)
+    try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live writer holds it
-        else:
-            tmp.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
+        except BlockingIOError:
+            return False  # a live writer is in this folder: its files are not orphans
+        for tmp in folder.glob(f"{TEMP_GLOB}*"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                tmp.unlink()
+        return True
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path | str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 #: what an unwritable file is, and where else to write, for a cache entry (the default)
@@ -106,27 +122,44 @@ def _unwritable(path: Path, exc: OSError, kind: tuple[str, str] = CACHE_FILE) ->
 
 @contextlib.contextmanager
 def atomic_file(path: Path, suffix: str, kind: tuple[str, str] = CACHE_FILE) -> Iterator[str]:
-    """A temporary file beside `path` for the block to write, synced and renamed onto `path` when the block ends
-    (a crash cannot expose an empty or half file), removed when it fails. A writer killed inside the block
-    leaves only the temporary file, which the next writer in that folder removes once no process holds its
-    lock. An OSError (full disk, read-only folder) is CacheUnwritable naming `path` as `kind` says."""
+    """A temporary path beside `path` for the block to write (the block may replace the file there), synced and
+    renamed onto `path` when the block ends, then the folder synced: a crash cannot expose an empty or half
+    file, and a finished entry survives a power cut. Removed when the block fails. A writer killed inside the
+    block leaves only temporary files, which the next writer to find the folder idle removes (see
+    `sweep_temporaries`). An OSError (full disk, read-only folder) is CacheUnwritable naming `path` as `kind`
+    says."""
+    folder = path.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_temporaries(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=suffix)
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(folder)
+        lock = _folder_lock(folder)
     except OSError as exc:
         raise _unwritable(path, exc, kind) from None
+    tmp = ""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: the sweep leaves a live writer's file alone
+        fcntl.flock(lock, fcntl.LOCK_SH)  # held while our temporary file exists: no sweep removes it
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
+        os.close(fd)
         yield tmp
-        os.fsync(fd)  # on disk before the rename
+        _fsync_path(tmp)  # the file now at tmp, whichever inode the block left there
         os.replace(tmp, path)
+        _fsync_path(folder, os.O_RDONLY | os.O_DIRECTORY)  # the rename itself
     except OSError as exc:
         raise _unwritable(path, exc, kind) from None
     finally:
-        os.close(fd)
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        os.close(lock)
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file under `folder` and the folders themselves, before the folder is renamed into place."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            _fsync_path(path)
+        elif path.is_dir():
+            _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_path(folder, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -13,8 +13,12 @@ bits per byte averaged over them), `max_length` (default 512) and
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prh_bench.backend import FeatureExtractor, preprocess_options, torch_dtype
@@ -24,12 +28,13 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
 from prh_bench.samples import Sample
-from prh_bench.store import entry_lock
+from prh_bench.store import TEMP_PREFIX, entry_lock, sync_tree
 from prh_bench.weights import resolve_path, sha256_of, verify_sha256
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
 
+log = logging.getLogger(__name__)
 OPTIONS = {"template": "{text}", "templates": None, "max_length": 512, "device_map": None}
 
 
@@ -93,41 +98,68 @@ class CausalLMExtractor(FeatureExtractor):
         return feats + [(bits.float().cpu() / nbytes)]
 
 
+DEQUANTISED_FILES = "prh-files.json"  # name -> sha256 of every file of a dequantised folder
+
+
 def dequantised_gguf(m: ModelManifest) -> str:
     """A llama.cpp checkpoint (GGUF, any quantisation transformers reads) as a transformers folder: dequantised
     once (tens of seconds for 135M parameters on 2 cores) and saved under the cache, keyed by the GGUF file's
-    sha256, so later runs load it directly. Needs the `gguf` package (in prh-bench[offline])."""
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    sha256, so later runs load it directly. The folder lists the sha256 of each of its files, checked at every
+    use: an edited, truncated or incomplete folder is rebuilt, never loaded. Needs the `gguf` package (in
+    prh-bench[offline])."""
     assert isinstance(m.weights, PathWeights)
     gguf = resolve_path(m.weights.path, m.id)
     digest = m.weights.sha256 or sha256_of(gguf)
     verify_sha256(gguf, m.weights.sha256, m.id)
     folder = cache_root() / "dequantised" / digest
-    if (folder / "config.json").exists():
+    if _dequantised_ok(folder):
         return str(folder)
     with entry_lock(folder):
-        if not (folder / "config.json").exists():
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            except ImportError as exc:
-                raise WeightsUnavailable(f"model '{m.id}': reading a GGUF file needs the `gguf` package: pip install "
-                                         f"gguf ({exc})") from None
-            tmp = folder.with_name(f".tmp-{folder.name}")
-            tmp.mkdir(parents=True, exist_ok=True)
-            # transformers refuses save_pretrained on a model read from GGUF; its tensors are plain float32 by
-            # now, so the config, the tokenizer and the tensors (tied ones once) make an ordinary folder.
-            config = model.config
-            for key in ("quantization_config", "_pre_quantization_dtype"):
-                if hasattr(config, key):
-                    delattr(config, key)
-            config.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            save_model(model, str(tmp / "model.safetensors"))
-            tmp.replace(folder)  # complete or absent: config.json is only ever seen in a finished folder
+        if not _dequantised_ok(folder):
+            if folder.exists():
+                log.warning("model '%s': the dequantised copy %s is incomplete or altered; rebuilding it", m.id, folder)
+                shutil.rmtree(folder)
+            _dequantise(m, gguf, folder)
     return str(folder)
+
+
+def _dequantised_ok(folder: Path) -> bool:
+    try:
+        files = json.loads((folder / DEQUANTISED_FILES).read_text())
+        present = {p.name for p in folder.iterdir()} - {DEQUANTISED_FILES}
+        return (isinstance(files, dict) and "config.json" in files and present == set(files)
+                and all(sha256_of(folder / name) == sha for name, sha in files.items()))
+    except (OSError, ValueError):
+        return False
+
+
+def _dequantise(m: ModelManifest, gguf: Path, folder: Path) -> None:
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as exc:
+        raise WeightsUnavailable(f"model '{m.id}': reading a GGUF file needs the `gguf` package: pip install "
+                                 f"gguf ({exc})") from None
+    tmp = folder.with_name(f"{TEMP_PREFIX}{folder.name}")
+    if tmp.exists():  # a killed builder's (we hold the folder's lock)
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    # transformers refuses save_pretrained on a model read from GGUF; its tensors are plain float32 by
+    # now, so the config, the tokenizer and the tensors (tied ones once) make an ordinary folder.
+    config = model.config
+    for key in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, key):
+            delattr(config, key)
+    config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))
+    files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
+    (tmp / DEQUANTISED_FILES).write_text(json.dumps(files, indent=1))
+    sync_tree(tmp)  # the files on disk before the rename makes the folder visible
+    tmp.replace(folder)
 
 
 class CausalLMBackend(HubTextBackend):
