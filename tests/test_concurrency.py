@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from prh_bench.store import WRITERS_LOCK, read_entry, sweep_temporaries, write_entry
+from prh_bench.store import read_entry
 
 from .conftest import write_yaml
 from .test_cache import TINY
@@ -45,20 +45,6 @@ def test_concurrent_writers_into_one_folder_all_succeed(tmp_path: Path) -> None:
         tensors, meta = read_entry(path)
         assert torch.equal(tensors["x"], torch.full((64,), float(who * 10_000 + i))) and meta["who"] == str(who)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
-
-
-def test_a_sweep_removes_a_killed_writers_files_but_never_a_live_ones(tmp_path: Path) -> None:
-    import fcntl
-
-    (tmp_path / ".tmpABC123").write_bytes(b"half")  # safetensors' own temporary name
-    (tmp_path / ".tmp-x.safetensors").write_bytes(b"")
-    fd = os.open(tmp_path / WRITERS_LOCK, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_SH)  # a live writer in the folder
-    assert not sweep_temporaries(tmp_path) and len(list(tmp_path.glob(".tmp*"))) == 2
-    os.close(fd)  # the writer dies: the kernel drops its lock
-    assert sweep_temporaries(tmp_path) and not list(tmp_path.glob(".tmp*"))
-    write_entry(tmp_path / "e.safetensors", {"x": torch.zeros(2)}, {})
-    assert read_entry(tmp_path / "e.safetensors")[0]["x"].tolist() == [0.0, 0.0]
 
 
 def two_suite_registry(root: Path) -> Path:

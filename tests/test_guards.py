@@ -15,7 +15,7 @@ import torch
 
 from prh_bench.errors import BadInput, PrhBenchError
 from prh_bench.features import FeatureCache, Features, feature_key
-from prh_bench.store import CorruptEntry, read_entry, sweep_temporaries, write_entry
+from prh_bench.store import WRITERS_LOCK, CorruptEntry, read_entry, sweep_temporaries, write_entry
 
 from .conftest import cli, write_yaml
 from .test_cache import tiny_registry
@@ -123,23 +123,24 @@ def test_changing_the_clamp_mode_rescores_from_a_warm_cache(tmp_path: Path) -> N
 
 
 def test_temporary_files_of_live_writers_survive_the_sweep_whatever_their_name(tmp_path: Path) -> None:
-    """A writer in another PID namespace may carry any PID; the sweep asks the kernel whether the file is held."""
+    """A writer in another PID namespace may carry any PID, and safetensors replaces the writer's temporary
+    file by a new inode: the sweep asks the kernel whether a writer holds the folder's writers lock."""
     held = tmp_path / ".tmp-held.safetensors"
-    orphan = tmp_path / ".tmp-orphan.safetensors"
+    theirs = tmp_path / ".tmpX1y2Z3"  # safetensors' own temporary name
     held.write_bytes(b"x")
-    orphan.write_bytes(b"x")
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
-                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(held)],
-                              stdout=subprocess.PIPE, text=True)
+    theirs.write_bytes(b"x")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); "
+                               "time.sleep(60)", str(tmp_path / WRITERS_LOCK)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        sweep_temporaries(tmp_path)
-        assert held.exists() and not orphan.exists()
+        assert not sweep_temporaries(tmp_path)
+        assert held.exists() and theirs.exists()
     finally:
         holder.kill()
         holder.wait()
-    sweep_temporaries(tmp_path)
-    assert not held.exists()
+    assert sweep_temporaries(tmp_path)  # the writer died: its files are orphans
+    assert not held.exists() and not theirs.exists()
 
 
 def test_a_lock_held_by_a_stopped_run_ends_in_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -241,7 +242,7 @@ def test_a_full_disk_or_unwritable_cache_is_a_clear_error(tmp_path: Path, monkey
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(CacheUnwritable, match=r"cannot write the cache entry .*e\.safetensors: the disk is full"):
         write_entry(tmp_path / "m" / "e.safetensors", {"x": torch.zeros(2)}, {})
-    assert not list((tmp_path / "m").iterdir())  # no temporary file left behind
+    assert [p.name for p in (tmp_path / "m").iterdir()] == [WRITERS_LOCK]  # no temporary file left behind
 
 
 def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -339,11 +339,12 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
 def merge(sources: tuple[Path, ...], store: Path) -> None:
     """Fold the per-pair results of run folders or other stores (SOURCES) into one store. All or nothing: a
     record whose versions, feature checksums or scores disagree with one already there is refused."""
-    from .results.pairs import merge as merge_results
+    from .results.merge import merge as merge_results
 
     done = merge_results(list(sources), store)
-    click.echo(f"{store}: {done['added']} records added ({done['files']} files), {done['already_present']} already "
-               "present")
+    nulls = f", {done['nulls_added']} permutation nulls added" if done["nulls_added"] else ""
+    click.echo(f"{store}: {done['added']} records added ({done['files']} files){nulls}, {done['already_present']} "
+               "already present")
 
 
 @main.command()

@@ -22,7 +22,8 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import ManifestError
+from .errors import BadInput, ManifestError
+from .textfile import read_text
 
 
 class _Strict(BaseModel):
@@ -393,16 +394,19 @@ def safe_yaml(text: str, path: Path) -> Any:
 #: file's fields override the included ones, mappings merged key by key (as lm-evaluation-harness task YAMLs do).
 #: Files whose name starts with "_" are such fragments, not manifests.
 INCLUDE = "include"
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def read_yaml(path: Path) -> Any:
     """One YAML file, safely (no tags that run code, no alias bombs); ManifestError naming the file otherwise."""
     try:
-        return safe_yaml(path.read_text(encoding="utf-8"), path)
+        text = read_text(path, "manifest", MAX_MANIFEST_BYTES)
     except OSError as exc:
         raise ManifestError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ManifestError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except BadInput as exc:
+        raise ManifestError([str(exc)]) from None
+    try:
+        return safe_yaml(text, path)
     except yaml.YAMLError as exc:
         raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
     except RecursionError:

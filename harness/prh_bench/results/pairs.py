@@ -9,26 +9,26 @@ and code digest, the preparation, torch's and prh-bench's versions, the layer x 
 y layer)) and the pair's permutation null when the run computed one.
 
 `prh-bench run` writes its records under RUN/results; `prh-bench merge` folds run folders or other stores into
-one store, refusing (and writing nothing) when two records of the same pair, condition, metric and parameters
-disagree on any version or checksum; `prh-bench leaderboard --results STORE` ranks a suite's models from a store.
+one store (merge.py), refusing (and writing nothing) when two records of the same pair, condition, metric and
+parameters disagree on any version, checksum, score or null; `prh-bench leaderboard --results STORE` ranks a suite's models from a store.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
-from ..store import TEMP_PREFIX, atomic_file
 from .run_folder import (
     RESULTS_DIR,
     RUN_RECORD,
@@ -56,12 +56,64 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+#: a score: finite, or NaN where the metric is undefined (e.g. CKA of a constant layer); never infinite
+Score = Annotated[float, AfterValidator(lambda v: _no_infinity(v))]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+MAX_DEPTH = 4  # metric parameters and preparation are flat documents; deeper nesting is no record of ours
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_infinity(v: float) -> float:
+    if math.isinf(v):
+        raise ValueError("an infinite score is no measurement")
+    return v
+
+
+def _plain(value: Any, depth: int = 0) -> None:
+    """Refuses what no record of ours holds and what would break a reader: nesting deeper than MAX_DEPTH,
+    strings with control characters (a terminal escape in a printed message) or lone surrogates (no UTF-8)."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise ValueError(f"control characters in {value.encode('unicode_escape').decode()[:60]!r}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate (not UTF-8 text)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _plain(k, depth + 1)
+            _plain(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _plain(v, depth + 1)
+
+
 class ModelRef(_Record):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
     revision: str | None
     manifest_version: int
     features_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     layers: list[str] = Field(min_length=1)
+
+
+class CalibrationRef(_Record):
+    """The pair's permutation null (align.calibrate.Calibrated.as_dict), named by the pair it belongs to."""
+
+    model_x: str
+    model_y: str
+    metric: str
+    observed: Finite
+    p_value: Finite = Field(gt=0, le=1)
+    calibrated: Finite
+    tau: Finite
+    alpha: Finite = Field(gt=0, lt=1)
+    null_normalized: Finite
+    null_mean: Finite
+    null_std: float  # NaN for a null of one permutation
+    null_q95: Finite
+    permutations: int = Field(ge=1)
 
 
 class ConditionRef(_Record):
@@ -86,8 +138,14 @@ class PairRecord(_Record):
     prh_bench: str
     model_x: ModelRef
     model_y: ModelRef
-    scores: list[list[float]]  # model_x's layers x model_y's: metric(x layer, y layer)
-    calibration: dict[str, Any] | None = None
+    scores: list[list[Score]]  # model_x's layers x model_y's: metric(x layer, y layer)
+    calibration: CalibrationRef | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_document(cls, doc: Any) -> Any:
+        _plain(doc)
+        return doc
 
     def identity(self) -> tuple[str, ...]:
         """What names a record: two records with it describe the same measurement."""
@@ -103,6 +161,10 @@ class PairRecord(_Record):
         if len(self.scores) != rows or any(len(r) != cols for r in self.scores):
             raise BadInput(f"{where}: scores must be {rows} x {cols} (the layers of {self.model_x.id} x "
                            f"{self.model_y.id})")
+        cal = self.calibration
+        if cal is not None and (cal.model_x, cal.model_y, cal.metric) != (self.model_x.id, self.model_y.id, self.metric):
+            raise BadInput(f"{where}: field 'calibration': the {cal.metric} null of {cal.model_x} x {cal.model_y} in "
+                           f"a {self.metric} record of {self.model_x.id} x {self.model_y.id}")
 
 
 def record_path(root: Path, condition: str, model_x: str, model_y: str) -> Path:
@@ -132,13 +194,18 @@ def results_root(source: Path) -> Path:
 
 def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
     """Every record under a run folder or a store, by identity; two files disagreeing inside one source are
-    refused like any other conflict."""
+    refused like any other conflict. A merge interrupted there is completed first (merge.recover)."""
     root = results_root(source)
     if not root.is_dir():
         raise BadInput(f"{source}: neither a run folder with results nor a results store")
+    from .merge import locked, pending
+
+    if pending(root):
+        with locked(root):
+            pass
     out: dict[tuple[str, ...], tuple[PairRecord, Path]] = {}
-    # A writer killed mid-file leaves a temporary file, never a half record under a record's name.
-    for path in sorted(p for p in root.rglob("*.json") if not p.name.startswith(TEMP_PREFIX)):
+    # Hidden files are no records: a killed writer's temporary file, the merge journal.
+    for path in sorted(p for p in root.rglob("*.json") if not p.name.startswith(".")):
         for rec in read_records(path):
             if (old := out.get(rec.identity())) is not None and (why := disagreement(old[0], rec)):
                 raise BadInput(f"{source} holds two different results for {describe(rec)}: {why} ({old[1]}, {path})")
@@ -147,16 +214,29 @@ def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
 
 
 def disagreement(a: PairRecord, b: PairRecord) -> str:
-    """Empty when two records of one measurement agree; else which field differs, with both values."""
+    """Empty when two records of one measurement agree (their permutation nulls too, where both have one);
+    else which field differs, with both values."""
     pa, pb = a.provenance(), b.provenance()
     for field in _diff(pa, pb):
         return f"{field}: {_get(pa, field)!r} vs {_get(pb, field)!r}"
-    pairs = [(x, y) for ra, rb in zip(a.scores, b.scores) for x, y in zip(ra, rb)]
-    if any(math.isnan(x) != math.isnan(y) for x, y in pairs):
-        return "scores: a NaN on one side only"
-    worst = max((abs(x - y) for x, y in pairs if not math.isnan(x)), default=0.0)
+    if why := _numbers_differ([x for r in a.scores for x in r], [y for r in b.scores for y in r]):
+        return f"scores: {why}"
+    if a.calibration is not None and b.calibration is not None:
+        ca, cb = a.calibration.model_dump(), b.calibration.model_dump()
+        for field in ca:
+            if isinstance(ca[field], float) and (why := _numbers_differ([ca[field]], [cb[field]])):
+                return f"calibration.{field}: {why}"
+            if not isinstance(ca[field], float) and ca[field] != cb[field]:
+                return f"calibration.{field}: {ca[field]!r} vs {cb[field]!r}"
+    return ""
+
+
+def _numbers_differ(xs: list[float], ys: list[float]) -> str:
+    if any(math.isnan(x) != math.isnan(y) for x, y in zip(xs, ys)):
+        return "a NaN on one side only"
+    worst = max((abs(x - y) for x, y in zip(xs, ys) if not math.isnan(x)), default=0.0)
     if not worst <= SCORE_ATOL:
-        return f"scores differ by up to {worst:.3g} (beyond rounding, {SCORE_ATOL:g})"
+        return f"differ by up to {worst:.3g} (beyond rounding, {SCORE_ATOL:g})"
     return ""
 
 
@@ -177,49 +257,6 @@ def _get(doc: dict[str, Any], field: str) -> Any:
 def describe(rec: PairRecord) -> str:
     return (f"{rec.model_x.id} x {rec.model_y.id}, {rec.metric} {json.dumps(rec.params, sort_keys=True)}, "
             f"condition '{rec.condition.label}'")
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    """Atomically (store.atomic_file): a reader sees the old file or the new one, a crash leaves no half file."""
-    with atomic_file(path, ".json", ("results file", "merge into another folder")) as tmp:
-        Path(tmp).write_text(json.dumps(doc, indent=1), encoding="utf-8")
-
-
-def write_records(root: Path, records: Iterable[PairRecord]) -> int:
-    """Records into their files under root (added to what a file holds, one per identity); how many files."""
-    by_file: dict[Path, list[PairRecord]] = {}
-    for rec in records:
-        by_file.setdefault(record_path(root, rec.condition.label, rec.model_x.id, rec.model_y.id), []).append(rec)
-    for path, recs in by_file.items():
-        old = {r.identity(): r for r in (read_records(path) if path.exists() else [])}
-        old.update({r.identity(): r for r in recs})
-        _write_json(path, [r.model_dump(mode="json") for r in old.values()])
-    return len(by_file)
-
-
-def merge(sources: list[Path], store: Path) -> dict[str, int]:
-    """Fold the records of run folders or stores into `store`. All or nothing: any record that disagrees with
-    the store or with another source on a version, a checksum or its scores is bad input naming both, and
-    nothing is written."""
-    have = scan(store) if store.exists() else {}
-    new: dict[tuple[str, ...], tuple[PairRecord, Path]] = {}
-    conflicts, same = [], 0
-    for source in sources:
-        for ident, (rec, path) in scan(source).items():
-            seen = have.get(ident) or new.get(ident)
-            if seen is None:
-                new[ident] = (rec, path)
-            elif why := disagreement(seen[0], rec):
-                conflicts.append(f"{describe(rec)}: {why}\n    {seen[1]}\n    {path}")
-            else:
-                same += 1
-    if conflicts:
-        more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-        raise BadInput(f"refusing to merge: {len(conflicts)} record(s) disagree with what {store} or another "
-                       "source holds (different versions, feature checksums or scores mean different results; "
-                       "rerun one side with the other's code and manifests):\n  " + "\n  ".join(conflicts[:10]) + more)
-    files = write_records(store, (rec for rec, _ in new.values()))
-    return {"added": len(new), "already_present": same, "files": files}
 
 
 def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, ModelManifest],
@@ -283,7 +320,7 @@ def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path,
                 rows.append({"condition": cond.label, "model_x": rec.model_x.id, "model_y": rec.model_y.id, "layer_x": lx,
                              "layer_y": ly, "metric": rec.metric, "params": key[1], "score": rec.scores[i][j]})
         if rec.calibration is not None:
-            nulls.append({**rec.calibration, "condition": cond.label})
+            nulls.append({**rec.calibration.model_dump(), "condition": cond.label})
     if not rows:
         raise BadInput(f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
                        "preparation and models)")

@@ -19,7 +19,8 @@ from .. import __version__
 from ..features import library_versions
 from ..manifest import ModelManifest
 from ..runner import SuiteRun
-from .pairs import job_records, write_records
+from .merge import write_records
+from .pairs import job_records
 from .run_folder import (
     RESULTS_DIR,
     ConditionEntry,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import BadInput, PrhBenchError
 from ..lazy import pd
+from ..textfile import read_text
 
 RUNS_ROOT = Path("prh-runs")  # run folders: RUNS_ROOT/SUITE/UTC-TIME
 LEADERBOARDS_ROOT = Path("leaderboards")  # bundles: LEADERBOARDS_ROOT/SUITE, baselines: LEADERBOARDS_ROOT/baselines
@@ -88,7 +89,8 @@ def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
 
 def slug(text: str) -> str:
     """A file name's part from free text (a condition label like 'pocket-photos gaussian_noise=0.5')."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+    out = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+    return out if out.strip(".") else "_" * max(1, len(out))  # never '', '.' or '..': a path part, not a way up
 
 
 class _Loose(BaseModel):
@@ -147,8 +149,8 @@ class RunRecord(_Loose):
 def read_json(path: Path, what: str) -> Any:
     """A JSON file's document; bad input naming the file when it cannot be read or parsed."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return json.loads(read_text(path, what))
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise BadInput(f"{path}: not a {what} ({type(exc).__name__}: {exc})") from None
 
 

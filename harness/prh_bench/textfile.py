@@ -1,0 +1,41 @@
+"""Reading a small text file that a user or another machine handed us (a manifest, a results record, a run
+record): only a regular file, at most a stated size, so that a FIFO never hangs a command and a link to
+/dev/zero never fills the memory."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import BadInput
+
+MAX_BYTES = 64 << 20  # a results file of a 78-model zoo pair holds a few hundred KiB
+
+
+def read_text(path: Path, what: str, max_bytes: int = MAX_BYTES) -> str:
+    """The UTF-8 text of `path`; BadInput naming the file when it is not a regular file, is larger than
+    `max_bytes` or is not UTF-8. OSError (absent, unreadable) is left to the caller."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(f"{path}: not a regular file (a {_kind(info.st_mode)}); a {what} must be a plain file")
+    # O_NONBLOCK: a FIFO swapped in after the check still cannot block the open
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise BadInput(f"{path}: not a regular file; a {what} must be a plain file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BadInput(f"{path}: larger than {max_bytes >> 20} MiB; not a {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); not a {what}") from None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
