@@ -301,3 +301,15 @@ def test_huge_numbers_in_manifests_are_refused_by_validate(tmp_path: Path, field
     path = write_yaml(tmp_path / "big.yaml", text.replace("version: 1\n", "") if field == "version" else text)
     result = cli("validate", path)
     assert result.exit_code == 2 and "big.yaml: field" in result.stderr
+
+
+def test_a_one_element_slice_with_a_non_unit_stride_is_stored_and_digested(tmp_path: Path) -> None:
+    """Two one-layer models' scores taken from a transposed slice: a 1 x 1 tensor with stride (1, 2), which
+    `contiguous()` leaves alone and `view(torch.uint8)` refuses (it crashed the pair store in pocket-colors)."""
+    from prh_bench.store import tensors_digest
+
+    score = torch.arange(6.0).reshape(3, 2).t()[:1, :1]
+    assert score.stride() == (1, 2) and score.is_contiguous()
+    assert tensors_digest({"s": score}) == tensors_digest({"s": torch.tensor([[0.0]])})
+    write_entry(tmp_path / "p.safetensors", {"s": score}, {})
+    assert read_entry(tmp_path / "p.safetensors")[0]["s"].tolist() == [[0.0]]

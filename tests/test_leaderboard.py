@@ -128,3 +128,15 @@ def test_classical_mds_recovers_planar_distances() -> None:
     xy, kept = classical_mds(d)
     np.testing.assert_allclose(squareform(pdist(xy)), d, atol=1e-9)
     assert kept == pytest.approx(1.0)
+
+
+def test_markdown_tables_escape_text_columns_of_every_dtype() -> None:
+    """pandas 3 gives text columns the dtype `str`: escaping only object columns let markup through."""
+    import pandas as pd
+
+    from prh_bench.results.report import md_table
+
+    for dtype in (object, "str", "string"):
+        table = pd.DataFrame({"model": pd.Series(["<img src=x onerror=alert(1)>", "a|b"], dtype=dtype), "score": [0.5, 0.25]})
+        md = md_table(table)
+        assert not re.search(r"(?<!\\)[<|]img", md) and r"\<img" in md and r"a\|b" in md and md.count("\n") == 3

@@ -56,11 +56,18 @@ def inside(root: Path, *parts: str) -> Path:
     return path
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """A row-major copy on the CPU with unit strides. `contiguous()` is not enough: it keeps a tensor with a size-1
+    dimension (e.g. one score taken from a transposed slice) whose stride is not 1, which cannot be viewed as bytes."""
+    t = t.detach().cpu()
+    return t if t.stride() == torch.empty(t.shape, dtype=t.dtype).stride() else torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+
+
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and raw bytes of the tensors, in name order."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
+        t = dense(tensors[name])
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
@@ -167,7 +174,7 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    tensors = {name: dense(t) for name, t in tensors.items()}
     meta = {**metadata, ENTRY_FIELD: path.name, "store_format": STORE_FORMAT}
     meta[META_FIELD] = _meta_digest(meta)
     meta[CHECKSUM_FIELD] = _checksum(tensors_digest(tensors), meta[META_FIELD])

@@ -145,9 +145,10 @@ def write_leaderboard(lb: Leaderboard, out: Path,
     if more_figures is not None:
         figures += more_figures(out)
     md = [f"# {lb.suite.id} leaderboard", "",
-          f"Models ranked by {lb.metric} ({lb.meta['metric_params']}) alignment to `{lb.reference}` "
-          f"(max over layer pairs) on `{lb.condition}`; run {md_text(lb.meta['run'])} ({lb.meta['run_created']}), "
-          f"prh-bench {lb.meta['harness']}.", "", chance_sentence(lb), "",
+          f"Models ranked by {md_text(lb.metric)} ({md_text(lb.meta['metric_params'])}) alignment to "
+          f"{md_text(lb.reference)} (max over layer pairs) on {md_text(lb.condition)}; run {md_text(lb.meta['run'])} "
+          f"({md_text(lb.meta['run_created'])}), prh-bench {md_text(lb.meta['harness'])}.", "",
+          md_text(chance_sentence(lb)), "",
           md_table(lb.table.assign(params=lb.table.params.map(params_label))), ""]
     if not lb.correlations.empty:
         md += ["## Alignment vs downstream scores", "",

@@ -47,8 +47,10 @@ def md_text(value: object) -> str:
 
 def md_table(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A Markdown table whose text cells cannot inject markup (model ids, errors, citations come from users)."""
+    # Every column that is not numeric: pandas 3 gives text the dtype `str`, not object (the regression that let
+    # '<img onerror=...>' through), and a column of mixed values is object.
     text = {c: table[c].map(lambda v: md_text(v) if isinstance(v, str) else v)
-            for c in table.columns if table[c].dtype == object}
+            for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])}
     shown = table.assign(**text).rename(columns=md_text)
     shown = shown.astype(object).where(shown.notna(), None)  # an empty cell, not 'nan' (the reference's own row)
     return shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
