@@ -122,3 +122,12 @@ def test_run_sidecar_records_cache_keys_and_versions(tmp_path: Path) -> None:
     assert all(len(v["runs"][0]["cache_key"]) == 64 for v in side["models"].values())
     assert side["libraries"]["torch"] == torch.__version__.split("+")[0]
     assert side["conditions"][0]["n_samples"] == 16 and side["device"] == "cpu"
+
+
+def test_sample_digest_keeps_fields_apart() -> None:
+    """Concatenated without separators, (text 'x', label 12) and (text 'x1', label 2) hashed alike."""
+    a = SampleSet((Sample(id="s", text="x", label=12),))
+    b = SampleSet((Sample(id="s", text="x1", label=2),))
+    c = SampleSet((Sample(id="sx", text="", label=12),))
+    assert len({a.digest, b.digest, c.digest}) == 3
+    assert a.digest == SampleSet((Sample(id="s", text="x", label=12),)).digest

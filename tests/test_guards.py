@@ -313,3 +313,27 @@ def test_a_one_element_slice_with_a_non_unit_stride_is_stored_and_digested(tmp_p
     assert tensors_digest({"s": score}) == tensors_digest({"s": torch.tensor([[0.0]])})
     write_entry(tmp_path / "p.safetensors", {"s": score}, {})
     assert read_entry(tmp_path / "p.safetensors")[0]["s"].tolist() == [[0.0]]
+
+
+def test_outputs_never_mix_with_an_earlier_runs(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from prh_bench.results.run_folder import read_table
+
+    reg = tiny_registry(tmp_path / "reg")
+    old = tmp_path / "old-run"
+    old.mkdir()
+    (old / "calibration.csv").write_text("stale")
+    ran = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", old)
+    assert ran.exit_code == 2 and "the folder is not empty" in ran.output
+    both = tmp_path / "both"
+    both.mkdir()
+    pd.DataFrame({"score": [0.5]}).to_csv(both / "scores.csv", index=False)
+    pd.DataFrame({"score": [0.7]}).to_parquet(both / "scores.parquet")
+    with pytest.raises(BadInput, match="holds both scores.csv and scores.parquet"):
+        read_table(both, "scores")
+    (both / "scores.csv").unlink()
+    data = (both / "scores.parquet").read_bytes()
+    (both / "scores.parquet").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(BadInput, match=r"scores.parquet: not a readable scores table"):
+        read_table(both, "scores")

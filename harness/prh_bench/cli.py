@@ -147,6 +147,9 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
     """Extract features (or reuse the cache) and score every model pair of a suite."""
     if address and executor != "ray":
         raise BadInput("--address needs --executor ray")
+    if out is not None and out.exists() and any(out.iterdir()):
+        raise BadInput(f"--out {out}: the folder is not empty (a previous run's files would mix with this run's); "
+                       "give a new folder or remove it")
     result, run_dir, written = _run_suite(obj, suite, progress=obj.progress and not as_json, out=out, device=device,
                                           force=force, max_samples=max_samples, executor=executor, address=address,
                                           budget_gib=budget_gib)

@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
-from .run_folder import read_run_record
+from .run_folder import read_run_record, read_table
 
 FORMAT = 2  # 2: per-table tolerances
 #: mutual_knn on 280 samples with k=10 moves by 1/2800 = 3.6e-4 per neighbour that flips; the default allows
@@ -51,12 +51,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "libraries": meta.libraries,
     }
     for table in TABLES:
-        path, long = run_dir / f"{table}.csv", run_dir / f"{table}.parquet"
-        if path.is_file():
-            frame = pd.read_csv(path, dtype={"params": str}, keep_default_na=False)
-        else:  # a long table (results.write_table)
-            frame = pd.read_parquet(long) if long.is_file() else pd.DataFrame()
-        out[table] = frame.to_dict("records")
+        frame = read_table(run_dir, table, keep_default_na=False)
+        out[table] = [] if frame is None else frame.to_dict("records")
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -324,7 +325,9 @@ def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path,
     if not rows:
         raise BadInput(f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
                        "preparation and models)")
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists():  # ours, rebuilt whole: a previous store's nulls must not survive beside these scores
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
     write_table(pd.DataFrame(rows), dest, "scores")
     if nulls:
         pd.DataFrame(nulls).to_csv(dest / "calibration.csv", index=False)

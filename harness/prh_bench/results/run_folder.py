@@ -78,13 +78,22 @@ def write_table(table: pd.DataFrame, run_dir: Path, name: str) -> Path:
     return path
 
 
-def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
-    """A run's table from NAME.parquet or NAME.csv (metric parameters kept as text), or None."""
-    if (path := run_dir / f"{name}.parquet").is_file():
-        return pd.read_parquet(path)
-    if (path := run_dir / f"{name}.csv").is_file():
-        return pd.read_csv(path, dtype={"params": str})
-    return None
+def read_table(run_dir: Path, name: str, keep_default_na: bool = True) -> pd.DataFrame | None:
+    """A run's table from NAME.parquet or NAME.csv (metric parameters kept as text), or None. A folder holding
+    both is refused (readers would disagree on which is the run's), and so is a file that is no such table."""
+    parquet, csv = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
+    if parquet.exists() and csv.exists():
+        raise BadInput(f"{run_dir} holds both {csv.name} and {parquet.name}; a run writes one. Remove the one that "
+                       "is not this run's")
+    path = parquet if parquet.exists() else csv if csv.exists() else None
+    if path is None:
+        return None
+    try:
+        if path is parquet:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype={"params": str}, keep_default_na=keep_default_na)
+    except Exception as exc:  # noqa: BLE001 (pyarrow and the CSV parser fail on damaged files in many ways)
+        raise BadInput(f"{path}: not a readable {name} table ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def slug(text: str) -> str:
