@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from prh_bench.errors import BadInput
-from prh_bench.results.merge import JOURNAL, merge
+from prh_bench.results.journal import JOURNAL
+from prh_bench.results.merge import merge
 from prh_bench.results.pairs import record_path, scan
 from prh_bench.store import CacheUnwritable
 
@@ -79,7 +80,7 @@ def test_two_merges_into_one_store_at_once_lose_nothing_and_refuse_a_conflict(tm
 
 
 def test_a_write_error_undoes_the_whole_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import prh_bench.results.merge as merging
+    import prh_bench.results.journal as merging
 
     store = source(tmp_path / "store", *many("s", 3))
     src = source(tmp_path / "src", *many("n", 50), record("s0", "y0", score=0.25))  # one already present
@@ -112,7 +113,8 @@ def test_a_file_where_a_folder_is_needed_is_refused_before_writing(tmp_path: Pat
 KILLED = """
 import os, sys
 from pathlib import Path
-import prh_bench.results.merge as merging
+import prh_bench.results.journal as merging
+from prh_bench.results.merge import merge
 real, done = merging._write, []
 def write(path, text):
     if path.name != merging.JOURNAL and len(done) == 10:
@@ -120,7 +122,7 @@ def write(path, text):
     done.append(path)
     real(path, text)
 merging._write = write
-merging.merge([Path(sys.argv[1])], Path(sys.argv[2]))
+merge([Path(sys.argv[1])], Path(sys.argv[2]))
 """
 
 

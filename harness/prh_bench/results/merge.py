@@ -1,34 +1,20 @@
-"""Writing pair records into a results folder, all or nothing, one writer at a time.
-
-A merge holds the folder's merge lock for its whole read-check-write, so two merges into one store serialise
-and each checks its conflicts against what the other wrote. Before it writes, every target path is checked
-(inside the folder, no link, no file where a folder must be) and the whole change, each file's old and new
-text, goes to a journal (written atomically). The files are then replaced one by one:
-- an error while writing (a full disk) puts every file back as the journal had it, and removes the journal;
-- a merge killed while writing leaves the journal, and the next merge or reader of that folder completes it
-  under the lock before it reads anything.
-So a reader sees the folder as before a merge or as after it.
-"""
+"""Writing pair records into a results folder, all or nothing, one writer at a time (journal.py): a merge
+holds the folder's merge lock for its whole read-check-write, so two merges into one store serialise and each
+checks its conflicts against what the other wrote."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, PrhBenchError
-from ..store import CacheUnwritable, atomic_file, entry_lock
+from ..errors import BadInput
 from ..textfile import read_text
+from .journal import RESULTS_FILE, check_target, commit, locked
 from .pairs import PairRecord, describe, disagreement, read_records, record_path, scan
 from .run_folder import RUN_RECORD
-
-JOURNAL = ".merge-journal.json"
-LOCK = ".merge"  # entry_lock adds ".lock"
-RESULTS_FILE = ("results file", "merge into another folder")
 
 
 def merge(sources: list[Path], store: Path) -> dict[str, int]:
@@ -84,77 +70,7 @@ def write_records(root: Path, records: Iterable[PairRecord], locked_already: boo
             old.update({r.identity(): r for r in recs})
             changes[path.relative_to(root).as_posix()] = {
                 "old": old_text, "new": json.dumps([r.model_dump(mode="json") for r in old.values()], indent=1)}
-        journal = root / JOURNAL
-        _write(journal, json.dumps({"format": 1, "files": changes}))
-        try:
-            _apply(root, changes, "new")
-        except (CacheUnwritable, OSError) as exc:
-            with contextlib.suppress(CacheUnwritable, OSError):
-                _apply(root, changes, "old")
-                journal.unlink()
-            raise CacheUnwritable(f"{exc}; the merge was undone") from None
-        journal.unlink()
+        commit(root, changes)
     return len(by_file)
 
 
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """The folder's merge lock, with an interrupted merge completed first."""
-    with entry_lock(root / LOCK):
-        recover(root)
-        yield
-
-
-def recover(root: Path) -> None:
-    """Complete the merge a killed process left in `root` (its journal holds every file's new text)."""
-    journal = root / JOURNAL
-    if not journal.exists():
-        return
-    try:
-        changes = json.loads(read_text(journal, "merge journal"))["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PrhBenchError(f"{journal}: an interrupted merge's journal that cannot be read ({exc}); remove it "
-                            "and check the store with `prh-bench merge` again") from None
-    for rel in changes:
-        check_target(root, root / rel)
-    _apply(root, changes, "new")
-    journal.unlink()
-
-
-def pending(root: Path) -> bool:
-    return (root / JOURNAL).exists()
-
-
-def _apply(root: Path, changes: dict[str, dict[str, Any]], side: str) -> None:
-    for rel, change in changes.items():
-        path = root / rel
-        if change[side] is None:
-            path.unlink(missing_ok=True)
-        else:
-            _write(path, change[side])
-
-
-def _write(path: Path, text: str) -> None:
-    with atomic_file(path, ".json", RESULTS_FILE) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-
-def check_target(root: Path, path: Path) -> None:
-    """A record's file must lie inside root, with no link on the way and no file where a folder must be."""
-    rel = path.relative_to(root)
-    if any(part in ("", ".", "..") for part in rel.parts):
-        raise BadInput(f"{path}: a record's path may not leave {root}")
-    here = root
-    for i, part in enumerate(rel.parts):
-        here = here / part
-        try:
-            mode = os.lstat(here).st_mode
-        except FileNotFoundError:
-            return
-        last = i == len(rel.parts) - 1
-        if stat.S_ISLNK(mode):
-            raise BadInput(f"{here} is a link inside the results folder {root}; refusing to write through it")
-        if not last and not stat.S_ISDIR(mode):
-            raise BadInput(f"{here} is a file where the results folder {root} needs a folder; nothing was written")
-        if last and not stat.S_ISREG(mode):
-            raise BadInput(f"{here} is not a plain file; nothing was written")

@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
+from .journal import locked, pending
 from .run_folder import (
     RESULTS_DIR,
     RUN_RECORD,
@@ -195,12 +196,10 @@ def results_root(source: Path) -> Path:
 
 def scan(source: Path) -> dict[tuple[str, ...], tuple[PairRecord, Path]]:
     """Every record under a run folder or a store, by identity; two files disagreeing inside one source are
-    refused like any other conflict. A merge interrupted there is completed first (merge.recover)."""
+    refused like any other conflict. A merge interrupted there is completed first (journal.recover)."""
     root = results_root(source)
     if not root.is_dir():
         raise BadInput(f"{source}: neither a run folder with results nor a results store")
-    from .merge import locked, pending
-
     if pending(root):
         with locked(root):
             pass
