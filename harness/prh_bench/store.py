@@ -57,10 +57,11 @@ def inside(root: Path, *parts: str) -> Path:
 
 
 def dense(t: torch.Tensor) -> torch.Tensor:
-    """A row-major copy on the CPU with unit strides. `contiguous()` is not enough: it keeps a tensor with a size-1
-    dimension (e.g. one score taken from a transposed slice) whose stride is not 1, which cannot be viewed as bytes."""
-    t = t.detach().cpu()
-    return t if t.stride() == torch.empty(t.shape, dtype=t.dtype).stride() else torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+    """The tensor on the CPU in row-major order, copied only when needed. `contiguous()` alone keeps a size-1
+    dimension's stride as it was (one score taken from a transposed slice has strides (1, 2)), and such a tensor
+    cannot be viewed as bytes."""
+    t = t.detach().cpu().contiguous()
+    return t if t.reshape(-1).stride(0) == 1 else t.clone(memory_format=torch.contiguous_format)
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -88,27 +89,34 @@ def _folder_lock(folder: Path) -> int:
 
 
 def sweep_temporaries(folder: Path) -> bool:
-    """Remove the temporary files in `folder` when no writer is writing there: every writer holds a shared lock
-    on the folder's writers lock while its temporary file exists, and the kernel drops the lock when the writer
-    dies (whatever its host name, PID or PID namespace), so a file left then is a killed writer's. The lock is on
-    the folder, not on the temporary file, because a writer may replace its temporary file by a new inode
-    (safetensors 0.8 writes its own temporary file and renames it over the path it is given). True when swept."""
+    """Remove the temporary files in `folder` when no writer is writing there (see `_sweep`). True when swept."""
     fd = _folder_lock(folder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live writer is in this folder: its files are not orphans
-        for tmp in folder.glob(f"{TEMP_GLOB}*"):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                tmp.unlink()
-        return True
+        return _sweep(fd, folder)
     finally:
         os.close(fd)
 
 
-def _fsync_path(path: Path | str, flags: int = os.O_RDONLY) -> None:
-    fd = os.open(path, flags)
+def _sweep(lock: int, folder: Path) -> bool:
+    """With `lock` open on the folder's writers lock: every writer holds it shared while its temporary file
+    exists, and the kernel drops the lock when the writer dies (whatever its host name, PID or PID namespace), so
+    a temporary file found while the lock can be taken exclusively is a killed writer's. The lock is on the
+    folder, not on the temporary file, because a writer may replace its temporary file by a new inode
+    (safetensors 0.8 writes its own temporary file and renames it over the path it is given). Returns with the
+    exclusive lock held when it swept."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live writer is in this folder: its files are not orphans
+    for tmp in folder.glob(f"{TEMP_GLOB}*"):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            tmp.unlink()
+    return True
+
+
+def _fsync(path: Path | str) -> None:
+    """fsync a file or a folder (a folder's entries: a rename into it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -138,19 +146,19 @@ def atomic_file(path: Path, suffix: str, kind: tuple[str, str] = CACHE_FILE) -> 
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        sweep_temporaries(folder)
         lock = _folder_lock(folder)
     except OSError as exc:
         raise _unwritable(path, exc, kind) from None
     tmp = ""
     try:
-        fcntl.flock(lock, fcntl.LOCK_SH)  # held while our temporary file exists: no sweep removes it
+        _sweep(lock, folder)
+        fcntl.flock(lock, fcntl.LOCK_SH)  # (from exclusive, if swept) held while our temporary file exists
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
         os.close(fd)
         yield tmp
-        _fsync_path(tmp)  # the file now at tmp, whichever inode the block left there
+        _fsync(tmp)  # the file now at tmp, whichever inode the block left there
         os.replace(tmp, path)
-        _fsync_path(folder, os.O_RDONLY | os.O_DIRECTORY)  # the rename itself
+        _fsync(folder)  # the rename itself
     except OSError as exc:
         raise _unwritable(path, exc, kind) from None
     finally:
@@ -161,12 +169,8 @@ def atomic_file(path: Path, suffix: str, kind: tuple[str, str] = CACHE_FILE) -> 
 
 def sync_tree(folder: Path) -> None:
     """fsync every file under `folder` and the folders themselves, before the folder is renamed into place."""
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file():
-            _fsync_path(path)
-        elif path.is_dir():
-            _fsync_path(path, os.O_RDONLY | os.O_DIRECTORY)
-    _fsync_path(folder, os.O_RDONLY | os.O_DIRECTORY)
+    for path in [*folder.rglob("*"), folder]:
+        _fsync(path)
 
 
 def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
