@@ -16,15 +16,17 @@ MAX_BYTES = 64 << 20  # a results file of a 78-model zoo pair holds a few hundre
 def read_text(path: Path, what: str, max_bytes: int = MAX_BYTES) -> str:
     """The UTF-8 text of `path`; BadInput naming the file when it is not a regular file, is larger than
     `max_bytes` or is not UTF-8. OSError (absent, unreadable) is left to the caller."""
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise BadInput(f"{path}: not a regular file (a {_kind(info.st_mode)}); a {what} must be a plain file")
-    # O_NONBLOCK: a FIFO swapped in after the check still cannot block the open
+    # O_NONBLOCK: opening a FIFO does not wait for a writer; what was opened is checked before anything is read
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise BadInput(f"{path}: not a regular file; a {what} must be a plain file")
-        data = f.read(max_bytes + 1)
+    try:
+        if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
+            raise BadInput(f"{path}: not a regular file (a {_kind(mode)}); a {what} must be a plain file")
+        chunks: list[bytes] = []
+        while sum(map(len, chunks)) <= max_bytes and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
     if len(data) > max_bytes:
         raise BadInput(f"{path}: larger than {max_bytes >> 20} MiB; not a {what}")
     try:
