@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
-from .run_folder import read_run_record, read_table
+from .run_folder import Finite, read_run_record, read_table
 
 FORMAT = 2  # 2: per-table tolerances
 #: mutual_knn on 280 samples with k=10 moves by 1/2800 = 3.6e-4 per neighbour that flips; the default allows
@@ -73,7 +73,6 @@ def write_baseline(run_dir: Path, path: Path, tolerance: dict[str, float] | None
     return doc
 
 
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Name = Annotated[str, Field(strict=True, min_length=1, max_length=1000)]
 
 

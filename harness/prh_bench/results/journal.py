@@ -23,7 +23,7 @@ from ..textfile import read_text
 
 JOURNAL = ".merge-journal.json"
 LOCK = ".merge"  # entry_lock adds ".lock"
-RESULTS_FILE = ("results file", "merge into another folder")
+_KIND = ("results file", "merge into another folder")  # how atomic_file names a file it cannot write
 
 
 def commit(root: Path, changes: dict[str, dict[str, Any]]) -> None:
@@ -79,7 +79,7 @@ def _apply(root: Path, changes: dict[str, dict[str, Any]], side: str) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    with atomic_file(path, ".json", RESULTS_FILE) as tmp:
+    with atomic_file(path, ".json", _KIND) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 
 

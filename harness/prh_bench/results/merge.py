@@ -4,7 +4,6 @@ checks its conflicts against what the other wrote."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,8 +11,8 @@ from typing import Any
 
 from ..errors import BadInput
 from ..textfile import read_text
-from .journal import RESULTS_FILE, check_target, commit, locked
-from .pairs import PairRecord, describe, disagreement, read_records, record_path, scan
+from .journal import check_target, commit, locked
+from .pairs import RESULTS_FILE, PairRecord, describe, disagreement, read_records, record_path, scan
 from .run_folder import RUN_RECORD
 
 
@@ -49,28 +48,30 @@ def merge(sources: list[Path], store: Path) -> dict[str, int]:
                            "source holds (different versions, feature checksums, scores or nulls mean different "
                            "results; rerun one side with the other's code and manifests):\n  "
                            + "\n  ".join(conflicts[:10]) + more)
-        files = write_records(store, (rec for rec, _ in new.values()), locked_already=True)
+        files = _write_records(store, [rec for rec, _ in new.values()])
     return {"added": len(new) - nulls, "nulls_added": nulls, "already_present": same, "files": files}
 
 
-def write_records(root: Path, records: Iterable[PairRecord], locked_already: bool = False) -> int:
-    """Records into their files under root (added to what a file holds, one per identity), all or nothing;
-    how many files changed."""
+def write_records(root: Path, records: Iterable[PairRecord]) -> int:
+    """Records into their files under root (added to what a file holds, one per identity), all or nothing,
+    under the folder's lock; how many files changed."""
+    with locked(root):
+        return _write_records(root, records)
+
+
+def _write_records(root: Path, records: Iterable[PairRecord]) -> int:
+    """write_records for a caller that holds the folder's lock."""
     by_file: dict[Path, list[PairRecord]] = {}
     for rec in records:
         by_file.setdefault(record_path(root, rec.condition.label, rec.model_x.id, rec.model_y.id), []).append(rec)
-    if not by_file:
-        return 0
-    with contextlib.nullcontext() if locked_already else locked(root):
-        changes: dict[str, dict[str, Any]] = {}
-        for path, recs in by_file.items():
-            check_target(root, path)
-            old_text = read_text(path, RESULTS_FILE[0]) if path.exists() else None
-            old = {r.identity(): r for r in (read_records(path) if old_text is not None else [])}
-            old.update({r.identity(): r for r in recs})
-            changes[path.relative_to(root).as_posix()] = {
-                "old": old_text, "new": json.dumps([r.model_dump(mode="json") for r in old.values()], indent=1)}
+    changes: dict[str, dict[str, Any]] = {}
+    for path, recs in by_file.items():
+        check_target(root, path)
+        old_text = read_text(path, RESULTS_FILE) if path.exists() else None
+        old = {r.identity(): r for r in (read_records(path, old_text) if old_text is not None else [])}
+        old.update({r.identity(): r for r in recs})
+        changes[path.relative_to(root).as_posix()] = {
+            "old": old_text, "new": json.dumps([r.model_dump(mode="json") for r in old.values()], indent=1)}
+    if changes:
         commit(root, changes)
-    return len(by_file)
-
-
+    return len(changes)

@@ -10,7 +10,8 @@ y layer)) and the pair's permutation null when the run computed one.
 
 `prh-bench run` writes its records under RUN/results; `prh-bench merge` folds run folders or other stores into
 one store (merge.py), refusing (and writing nothing) when two records of the same pair, condition, metric and
-parameters disagree on any version, checksum, score or null; `prh-bench leaderboard --results STORE` ranks a suite's models from a store.
+parameters disagree on any version, checksum, score or null; `prh-bench leaderboard --results STORE` ranks a
+suite's models from a store.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from .run_folder import (
     RESULTS_DIR,
     RUN_RECORD,
     ConditionEntry,
+    Finite,
     ModelEntry,
     ModelRun,
     RunRecord,
     first_problem,
+    parse_json,
     read_json,
     slug,
     write_run_record,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     from ..scoring import JobScores
 
 RESULTS_FORMAT = 1
+RESULTS_FILE = "results file"
 SCORE_ATOL = 1e-12  # two records of one pair from the same code and features agree to rounding
 
 
@@ -58,9 +62,6 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-#: a score: finite, or NaN where the metric is undefined (e.g. CKA of a constant layer); never infinite
-Score = Annotated[float, AfterValidator(lambda v: _no_infinity(v))]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
 MAX_DEPTH = 4  # metric parameters and preparation are flat documents; deeper nesting is no record of ours
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -69,6 +70,10 @@ def _no_infinity(v: float) -> float:
     if math.isinf(v):
         raise ValueError("an infinite score is no measurement")
     return v
+
+
+#: a score: finite, or NaN where the metric is undefined (e.g. CKA of a constant layer); never infinite
+Score = Annotated[float, AfterValidator(_no_infinity)]
 
 
 def _plain(value: Any, depth: int = 0) -> None:
@@ -173,9 +178,10 @@ def record_path(root: Path, condition: str, model_x: str, model_y: str) -> Path:
     return root / slug(condition) / model_x / f"{model_y}.json"
 
 
-def read_records(path: Path) -> list[PairRecord]:
-    """The records of one file; bad input naming the file and the field when it is not a list of records."""
-    raw = read_json(path, "results file")
+def read_records(path: Path, text: str | None = None) -> list[PairRecord]:
+    """The records of one file (of `text`, its content when already read); bad input naming the file and the
+    field when it is not a list of records."""
+    raw = read_json(path, RESULTS_FILE) if text is None else parse_json(path, RESULTS_FILE, text)
     if not isinstance(raw, list):
         raise BadInput(f"{path}: expected a list of pair records, got {type(raw).__name__}")
     out = []

@@ -8,9 +8,9 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BadInput, PrhBenchError
 from ..lazy import pd
@@ -102,6 +102,10 @@ def slug(text: str) -> str:
     return out if out.strip(".") else "_" * max(1, len(out))  # never '', '.' or '..': a path part, not a way up
 
 
+#: a finite number in a stored record (a NaN tolerance would pass every comparison, an infinite score rank first)
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -158,8 +162,17 @@ class RunRecord(_Loose):
 def read_json(path: Path, what: str) -> Any:
     """A JSON file's document; bad input naming the file when it cannot be read or parsed."""
     try:
-        return json.loads(read_text(path, what))
-    except (OSError, json.JSONDecodeError, RecursionError) as exc:
+        text = read_text(path, what)
+    except OSError as exc:
+        raise BadInput(f"{path}: not a {what} ({type(exc).__name__}: {exc})") from None
+    return parse_json(path, what, text)
+
+
+def parse_json(path: Path, what: str, text: str) -> Any:
+    """The document of a JSON file's text; bad input naming the file when it cannot be parsed."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise BadInput(f"{path}: not a {what} ({type(exc).__name__}: {exc})") from None
 
 
