@@ -62,6 +62,16 @@ def test_three_mistakes_give_three_clear_errors_and_exit_2(tmp_path: Path) -> No
         ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: []\nmetrics: [{name: mutual_knn}]\n",
          "a suite needs at least one model"),
         ("kind: model\nid: x\n  bad: [\n", "not valid YAML"),
+        # The id names files: 300 characters passed validation, then the run died with "File name too long".
+        ("kind: model\nid: " + "m" * 300 + "\nversion: 1\nbackend: timm\nsource: r\nmodality: vision\n",
+         "field 'id': String should have at most 100 characters"),
+        # A repeated sweep entry would run twice and be kept once (the records are keyed by condition).
+        ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: [m]\nmetrics: [{name: mutual_knn}]\n"
+         "sweep: {transform: gaussian_noise, levels: [0.1, 0.2, 0.1]}\n", "field 'sweep.levels': Value error, each "
+         "entry must be distinct; repeated: 0.1"),
+        ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: [m]\nmetrics: [{name: mutual_knn}]\n"
+         "sweep: {datasets: [a, b, a]}\n", "field 'sweep.datasets': Value error, each entry must be distinct; "
+         "repeated: a"),
     ],
 )
 def test_schema_errors_name_file_and_field(tmp_path: Path, text: str, expected: str) -> None:

@@ -253,6 +253,31 @@ sweep: {transform: gaussian_noise, levels: [0.0, 0.5, 2.0]}
     assert sweep["mean"].iloc[0] == pytest.approx(pocket_pair[0]["score"], abs=1e-12)
 
 
+def test_sweep_levels_that_print_alike_stay_two_conditions(tmp_path: Path) -> None:
+    """0.1000001 and 0.1000002 both printed '=0.1' and merged into one condition, losing a record, and the
+    baseline written from the run was refused by its own check."""
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: close-levels
+version: 1
+dataset: pocket-photos
+models: [efficientnet-lite0, efficientnet-lite1]
+metrics: [{name: mutual_knn, k: 5}]
+max_samples: 12
+sweep: {transform: gaussian_noise, levels: [0.1000001, 0.1000002, 0.5]}
+""")
+    reg = ("--registry", tmp_path / "reg")
+    cli_json(*reg, "run", "--suite", "close-levels", "--out", tmp_path / "run")
+    sweep = pd.read_csv(tmp_path / "run" / "sweep_mutual_knn.csv")
+    assert list(sweep.condition) == ["pocket-photos gaussian_noise=0.1000001", "pocket-photos gaussian_noise=0.1000002",
+                                     "pocket-photos gaussian_noise=0.5"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "results").rglob("*.json")]
+    assert sum(len(r) for r in records) == 3
+    assert cli(*reg, "baseline", "--suite", "close-levels", "--run", tmp_path / "run", "--out",
+               tmp_path / "b.json").exit_code == 0
+    assert cli(*reg, "check", "--baseline", tmp_path / "b.json", "--run", tmp_path / "run").exit_code == 0
+
+
 def test_image_folder_and_noise_loaders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
     from prh_bench.plugins.datasets.images import image_folder, noise_images
 

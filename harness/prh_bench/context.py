@@ -56,7 +56,11 @@ class Condition:
 
     @property
     def label(self) -> str:
-        return self.dataset.id + (f" {self.transform}={self.level:g}" if self.transform is not None else "")
+        if self.transform is None or self.level is None:
+            return self.dataset.id
+        # Short where that is exact (0.1, not 0.1000000000000000055); every digit where 6 would merge levels.
+        level = f"{self.level:g}" if float(f"{self.level:g}") == self.level else repr(self.level)
+        return f"{self.dataset.id} {self.transform}={level}"
 
 
 def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition]:

@@ -108,7 +108,8 @@ MAX_EXPANDED_NODES = 100_000
 
 
 class ManifestBase(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    # An id names files (features/ID/..., results/.../ID@REVISION.json): short enough for any file system.
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     version: int = Field(ge=1, le=1_000_000)
     citation: str = ""
     description: str = ""
@@ -127,7 +128,7 @@ class ModelManifest(ManifestBase):
     kind: Literal["model"]
     backend: str
     source: str
-    revision: str | None = Field(default=None, pattern=REVISION, max_length=200)
+    revision: str | None = Field(default=None, pattern=REVISION, max_length=100)
     modality: Literal["vision", "text"]
     layers: LayerSpec = LayerSpec()
     weights: Weights = "pretrained"
@@ -272,6 +273,14 @@ class Sweep(_Strict):
             raise ValueError("levels must be >= 0")
         return v
 
+    @field_validator("datasets", "levels")
+    @classmethod
+    def _distinct(cls, v: list[Any] | None) -> list[Any] | None:
+        # Each (dataset, level) is one condition of the results: a repeat would be run twice and kept once.
+        if v is not None and (repeated := sorted({str(x) for x in v if v.count(x) > 1})):
+            raise ValueError(f"each entry must be distinct; repeated: {', '.join(repeated)}")
+        return v
+
 
 class Probe(_Strict):
     """A downstream task on a labelled data set, scored on every model's features (e.g. a VTAB linear probe)."""
@@ -290,7 +299,7 @@ class SuiteManifest(ManifestBase):
     reference: str | None = None
     max_samples: int | None = Field(default=None, ge=4, le=100_000_000)
     calibrate: Calibration | None = None
-    revisions: list[Annotated[str, Field(pattern=REVISION, max_length=200)]] | None = Field(
+    revisions: list[Annotated[str, Field(pattern=REVISION, max_length=100)]] | None = Field(
         default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"
     )
     sweep: Sweep | None = None
