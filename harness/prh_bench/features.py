@@ -28,7 +28,7 @@ from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
 from .store import CHECKSUM_FIELD, entry_lock, inside, read_entry, read_header, read_valid, write_entry
-from .weights import adapt_state_dict, unpinned_checkpoint_sha256
+from .weights import adapt_state_dict, local_source_sha256, unpinned_checkpoint_sha256
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 3  # 2: entries carry a checksum of their tensors; 3: the key covers the extraction code
@@ -57,16 +57,18 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 def feature_key(
     model: ModelManifest, libraries: tuple[str, ...], dataset: DatasetManifest, samples: SampleSet,
-    code: str = "", weights: str | None = None,
+    code: str = "", weights: str | None = None, source: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The cache key (sha256 hex) and the document it hashes. `code`: the digest of the extraction code (the
     backend's module and the helpers it uses, see code_digest); `weights`: the sha256 of a checkpoint file the
-    manifest names without pinning its hash, so that replacing the file makes a new key."""
+    manifest names without pinning its hash, and `source`: the digest of a local source folder or file, so that
+    replacing the files makes a new key."""
     doc = {
         "format": CACHE_FORMAT,
         "model": model.feature_fields(),
         "code": code,
         "weights_sha256": weights,
+        "source_sha256": source,
         "dataset": dataset.model_dump(mode="json", include={"loader", "options", "revision", "version"}),
         "sample_ids": hashlib.sha256("\n".join(samples.ids).encode()).hexdigest(),
         "n_samples": len(samples),
@@ -80,9 +82,9 @@ def model_feature_key(backend: ModelBackend, model: ModelManifest, dataset: Data
                       samples: SampleSet) -> tuple[str, dict[str, Any]]:
     """`feature_key` of a model as its backend extracts it: with the digest of the extraction code (the
     backend's module and the pooling and hook helpers it uses, `extract`, and the checkpoint adaptation of
-    weights.py) and of an unpinned checkpoint file."""
+    weights.py), of an unpinned checkpoint file and of a local source."""
     return feature_key(model, backend.libraries, dataset, samples, code_digest(type(backend), extract, adapt_state_dict),
-                       unpinned_checkpoint_sha256(model.weights, model.id))
+                       unpinned_checkpoint_sha256(model.weights, model.id), local_source_sha256(model.source, model.id))
 
 
 @dataclass(frozen=True)

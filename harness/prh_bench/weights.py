@@ -56,6 +56,31 @@ def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
     return sha256_of(path)
 
 
+def is_local(source: str) -> bool:
+    """Whether a model's `source` names local files (a `pkg://` resource or an existing path), not a hub id."""
+    return source.startswith(PKG_SCHEME) or Path(os.path.expanduser(os.path.expandvars(source))).exists()
+
+
+def local_source_sha256(source: str, model_id: str) -> str | None:
+    """A digest of a local `source` (a file, or a folder's files: relative path and sha256 of each, hidden ones
+    such as a download tool's .cache left out), so that changed files make new feature keys; None for a hub id.
+    Each file is hashed once per version and process."""
+    if not is_local(source):
+        return None
+    try:
+        root = resolve_path(source, model_id).resolve()
+    except (WeightsUnavailable, BadInput):
+        return None  # loading fails with the message saying how to provide the files
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    h = hashlib.sha256()
+    for f in files:
+        real = f.resolve()  # a hub snapshot's files are links to its blobs
+        st = real.stat()
+        h.update(f"{f.relative_to(root).as_posix()}\0{_cached_sha256(real, st.st_size, st.st_mtime_ns)}\n".encode())
+    return h.hexdigest()
+
+
 def unpinned_checkpoint_sha256(w: object, model_id: str) -> str | None:
     """The sha256 of a local checkpoint that the manifest names without a pinned sha256 (hashed once per file
     version and process), else None: pinned files are checked against their pin when loaded, and missing ones

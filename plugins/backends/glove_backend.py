@@ -26,15 +26,20 @@ from .text_sources import mean_over_templates, prompt_templates
 TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
-@lru_cache(maxsize=4)
 def load_vectors(folder: Path) -> tuple[np.ndarray, dict[str, int]]:
     """The (memory-mapped) vector table and the word -> row index of a GloVe folder."""
-    import pandas as pd
-
     emb = next(folder.glob("*_emb.npy"), None)
     index = next(folder.glob("*_index.parquet"), None)
     if emb is None or index is None:
         raise BadInput(f"{folder}: expected a *_emb.npy vector table and a *_index.parquet vocabulary")
+    # Read once per version of the files: a table edited in place is read again (its features are new too).
+    return _load(emb, index, *((p.stat().st_size, p.stat().st_mtime_ns) for p in (emb, index)))
+
+
+@lru_cache(maxsize=4)
+def _load(emb: Path, index: Path, *versions: tuple[int, int]) -> tuple[np.ndarray, dict[str, int]]:
+    import pandas as pd
+
     vectors = np.load(emb, mmap_mode="r")
     vocab = pd.read_parquet(index)
     return vectors, {w: i for i, w in enumerate(vocab.iloc[:, 0].astype(str))}

@@ -9,11 +9,11 @@ from prh_bench.backend import ModelBackend
 from prh_bench.errors import BadInput
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, RandomWeights
-from prh_bench.weights import PKG_SCHEME, resolve_path
+from prh_bench.weights import is_local, resolve_path
 
 
 def model_location(m: ModelManifest) -> str:
-    if m.source.startswith(PKG_SCHEME) or Path(m.source).expanduser().exists():
+    if is_local(m.source):
         return str(resolve_path(m.source, m.id))
     return m.source
 
