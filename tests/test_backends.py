@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -158,7 +161,7 @@ def test_packaged_mobilenet_v2_classifies_real_photos(registry: Registry) -> Non
 
 
 def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
-        registry: Registry, isolated_cache) -> None:
+        registry: Registry, isolated_cache, caplog: pytest.LogCaptureFixture) -> None:
     """SmolLM2-135M from its llama.cpp file (Q4_1): dequantised into the cache on first load, read from there
     after; it completes 'The capital of France is' with 'Paris', and gives 31 hidden states of width 576."""
     m = model(registry, "smollm2-135m-q4")
@@ -176,3 +179,33 @@ def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
     # Sentences cost a real LM about 1 bit per byte; this tokenizer adds no BOS token, so the first token of a
     # text is never predicted and a one-token text ('red') costs nothing (see the backend's docstring).
     assert all(0.3 < b < 3 for b in bits[:2]) and bits[2] == 0 and again.layer_names == ext.layer_names
+    # A truncated copy (a full disk, a killed copy) aborted every later run with a SafetensorError: it is
+    # found by its listed sha256 and rebuilt.
+    with (folder / "model.safetensors").open("r+b") as f:
+        f.truncate(1000)
+    rebuilt = registry.plugins.backends["transformers-causal-lm"].load(m, torch.device("cpu"))
+    assert (folder / "model.safetensors").stat().st_size > 500e6 and rebuilt.layer_names == ext.layer_names
+    assert "incomplete or altered; rebuilding it" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["edit a byte", "remove config.json", "add a file", "drop the list"])
+def test_a_damaged_dequantised_folder_is_never_used(tmp_path: Path, damage: str) -> None:
+    """The dequantised GGUF copy is used only when every file it lists has its listed sha256, config.json is
+    among them, and nothing else is there (an edited tensor was loaded silently, a folder without config.json
+    failed forever with 'Hub unreachable')."""
+    from prh_bench.plugins.backends.causal_lm_backend import DEQUANTISED_FILES, _dequantised_ok
+    from prh_bench.weights import sha256_of
+
+    for name, text in (("config.json", "{}"), ("model.safetensors", "tensors")):
+        (tmp_path / name).write_text(text)
+    (tmp_path / DEQUANTISED_FILES).write_text(json.dumps({p.name: sha256_of(p) for p in tmp_path.iterdir()}))
+    assert _dequantised_ok(tmp_path)
+    if damage == "edit a byte":
+        (tmp_path / "model.safetensors").write_text("tensorS")
+    elif damage == "remove config.json":
+        (tmp_path / "config.json").unlink()
+    elif damage == "add a file":
+        (tmp_path / "extra.bin").write_text("x")
+    else:
+        (tmp_path / DEQUANTISED_FILES).unlink()
+    assert not _dequantised_ok(tmp_path)
