@@ -140,3 +140,42 @@ def test_markdown_tables_escape_text_columns_of_every_dtype() -> None:
         table = pd.DataFrame({"model": pd.Series(["<img src=x onerror=alert(1)>", "a|b"], dtype=dtype), "score": [0.5, 0.25]})
         md = md_table(table)
         assert not re.search(r"(?<!\\)[<|]img", md) and r"\<img" in md and r"a\|b" in md and md.count("\n") == 3
+
+
+def test_publish_replaces_links_in_the_destination_and_refuses_links_in_the_bundle(tmp_path: Path) -> None:
+    """`publish --to` a folder holding a symlink overwrote the link's target; a symlink inside a bundle
+    published its target's content."""
+    bundle = tmp_path / "boards" / "board"
+    bundle.mkdir(parents=True)
+    (bundle / "index.html").write_text("<html>board</html>")
+    (bundle / "leaderboard.md").write_text("| model |")
+    secret, victim = tmp_path / "secret.txt", tmp_path / "victim.txt"
+    secret.write_text("private"), victim.write_text("keep me")
+    site = tmp_path / "site" / "board"
+    site.mkdir(parents=True)
+    (site / "index.html").symlink_to(victim)
+    assert cli("publish", "--suite", "board", "--from", tmp_path / "boards", "--to", tmp_path / "site").exit_code == 0
+    assert victim.read_text() == "keep me" and not (site / "index.html").is_symlink()
+    assert (site / "index.html").read_text() == "<html>board</html>" and not list(site.glob(".publish-*"))
+    (bundle / "leak.txt").symlink_to(secret)
+    result = cli("publish", "--suite", "board", "--from", tmp_path / "boards", "--to", tmp_path / "other")
+    assert result.exit_code == 2 and "leak.txt: the bundle holds a link" in result.output
+    assert not (tmp_path / "other" / "board" / "leak.txt").exists()
+    (bundle / "leak.txt").unlink()
+    (tmp_path / "site2").mkdir()
+    (tmp_path / "site2" / "board").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    result = cli("publish", "--suite", "board", "--from", tmp_path / "boards", "--to", tmp_path / "site2")
+    assert result.exit_code == 2 and "is a link or a file" in result.output
+
+
+def test_a_dollar_in_a_model_id_is_text_in_figures(tmp_path: Path) -> None:
+    """Model ids from run folders made elsewhere may hold '$': matplotlib read '$x$' as TeX and raised while
+    saving the figure."""
+    from prh_bench.results.report import heatmap_figure, pyplot
+
+    ids = ["price$a", "b$c$d", "$\\frac{"]
+    mat = pd.DataFrame(np.eye(3) * 0.5 + 0.5, index=ids, columns=ids)
+    fig = heatmap_figure(mat, "alignment of $ models", "mutual_knn")
+    fig.savefig(tmp_path / "h.png")  # raised "ValueError: ... Expected end of text" before
+    pyplot().close(fig)
+    assert (tmp_path / "h.png").stat().st_size > 1000

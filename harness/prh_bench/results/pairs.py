@@ -98,7 +98,7 @@ def _plain(value: Any, depth: int = 0) -> None:
 
 
 class ModelRef(_Record):
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    id: str = Field(max_length=201, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")  # a file name: ID@REVISION, 100 each
     revision: str | None
     manifest_version: int
     features_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -133,6 +133,8 @@ def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels are model ids and metric names, never TeX: '$' in an id is text (mathtext raised on it).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
