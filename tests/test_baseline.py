@@ -164,3 +164,35 @@ def test_committed_baselines_match_their_suites() -> None:
         models = reg.suite_models(manifest)
         assert doc["versions"]["models"] == {m.id: m.version for m in models}
         assert doc["scores"]
+
+
+def _drop_conditions(run: Path) -> None:
+    doc = json.loads((run / "run.json").read_text())
+    doc["conditions"] = []
+    (run / "run.json").write_text(json.dumps(doc))
+
+
+def _word_for_k(run: Path) -> None:
+    scores = run / "scores.csv"
+    scores.write_text(scores.read_text().replace('""k"": 5', '""k"": ""five""'))
+
+
+@pytest.mark.parametrize(("damage", "commands", "message"), [
+    (_drop_conditions, ("leaderboard", "baseline", "check"),
+     "run.json: field 'conditions': no entry with n_samples for condition 'pocket-photos' of the scores table"),
+    (_word_for_k, ("leaderboard",),
+     "scores table, field 'params' of metric 'mutual_knn': mutual_knn: parameter 'k' must be an integer"),
+])
+def test_a_run_folder_edited_or_mixed_is_bad_input(frozen: tuple[Path, Path, Path], damage, commands, message: str) -> None:
+    """A condition missing from run.json (a TypeError in the chance level, and a baseline its check refused)
+    and a non-numeric k in the scores (a TypeError) are errors naming the file and field."""
+    reg, run, base = frozen
+    assert '""k"": 5' in (run / "scores.csv").read_text()
+    damage(run)
+    args = {"leaderboard": ("leaderboard", "--suite", "faulty", "--run", run, "--out", run.parent / "lb"),
+            "baseline": ("baseline", "--suite", "faulty", "--run", run, "--out", run.parent / "again.json"),
+            "check": ("check", "--baseline", base, "--run", run)}
+    for command in commands:
+        result = cli("--registry", reg, *args[command])
+        assert result.exit_code == 2 and message in result.stderr, (command, result.output)
+    assert not (run.parent / "again.json").exists()

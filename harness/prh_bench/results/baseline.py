@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
-from .run_folder import Finite, read_run_record, read_table
+from .run_folder import Finite, read_run_record, read_run_table
 
 FORMAT = 2  # 2: per-table tolerances
 #: mutual_knn on 280 samples with k=10 moves by 1/2800 = 3.6e-4 per neighbour that flips; the default allows
@@ -51,7 +51,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "libraries": meta.libraries,
     }
     for table in TABLES:
-        frame = read_table(run_dir, table, keep_default_na=False)
+        frame = read_run_table(run_dir, table, meta, keep_default_na=False)
         out[table] = [] if frame is None else frame.to_dict("records")
     return out
 

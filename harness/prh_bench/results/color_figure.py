@@ -46,11 +46,11 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
     from ..align import prepare
     from .publish import _save, classical_mds
     from .report import pyplot
-    from .run_folder import read_run_record, read_table
+    from .run_folder import read_run_record, read_run_table
 
     run = Path(lb.meta["run"])
     side = read_run_record(run)
-    scores = read_table(run, "scores")
+    scores = read_run_table(run, "scores", side)
     scores = scores[(scores.metric == lb.metric) & (scores.condition == lb.condition)]
     prep = lb.suite.prepare
 

@@ -18,7 +18,7 @@ from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
 from .report import alignment_matrix, best_pairs, best_partner, chance_level
-from .run_folder import read_run_record, read_table
+from .run_folder import read_run_record, read_run_table
 
 RESAMPLES = 2000
 
@@ -60,10 +60,10 @@ def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any
 def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | None = None,
           metric: str | None = None) -> Leaderboard:
     suite = registry.get(suite_id, SuiteManifest)
-    scores = read_table(run_dir, "scores")
+    side = read_run_record(run_dir)
+    scores = read_run_table(run_dir, "scores", side, registry.plugins.metrics)
     if scores is None:
         raise BadInput(f"{run_dir}: no scores table; give a folder written by `prh-bench run`")
-    side = read_run_record(run_dir)
     if (got := side.suite_id) != suite_id:
         raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite_id}'; give a run of '{suite_id}'")
     metric = metric or suite.metrics[0].name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -209,3 +210,33 @@ def write_run_record(run_dir: Path, record: RunRecord) -> Path:
     path = run_dir / RUN_RECORD
     path.write_text(record.model_dump_json(indent=2), encoding="utf-8")
     return path
+
+
+def read_run_table(run_dir: Path, name: str, record: RunRecord, metrics: Mapping[str, Any] | None = None,
+                   keep_default_na: bool = True) -> pd.DataFrame | None:
+    """`read_table`, checked against the run's record: each condition of the table is one of run.json's, with
+    its sample count, and each metric's parameters are a JSON object that its plugin (in `metrics`, when given)
+    accepts. A table from another run or edited by hand is bad input here, not a traceback in a reader."""
+    table = read_table(run_dir, name, keep_default_na)
+    if table is None:
+        return None
+    known = {c.label for c in record.conditions if c.n_samples is not None}
+    if "condition" in table and (unknown := sorted(set(table.condition.astype(str)) - known)):
+        raise BadInput(f"{run_dir / RUN_RECORD}: field 'conditions': no entry with n_samples for condition "
+                       f"{unknown[0]!r} of the {name} table (it lists {sorted(known)}); the run folder is incomplete "
+                       "or mixed: run the suite again")
+    if "params" in table:
+        for metric, text in table[["metric", "params"]].drop_duplicates().itertuples(index=False):
+            where = f"{run_dir}: {name} table, field 'params' of metric '{metric}'"
+            try:
+                params = json.loads(text)
+            except (TypeError, ValueError, RecursionError):
+                params = None
+            if not isinstance(params, dict):
+                raise BadInput(f"{where}: expected a JSON object of parameters, got {str(text)[:80]!r}")
+            if metrics is not None and metric in metrics:
+                try:
+                    metrics[metric].params(**params)
+                except BadInput as exc:
+                    raise BadInput(f"{where}: {exc}") from None
+    return table
