@@ -242,3 +242,23 @@ def test_checkpoints_are_loaded_without_pickle_code(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="holds Python objects besides tensors, refused"):
         read_state_dict(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+def test_a_refused_open_clip_checkpoint_fails_that_model_not_the_run(tmp_path: Path) -> None:
+    """open_clip loads a local checkpoint itself (weights_only=True): its UnpicklingError escaped and aborted
+    the whole run. Now that model fails with the checkpoint named, and the others' results are kept."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"evil": Evil()}, tmp_path / "clip.pt")
+    reg = registry(tmp_path / "reg", {"f-resnet18": "resnet18", "f-lite0": "tf_efficientnet_lite0"})
+    write_yaml(reg / "clip.yaml", "kind: model\nid: f-clip\nversion: 1\nbackend: open_clip\nsource: ViT-B-32\n"
+               f"modality: vision\nweights: {{path: {tmp_path / 'clip.pt'}}}\ntags: [faulty]\n")
+    result = cli("--registry", reg, "run", "--suite", "faulty", "--out", tmp_path / "run", "--max-samples", "12")
+    assert result.exit_code == 1 and "1 failed: f-clip" in result.stderr, result.output
+    assert "clip.pt holds Python objects besides tensors, refused" in result.stdout + result.stderr
+    scores = pd.read_csv(tmp_path / "run" / "scores.csv")
+    assert set(scores.model_x) | set(scores.model_y) == {"f-resnet18", "f-lite0"} and not marker.exists()

@@ -128,6 +128,16 @@ def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Pa
     return dst
 
 
+def refused_pickle(path: Path | str, exc: pickle.UnpicklingError) -> BadInput:
+    """The error for a checkpoint torch.load(weights_only=True) refused: Python objects, or no checkpoint at all."""
+    first = (str(exc).splitlines() or [""])[0]
+    if "global" not in str(exc).lower():  # not a pickle of objects torch refused: no checkpoint at all
+        return BadInput(f"checkpoint {path} is not a file torch.load can read ({first}); the manifest's weights "
+                        "must name a state dict (.pth/.pt) or a .safetensors file")
+    return BadInput(f"checkpoint {path} holds Python objects besides tensors, refused (torch.load with "
+                    f"weights_only=True runs no pickled code); save a plain state dict or safetensors. ({first})")
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a torch file (weights_only=True: no pickle code runs)."""
     if path.suffix == ".safetensors":
@@ -141,12 +151,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "global" not in str(exc).lower():  # not a pickle of objects torch refused: no checkpoint at all
-            raise BadInput(f"checkpoint {path} is not a file torch.load can read ({str(exc).splitlines()[0]}); the "
-                           "manifest's weights must name a state dict (.pth/.pt) or a .safetensors file") from None
-        raise BadInput(f"checkpoint {path} holds Python objects besides tensors, refused (torch.load with "
-                       f"weights_only=True runs no pickled code); save a plain state dict or safetensors. "
-                       f"({str(exc).splitlines()[0]})") from None
+        raise refused_pickle(path, exc) from None
     except Exception as exc:  # noqa: BLE001 (a file that is no checkpoint fails anywhere inside torch.load)
         raise BadInput(f"checkpoint {path} is not a file torch.load can read ({type(exc).__name__}: {exc}); "
                        "the manifest's weights must name a state dict (.pth/.pt) or a .safetensors file") from None

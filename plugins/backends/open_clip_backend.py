@@ -5,6 +5,7 @@ plus the final projected embedding."""
 
 from __future__ import annotations
 
+import pickle  # only for its exception type: nothing is unpickled here
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
 from prh_bench.samples import Sample
-from prh_bench.weights import resolve_path, verify_sha256
+from prh_bench.weights import refused_pickle, resolve_path, verify_sha256
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import checkpoint_status, hub_file_status
@@ -44,6 +45,8 @@ def create_model(m: ModelManifest) -> tuple[torch.nn.Module, Any, str]:
         raise BadInput(f"model '{m.id}': field 'weights': open_clip takes a pretrained tag or a local path, not a URL")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    except pickle.UnpicklingError as exc:  # a local checkpoint with pickled objects: that model fails, not the run
+        raise refused_pickle(pretrained or m.source, exc) from None
     except (OSError, RuntimeError) as exc:
         raise WeightsUnavailable(
             f"model '{m.id}': open_clip weights '{m.source}' are not available here ({type(exc).__name__}). "
