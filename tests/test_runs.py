@@ -91,6 +91,62 @@ def test_smoke_checks_a_manifest_file_with_random_weights(tmp_path: Path) -> Non
     assert result.exit_code == 1 and "pretrained weights for timm 'resnet18.a1_in1k'" in result.stderr
 
 
+def _object_npy(root: Path) -> list[str]:
+    import numpy as np
+
+    (root / "glove").mkdir()
+    np.save(root / "glove" / "t_emb.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    pd.DataFrame({"word": ["a", "b"]}).to_parquet(root / "glove" / "t_index.parquet")
+    write_yaml(root / "m.yaml", f"kind: model\nid: g\nversion: 1\nbackend: glove\nsource: {root / 'glove'}\n"
+               "modality: text\nweights: pretrained\n")
+    return [str(root / "m.yaml")]
+
+
+def _pickled_model_bin(root: Path) -> list[str]:
+    import os
+
+    import torch
+    from transformers import BertConfig
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {root / 'pwned'}",))
+
+    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               vocab_size=100).save_pretrained(root / "enc")
+    torch.save({"evil": Evil()}, root / "enc" / "pytorch_model.bin")
+    write_yaml(root / "m.yaml", f"kind: model\nid: e\nversion: 1\nbackend: transformers-encoder\n"
+               f"source: {root / 'enc'}\nmodality: text\nweights: pretrained\n")
+    return [str(root / "m.yaml")]
+
+
+def _dataset_script(root: Path) -> list[str]:
+    write_yaml(root / "data" / "data.py", "import os\nos.system('touch pwned')\n")
+    write_yaml(root / "reg" / "d.yaml", f"kind: dataset\nid: scripted\nversion: 1\nloader: hf_dataset\n"
+               f"modality: text\noptions: {{path: {root / 'data'}, text_column: text}}\n")
+    return ["--registry", str(root / "reg"), "smoke", "minilm-l6", "--dataset", "scripted"]
+
+
+def _not_a_photo(root: Path) -> list[str]:
+    write_yaml(root / "reg" / "d.yaml", "kind: dataset\nid: dirs\nversion: 1\nloader: photo_crops\n"
+               "modality: vision\noptions: {photos: ['skimage:data_dir']}\n")
+    return ["--registry", str(root / "reg"), "smoke", "efficientnet-lite0", "--dataset", "dirs"]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_object_npy, "not a GloVe table (ValueError: Array can't be memory-mapped: Python objects in dtype.)"),
+    (_pickled_model_bin, "holds Python objects besides tensors, refused"),
+    (_dataset_script, "field 'options.path': '{root}/data' cannot be loaded (Dataset scripts are no longer supported"),
+    (_not_a_photo, "photo 'skimage:data_dir' is not available offline"),
+])
+def test_smoke_reports_bad_files_without_a_traceback(tmp_path: Path, make, message: str) -> None:
+    """Each showed a traceback (object .npy, pickled pytorch_model.bin, a dataset script, 'skimage:data_dir')."""
+    args = make(tmp_path)
+    result = cli(*(args if args[0] == "--registry" else ["smoke", *args]))
+    assert result.exit_code == 2 and message.format(root=tmp_path) in result.stderr, result.output
+    assert not (tmp_path / "pwned").exists() and "Traceback" not in result.output
+
+
 def test_ls_and_show_json() -> None:
     suites = {r["id"] for r in cli_json("ls", "suites")}
     assert {"pocket", "pocket-text"} <= suites

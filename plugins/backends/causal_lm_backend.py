@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle  # only for its exception type: nothing is unpickled here
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
 from prh_bench.samples import Sample
 from prh_bench.store import TEMP_PREFIX, entry_lock, sync_tree
-from prh_bench.weights import resolve_path, sha256_of, verify_sha256
+from prh_bench.weights import refused_pickle, resolve_path, sha256_of, verify_sha256
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
@@ -65,6 +66,8 @@ class CausalLMExtractor(FeatureExtractor):
             else:
                 raise BadInput(f"model '{m.id}': field 'weights': causal LMs take 'pretrained' (from `source` and "
                                "`revision`), a GGUF file ({path: FILE.gguf, sha256: ...}) or {random: SEED}")
+        except pickle.UnpicklingError as exc:  # a pytorch_model.bin with pickled objects (weights_only=True)
+            raise refused_pickle(where, exc) from None
         except OSError as exc:
             raise WeightsUnavailable(
                 f"model '{m.id}': cannot load '{where}'{' at revision ' + m.revision if m.revision else ''} "

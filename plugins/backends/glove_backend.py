@@ -40,8 +40,14 @@ def load_vectors(folder: Path) -> tuple[np.ndarray, dict[str, int]]:
 def _load(emb: Path, index: Path, *versions: tuple[int, int]) -> tuple[np.ndarray, dict[str, int]]:
     import pandas as pd
 
-    vectors = np.load(emb, mmap_mode="r")
-    vocab = pd.read_parquet(index)
+    try:
+        vectors = np.load(emb, mmap_mode="r")  # allow_pickle stays False: an object array is refused, never run
+        vocab = pd.read_parquet(index)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{emb.parent}: not a GloVe table ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if vectors.ndim != 2 or vectors.dtype.kind != "f" or vocab.shape[1] < 1 or len(vocab) != len(vectors):
+        raise BadInput(f"{emb}: expected a 2-D float table with one row per word of {index.name} ({len(vocab)} "
+                       f"words), got {vectors.dtype} of shape {vectors.shape}")
     return vectors, {w: i for i, w in enumerate(vocab.iloc[:, 0].astype(str))}
 
 

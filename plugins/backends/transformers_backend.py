@@ -4,6 +4,7 @@ mean-pooled over valid tokens (attention mask), or the first token with `pool: c
 
 from __future__ import annotations
 
+import pickle  # only for its exception type: nothing is unpickled here
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
+from prh_bench.weights import refused_pickle
 
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
 
@@ -36,6 +38,8 @@ class EncoderExtractor(FeatureExtractor):
             else:
                 raise BadInput(f"model '{m.id}': field 'weights': the transformers backend takes 'pretrained' "
                                "(from `source`, a hub id or a local folder) or {random: SEED}")
+        except pickle.UnpicklingError as exc:  # a pytorch_model.bin with pickled objects (weights_only=True)
+            raise refused_pickle(where, exc) from None
         except OSError as exc:
             raise WeightsUnavailable(
                 f"model '{m.id}': cannot load '{where}' ({exc.__class__.__name__}). Run once where the Hugging Face "

@@ -79,6 +79,10 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
         raise BadInput(f"dataset '{m.id}': field 'options.path': expected a hub id or a local folder")
     try:
         ds = datasets.load_dataset(opts["path"], revision=m.revision, split=opts["split"])
+    except RuntimeError as exc:  # datasets >= 4 refuses loading scripts: no code from a data set runs
+        raise BadInput(f"dataset '{m.id}': field 'options.path': '{opts['path']}' cannot be loaded ({str(exc)[:200]}); "
+                       "give a folder of data files (parquet, json, csv, imagefolder) or a hub id without a "
+                       "loading script") from None
     except (OSError, ValueError, ConnectionError) as exc:
         raise BadInput(
             f"dataset '{m.id}': cannot load '{opts['path']}'{' at revision ' + m.revision if m.revision else ''} "

@@ -13,12 +13,17 @@ from prh_bench.lazy import np
 from prh_bench.manifest import DatasetManifest
 from prh_bench.samples import Sample, SampleSet
 
+#: names in skimage.data that are no image loaders
+NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}
+
 
 def _skimage(name: str) -> np.ndarray:
     import skimage.data
 
     if name == "motorcycle":
         return skimage.data.stereo_motorcycle()[0]
+    if name not in skimage.data.__all__ or name in NOT_IMAGES:
+        raise AttributeError(f"skimage.data has no image '{name}'")
     return getattr(skimage.data, name)()
 
 
@@ -38,8 +43,10 @@ def load_photo(ref: str) -> Image.Image:
         raise BadInput(f"photo '{ref}': expected 'skimage:NAME' or 'sklearn:NAME'")
     try:
         arr = SOURCES[src](name)
-    except (AttributeError, FileNotFoundError, ModuleNotFoundError) as exc:
-        raise BadInput(f"photo '{ref}' is not available offline ({exc})") from None
+    except (AttributeError, ImportError, OSError, ValueError) as exc:  # unknown, or a download (pooch) offline
+        raise BadInput(f"photo '{ref}' is not available offline ({type(exc).__name__}: {exc})") from None
+    if not (arr.ndim == 2 or arr.ndim == 3 and arr.shape[-1] in (3, 4)):
+        raise BadInput(f"photo '{ref}' is an array of shape {arr.shape}, not a grey or colour image")
     if arr.dtype != np.uint8:
         arr = (arr.astype(np.float64) / max(arr.max(), 1) * 255).astype(np.uint8)
     return Image.fromarray(arr).convert("RGB")
