@@ -94,3 +94,18 @@ values: {tiny-a: 0.5, tiny-b: 0.7}
     assert not re.search(r"(?<!\\)[<>|\[]", md.split("## Sources")[1])  # nothing unescaped in the user's text
     assert "\\<img src=x onerror=alert(1)\\> \\| \\[click\\](http://evil)" in md
     assert scores.exists()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ls", "models"], ["show", "resnet18-random"], ["show", "glove-6b-50d"],
+                                  ["show", "pocket"], ["show", "mutual_knn"], ["validate"],
+                                  ["publish", "--suite", "pocket", "--to", "{tmp}"]])
+def test_light_commands_import_no_torch(tmp_path: Path, args: list[str]) -> None:
+    """The README promises that reading manifests and copying bundles never import torch (`show MODEL` and
+    `publish` did: 2-4 s and 0.75-0.94 GB). A fresh process, as a user runs them."""
+    code = ("import sys; from prh_bench.cli import main\n"
+            "try: main(sys.argv[1:])\nexcept SystemExit as e: code = e.code\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'timm', 'transformers', 'open_clip') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *(a.format(tmp=tmp_path) for a in args)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

@@ -147,6 +147,53 @@ def test_smoke_reports_bad_files_without_a_traceback(tmp_path: Path, make, messa
     assert not (tmp_path / "pwned").exists() and "Traceback" not in result.output
 
 
+def test_offline_fails_missing_weights_before_building_or_fetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --offline the MoCo checkpoints ({url: ...}) made DNS lookups, and each hub model was built before
+    its weights were looked for (ViT-G: 57 s and 5.5 GB to fail). Now: no connection is attempted, no missing
+    model is built, a private ResNet-18 says that PRH_BENCH_WEIGHTS is unset and that its weights were never
+    published, and each failure is printed once."""
+    import socket
+
+    import timm
+    import torchvision
+
+    tried, built = [], []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: tried.append(a) or (_ for _ in ()).throw(OSError("no")))
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: tried.append(addr) or (_ for _ in ()).throw(OSError))
+    create, get_model = timm.create_model, torchvision.models.get_model
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: built.append(name) or create(name, **kw))
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, **kw: built.append(name) or get_model(name, **kw))
+    monkeypatch.delenv("PRH_BENCH_WEIGHTS", raising=False)
+    missing = ["vit_giant_patch14_dinov2.lvd142m", "resnet50-mocov2-shaders21k", "resnet18-alignunif-places365"]
+    write_yaml(tmp_path / "reg" / "suite.yaml", "kind: suite\nid: offline-mix\nversion: 1\ndataset: pocket-photos\n"
+               f"models: [resnet18-random, vit-tiny-random, {', '.join(missing)}]\n"
+               "metrics: [{name: mutual_knn, k: 3}]\nmax_samples: 8\n")
+    result = cli("--offline", "--registry", tmp_path / "reg", "run", "--suite", "offline-mix", "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "3 failed" in result.stderr, result.output
+    assert tried == [] and set(built) <= {"resnet18", "vit_tiny_patch16_224"}, (tried, built)
+    out = result.stdout + result.stderr
+    assert "is not in the cache and --offline forbids downloading it" in out
+    assert ("its weights path '${PRH_BENCH_WEIGHTS}/resnet18-alignunif/places365.pth' needs the environment variable "
+            "PRH_BENCH_WEIGHTS, which is not set" in out and "checkpoints were not released" in out)
+    for mid in missing:  # the reason once (the summary line lists the id once more)
+        assert out.count(f"model '{mid}'") == 1, out
+
+
+def test_a_log_gets_one_line_per_finished_model_and_stage(tmp_path: Path) -> None:
+    """Off a terminal (SLURM, CI) a cold run printed nothing until it ended: now a timed line per model and stage."""
+    from click.testing import CliRunner
+
+    from prh_bench.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--suite", "pocket", "--max-samples", "12", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert sum("on pocket-photos: extracted" in line for line in lines) == 8 and "[8/8] vit-tiny-random" in result.stderr
+    assert any("pocket-photos: features of 8 models (0 failed)" in line for line in lines)
+    assert any("pocket-photos: mutual_knn of 28 pairs (28 computed)" in line for line in lines)
+    assert all(line[:2].isdigit() and line[2] == ":" for line in lines if "on pocket-photos" in line)  # timed
+
+
 def test_ls_and_show_json() -> None:
     suites = {r["id"] for r in cli_json("ls", "suites")}
     assert {"pocket", "pocket-text"} <= suites

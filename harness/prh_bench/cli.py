@@ -123,6 +123,14 @@ def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offli
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     ctx.obj = Ctx(registry_dirs, quiet)
+    progress_log = logging.getLogger("prh_bench.progress")
+    progress_log.handlers.clear()  # this invocation's stderr (tests invoke main many times in one process)
+    progress_log.propagate = False
+    if not quiet and not sys.stderr.isatty():  # a log file gets a line per finished model and stage, not bars
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress_log.addHandler(handler)
+    progress_log.setLevel(logging.INFO if progress_log.handlers else logging.WARNING)
     if not ctx.obj.progress:  # the libraries' own bars (transformers' "Loading weights") follow ours
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -167,8 +175,9 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
             click.echo(f"  {w['metric']}{where}: {w['pairs_computed']} of {w['pairs']} model pairs computed, "
                        f"{w['pairs'] - w['pairs_computed']} read from the cache{nulls}")
         for name, path in written["files"].items():
-            if name.startswith("ranking"):
-                click.echo("\n" + Path(path).read_text(encoding="utf-8"))
+            if name.startswith("ranking"):  # its list of failures repeats the reasons printed just above
+                text = Path(path).read_text(encoding="utf-8")
+                click.echo("\n" + "\n".join(x for x in text.splitlines() if not x.startswith("- **failed**")))
         click.echo(f"run folder: {run_dir}")
         for name, path in written["files"].items():
             click.echo(f"  {name}: {path}")
@@ -357,7 +366,7 @@ def merge(sources: tuple[Path, ...], store: Path) -> None:
 @handle_errors
 def publish(suite: str, dest: Path, src_root: Path) -> None:
     """Copy a suite's leaderboard bundle (tables, figures, index.html) to DIR."""
-    from .results.publish import publish as copy_bundle
+    from .results.site import publish as copy_bundle
 
     src = leaderboard_bundle(suite, src_root)
     if not (src / BUNDLE_INDEX).exists():
@@ -404,22 +413,28 @@ def ls(obj: Ctx, what: str, suite: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("manifest_id")
+@click.option("--check-weights", is_flag=True,
+              help="Also look for a model's library-pretrained weights in the library's cache (imports the library).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def show(obj: Ctx, manifest_id: str, as_json: bool) -> None:
-    """A manifest and its resolved details (file, providing plugin, suite members, cache status)."""
+def show(obj: Ctx, manifest_id: str, check_weights: bool, as_json: bool) -> None:
+    """A manifest and its resolved details (file, providing plugin, suite members, weights here)."""
+    from .features import cache_root
     from .manifest import DatasetManifest, MetricManifest, ModelManifest, SuiteManifest
+    from .weights import checkpoint_status
 
     reg = obj.registry
     m = reg.get(manifest_id)
     doc: dict[str, Any] = {"manifest": m.model_dump(mode="json"), "file": str(reg.paths[m.id])}
     if isinstance(m, ModelManifest):
-        from .plan import weights_status
-
         doc["provided_by"] = reg.plugins.provider[("backend", m.backend)]
         doc["libraries"] = list(reg.plugins.backends[m.backend].libraries)
-        doc["weights_here"] = weights_status(reg, m)
+        # Files are checked here; a library's pretrained weights only on request (timm, open_clip and
+        # torchvision import torch: seconds and most of a GB, for a command that reads YAML).
+        doc["weights_here"] = checkpoint_status(m, cache_root()) or (
+            reg.plugins.backends[m.backend].weights_status(m) if check_weights
+            else "pretrained: not checked (--check-weights, or `prh-bench plan`, looks in the library's cache)")
         if note := getattr(m.weights, "source_note", ""):
             doc["weights_source"] = note
     elif isinstance(m, DatasetManifest):

@@ -16,7 +16,7 @@ import pandas as pd
 from .align.prepare import CONCAT
 from .context import Condition, RunContext, RunSpec, Target
 from .errors import BadInput, PrhBenchError
-from .executors import Executor, LocalExecutor, ModelOutcome
+from .executors import PROGRESS, Executor, LocalExecutor, ModelOutcome
 from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
@@ -115,6 +115,8 @@ def run_suite(
         done = executor.extract(ctx, list(ctx.models), Target(condition=index), progress)
         outcomes += done
         ok = [o for o in done if o.status != "failed"]
+        PROGRESS.info("%s: features of %d models (%d failed) in %.1f s", cond.label, len(done), len(done) - len(ok),
+                      time.perf_counter() - t0)
         model_scores += [{"condition": cond.label, "model": o.model, "score": k, "mean": v}
                          for o in ok for k, v in (o.model_scores or {}).items()]
         timings["features"] += time.perf_counter() - t0
@@ -125,7 +127,10 @@ def run_suite(
         for use, (metric, params) in zip(suite.metrics, metrics):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30), suite.reference)
+            t1 = time.perf_counter()
             done = executor.score(ctx, job, progress)
+            PROGRESS.info("%s: %s of %d pairs (%d computed) in %.1f s", cond.label, use.name, len(job.unordered_pairs()),
+                          done.result.computed, time.perf_counter() - t1)
             rows += score_rows(job, done, names)
             cal += done.calibration()
             scored.append(ScoredJob(cond, len(samples), done, names))

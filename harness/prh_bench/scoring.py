@@ -345,7 +345,9 @@ class JobScores:
         """The permutation nulls of the pairs that have one, in the order of `ScoreJob.pairs`, named as in
         this run (a stored null may have been computed by a run that named the models otherwise)."""
         nulls = self.result.nulls
-        return [nulls[(a.id, b.id)] | {"model_x": a.id, "model_y": b.id}
+        # One column order whether a null was computed now or read back (calibration.csv is then byte-identical).
+        return [{"model_x": a.id, "model_y": b.id}
+                | {k: v for k, v in sorted(nulls[(a.id, b.id)].items()) if k not in ("model_x", "model_y")}
                 for a, b in self.job.pairs() if (a.id, b.id) in nulls]
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import pickle  # only for its exception type: nothing is unpickled here
+import re
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -38,9 +39,26 @@ def resolve_path(ref: str, model_id: str) -> Path:
                            "names a file inside the package, e.g. pkg://package/weights/model.pth")
     else:
         path = Path(os.path.expanduser(os.path.expandvars(ref)))
+    if unset := sorted({a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", ref)} - set(os.environ)):
+        raise WeightsUnavailable(f"model '{model_id}': its weights path {ref!r} needs the environment variable "
+                                 f"{', '.join(unset)}, which is not set; set it to the folder that holds the files")
     if not path.exists():
         raise WeightsUnavailable(f"model '{model_id}': weights not found at {path}; fix the manifest's path")
     return path
+
+
+def checkpoint_path(w: PathWeights, model_id: str) -> Path:
+    """`resolve_path` of a checkpoint, whose error also says where the weights come from (`source_note`: e.g.
+    that they were never published)."""
+    try:
+        return resolve_path(w.path, model_id)
+    except WeightsUnavailable as exc:
+        raise WeightsUnavailable(f"{exc}. {w.source_note}" if w.source_note else str(exc)) from None
+
+
+def offline() -> bool:
+    """Whether hubs and downloads are off limits: `--offline` sets HF_HUB_OFFLINE, which the hub libraries read."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def sha256_of(path: Path) -> str:
@@ -108,6 +126,10 @@ def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Pa
     first download's hash is recorded and every later use is checked against it."""
     folder = sha256 or hashlib.sha256(url.encode()).hexdigest()
     dst = cache_dir / "weights" / folder / Path(url).name
+    if not dst.exists() and offline():
+        raise WeightsUnavailable(f"model '{model_id}': {url} is not in the cache ({dst}) and --offline forbids "
+                                 "downloading it; run once with the network, or download it yourself and set "
+                                 "`weights: {path: FILE, sha256: ...}` in the manifest")
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -126,6 +148,27 @@ def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Pa
         sha256 = record.read_text().strip()
     verify_sha256(dst, sha256, model_id)
     return dst
+
+
+def checkpoint_status(m: ModelManifest, cache_dir: Path) -> str | None:
+    """Whether random or checkpoint weights can be had here ('local', 'download' or 'unavailable: why'), from
+    files alone (no model library is imported; URL downloads live under `cache_dir`); None for 'pretrained',
+    whose backend knows where those live."""
+    w = m.weights
+    if isinstance(w, RandomWeights):
+        return "local"
+    if isinstance(w, PathWeights):
+        try:
+            checkpoint_path(w, m.id)
+            return "local"
+        except (WeightsUnavailable, BadInput) as exc:
+            return f"unavailable: {exc}"
+    if isinstance(w, UrlWeights):
+        folder = cache_dir / "weights"
+        if folder.exists() and any(p.name == w.url.rsplit("/", 1)[-1] for p in folder.rglob("*")):
+            return "local"
+        return f"unavailable: {w.url} is not in the cache and --offline forbids downloading it" if offline() else "download"
+    return None
 
 
 def refused_pickle(path: Path | str, exc: pickle.UnpicklingError) -> BadInput:
@@ -198,7 +241,7 @@ def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights, model_i
     if isinstance(w, UrlWeights):
         path = download(w.url, w.sha256, cache_dir, model_id)
     else:
-        path = resolve_path(w.path, model_id)
+        path = checkpoint_path(w, model_id)
         verify_sha256(path, w.sha256, model_id)
     state = adapt_state_dict(read_state_dict(path), model.state_dict(), w, model_id)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -30,7 +30,7 @@ from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
 from prh_bench.samples import Sample
 from prh_bench.store import TEMP_PREFIX, entry_lock, sync_tree
-from prh_bench.weights import refused_pickle, resolve_path, sha256_of, verify_sha256
+from prh_bench.weights import checkpoint_path, refused_pickle, sha256_of, verify_sha256
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
@@ -111,7 +111,7 @@ def dequantised_gguf(m: ModelManifest) -> str:
     use: an edited, truncated or incomplete folder is rebuilt, never loaded. Needs the `gguf` package (in
     prh-bench[offline])."""
     assert isinstance(m.weights, PathWeights)
-    gguf = resolve_path(m.weights.path, m.id)
+    gguf = checkpoint_path(m.weights, m.id)
     digest = m.weights.sha256 or sha256_of(gguf)
     verify_sha256(gguf, m.weights.sha256, m.id)
     folder = cache_root() / "dequantised" / digest

@@ -11,14 +11,15 @@ from typing import Any
 
 from prh_bench.backend import FeatureExtractor, ModelBackend, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
+from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
 from prh_bench.samples import Sample
-from prh_bench.weights import refused_pickle, resolve_path, verify_sha256
+from prh_bench.weights import checkpoint_path, checkpoint_status, refused_pickle, verify_sha256
 
 from .hooks import LayerHooks, image_batch
-from .hub_status import checkpoint_status, hub_file_status
+from .hub_status import hub_file_status
 
 EMBEDDING = "embedding"
 
@@ -37,7 +38,7 @@ def create_model(m: ModelManifest) -> tuple[torch.nn.Module, Any, str]:
         torch.manual_seed(m.weights.random)
         pretrained = None
     elif isinstance(m.weights, PathWeights):
-        path = resolve_path(m.weights.path, m.id)
+        path = checkpoint_path(m.weights, m.id)
         verify_sha256(path, m.weights.sha256, m.id)
         pretrained = str(path)
     else:
@@ -96,7 +97,7 @@ class OpenClipBackend(ModelBackend):
     def weights_status(self, m: ModelManifest) -> str:
         import open_clip
 
-        if (status := checkpoint_status(m)) is not None:
+        if (status := checkpoint_status(m, cache_root())) is not None:
             return status
         arch, _, tag = m.source.partition("/")
         cfg = open_clip.get_pretrained_cfg(arch, tag) or {}

@@ -7,9 +7,10 @@ from typing import Any
 
 from prh_bench.backend import ModelBackend
 from prh_bench.errors import BadInput
+from prh_bench.features import cache_root
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, RandomWeights
-from prh_bench.weights import is_local, resolve_path
+from prh_bench.weights import checkpoint_status, is_local, resolve_path
 
 
 def model_location(m: ModelManifest) -> str:
@@ -41,9 +42,9 @@ def hub_kwargs(m: ModelManifest) -> dict[str, str]:
 
 
 def hub_weights_status(m: ModelManifest) -> str:
-    from .hub_status import checkpoint_status, hub_file_status
+    from .hub_status import hub_file_status
 
-    if (status := checkpoint_status(m)) is not None and not isinstance(m.weights, RandomWeights):
+    if (status := checkpoint_status(m, cache_root())) is not None and not isinstance(m.weights, RandomWeights):
         return status
     where = model_location(m)
     if Path(where).exists():

@@ -14,10 +14,10 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest
 from prh_bench.samples import Sample
-from prh_bench.weights import build_with_weights
+from prh_bench.weights import build_with_weights, checkpoint_status
 
 from .hooks import LayerHooks, image_batch
-from .hub_status import checkpoint_status, hub_file_status
+from .hub_status import hub_file_status
 
 PRE_LOGITS = "pre_logits"
 
@@ -65,7 +65,7 @@ class TimmBackend(ModelBackend):
     def weights_status(self, m: ModelManifest) -> str:
         import timm
 
-        if (status := checkpoint_status(m)) is not None:
+        if (status := checkpoint_status(m, cache_root())) is not None:
             return status
         cfg = timm.models.get_pretrained_cfg(m.source)
         if cfg is None or not cfg.hf_hub_id:

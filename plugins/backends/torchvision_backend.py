@@ -6,6 +6,7 @@ stages plus the global pool; preprocessing is the ImageNet one (resize 256, cent
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prh_bench.backend import FeatureExtractor, ModelBackend, preprocess_options, torch_dtype
@@ -15,10 +16,9 @@ from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest
 from prh_bench.samples import Sample
-from prh_bench.weights import build_with_weights
+from prh_bench.weights import build_with_weights, checkpoint_status, offline
 
 from .hooks import LayerHooks, image_batch
-from .hub_status import checkpoint_status, offline
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -66,10 +66,18 @@ class TorchvisionBackend(ModelBackend):
         return TorchvisionExtractor(manifest, create_model(manifest), device)
 
     def weights_status(self, m: ModelManifest) -> str:
-        status = checkpoint_status(m)
+        import torchvision
+
+        status = checkpoint_status(m, cache_root())
         if status is not None:
             return status
-        return "unavailable: torchvision downloads need network" if offline() else "download"
+        try:
+            url = torchvision.models.get_model_weights(m.source).DEFAULT.url
+        except (ValueError, AttributeError):
+            return f"unavailable: torchvision has no pretrained weights for '{m.source}'"
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file():  # where get_model caches them
+            return "local"
+        return f"unavailable: {url} is not in TORCH_HOME and the network is off" if offline() else "download"
 
     def feature_widths(self, m: ModelManifest) -> list[int]:
         import torchvision
