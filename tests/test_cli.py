@@ -109,3 +109,15 @@ def test_light_commands_import_no_torch(tmp_path: Path, args: list[str]) -> None
                           capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert "HEAVY []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given: str | None, expected: str) -> None:
+    """Spinning OpenMP threads made pocket's scoring 3x slower beside busy processes (benchmarks/bench_threads.py):
+    the command sets OMP_WAIT_POLICY=PASSIVE before torch is imported, and keeps a value the user set."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = ("import os, sys; from prh_bench.cli import main\n"
+            "try: main(['ls', 'suites'])\nexcept SystemExit: pass\n"
+            "import torch; print('POLICY', os.environ['OMP_WAIT_POLICY'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert f"POLICY {expected}" in done.stdout, done.stderr[-2000:]

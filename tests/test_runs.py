@@ -194,6 +194,19 @@ def test_a_log_gets_one_line_per_finished_model_and_stage(tmp_path: Path) -> Non
     assert all(line[:2].isdigit() and line[2] == ":" for line in lines if "on pocket-photos" in line)  # timed
 
 
+def test_threads_option_sets_and_records_torch_threads(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = cli("run", "--suite", "pocket", "--max-samples", "12", "--threads", "1", "--out", tmp_path / "r")
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "r" / "run.json").read_text())["harness"]["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert cli("run", "--suite", "pocket", "--threads", "0").exit_code == 2
+
+
 def test_ls_and_show_json() -> None:
     suites = {r["id"] for r in cli_json("ls", "suites")}
     assert {"pocket", "pocket-text"} <= suites

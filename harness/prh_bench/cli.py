@@ -118,6 +118,9 @@ class GlobalOptionsAnywhere(click.Group):
 @click.pass_context
 def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offline: bool) -> None:
     """prh-bench: representational alignment across model zoos."""
+    # Idle OpenMP threads sleep instead of spinning on CPUs other processes need (a shared node: pocket's scoring
+    # took 89 s beside two busy processes with torch's default, 30 s so; 19 s and 22 s alone; bench_threads.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported, which reads it once
     if offline:  # before any hub library is imported: they read these at import time
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -147,17 +150,24 @@ def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offli
 @click.option("--address", help="Ray cluster address (with --executor ray; default: start a local Ray instance).")
 @click.option("--memory-budget", "budget_gib", type=click.FloatRange(min=0, min_open=True),
               help="GiB of per-layer summaries that scoring may hold; models are scored in groups that fit [4].")
+@click.option("--threads", type=click.IntRange(1, 4096),
+              help="torch threads of extraction and scoring (and of each Ray task); default: one per CPU this "
+                   "process may use. Scores may differ in the last bits between thread counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths and the scores as JSON.")
 @click.pass_obj
 @handle_errors
 def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None, out: Path | None, executor: str,
-        address: str | None, budget_gib: float | None, as_json: bool) -> None:
+        address: str | None, budget_gib: float | None, threads: int | None, as_json: bool) -> None:
     """Extract features (or reuse the cache) and score every model pair of a suite."""
     if address and executor != "ray":
         raise BadInput("--address needs --executor ray")
     if out is not None and out.exists() and any(out.iterdir()):
         raise BadInput(f"--out {out}: the folder is not empty (a previous run's files would mix with this run's); "
                        "give a new folder or remove it")
+    if threads is not None:
+        from .lazy import torch
+
+        torch.set_num_threads(threads)  # before a Ray executor takes its tasks' thread count from it
     result, run_dir, written = _run_suite(obj, suite, progress=obj.progress and not as_json, out=out, device=device,
                                           force=force, max_samples=max_samples, executor=executor, address=address,
                                           budget_gib=budget_gib)

@@ -150,7 +150,7 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith(("PRH_BENCH_", "HF_", "TRANSFORMERS_"))}
+            env = {k: v for k, v in os.environ.items() if k.startswith(("PRH_BENCH_", "HF_", "TRANSFORMERS_", "OMP_"))}
             ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         self.ray = ray
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]

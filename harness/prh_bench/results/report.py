@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import __version__
 from ..features import library_versions
+from ..lazy import torch
 from ..manifest import ModelManifest
 from ..runner import SuiteRun
 from .merge import write_records
@@ -252,7 +253,8 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
                 stem = metric + (f"_{slug(cond.label)}" if several else "")
                 write_matrix(run, best, metric, cond.label, stem, run_dir, files)
     record = RunRecord(
-        harness={"prh_bench": __version__, "python": sys.version.split()[0], "platform": platform.platform()},
+        harness={"prh_bench": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+                 "torch_threads": torch.get_num_threads()},  # CPU scores depend on it in the last bits
         libraries=library_versions(LIBRARIES),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         suite=run.suite.model_dump(mode="json"),
