@@ -57,7 +57,8 @@ max_samples: 12
 """)
     result = cli("--offline", "--registry", tmp_path / "reg", "run", "--suite", "with-hub-model", "--out", tmp_path / "run")
     assert result.exit_code == 1
-    assert "model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k' are not available here" in result.output
+    assert ("model 'resnet18.a1_in1k': timm/resnet18.a1_in1k is not in the Hugging Face cache (HF_HOME) and the hub is "
+            "off; run once with the network" in result.output)
     assert "1 failed: resnet18.a1_in1k" in result.stderr
     mat = pd.read_csv(tmp_path / "run" / "alignment_mutual_knn.csv", index_col=0)
     assert list(mat.index) == ["efficientnet-lite0-random", "vit-tiny-random"]

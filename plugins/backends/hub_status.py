@@ -11,4 +11,7 @@ def hub_file_status(repo: str, filenames: tuple[str, ...], revision: str | None 
     for name in filenames:
         if isinstance(try_to_load_from_cache(repo, name, revision=revision), str):
             return "local"
-    return f"unavailable: {repo} is not in the Hugging Face cache and the hub is off" if offline() else "download"
+    if not offline():
+        return "download"
+    return (f"unavailable: {repo} is not in the Hugging Face cache (HF_HOME) and the hub is off; run once with the "
+            "network (the files are then cached), or point the manifest at local files")
