@@ -15,10 +15,13 @@ from prh_bench.task import Task
 
 class LinearProbe(Task):
     """Test accuracy of a multinomial logistic regression on standardised features of one layer (default:
-    the last), trained on a seeded stratified split of the labelled samples."""
+    the last), trained on a seeded stratified split of the labelled samples, or, with `fit_split` and
+    `score_split`, fitted on the data set's own split and scored on another (the PRH paper's VTAB probes: train
+    and val)."""
 
     name = "linear_probe"
-    defaults = {"layer": -1, "test_fraction": 0.5, "seed": 0, "C": 1.0, "max_iter": 2000}
+    defaults = {"layer": -1, "test_fraction": 0.5, "seed": 0, "C": 1.0, "max_iter": 2000, "fit_split": "",
+                "score_split": ""}
 
     def evaluate(self, feats: Features, samples: SampleSet, **params: Any) -> float:
         from sklearn.linear_model import LogisticRegression
@@ -31,8 +34,18 @@ class LinearProbe(Task):
             raise BadInput("linear_probe: the data set has samples without labels")
         x = feats.tensors[params["layer"]].numpy()
         y = np.asarray(labels)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=params["test_fraction"], random_state=params["seed"],
-                                              stratify=y)
+        if bool(params["fit_split"]) != bool(params["score_split"]):
+            raise BadInput("linear_probe: give both fit_split and score_split, or neither")
+        if params["fit_split"]:
+            split = np.asarray([s.split for s in samples.samples])
+            fit, score = split == params["fit_split"], split == params["score_split"]
+            if not fit.any() or not score.any():
+                raise BadInput(f"linear_probe: the data set has no samples of split '{params['fit_split']}' or "
+                               f"'{params['score_split']}' (its splits: {sorted(set(split.tolist()), key=str)})")
+            xtr, xte, ytr, yte = x[fit], x[score], y[fit], y[score]
+        else:
+            xtr, xte, ytr, yte = train_test_split(x, y, test_size=params["test_fraction"], random_state=params["seed"],
+                                                  stratify=y)
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=params["C"], max_iter=params["max_iter"]))
         return float(probe.fit(xtr, ytr).score(xte, yte))
 

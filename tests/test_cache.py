@@ -170,3 +170,17 @@ def test_a_local_source_folder_is_keyed_by_its_files(tmp_path: Path) -> None:
     changed = run_suite("r3")
     assert statuses(changed) == {"glove-local": "extracted", "glove-packaged": "cached"}
     assert changed["best"][0]["score"] < 0.9
+
+
+def test_tf32_precision_is_part_of_the_score_key(tmp_path: Path) -> None:
+    """The same features scored at precision float32 and tf32 are two entries of the pair store: a tf32 run never
+    reads float32 scores, and each reads its own back."""
+    reg = tiny_registry(tmp_path / "reg")
+
+    def pairs_computed(precision: str, out: str) -> int:
+        write_yaml(reg / "suite.yaml", SUITE + f"prepare: {{precision: {precision}}}\n")
+        cli_json("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / out)
+        return json.loads((tmp_path / out / "run.json").read_text())["pair_work"][0]["pairs_computed"]
+
+    assert pairs_computed("float32", "a") == 1 and pairs_computed("tf32", "b") == 1
+    assert pairs_computed("tf32", "c") == 0 and pairs_computed("float32", "d") == 0

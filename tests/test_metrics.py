@@ -745,3 +745,21 @@ def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
                                atol=1e-9, rtol=0)
     torch.testing.assert_close(yx[2, 1], torch.tensor(ref_cknna(y[2].numpy(), x[1].numpy(), 5), dtype=torch.float64),
                                atol=1e-9, rtol=0)
+
+
+def test_tf32_precision_rounds_the_prepared_features_as_a_tf32_matmul_reads_them() -> None:
+    """The PRH code's measuring step (without --precise) turns on TF32 matmuls on the GPU: each input keeps 10 of
+    float32's 23 mantissa bits, rounded to nearest, ties to even. `precision: tf32` rounds the prepared features
+    so, on any device; checked against a float64 reference and by hand."""
+    from prh_bench.align.prepare import to_tf32
+
+    one = torch.tensor([1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11 + 2**-20), 2**-10 * (1 + 2**-11)], dtype=torch.float32)
+    assert to_tf32(one).tolist() == [1.0, 1 + 2**-9, -(1 + 2**-10), 2**-10]
+    x = torch.randn(2000, dtype=torch.float32) * torch.logspace(-6, 6, 2000)
+    m, e = np.frexp(x.double().numpy())  # x = m * 2**e, 0.5 <= |m| < 1: TF32 keeps 11 significant bits
+    reference = np.ldexp(np.round(m * 2**11) / 2**11, e)  # numpy rounds halves to even
+    assert np.array_equal(to_tf32(x).double().numpy(), reference)
+    feats = [torch.randn(40, 16), torch.randn(40, 8)]
+    plain, tf32 = prepare(feats), prepare(feats, precision="tf32")
+    assert all(torch.equal(to_tf32(a), b) for a, b in zip(plain, tf32)) and not torch.equal(plain[0], tf32[0])
+    assert (plain[0] - tf32[0]).abs().max() <= 2**-11

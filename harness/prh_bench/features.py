@@ -175,6 +175,7 @@ def extract(
     the batch size halves and the batch is retried (down to 1)."""
     names = list(extractor.layer_names) + list(extractor.sample_score_names)
     parts: list[list[torch.Tensor]] = [[] for _ in names]
+    extractor.prepare(samples)
     done, size = 0, batch_size
     with torch.inference_mode(), tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample", leave=False) as bar:
         while done < len(samples):

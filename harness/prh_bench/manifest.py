@@ -133,7 +133,9 @@ class ModelManifest(ManifestBase):
     layers: LayerSpec = LayerSpec()
     weights: Weights = "pretrained"
     preprocess: dict[str, Any] = Field(default={}, description="overrides of the backend's own preprocessing")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        default="float32", description="'auto': bfloat16 on a CUDA device of compute capability >= 7, else float32 "
+        "(the PRH code's rule)")
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     params: float | None = Field(default=None, gt=0, le=1e15, description="parameter count")
     license: str = ""
@@ -244,6 +246,9 @@ class Prepare(_Strict):
         "--precise order statistic of the whole stack")
     l2_normalize: bool = True
     concat_layers: bool = Field(default=False, description="append all layers concatenated as one more layer")
+    precision: Literal["float32", "tf32"] = Field(
+        default="float32", description="tf32: the prepared features rounded to TF32, as the PRH code's measuring "
+        "step (without --precise) reads them in TF32 matmuls on a GPU; on any device, part of the score key")
 
 
 class Calibration(_Strict):

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from .align import Metric, prepare, summarize_layers
-from .context import apply_transform, load_samples, suite_conditions
+from .backend import resolve_dtype
+from .context import apply_transform, load_samples, resolve_device, suite_conditions
 from .errors import BadInput, PrhBenchError
 from .features import EntryInfo, FeatureCache, model_feature_key
 from .lazy import torch
@@ -108,7 +109,8 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
                budget_gib: float = DEFAULT_BUDGET_GIB) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per condition and model: its extraction; one row per condition and metric: its pair work)."""
     suite = registry.get(suite_id, SuiteManifest)
-    models = registry.suite_models(suite)
+    device = resolve_device("auto")  # the keys of a run with the default device (`dtype: auto` depends on it)
+    models = [resolve_dtype(m, device) for m in registry.suite_models(suite)]
     weights = {m.id: weights_status(registry, m) for m in models}
     widths = {m.id: feature_widths(registry, m) for m in models}
     store = PairStore(cache.root)

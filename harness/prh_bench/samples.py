@@ -17,6 +17,7 @@ class Sample:
     image: Image.Image | None = None
     text: str | None = None
     label: int | None = None
+    split: str | None = None  # the data set's own split (VTAB's train and val), when it has them
 
 
 @dataclass(frozen=True)
@@ -58,4 +59,6 @@ class SampleSet:
             if s.text is not None:
                 field("text", s.text.encode())
             field("label", str(s.label).encode())
+            if s.split is not None:
+                field("split", s.split.encode())
         return h.hexdigest()

@@ -263,7 +263,7 @@ class Summaries:
             if m.id in models and m.id not in out:
                 if (found := self.store.load(self.job, m)) is None:
                     feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers,
-                                    prep.clamp)
+                                    prep.clamp, prep.precision)
                     found = summarize_layers(self.job.metric, feats, **self.job.params)
                     self.store.save(self.job, m, found)
                 out[m.id] = found

@@ -28,7 +28,7 @@ from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
-from prh_bench.samples import Sample
+from prh_bench.samples import Sample, SampleSet
 from prh_bench.store import TEMP_PREFIX, entry_lock, sync_tree
 from prh_bench.weights import checkpoint_path, refused_pickle, sha256_of, verify_sha256
 
@@ -36,7 +36,9 @@ from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
 
 log = logging.getLogger(__name__)
-OPTIONS = {"template": "{text}", "templates": None, "max_length": 512, "device_map": None}
+#: padding 'batch': each batch padded on the right to its longest text, texts cut at max_length tokens;
+#: 'paper': the PRH code's, every text padded on the left to the longest of the whole set, nothing cut
+OPTIONS = {"template": "{text}", "templates": None, "max_length": 512, "device_map": None, "padding": "batch"}
 
 
 class CausalLMExtractor(FeatureExtractor):
@@ -46,6 +48,9 @@ class CausalLMExtractor(FeatureExtractor):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         self.opts = preprocess_options(m, OPTIONS)
+        if self.opts["padding"] not in ("batch", "paper"):
+            raise BadInput(f"model '{m.id}': field 'preprocess.padding': expected 'batch' or 'paper', got "
+                           f"{self.opts['padding']!r}")
         if m.layers.pool not in ("mean", "avg", "last"):
             raise BadInput(f"model '{m.id}': field 'layers.pool': causal LMs pool by 'mean' or 'last', got '{m.layers.pool}'")
         if m.layers.nodes is not None:
@@ -76,27 +81,47 @@ class CausalLMExtractor(FeatureExtractor):
             ) from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"
+        self.paper = self.opts["padding"] == "paper"
+        self.tokenizer.padding_side = "left" if self.paper else "right"
+        self.pad_to: int | None = None  # the paper's padding: the longest text of the sample set, in tokens
         self.sharded = bool(self.opts["device_map"]) and m.weights == "pretrained"
         self.device = next(model.parameters()).device if self.sharded else device
         self.model = model.eval() if self.sharded else model.eval().to(device)
         self.pool_mode, self.where = "last" if m.layers.pool == "last" else "mean", f"model '{m.id}'"
         self.layer_names = [f"hidden_states.{i}" for i in range(model.config.num_hidden_layers + 1)]
 
+    def prepare(self, samples: SampleSet) -> None:
+        if not self.paper:
+            return
+        texts = [t.format(text=s.text) for t in self.templates for s in samples.samples]
+        self.pad_to = max(len(ids) for ids in self.tokenizer(texts)["input_ids"])
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is not None and self.pad_to > context:
+            raise BadInput(f"{self.where}: the longest text is {self.pad_to} tokens, beyond the model's context of "
+                           f"{context}; the paper's padding cuts nothing: shorten the texts, or use `padding: batch` "
+                           "(which cuts at preprocess.max_length)")
+
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
         return mean_over_templates([self.embed([t.format(text=s.text) for s in batch]) for t in self.templates])
 
     def embed(self, texts: list[str]) -> list[torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts["max_length"],
-                             return_tensors="pt").to(self.device)
+        if self.paper:  # as if the whole set were tokenised at once with padding="longest", then sliced
+            if self.pad_to is None:
+                raise BadInput(f"{self.where}: the paper's padding needs every text first (extract() calls prepare)")
+            enc = self.tokenizer(texts, padding="max_length", max_length=self.pad_to, truncation=False,
+                                 return_tensors="pt")
+        else:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts["max_length"],
+                                 return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         out = self.model(**enc, output_hidden_states=True)
         mask = enc["attention_mask"].bool()
         feats = [pool(h, self.pool_mode, self.where, mask).float().cpu() for h in out.hidden_states]
-        # Cross-entropy of each next token, over valid positions only, in bits.
+        # Cross-entropy of each next token whose context and target are both text (not padding), in bits.
         logits = out.logits[:, :-1].float()
         target = enc["input_ids"][:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        bits = (nll * mask[:, 1:]).sum(1) / math.log(2)
+        bits = (nll * (mask[:, 1:] & mask[:, :-1])).sum(1) / math.log(2)
         nbytes = torch.tensor([len(t.encode("utf-8")) for t in texts], dtype=torch.float32)
         return feats + [(bits.float().cpu() / nbytes)]
 

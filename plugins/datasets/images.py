@@ -33,25 +33,40 @@ def subset(n: int, opts: dict[str, Any]) -> list[int]:
 def image_folder(m: DatasetManifest) -> SampleSet:
     """Images under `options.path` ($VARS expand), recursively, sorted by relative path (the sample id). With
     `labels: folder`, each image's label is its first-level subfolder (the ImageFolder layout), numbered in
-    sorted order."""
+    sorted order. With `splits: [train, val]`, each split is a subfolder of its own (as VTAB's are exported),
+    `limit` applies to each, and every sample carries its split (ids 'train/CLASS/FILE')."""
     raw = str(m.options.get("path", ""))
     root = Path(os.path.expandvars(raw)).expanduser()
     if not raw or not root.is_dir():
         hint = m.options.get("how_to_get", "")
         raise BadInput(f"dataset '{m.id}': field 'options.path': no folder at '{raw}' (expanded: '{root}'). {hint}".strip())
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise BadInput(f"dataset '{m.id}': no images under {root}")
-    labels = m.options.get("labels")
+    labels, splits = m.options.get("labels"), m.options.get("splits")
     if labels not in (None, "folder"):
         raise BadInput(f"dataset '{m.id}': field 'options.labels': expected 'folder' or nothing, got {labels!r}")
-    rel = [f.relative_to(root) for f in files]
-    if labels == "folder" and any(len(r.parts) < 2 for r in rel):
+    if splits is not None and not (isinstance(splits, list) and splits and len(set(splits)) == len(splits)
+                                   and all(isinstance(s, str) and s and "/" not in s and s not in (".", "..")
+                                           for s in splits)):
+        raise BadInput(f"dataset '{m.id}': field 'options.splits': expected a list of distinct subfolder names, "
+                       f"got {splits!r}")
+    parts = {split: _images(m, root / split) for split in splits} if splits else {None: _images(m, root)}
+    if labels == "folder" and any(len(r.parts) < 2 for files in parts.values() for _, r in files):
         raise BadInput(f"dataset '{m.id}': with labels: folder, every image must sit in a class subfolder of {root}")
-    classes = {c: n for n, c in enumerate(sorted({r.parts[0] for r in rel}))} if labels == "folder" else {}
+    classes = ({c: n for n, c in enumerate(sorted({r.parts[0] for files in parts.values() for _, r in files}))}
+               if labels == "folder" else {})
     return SampleSet(tuple(
-        Sample(id=rel[i].as_posix(), image=open_image(files[i], m.id), label=classes.get(rel[i].parts[0]))
-        for i in subset(len(files), m.options)))
+        Sample(id=(f"{split}/" if split else "") + rel.as_posix(), image=open_image(path, m.id),
+               label=classes.get(rel.parts[0]), split=split)
+        for split, files in parts.items() for path, rel in (files[i] for i in subset(len(files), m.options))))
+
+
+def _images(m: DatasetManifest, folder: Path) -> list[tuple[Path, Path]]:
+    """(path, path relative to `folder`) of every image under it, sorted."""
+    if not folder.is_dir():
+        raise BadInput(f"dataset '{m.id}': no folder {folder}. {m.options.get('how_to_get', '')}".strip())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BadInput(f"dataset '{m.id}': no images under {folder}")
+    return [(f, f.relative_to(folder)) for f in files]
 
 
 def open_image(path: Path, dataset: str) -> Image.Image:

@@ -12,6 +12,10 @@ Three clamp modes, all reading |x| of float32 (float64 stays float64) features:
   int(q * numel) of the sorted |x| of the whole stack (of each layer when widths differ).
 
 Selections (`torch.kthvalue`) stand in for sorts: the same order statistics at linear cost.
+
+Precision `tf32` rounds the prepared features to TF32 (10 of float32's 23 mantissa bits, to nearest, ties to
+even): what the PRH code's measuring step (without --precise, TF32 matmuls on) feeds its Gram matrices on a GPU,
+here on any device.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..lazy import torch
 
 CONCAT = "all_layers"
 Clamp = Literal["per_layer", "paper", "paper_exact"]
+Precision = Literal["float32", "tf32"]
 CLAMPS: tuple[str, ...] = ("per_layer", "paper", "paper_exact")
 
 
@@ -67,21 +72,36 @@ def clamp_thresholds(layers: Sequence[torch.Tensor], q: float, clamp: Clamp = "p
     return ts * len(layers) if stacked else ts
 
 
+def to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 values rounded to TF32's 10-bit mantissa (to nearest, ties to even), still as float32."""
+    bits = x.float().contiguous().view(torch.int32)
+    # Add just under half of the 13 dropped bits' range, plus the kept last bit (ties to even), then drop them;
+    # a carry into the exponent is the right rounding, and the sign bit is never touched.
+    rounded = (bits + 0x0FFF + ((bits >> 13) & 1)) & -0x2000
+    return rounded.view(torch.float32)
+
+
 def prepare(
     feats: Sequence[torch.Tensor] | torch.Tensor,
     clamp_quantile: float | None = 0.95,
     l2_normalize: bool = True,
     concat_layers: bool = False,
     clamp: Clamp = "per_layer",
+    precision: Precision = "float32",
 ) -> list[torch.Tensor]:
     """Clamp every layer to [-t, t] (thresholds by `clamp` mode at `clamp_quantile`; None or 1: no clamp), then
     L2-normalise each row. With concat_layers, one more layer follows: the clamped layers side by side,
-    L2-normalised as a whole. Returns float32 tensors (float64 stays float64); the input is left untouched."""
+    L2-normalised as a whole. Returns float32 tensors (float64 stays float64), rounded to TF32 with `precision:
+    tf32`; the input is left untouched."""
     layers = [x if x.dtype == torch.float64 else x.float() for x in feats]
     if clamp_quantile is not None and clamp_quantile < 1:
         layers = [x.clamp(-t, t) for x, t in zip(layers, clamp_thresholds(layers, clamp_quantile, clamp))]
     if concat_layers:
         layers.append(torch.cat(layers, dim=1))
     if l2_normalize:
-        return [torch.nn.functional.normalize(x, p=2, dim=-1) for x in layers]
+        layers = [torch.nn.functional.normalize(x, p=2, dim=-1) for x in layers]
+    if precision == "tf32":
+        return [to_tf32(x) for x in layers]
+    if precision != "float32":
+        raise ValueError(f"precision must be 'float32' or 'tf32', got {precision!r}")
     return layers

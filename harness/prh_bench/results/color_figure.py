@@ -60,7 +60,7 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
         if feats is None:
             raise BadInput(f"the features of '{model}' are no longer in the cache {cache.root}; run the suite again")
         i = feats.layer_names.index(layer) if layer is not None else 0
-        layers = prepare(feats.tensors, prep.clamp_quantile, prep.l2_normalize, False, prep.clamp)
+        layers = prepare(feats.tensors, prep.clamp_quantile, prep.l2_normalize, False, prep.clamp, prep.precision)
         return layers[i].double().numpy()
 
     ref = features(lb.reference, None)
