@@ -184,3 +184,28 @@ def test_tf32_precision_is_part_of_the_score_key(tmp_path: Path) -> None:
 
     assert pairs_computed("float32", "a") == 1 and pairs_computed("tf32", "b") == 1
     assert pairs_computed("tf32", "c") == 0 and pairs_computed("float32", "d") == 0
+
+
+def test_large_local_files_are_hashed_once_per_version_across_processes(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local sources and unpinned checkpoints key features by content; a memo keyed by path, size, inode and
+    modification and change times keeps a later process from hashing a 130 GB folder again, and an edit (which
+    moves the change time) is hashed anew. A damaged memo entry is ignored."""
+    import hashlib
+
+    from prh_bench import weights
+
+    f, memo = tmp_path / "model.bin", tmp_path / "digests"
+    f.write_bytes(b"weights v1")
+    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v1").hexdigest()
+    assert len(list(memo.iterdir())) == 1
+    weights._memo_sha256.cache_clear()  # as a new process
+    monkeypatch.setattr(weights, "sha256_of", lambda p: pytest.fail("hashed again"))
+    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v1").hexdigest()
+    monkeypatch.undo()
+    f.write_bytes(b"weights v2, longer")
+    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v2, longer").hexdigest()
+    weights._memo_sha256.cache_clear()
+    for e in memo.iterdir():
+        e.write_text("not a digest")
+    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v2, longer").hexdigest()

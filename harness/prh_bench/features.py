@@ -83,8 +83,10 @@ def model_feature_key(backend: ModelBackend, model: ModelManifest, dataset: Data
     """`feature_key` of a model as its backend extracts it: with the digest of the extraction code (the
     backend's module and the pooling and hook helpers it uses, `extract`, and the checkpoint adaptation of
     weights.py), of an unpinned checkpoint file and of a local source."""
+    memo = cache_root() / "digests"  # file sha256s by path and stat, so large local files are hashed once
     return feature_key(model, backend.libraries, dataset, samples, code_digest(type(backend), extract, adapt_state_dict),
-                       unpinned_checkpoint_sha256(model.weights, model.id), local_source_sha256(model.source, model.id))
+                       unpinned_checkpoint_sha256(model.weights, model.id, memo),
+                       local_source_sha256(model.source, model.id, memo))
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import pickle  # only for its exception type: nothing is unpickled here
 import re
+import tempfile
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -69,9 +72,37 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path, memo: Path | None = None) -> str:
+    """The sha256 of a file, hashed once per version of it: per process, and across processes through `memo` (a
+    folder of the cache), keyed by the file's path, size, inode and modification and change times. The change
+    time moves on every write and cannot be set back, so an edited file is hashed anew (unless the edit keeps
+    the size and falls in the file system's clock tick of the last hash); a 130 GB model folder is not hashed
+    by every run."""
+    real = path.resolve()
+    st = real.stat()
+    return _memo_sha256(real, (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns), memo)
+
+
 @functools.cache
-def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    return sha256_of(path)
+def _memo_sha256(path: Path, stamp: tuple[int, ...], memo: Path | None) -> str:
+    entry = None
+    if memo is not None:
+        entry = memo / hashlib.sha256(json.dumps([str(path), *stamp]).encode()).hexdigest()
+        with contextlib.suppress(OSError):
+            if re.fullmatch(r"[0-9a-f]{64}", known := entry.read_text().strip()):
+                return known
+    digest = sha256_of(path)
+    if entry is not None:
+        with contextlib.suppress(OSError):  # a read-only cache hashes again next time
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(digest)
+                os.replace(tmp, entry)  # whole or absent: readers never see half a digest
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    return digest
 
 
 def is_local(source: str) -> bool:
@@ -79,10 +110,10 @@ def is_local(source: str) -> bool:
     return source.startswith(PKG_SCHEME) or Path(os.path.expanduser(os.path.expandvars(source))).exists()
 
 
-def local_source_sha256(source: str, model_id: str) -> str | None:
+def local_source_sha256(source: str, model_id: str, memo: Path | None = None) -> str | None:
     """A digest of a local `source` (a file, or a folder's files: relative path and sha256 of each, hidden ones
     such as a download tool's .cache left out), so that changed files make new feature keys; None for a hub id.
-    Each file is hashed once per version and process."""
+    Each file is hashed once per version (see `file_sha256`)."""
     if not is_local(source):
         return None
     try:
@@ -92,14 +123,12 @@ def local_source_sha256(source: str, model_id: str) -> str | None:
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
     h = hashlib.sha256()
-    for f in files:
-        real = f.resolve()  # a hub snapshot's files are links to its blobs
-        st = real.stat()
-        h.update(f"{f.relative_to(root).as_posix()}\0{_cached_sha256(real, st.st_size, st.st_mtime_ns)}\n".encode())
+    for f in files:  # a hub snapshot's files are links to its blobs: file_sha256 hashes what they point to
+        h.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f, memo)}\n".encode())
     return h.hexdigest()
 
 
-def unpinned_checkpoint_sha256(w: object, model_id: str) -> str | None:
+def unpinned_checkpoint_sha256(w: object, model_id: str, memo: Path | None = None) -> str | None:
     """The sha256 of a local checkpoint that the manifest names without a pinned sha256 (hashed once per file
     version and process), else None: pinned files are checked against their pin when loaded, and missing ones
     fail there with a message saying how to provide them."""
@@ -109,8 +138,7 @@ def unpinned_checkpoint_sha256(w: object, model_id: str) -> str | None:
         path = resolve_path(w.path, model_id).resolve()
     except (WeightsUnavailable, BadInput):
         return None
-    st = path.stat()
-    return _cached_sha256(path, st.st_size, st.st_mtime_ns)
+    return file_sha256(path, memo)
 
 
 def verify_sha256(path: Path, expected: str | None, model_id: str) -> None:
