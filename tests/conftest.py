@@ -11,9 +11,11 @@ from prh_bench.cli import main
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets an empty feature cache and never reaches a hub."""
+    """Every test gets an empty feature cache, never reaches a hub, and loads no third-party plugin installed
+    on the machine (a contributor's package named like a test's would change what the tests see)."""
     root = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("PRH_BENCH_CACHE", str(root))
+    monkeypatch.setenv("PRH_BENCH_PLUGINS", "")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     return root

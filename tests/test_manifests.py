@@ -161,3 +161,35 @@ def test_manifests_include_a_shared_fragment_and_cannot_escape_their_folder(tmp_
     for path, message in ((outside, "expected a file name inside this manifest's folder"), (loop, "includes itself")):
         with pytest.raises(ManifestError, match=message):
             load_manifest(path)
+
+
+def test_the_contributor_docs_name_every_installed_backend() -> None:
+    """The template and CONTRIBUTING listed 3 of the 7 backends."""
+    from prh_bench.manager import load_plugins
+
+    root = Path(__file__).parents[1]
+    template = (root / "registry" / "templates" / "model.yaml").read_text()
+    guide = (root / "CONTRIBUTING.md").read_text()
+    backend_line = next(line for line in template.splitlines() if line.startswith("backend:"))
+    for name in load_plugins().backends:
+        assert name in backend_line and f"`{name}`" in guide, name
+
+
+def test_a_relative_checkpoint_path_is_relative_to_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It resolved against the working directory, so a contributor's manifest beside its checkpoint broke when
+    run from anywhere else."""
+    from prh_bench.weights import resolve_path
+
+    folder = tmp_path / "my-models"
+    (folder / "ckpt").mkdir(parents=True)
+    (folder / "ckpt" / "model.pth").write_bytes(b"x")
+    path = write_yaml(folder / "m.yaml", "kind: model\nid: mine\nversion: 1\nbackend: timm\nsource: resnet18\n"
+                      "modality: vision\nweights: {path: ckpt/model.pth}\n")
+    monkeypatch.chdir(tmp_path)
+    m = load_manifest(path)
+    assert m.weights.path == str((folder / "ckpt" / "model.pth").resolve())
+    assert resolve_path(m.weights.path, m.id).read_bytes() == b"x"
+    text = path.read_text()
+    for kept in ("pkg://pkg/file.pth", "${SOMEWHERE}/file.pth", "~/file.pth", "/abs/file.pth"):
+        path.write_text(text.replace("ckpt/model.pth", f"'{kept}'"))
+        assert load_manifest(path).weights.path == kept

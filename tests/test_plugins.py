@@ -81,6 +81,7 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_yaml(info / "METADATA", "Metadata-Version: 2.1\nName: prh-pixels\nVersion: 0.1\n")
     write_yaml(info / "entry_points.txt", "[prh_bench]\npixels = prh_pixels\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PRH_BENCH_PLUGINS", "pixels")  # the one third-party plugin these tests load
     return tmp_path
 
 

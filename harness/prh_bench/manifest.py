@@ -452,5 +452,13 @@ def resolve_includes(data: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
 
 
 def load_manifest(path: Path) -> Manifest:
-    """Read and validate one YAML manifest file, its includes applied."""
-    return parse_manifest(resolve_includes(read_yaml(path), path), path)
+    """Read and validate one YAML manifest file, its includes applied. A relative checkpoint path (`weights:
+    {path: ckpt.pth}`) is relative to the manifest's folder, where a contributor keeps it, not to wherever the
+    command runs."""
+    m = parse_manifest(resolve_includes(read_yaml(path), path), path)
+    if isinstance(m, ModelManifest) and isinstance(m.weights, PathWeights):
+        ref = m.weights.path
+        if not ref.startswith(("pkg://", "$", "~")) and not Path(ref).is_absolute():
+            weights = m.weights.model_copy(update={"path": str(path.parent.resolve() / ref)})
+            m = m.model_copy(update={"weights": weights})
+    return m
