@@ -337,3 +337,23 @@ def test_outputs_never_mix_with_an_earlier_runs(tmp_path: Path) -> None:
     (both / "scores.parquet").write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(BadInput, match=r"scores.parquet: not a readable scores table"):
         read_table(both, "scores")
+
+
+def test_a_url_checkpoint_is_local_exactly_where_download_keeps_it(tmp_path: Path) -> None:
+    """The weights status looked for any file of the same name anywhere under the cache's weights folder; it now
+    looks where `download` keeps (and reads) that URL's file, so an offline run never starts a model whose file
+    download would not find."""
+    from prh_bench.manifest import ModelManifest
+    from prh_bench.weights import checkpoint_status, download_path
+
+    url = "https://example.org/ckpt/model.pth"
+    m = ModelManifest.model_validate({"kind": "model", "id": "u", "version": 1, "backend": "timm", "source": "resnet18",
+                                      "modality": "vision", "weights": {"url": url}})
+    elsewhere = tmp_path / "weights" / ("0" * 64) / "model.pth"  # another URL's file of the same name
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(b"x")
+    assert checkpoint_status(m, tmp_path).startswith(f"unavailable: {url} is not in the cache")  # tests run offline
+    kept = download_path(url, None, tmp_path)
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"x")
+    assert checkpoint_status(m, tmp_path) == "local"

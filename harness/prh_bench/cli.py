@@ -602,8 +602,9 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     samples = load_samples(reg, ds, n)
     check_modalities([m], samples, ds)
     t0 = time.perf_counter()
-    m = resolve_dtype(m, resolve_device(device))
-    feats = extract(reg.plugins.backends[m.backend].load(m, resolve_device(device)), samples, m.batch_size,
+    on = resolve_device(device)
+    m = resolve_dtype(m, on)
+    feats = extract(reg.plugins.backends[m.backend].load(m, on), samples, m.batch_size,
                     desc=m.id, progress=obj.progress)
     took = time.perf_counter() - t0
     rows = [{"layer": name, "shape": tuple(t.shape), "std": float(t.std())} for name, t in zip(feats.layer_names, feats.tensors)]

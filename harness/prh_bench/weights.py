@@ -149,11 +149,15 @@ def verify_sha256(path: Path, expected: str | None, model_id: str) -> None:
         )
 
 
+def download_path(url: str, sha256: str | None, cache_dir: Path) -> Path:
+    """Where `download` keeps `url`: under its pinned sha256, else under the sha256 of the URL."""
+    return cache_dir / "weights" / (sha256 or hashlib.sha256(url.encode()).hexdigest()) / Path(url).name
+
+
 def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Path:
     """Download `url` once into `cache_dir`, checked against sha256 before use. Without a pinned sha256 the
     first download's hash is recorded and every later use is checked against it."""
-    folder = sha256 or hashlib.sha256(url.encode()).hexdigest()
-    dst = cache_dir / "weights" / folder / Path(url).name
+    dst = download_path(url, sha256, cache_dir)
     if not dst.exists() and offline():
         raise WeightsUnavailable(f"model '{model_id}': {url} is not in the cache ({dst}) and --offline forbids "
                                  "downloading it; run once with the network, or download it yourself and set "
@@ -192,8 +196,7 @@ def checkpoint_status(m: ModelManifest, cache_dir: Path) -> str | None:
         except (WeightsUnavailable, BadInput) as exc:
             return f"unavailable: {exc}"
     if isinstance(w, UrlWeights):
-        folder = cache_dir / "weights"
-        if folder.exists() and any(p.name == w.url.rsplit("/", 1)[-1] for p in folder.rglob("*")):
+        if download_path(w.url, w.sha256, cache_dir).is_file():
             return "local"
         return f"unavailable: {w.url} is not in the cache and --offline forbids downloading it" if offline() else "download"
     return None

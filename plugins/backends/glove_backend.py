@@ -33,7 +33,7 @@ def load_vectors(folder: Path) -> tuple[np.ndarray, dict[str, int]]:
     if emb is None or index is None:
         raise BadInput(f"{folder}: expected a *_emb.npy vector table and a *_index.parquet vocabulary")
     # Read once per version of the files: a table edited in place is read again (its features are new too).
-    return _load(emb, index, *((p.stat().st_size, p.stat().st_mtime_ns) for p in (emb, index)))
+    return _load(emb, index, *((st.st_size, st.st_mtime_ns) for st in (emb.stat(), index.stat())))
 
 
 @lru_cache(maxsize=4)
