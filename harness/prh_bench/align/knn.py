@@ -3,7 +3,8 @@ lcs_knn and edit_distance_knn.
 
 N_A(i) is the ordered list of the k nearest neighbours of sample i in representation A, by inner product,
 i itself excluded. Ties are broken by a stable descending sort: among equal similarities the lower sample
-index ranks first, so every score is deterministic.
+index ranks first, so every score is deterministic. Summaries are the N x k lists (`search.knn_search`); the
+pair stage reads only them, so memory grows as N (D + k), never N^2.
 """
 
 from __future__ import annotations
@@ -17,71 +18,27 @@ from ..errors import BadInput
 from ..lazy import torch
 from ..params import int_in
 from .metric import Metric
+from .search import knn_search
 
 
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision features (bf16/fp16 from GPU extraction) upcast to float32; others as they are."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """N x k indices of each row's k nearest rows by inner product, nearest first, self excluded, ties to the
+    lower index (`search.knn_search`)."""
+    return knn_search(x, k)[1]
 
 
-def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """X X^T in float32, or float64 when the features are float64 (half precision is upcast).
-
-    Only the upper block triangle is multiplied (one product per block row, from its diagonal block on) and
-    mirrored: about a third less work than x @ x.T, and exactly symmetric."""
-    x = at_least_float32(x)
-    n = x.shape[0]
-    if n < 256:
-        return x @ x.T
-    e = [n * i // blocks for i in range(blocks + 1)]
-    g = torch.empty(n, n, dtype=x.dtype, device=x.device)
-    for i in range(blocks):
-        torch.mm(x[e[i] : e[i + 1]], x[e[i] :].T, out=g[e[i] : e[i + 1], e[i] :])
-        diag = g[e[i] : e[i + 1], e[i] : e[i + 1]]  # a BLAS product need not be symmetric within its block
-        diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
-        for j in range(i):
-            g[e[i] : e[i + 1], e[j] : e[j + 1]] = g[e[j] : e[j + 1], e[i] : e[i + 1]].T
-    return g
-
-
-def knn_from_gram(g: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
-    """N x k indices of each row's k largest similarities, self excluded, ties to the lower index; nearest
-    first when `ordered` (metrics that read only the sets skip that sort). Overwrites the diagonal of g with
-    -inf (callers never read it again). topk does the work; rows where ties straddle the k-th place (rare with
-    real features) fall back to a stable full sort, so the tie rule holds exactly."""
-    n = g.shape[0]
-    if not 1 <= k < n:
-        raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
-    sim = g.fill_diagonal_(-torch.inf)
-    vals, idx = sim.topk(min(k + 1, n), dim=1)
-    # A tie straddles the k-th place when the (k+1)-th similarity equals the k-th.
-    straddle = vals[:, k] == vals[:, k - 1] if k < n - 1 else torch.zeros(n, dtype=torch.bool)
-    vals, idx = vals[:, :k], idx[:, :k]
-    if ordered:
-        # Order the chosen k by (similarity desc, index asc): sort by index, then stable sort by value.
-        idx, order = idx.sort(dim=1)
-        vals = vals.gather(1, order)
-        idx = idx.gather(1, vals.sort(dim=1, descending=True, stable=True).indices)
-    if straddle.any():
-        rows = straddle.nonzero().flatten()
-        idx[rows] = torch.sort(sim[rows], dim=1, descending=True, stable=True).indices[:, :k]
-    return idx.contiguous()
-
-
-def knn_indices(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
-    """N x k indices of each row's k nearest rows by inner product, self excluded, ties to the lower index."""
-    return knn_from_gram(gram(x), k, ordered)
+#: bytes of the membership table block that `shared_counts` fills at a time
+TABLE_BYTES = 2**26
 
 
 @dataclass(frozen=True)
 class Neighbours:
-    idx: torch.Tensor  # N x k; nearest first for metrics that read the order (KNNMetric.ordered)
+    idx: torch.Tensor  # N x k, nearest first
 
     @cached_property
-    def member(self) -> torch.Tensor:
-        """N x N boolean: member[i, j] is j in N(i)."""
-        n = self.idx.shape[0]
-        return torch.zeros(n, n, dtype=torch.bool, device=self.idx.device).scatter_(1, self.idx, True)
+    def sorted(self) -> torch.Tensor:
+        """The lists in index order, for membership by binary search."""
+        return self.idx.sort(dim=1).values
 
     def permuted(self, perm: torch.Tensor) -> Neighbours:
         inv = torch.empty_like(perm)
@@ -93,30 +50,61 @@ def stack_idx(summaries: Sequence[Neighbours]) -> torch.Tensor:
     return torch.stack([s.idx for s in summaries])
 
 
-def shared_counts(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.Tensor:
-    """Lx x Ly: sum over samples of |N_x(i) ∩ N_y(i)| for every layer pair. x's neighbour sets are N x N
-    membership masks; y's neighbour positions (i, j) index into all of them in one index_select."""
+def _counts_by_table(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.Tensor:
+    """Membership of all x layers as a table of rows x N x Lx booleans, filled for a block of rows at a time
+    (at most TABLE_BYTES); each y position (i, j) reads all x layers in one lookup."""
     n, k = sy[0].idx.shape
-    rows = torch.arange(n, device=sy[0].idx.device)[:, None] * n
-    # Membership of all x layers interleaved (N*N x Lx): one memory read answers for every x layer.
-    member = torch.zeros(n * n, len(sx), dtype=torch.bool, device=rows.device)
+    lx = len(sx)
+    rows = max(1, min(n, TABLE_BYTES // (n * lx)))
+    counts = torch.zeros(len(sy), lx, dtype=torch.int64, device=sy[0].idx.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        at = torch.arange(r1 - r0, device=counts.device)[:, None] * n
+        member = torch.zeros((r1 - r0) * n, lx, dtype=torch.bool, device=counts.device)
+        for layer, s in enumerate(sx):
+            member[(at + s.idx[r0:r1]).view(-1), layer] = True
+        where = torch.stack([at + s.idx[r0:r1] for s in sy]).view(-1)  # Ly * rows * k flat positions
+        counts += member.index_select(0, where).view(len(sy), -1, lx).sum(1)
+    return counts.T
+
+
+def _counts_by_search(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.Tensor:
+    """Each y list's entries looked up in each x list of the same row by binary search: linear in N."""
+    n, k = sy[0].idx.shape
+    queries = stack_idx(sy).permute(1, 0, 2).reshape(n, -1)  # N x (Ly k): row i's y lists end to end
+    out = torch.empty(len(sx), len(sy), dtype=torch.int64, device=queries.device)
     for layer, s in enumerate(sx):
-        member[(rows + s.idx).view(-1), layer] = True
-    at = torch.stack([rows + s.idx for s in sy]).view(-1)  # Ly*N*k flat positions
-    hits = member.index_select(0, at).view(len(sy), n * k, len(sx))
-    return hits.sum(1, dtype=torch.int32).T
+        hit = s.sorted.gather(1, torch.searchsorted(s.sorted, queries).clamp_max_(k - 1)) == queries
+        out[layer] = hit.view(n, len(sy), k).sum((0, 2))
+    return out
+
+
+def shared_counts(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.Tensor:
+    """Lx x Ly: sum over samples of |N_x(i) ∩ N_y(i)| for every layer pair, exact. Two routes give the same
+    counts: a membership table (fastest when many y layers share it: a zoo's pair stage) costs N^2 Lx bits of
+    writing, binary search over the sorted lists costs about log2(k) lookups per y entry; the table is used
+    while its writing is below the lookups' cost (N < 32 k Ly), so a permutation null at large N stays linear."""
+    n, k = sy[0].idx.shape
+    return _counts_by_table(sx, sy) if n < 32 * k * len(sy) else _counts_by_search(sx, sy)
+
+
+def contains(summary: Neighbours, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Whether cols[...] is among the neighbours of rows[...] (tensors of one shape), by binary search in the
+    flat sorted keys row * N + neighbour: no N x N table."""
+    n, k = summary.idx.shape
+    keys = (summary.sorted + torch.arange(n, device=rows.device)[:, None] * n).view(-1)
+    want = rows * n + cols
+    return keys[torch.searchsorted(keys, want).clamp_max_(n * k - 1)] == want
 
 
 class KNNMetric(Metric):
     defaults = {"k": 10}
     rules = {"k": int_in(1)}
     min_samples = 2
-    #: the score reads the order of the neighbour lists, not only the sets
-    ordered = False
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Neighbours:
         self.check(feats)
-        return Neighbours(knn_indices(feats, params["k"], self.ordered))
+        return Neighbours(knn_indices(feats, params["k"]))
 
     def check_n(self, n: int, **params: Any) -> None:
         super().check_n(n, **params)
@@ -155,9 +143,9 @@ class CycleKNN(KNNMetric):
 
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
         iy = stack_idx(sy)
-        n = iy.shape[1]
-        member = torch.stack([s.member for s in sx])  # member[l, j, i]: i in N_A(j)
-        back = member[:, iy, torch.arange(n, device=iy.device)[:, None]]  # Lx x Ly x N x k
+        rows = torch.arange(iy.shape[1], device=iy.device)[:, None].expand_as(iy[0])
+        # back[l, m, i, s]: i is among x layer l's neighbours of j = N_y_m(i)[s]
+        back = torch.stack([torch.stack([contains(s, j, rows) for j in iy]) for s in sx])
         return back.any(dim=3).double().mean(dim=2)
 
 
@@ -167,13 +155,16 @@ def _sequence_dp(ix: torch.Tensor, iy: torch.Tensor, kind: str) -> torch.Tensor:
     lx, n, k = ix.shape
     ly = iy.shape[0]
     eq = ix[:, None, :, :, None] == iy[None, :, :, None, :]  # Lx x Ly x N x k x k
-    shape = (lx, ly, n)
-    if kind == "lcs":
-        prev = [torch.zeros(shape, dtype=torch.int32) for _ in range(k + 1)]
-    else:
-        prev = [torch.full(shape, b, dtype=torch.int32) for b in range(k + 1)]
+    shape, device = (lx, ly, n), ix.device
+
+    def row(a: int) -> list[torch.Tensor]:  # the programme's first column (or row) at list position a
+        if kind == "lcs":
+            return [torch.zeros(shape, dtype=torch.int32, device=device) for _ in range(k + 1)]
+        return [torch.full(shape, a + b, dtype=torch.int32, device=device) for b in range(k + 1)]
+
+    prev = row(0)
     for a in range(k):
-        cur = [torch.zeros(shape, dtype=torch.int32) if kind == "lcs" else torch.full(shape, a + 1, dtype=torch.int32)]
+        cur = row(a + 1)[:1]
         for b in range(k):
             match = eq[..., a, b]
             if kind == "lcs":
@@ -185,22 +176,32 @@ def _sequence_dp(ix: torch.Tensor, iy: torch.Tensor, kind: str) -> torch.Tensor:
     return prev[k]
 
 
+def sequence_sums(sx: Sequence[Neighbours], sy: Sequence[Neighbours], kind: str) -> torch.Tensor:
+    """Lx x Ly: the sum over samples of `_sequence_dp`, over blocks of samples whose k x k match tables take
+    at most TABLE_BYTES."""
+    ix, iy = stack_idx(sx), stack_idx(sy)
+    n, k = ix.shape[1:]
+    rows = max(1, TABLE_BYTES // (len(sx) * len(sy) * k * k))
+    return sum(_sequence_dp(ix[:, r : r + rows], iy[:, r : r + rows], kind).sum(2, dtype=torch.int64)
+               for r in range(0, n, rows))
+
+
 class LCSKNN(KNNMetric):
     """m(A, B) = mean_i LCS(N_A(i), N_B(i)) / k, the longest common subsequence of the two ordered neighbour
     lists (the public code reports the un-normalised mean length: multiply by k to compare)."""
 
     name = "lcs_knn"
-    ordered = True
 
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
-        return _sequence_dp(stack_idx(sx), stack_idx(sy), "lcs").double().mean(dim=2) / params["k"]
+        n = sx[0].idx.shape[0]
+        return sequence_sums(sx, sy, "lcs").double() / n / params["k"]  # as the mean over samples, then / k
 
 
 class EditDistanceKNN(KNNMetric):
     """m(A, B) = 1 - mean_i Levenshtein(N_A(i), N_B(i)) / k over the two ordered neighbour lists."""
 
     name = "edit_distance_knn"
-    ordered = True
 
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
-        return 1 - _sequence_dp(stack_idx(sx), stack_idx(sy), "edit").double().mean(dim=2) / params["k"]
+        n = sx[0].idx.shape[0]
+        return 1 - sequence_sums(sx, sy, "edit").double() / n / params["k"]

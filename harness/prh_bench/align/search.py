@@ -1,0 +1,139 @@
+"""Exact k-nearest-neighbour search by inner product at any N, in O(N (D + k)) memory.
+
+The search walks the upper block triangle of X X^T: each block B_I x B_J (J >= I) is one matrix product that
+serves the rows of block I and, transposed, the rows of block J, so the products cost about half the full
+Gram matrix (the similarity of i and j in different blocks is one number used both ways). Only one block of
+similarities exists at a time; each row keeps its k best (value, index) candidates, merged block by block.
+
+The order is (similarity descending, index ascending): among equal similarities the lower sample index ranks
+first, exactly. A block's k best come from topk, checked for a tie straddling the k-th place (then that row of
+the block is sorted stably: rare with real features); candidate lists are kept in index order and arrive in
+increasing index order (block J's columns after block I's when J > I), so a stable sort by value breaks ties
+to the lower index when two lists merge.
+"""
+
+from __future__ import annotations
+
+from ..errors import BadInput
+from ..lazy import torch
+
+#: bytes of the one block of similarities held at a time (float32: blocks of 4096 x 4096)
+BLOCK_BYTES = 2**26
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision features (bf16/fp16 from GPU extraction) upcast to float32; others as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def block_rows(n: int, itemsize: int = 4, block_bytes: int = BLOCK_BYTES) -> int:
+    """Rows per block so that one square block of similarities takes at most `block_bytes`."""
+    return max(1, min(n, int((block_bytes / itemsize) ** 0.5)))
+
+
+def _by_index(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    idx, at = idx.sort(dim=1)
+    return vals.gather(1, at), idx
+
+
+def _best_of_block(s: torch.Tensor, offset: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k best of a block (columns offset, offset+1, ...), exact under the tie rule, in index order."""
+    vals, at = s.topk(min(k + 1, s.shape[1]), dim=1)
+    if s.shape[1] > k:
+        straddle = (vals[:, k] == vals[:, k - 1]).nonzero().flatten()
+        if len(straddle):
+            exact = s[straddle].sort(dim=1, descending=True, stable=True)
+            vals[straddle], at[straddle] = exact.values[:, : k + 1], exact.indices[:, : k + 1]
+        vals, at = vals[:, :k], at[:, :k]
+    return _by_index(vals, at + offset)
+
+
+def _entries_above(s: torch.Tensor, floor: torch.Tensor, transposed: bool, group: int = 8) -> torch.Tensor:
+    """(row, column) of s's entries above their row's floor (their column's when `transposed`), in any order.
+    Maxima over groups of `group` entries along the other axis rule out most of the block first (a reduction
+    read at full memory speed); the survivors' groups are then checked entry by entry: three times faster
+    than a mask over the whole block."""
+    rows, cols = s.shape
+    if (rows if transposed else cols) % group:
+        return (s > (floor[None, :] if transposed else floor[:, None])).nonzero()
+    step = torch.arange(group, device=s.device)
+    if transposed:
+        g, c = (s.view(rows // group, group, cols).amax(1) > floor[None, :]).nonzero().unbind(1)
+        at = torch.stack([(g[:, None] * group + step).view(-1), c.repeat_interleave(group)], dim=1)
+        return at[s[at[:, 0], at[:, 1]] > floor[at[:, 1]]]
+    r, g = (s.view(rows, cols // group, group).amax(2) > floor[:, None]).nonzero().unbind(1)
+    at = torch.stack([r.repeat_interleave(group), (g[:, None] * group + step).view(-1)], dim=1)
+    return at[s[at[:, 0], at[:, 1]] > floor[at[:, 0]]]
+
+
+def _best_of_entries(view: torch.Tensor, r: torch.Tensor, c: torch.Tensor, offset: int,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of the entries (r, c) of `view` for each row, by (value desc, index asc), in k slots padded
+    with -inf (and an index past every sample)."""
+    order = c.sort().indices
+    order = order[view[r[order], c[order]].sort(descending=True, stable=True).indices]
+    order = order[r[order].sort(stable=True).indices]  # by row, then value desc, then index
+    r, c = r[order], c[order]
+    starts = torch.zeros(view.shape[0] + 1, dtype=torch.long, device=view.device)
+    starts[1:] = torch.bincount(r, minlength=view.shape[0]).cumsum(0)
+    rank = torch.arange(len(r), device=view.device) - starts[r]
+    r, c, rank = r[rank < k], c[rank < k], rank[rank < k]
+    vals = torch.full((view.shape[0], k), -torch.inf, dtype=view.dtype, device=view.device)
+    idx = torch.full((view.shape[0], k), torch.iinfo(torch.long).max, dtype=torch.long, device=view.device)
+    vals[r, rank] = view[r, c]
+    idx[r, rank] = c + offset
+    return _by_index(vals, idx)
+
+
+def _candidates(s: torch.Tensor, transposed: bool, offset: int, k: int,
+                best: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k best of block s (of s.T when `transposed`: s's columns are then the rows). Once a row's
+    list holds k candidates of lower index, only entries above its k-th best value can enter; after a few
+    blocks they are few, and are gathered sparsely instead of a topk over the block (a topk over the
+    transposed block reads memory across rows: three times slower than along them)."""
+    view = s.T if transposed else s
+    if best[0].shape[1] == k:
+        floor = best[0].min(dim=1).values
+        if bool((floor > -torch.inf).all()):
+            at = _entries_above(s, floor, transposed)
+            if len(at) < s.numel() // 64:
+                c, r = at.unbind(1) if transposed else at.unbind(1)[::-1]
+                return _best_of_entries(view, r, c, offset, k)
+    return _best_of_block(view, offset, k)
+
+
+def _merge(best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, torch.Tensor],
+           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of two candidate lists whose indices all lie below the other's (`best` first), in index order."""
+    vals, idx = torch.cat([best[0], new[0]], dim=1), torch.cat([best[1], new[1]], dim=1)
+    if vals.shape[1] > k:
+        at = vals.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        vals, idx = _by_index(vals.gather(1, at), idx.gather(1, at))
+    return vals, idx
+
+
+def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices), both N x k: each row's k largest inner products with the other rows, self
+    excluded, nearest first, ties to the lower index. Similarities are float32 (float64 for float64 features;
+    half precision is upcast). `block` rows per block (default: BLOCK_BYTES of similarities)."""
+    x = at_least_float32(x)
+    n = x.shape[0]
+    if not 1 <= k < n:
+        raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
+    b = block or block_rows(n, x.element_size())
+    edges = [*range(0, n, b), n]
+    spans = list(zip(edges[:-1], edges[1:], strict=True))
+    best = [(x.new_empty(r1 - r0, 0), x.new_empty(r1 - r0, 0, dtype=torch.long)) for r0, r1 in spans]
+    buffer = x.new_empty(b * b)  # written in place: a fresh block each time would fault in its pages again
+    for i, (r0, r1) in enumerate(spans):
+        for j in range(i, len(spans)):
+            c0, c1 = spans[j]
+            s = torch.mm(x[r0:r1], x[c0:c1].T, out=buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+            if i == j:
+                s.fill_diagonal_(-torch.inf)
+            best[i] = _merge(best[i], _candidates(s, False, c0, k, best[i]), k)
+            if j > i:
+                best[j] = _merge(best[j], _candidates(s, True, r0, k, best[j]), k)
+    vals, idx = torch.cat([v for v, _ in best]), torch.cat([i for _, i in best])
+    order = vals.sort(dim=1, descending=True, stable=True).indices  # index order within ties: stable keeps it
+    return vals.gather(1, order), idx.gather(1, order)

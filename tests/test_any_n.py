@@ -1,0 +1,116 @@
+"""Alignment at any N: the blocked exact kNN search and the kNN family's pair stage hold no N x N tensor, and
+give exactly the lists and counts of the definition (ties to the lower index)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prh_bench.align import score_layers
+from prh_bench.align.knn import Neighbours, _counts_by_search, _counts_by_table, contains
+from prh_bench.align.search import knn_search
+
+
+def reference_knn(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The definition, slowly: each row's full similarity row, self excluded, stably sorted."""
+    sims = x.double() @ x.double().T if x.dtype == torch.float64 else x @ x.T
+    sims.fill_diagonal_(-torch.inf)
+    top = sims.sort(dim=1, descending=True, stable=True)
+    return top.values[:, :k], top.indices[:, :k]
+
+
+def features(kind: str, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "ties":  # small integers: every product is exact and most similarities tie
+        return torch.randint(-1, 2, (n, 3), generator=g).float()
+    if kind == "float64":
+        return torch.randn(n, 12, generator=g, dtype=torch.float64)
+    return torch.randn(n, 16, generator=g)
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "float64"])
+@pytest.mark.parametrize(("n", "block"), [(37, 1), (37, 5), (300, 7), (300, 64), (300, 128), (300, None)])
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_blocked_search_equals_a_stable_sort_of_full_rows(kind: str, n: int, block: int | None, k: int) -> None:
+    # blocks of 64 and 128 (multiples of 8) take the grouped prefilter, 5 and 7 the plain mask, 300 one block
+    x = features(kind, n, seed=n + k)
+    vals, idx = knn_search(x, k, block=block)
+    ref_vals, ref_idx = reference_knn(x, k)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(vals, ref_vals.to(vals.dtype), rtol=0, atol=1e-5)
+
+
+def test_every_other_sample_when_k_is_n_minus_1() -> None:
+    x = features("ties", 23, seed=3)
+    assert torch.equal(knn_search(x, 22, block=4)[1], reference_knn(x, 22)[1])
+    with pytest.raises(Exception, match=r"k must be in \[1, N-1\] = \[1, 22\]"):
+        knn_search(x, 23)
+
+
+def reference_counts(sx: list[torch.Tensor], sy: list[torch.Tensor]) -> torch.Tensor:
+    return torch.tensor([[sum(len(set(a[i].tolist()) & set(b[i].tolist())) for i in range(a.shape[0]))
+                          for b in sy] for a in sx])
+
+
+def test_shared_counts_by_table_and_by_search_equal_set_intersections(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(4)
+    n, k = 200, 6
+    lists = [torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(n)]) for _ in range(5)]
+    sx, sy = [Neighbours(i) for i in lists[:2]], [Neighbours(i) for i in lists[2:]]
+    ref = reference_counts(lists[:2], lists[2:])
+    assert torch.equal(_counts_by_search(sx, sy), ref)
+    assert torch.equal(_counts_by_table(sx, sy), ref)
+    monkeypatch.setattr("prh_bench.align.knn.TABLE_BYTES", 3 * n * 2)  # the table three rows at a time
+    assert torch.equal(_counts_by_table(sx, sy), ref)
+    rows = torch.arange(n)[:, None].expand(n, k)
+    member = torch.tensor([[int(j) in set(lists[0][i].tolist()) for j in lists[1][i]] for i in range(n)])
+    assert torch.equal(contains(sx[0], rows, lists[1]), member)
+
+
+@pytest.mark.parametrize("name", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"])
+def test_scores_do_not_depend_on_the_blocking(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = [torch.randn(400, 8, generator=g) for _ in range(2)]
+    y = [torch.tanh(x[0] @ torch.randn(8, 8, generator=g)), torch.randn(400, 4, generator=g)]
+    whole = score_layers(name, x, y, k=7).matrix
+    monkeypatch.setattr("prh_bench.align.search.BLOCK_BYTES", 4 * 64 * 64)
+    monkeypatch.setattr("prh_bench.align.knn.TABLE_BYTES", 4096)
+    assert torch.equal(score_layers(name, x, y, k=7).matrix, whole)
+
+
+MEMORY_PROBE = """
+import json, resource, sys, time
+import torch
+from prh_bench.align import get_metric, summarize_layers
+n = int(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+x = torch.randn(n, 16, generator=g)
+y = x + 0.3 * torch.randn(n, 16, generator=g)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = {}
+for name in ("mutual_knn", "cycle_knn", "lcs_knn"):
+    m = get_metric(name)
+    p = m.params(k=10)
+    sx, sy = summarize_layers(m, [x], **p), summarize_layers(m, [y], **p)
+    out[name] = m.pair_scores(sx, sy, **p).item()
+    m.pair_scores(sx, [m.permute(s, torch.randperm(n, generator=g)) for s in sy], **p)  # a null draw
+out["grew"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(json.dumps(out))
+"""
+
+
+def test_the_knn_family_at_an_n_where_n_by_n_would_not_fit() -> None:
+    """N = 40,000: an N x N float32 matrix is 6.4 GB, a boolean one 1.6 GB; the whole kNN family (summaries,
+    pair stage, a null draw) must stay within 0.5 GiB above the features, in a process of its own."""
+    n = 40_000
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(n)], capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["grew"] < 2**29 < n * n, out
+    # y is x plus noise: far above chance (k / (N-1) = 0.00025), and an LCS never exceeds the shared count
+    assert 0.3 < out["mutual_knn"] < 1 and 0.1 < out["cycle_knn"] < 1 and 0.1 < out["lcs_knn"] <= out["mutual_knn"]
