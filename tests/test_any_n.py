@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from prh_bench.align import score_layers
+from prh_bench.align import get_metric, score_layers, summarize_layers
 from prh_bench.align.knn import Neighbours, _counts_by_search, _counts_by_table, contains
 from prh_bench.align.search import knn_search
 
@@ -114,3 +115,57 @@ def test_the_knn_family_at_an_n_where_n_by_n_would_not_fit() -> None:
     assert out["grew"] < 2**29 < n * n, out
     # y is x plus noise: far above chance (k / (N-1) = 0.00025), and an LCS never exceeds the shared count
     assert 0.3 < out["mutual_knn"] < 1 and 0.1 < out["cycle_knn"] < 1 and 0.1 < out["lcs_knn"] <= out["mutual_knn"]
+
+
+@pytest.mark.parametrize("name", ["cka", "unbiased_cka"])
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+def test_linear_cka_in_feature_space_equals_the_kernel_route(name: str, eps: float,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KERNEL_MAX_N linear CKA is scored from the features, in float64 from the start: the scores of the
+    kernel route on float64 copies of the features (its float32 kernels differ by ~1e-8), nulls included."""
+    from prh_bench.align.feature_cka import CentredFeatures
+
+    g = torch.Generator().manual_seed(6)
+    n = 300
+    x = [torch.randn(n, 5, generator=g) + 3, torch.randn(n, 40, generator=g, dtype=torch.float64)]
+    y = [torch.tanh(x[0] @ torch.randn(5, 7, generator=g)), torch.randn(n, 3, generator=g).half()]
+    m = get_metric(name)
+    p = m.params(eps=eps)
+    perm = torch.randperm(n, generator=g)
+    x64, y64 = [t.double() for t in x], [t.double() for t in y]
+    kernel = (score_layers(name, x64, y64, eps=eps).matrix,
+              m.pair_scores(summarize_layers(m, x64, **p), [m.permute(s, perm) for s in summarize_layers(m, y64, **p)],
+                            **p))
+    monkeypatch.setattr("prh_bench.align.kernels.KERNEL_MAX_N", 100)
+    monkeypatch.setattr("prh_bench.align.feature_cka.CROSS_BYTES", 8 * 5 * 8)  # y layers one or two at a time
+    sx, sy = summarize_layers(m, x, **p), summarize_layers(m, y, **p)
+    assert all(isinstance(s, CentredFeatures) for s in sx + sy)
+    assert m.summary_nbytes(n, 40, **p) == 8 * n * 41
+    features = (score_layers(name, x, y, eps=eps).matrix, m.pair_scores(sx, [m.permute(s, perm) for s in sy], **p))
+    for a, b in zip(kernel, features, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+    with pytest.raises(Exception, match="constant"):
+        summarize_layers(m, [torch.ones(n, 3)], **p)
+
+
+def test_a_metric_that_needs_n_by_n_is_refused_past_the_budget_naming_the_n_that_fits(tmp_path: Path) -> None:
+    from prh_bench.errors import BadInput
+    from prh_bench.manifest import Prepare
+    from prh_bench.scoring import ScoreJob
+
+    from .test_scale import synthetic_cache
+
+    _, members = synthetic_cache(tmp_path, [2, 3])  # N = 50, widths 16
+    rbf = get_metric("cka")
+    params = rbf.params(kernel="rbf")
+    need = (2 + 3) * rbf.summary_nbytes(50, 16, **params)  # both models' kernels, one per layer
+    job = ScoreJob(rbf, params, 1, Prepare(), None, tuple(members), budget=need)
+    job.check_fits()  # exactly fits
+    small = ScoreJob(rbf, params, 1, Prepare(), None, tuple(members), budget=need - 1)
+    with pytest.raises(BadInput, match=r"cka: the summaries of two models at N=50 take .* at most N=(\d+) samples") as e:
+        small.check_fits()
+    fits = int(e.value.args[0].split("at most N=")[1].split()[0])
+    assert small.least_nbytes(fits) <= need - 1 < small.least_nbytes(fits + 1)
+    knn = get_metric("mutual_knn")  # summaries of N x k: a tiny budget only splits the groups
+    ScoreJob(knn, knn.params(k=3), 1, Prepare(), None, tuple(members), budget=1).check_fits()
+

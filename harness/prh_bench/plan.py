@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +48,13 @@ class Rates:
     null: float
 
 
-@functools.cache
-def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers: int) -> Rates:
-    """Time the metric on random features of N = n samples, models of `layers` layers of the given width: four
-    models summarised, one scored against three in one call, 4 permutations of one pair's null. An estimate
-    for this machine, not a promise (the timing is as noisy as the machine)."""
+#: the largest N that `measured_rates` times directly; beyond it, times at N/2 and N extrapolate
+MEASURED_MAX_N = 2048
+
+
+def _timed_rates(metric: Metric, params: dict[str, Any], n: int, width: int, layers: int) -> Rates:
     from .align.calibrate import calibrate_summaries
 
-    params = json.loads(params_json)
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(n, width, generator=g) for _ in range(4 * layers)]
     t0 = time.perf_counter()
@@ -66,6 +66,30 @@ def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers:
     calibrate_summaries(metric, sx, sy[:layers], 0.0, params, n, 4)
     t3 = time.perf_counter()
     return Rates((t1 - t0) / (4 * layers), (t2 - t1) / 3, (t3 - t2) / 4)
+
+
+@functools.cache
+def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers: int) -> Rates:
+    """Time the metric on random features of N = n samples, models of `layers` layers of the given width: four
+    models summarised, one scored against three in one call, 4 permutations of one pair's null. An estimate
+    for this machine, not a promise (the timing is as noisy as the machine). Past MEASURED_MAX_N samples,
+    models of at most 4 layers are timed at MEASURED_MAX_N / 2 and MEASURED_MAX_N samples and each stage is
+    extrapolated along the power of N it showed (clamped to [1, 2]: linear to quadratic), pairs and nulls
+    scaled by the layer pairs."""
+    params = json.loads(params_json)
+    if n <= MEASURED_MAX_N:
+        return _timed_rates(metric, params, n, width, layers)
+    few = min(layers, 4)
+    small = _timed_rates(metric, params, MEASURED_MAX_N // 2, width, few)
+    large = _timed_rates(metric, params, MEASURED_MAX_N, width, few)
+
+    def grown(t1: float, t2: float) -> float:
+        power = min(2.0, max(1.0, math.log(max(t2, 1e-9) / max(t1, 1e-9), 2)))
+        return t2 * (n / MEASURED_MAX_N) ** power
+
+    pairs = (layers / few) ** 2
+    return Rates(grown(small.summary, large.summary), grown(small.pair, large.pair) * pairs,
+                 grown(small.null, large.null) * pairs)
 
 
 def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, label: str, n: int,
@@ -90,6 +114,14 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, lab
                "pairs_to_compute": len(todo), "nulls": len(nulls), "nulls_to_compute": len(nulls_todo),
                "est_seconds": None, "est_memory_MiB": None, "note": ""}
         if involved and not (unknown and set(unknown) & set(involved)):
+            held = sorted((sum(job.summary_nbytes(m) for m in g if m.id in involved) for g in job.groups), reverse=True)
+            row["est_memory_MiB"] = max(min(sum(held[:2]), budget), job.least_nbytes()) / 2**20
+            try:
+                job.check_fits()
+            except BadInput as e:  # no rate measured either: it would build the N x N summaries it warns of
+                row["note"] = str(e)
+                rows.append(row)
+                continue
             widths = sorted(d for m in involved.values() for d in m.info.widths)
             depth = sorted(job.layers(m) for m in involved.values())[len(involved) // 2]
             rates = measured_rates(metric, json.dumps(params, sort_keys=True), n, int(widths[len(widths) // 2]),
@@ -97,8 +129,6 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, lab
             perms = suite.calibrate.permutations if suite.calibrate else 0
             row["est_seconds"] = (rates.summary * sum(job.layers(m) for m in involved.values())
                                   + rates.pair * len(todo) * (2 - metric.symmetric) + rates.null * perms * len(nulls_todo))
-            held = sorted((sum(job.summary_nbytes(m) for m in g if m.id in involved) for g in job.groups), reverse=True)
-            row["est_memory_MiB"] = min(sum(held[:2]), budget) / 2**20
         elif involved:
             row["note"] = f"layer widths unknown for {', '.join(sorted(set(unknown) & set(involved)))}"
         rows.append(row)

@@ -127,6 +127,7 @@ def run_suite(
         for use, (metric, params) in zip(suite.metrics, metrics):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30), suite.reference)
+            job.check_fits()
             t1 = time.perf_counter()
             done = executor.score(ctx, job, progress)
             PROGRESS.info("%s: %s of %d pairs (%d computed) in %.1f s", cond.label, use.name, len(job.unordered_pairs()),

@@ -42,7 +42,7 @@ from .align.calibrate import calibrate_summaries
 from .align.matrix import score_pairs
 from .align.metric import Metric
 from .code_digest import files_digest
-from .errors import PrhBenchError
+from .errors import BadInput, PrhBenchError
 from .features import EntryInfo, Features
 from .manifest import Calibration, Prepare
 from .store import entry_lock, inside, read_valid, write_entry
@@ -92,11 +92,34 @@ class ScoreJob:
     def layers(self, m: Member) -> int:
         return len(m.info.widths) + self.prepare.concat_layers
 
-    def summary_nbytes(self, m: Member) -> int:
-        """A model's summaries and the pair stage's working memory for them, as the metric estimates."""
+    def summary_nbytes(self, m: Member, n: int | None = None) -> int:
+        """A model's summaries and the pair stage's working memory for them, as the metric estimates (at its
+        own N, or at `n` samples)."""
         widths = m.info.widths + ([sum(m.info.widths)] if self.prepare.concat_layers else [])
-        metric, n = self.metric, m.info.n
+        metric, n = self.metric, n or m.info.n
         return sum(metric.summary_nbytes(n, d, **self.params) + metric.work_nbytes(n, d, **self.params) for d in widths)
+
+    def least_nbytes(self, n: int | None = None) -> int:
+        """The memory no batching goes below: the summaries of the two largest models, which one tile holds."""
+        return sum(sorted((self.summary_nbytes(m, n) for m in self.members), reverse=True)[:2])
+
+    def check_fits(self) -> None:
+        """Refuse, before any work, a job of a metric that holds N x N values (RBF CKA, kernel CKA, CKNNA's
+        pair stage, RSA) whose two largest models' summaries exceed the budget, naming the N that would fit.
+        Other metrics' summaries grow as N: a small budget only makes their groups smaller."""
+        n = self.members[0].info.n if self.members else 0
+        if len(self.members) < 2 or not self.metric.n_by_n(n, **self.params):
+            return
+        if (need := self.least_nbytes()) <= self.budget:
+            return
+        lo, hi = 1, self.members[0].info.n  # the largest N that fits, by bisection (needs grow with N)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.least_nbytes(mid) <= self.budget else (lo, mid - 1)
+        raise BadInput(f"{self.metric.name}: the summaries of two models at N={n} take "
+                       f"{need / 2**30:.2f} GiB, over the memory budget of {self.budget / 2**30:g} GiB (--memory-budget); "
+                       f"at most N={lo} samples fit (--max-samples), or use a metric that needs no N x N matrix "
+                       "(the kNN family, linear CKA)")
 
     @cached_property
     def groups(self) -> list[list[Member]]:

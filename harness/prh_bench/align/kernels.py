@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import BadInput
 from ..lazy import torch
 from ..params import int_in, number_in, one_of
+from .feature_cka import CentredFeatures, centred_features, feature_cosines
 from .knn import Neighbours, contains
 from .metric import Metric
 from .search import at_least_float32, knn_search
@@ -59,6 +60,9 @@ def u_center(k: torch.Tensor) -> torch.Tensor:
     u = k - rows[:, None] / (n - 2) - rows[None, :] / (n - 2) + k.sum() / ((n - 1) * (n - 2))
     return u.fill_diagonal_(0)
 
+
+#: the largest N whose linear CKA kernels are built; beyond it they are scored from the features
+KERNEL_MAX_N = 8192
 
 Piece = tuple[int, int, int, int, int]  # offset in the flat vector; rows r0:r1, columns c0:c1 of the matrix
 
@@ -181,6 +185,14 @@ class CKA(Metric):
     #: bytes of a stack of kernels copied for the pair stage (two at a time) when they were not summarized
     #: together: bounds its working memory (about 200 kernels at N = 1024)
     stack_bytes = 2**30
+    #: HSIC from the U-centred kernel (UnbiasedCKA) rather than the centred one
+    unbiased = False
+
+    def in_feature_space(self, n: int, **params: Any) -> bool:
+        """Linear kernels past KERNEL_MAX_N samples are scored from the features (`feature_cka`): a kernel
+        would take 5 N^2 bytes per layer, and a pair costs N Dx Dy instead of N^2 / 2 (slower for wide layers,
+        hence not below)."""
+        return params.get("kernel", "linear") == "linear" and n > KERNEL_MAX_N
 
     def kernel(self, feats: torch.Tensor, **params: Any) -> torch.Tensor:
         """The centred kernel's pieces (`_layout`), in the features' precision."""
@@ -191,13 +203,17 @@ class CKA(Metric):
             return _blocks_of(centered_rbf(feats, params["sigma"]))
         raise BadInput(f"cka: kernel must be 'linear' or 'rbf', got {params['kernel']!r}")
 
-    def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel:
+    def summarize(self, feats: torch.Tensor, **params: Any) -> FlatKernel | CentredFeatures:
         self.check(feats)
+        if self.in_feature_space(feats.shape[0], **params):
+            return centred_features(feats, self.unbiased, self.name)
         return _flat_kernel(self.kernel(feats, **params), feats.shape[0], self.name)
 
-    def summarize_model(self, layers: Sequence[torch.Tensor], **params: Any) -> list[FlatKernel]:
+    def summarize_model(self, layers: Sequence[torch.Tensor], **params: Any) -> list[FlatKernel | CentredFeatures]:
         """The layers' kernels as rows of one float64 stack, which the pair stage multiplies without a copy."""
         n = layers[0].shape[0]
+        if self.in_feature_space(n, **params):
+            return [self.summarize(x, **params) for x in layers]
         stack = torch.empty(len(layers), _layout(n).size, dtype=torch.float64, device=layers[0].device)
         out = []
         for row, x in enumerate(layers):
@@ -206,14 +222,17 @@ class CKA(Metric):
         return out
 
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
-        return 8 * _layout(n).size
+        return 8 * n * (d + 1) if self.in_feature_space(n, **params) else 8 * _layout(n).size
+
+    def n_by_n(self, n: int, **params: Any) -> bool:
+        return not self.in_feature_space(n, **params)
 
     def hsic_scale(self, n: int) -> float:
         """HSIC = <centred K, centred L> / hsic_scale: where `eps` is added, in HSIC's units."""
         return 1.0
 
-    def _eps(self, sx: Sequence[FlatKernel], params: dict[str, Any]) -> float:
-        return params["eps"] * self.hsic_scale(sx[0].n) if sx else 0.0
+    def _eps(self, n: int, params: dict[str, Any]) -> float:
+        return params["eps"] * self.hsic_scale(n)
 
     def _rows(self, flat: Sequence[FlatKernel]) -> int:
         return max(1, self.stack_bytes // (8 * flat[0].flat.numel()))
@@ -221,16 +240,18 @@ class CKA(Metric):
     def pair_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
         return self.cross_scores(sx, sy, **params)
 
-    def cross_scores(self, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], **params: Any) -> torch.Tensor:
+    def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
+        if isinstance(sx[0], CentredFeatures):
+            return feature_cosines(sx, sy, self._eps(sx[0].x.shape[0], params))
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
         for x0, x in _stacks(sx, self._rows(sx)):
             x1 = x0 + len(x)
             for y0, y in _stacks(sy, self._rows(sy)):
                 y1 = y0 + len(y)
-                out[x0:x1, y0:y1] = _cosines(x, y, sx[x0:x1], sy[y0:y1], self._eps(sx, params))
+                out[x0:x1, y0:y1] = _cosines(x, y, sx[x0:x1], sy[y0:y1], self._eps(sx[0].n, params))
         return out
 
-    def permute(self, summary: FlatKernel, perm: torch.Tensor) -> FlatKernel:
+    def permute(self, summary: Any, perm: torch.Tensor) -> Any:
         return summary.permuted(perm)
 
 
@@ -242,6 +263,7 @@ class UnbiasedCKA(CKA):
     defaults = {"eps": 0.0}
     rules = {"eps": number_in(0)}
     min_samples = 4
+    unbiased = True
 
     def hsic_scale(self, n: int) -> float:
         return float(n * (n - 3))
@@ -373,6 +395,9 @@ class CKNNA(Metric):
 
     def work_nbytes(self, n: int, d: int, **params: Any) -> int:
         return n * n  # the layer's column of the slot table (uint8) in the pair stage
+
+    def n_by_n(self, n: int, **params: Any) -> bool:
+        return True
 
     def pair_scores(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any) -> torch.Tensor:
         return self.pair_scores_both(sx, sy, **params)[0]

@@ -51,6 +51,11 @@ class Metric(Parametrized, ABC):
         a run's memory. The default fits metrics that keep a (transformed) copy of the features."""
         return 8 * n * d
 
+    def n_by_n(self, n: int, **params: Any) -> bool:
+        """Whether a summary or the pair stage holds N x N values at N = n (kernels, distance matrices):
+        such a run is refused when two models' summaries exceed the memory budget."""
+        return False
+
     def work_nbytes(self, n: int, d: int, **params: Any) -> int:
         """Estimated extra bytes per layer that the pair stage needs while scoring a group (copies, stacks)."""
         return 0

@@ -87,6 +87,9 @@ class RSA(Metric):
         stack = torch.stack([r.unit for r in ranked])
         return [RankedRDM(r.ranks, stack[i], stack, i) for i, r in enumerate(ranked)]
 
+    def n_by_n(self, n: int, **params: Any) -> bool:
+        return True
+
     def summary_nbytes(self, n: int, d: int, **params: Any) -> int:
         return 8 * n * n + 4 * n * (n - 1)  # the ranks as a matrix and as its upper triangle, float64
 

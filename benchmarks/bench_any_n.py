@@ -1,0 +1,116 @@
+"""Alignment at any N: mutual k-NN through the engine against faiss's exact flat search, and its growth with N.
+
+    python benchmarks/bench_any_n.py                      # N = 100,000 against faiss, then N = 1k .. 64k
+    python benchmarks/bench_any_n.py --n 32000 --sizes 1000 4000 16000   # smaller
+
+Two models of 2 layers x 256 (latent-structured random features, prepared as a run prepares them: L2-normalised
+rows), mutual_knn with k = 10 through `score_layers` (the engine's API: summaries by blocked exact search, then
+the pair stage), against faiss.IndexFlatIP searching the k + 1 nearest of every row of the same 4 prepared
+layers (exact, what the engine's summaries compute). Each measurement runs in a fresh process (benchmarks/
+fresh_process.py) and reports its seconds and peak resident memory above the process before the work (the
+features are made before that point). Needs faiss-cpu (pip install faiss-cpu).
+
+The growth table and log-log plot (prh-runs/bench_any_n.png) time the engine alone at each N; the slope of
+log(memory) against log(N) is fitted over the sizes whose memory is above 64 MiB (below it, allocator noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+from fresh_process import in_fresh_process
+
+N_DEFAULT, WIDTH, LAYERS, K = 100_000, 256, 2, 10
+
+
+def layers(n: int) -> list[list[torch.Tensor]]:
+    """Two models' prepared layers: shared latent structure plus noise, so their neighbours partly agree."""
+    from prh_bench.align import prepare
+
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(n, 32, generator=g)
+    return [prepare([torch.relu(latent @ torch.randn(32, WIDTH, generator=g) + torch.randn(n, WIDTH, generator=g))
+                     for _ in range(LAYERS)]) for _ in range(2)]
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def engine(n: int) -> dict:
+    from prh_bench.align import score_layers
+
+    x, y = layers(n)
+    base = peak_mib()
+    t0 = time.perf_counter()
+    scores = score_layers("mutual_knn", x, y, k=K)
+    return {"seconds": time.perf_counter() - t0, "peak_MiB": peak_mib() - base, "best": scores.best}
+
+
+def faiss_flat(n: int) -> dict:
+    import faiss
+
+    x, y = layers(n)
+    base = peak_mib()
+    t0 = time.perf_counter()
+    for layer in x + y:
+        index = faiss.IndexFlatIP(layer.shape[1])
+        index.add(layer.numpy())
+        index.search(layer.numpy(), K + 1)
+    return {"seconds": time.perf_counter() - t0, "peak_MiB": peak_mib() - base}
+
+
+def growth_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ns = [r["n"] for r in rows]
+    ax.loglog(ns, [r["seconds"] for r in rows], "o-", label="seconds")
+    ax.loglog(ns, [max(r["peak_MiB"], 1e-3) for r in rows], "s-", label="peak MiB above the features")
+    ax.set_xlabel("N (samples)")
+    ax.set_title(f"mutual_knn k={K}, 2 models x {LAYERS} x {WIDTH}, exact")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=N_DEFAULT, help="N of the comparison with faiss (0: skip it)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000, 16000, 64000], help="N of the growth table")
+    args = ap.parse_args()
+    print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    if args.n:
+        ours, flat = in_fresh_process(engine, args.n), in_fresh_process(faiss_flat, args.n)
+        print(f"\nN = {args.n:,}: mutual_knn (k = {K}) through the engine vs faiss IndexFlatIP (k + 1) on the same layers")
+        print("| | seconds | peak MiB above the features |\n|---|---|---|")
+        print(f"| engine (summaries + pair stage) | {ours['seconds']:.1f} | {ours['peak_MiB']:.0f} |")
+        print(f"| faiss exact search alone | {flat['seconds']:.1f} | {flat['peak_MiB']:.0f} |")
+        print(f"| ratio | {ours['seconds'] / flat['seconds']:.2f}x | |  (score {ours['best']:.4f})")
+    if args.sizes:
+        rows = [{"n": n, **in_fresh_process(engine, n)} for n in args.sizes]
+        print(f"\ngrowth: mutual_knn, 2 models x {LAYERS} x {WIDTH}, exact\n| N | seconds | peak MiB | score |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['n']:,} | {r['seconds']:.2f} | {r['peak_MiB']:.0f} | {r['best']:.4f} |")
+        big = [r for r in rows if r["peak_MiB"] > 64]
+        if len(big) >= 2:
+            slope = (math.log(big[-1]["peak_MiB"]) - math.log(big[0]["peak_MiB"])) / math.log(big[-1]["n"] / big[0]["n"])
+            print(f"memory slope (log-log, N >= {big[0]['n']:,}): {slope:.2f}")
+        t_slope = (math.log(rows[-1]["seconds"]) - math.log(rows[-2]["seconds"])) / math.log(rows[-1]["n"] / rows[-2]["n"])
+        print(f"time slope over the last two sizes: {t_slope:.2f} (exact search is N^2 D work)")
+        out = Path("prh-runs") / "bench_any_n.png"
+        growth_plot(rows, out)
+        print(f"plot: {out}")
+
+
+if __name__ == "__main__":
+    main()
