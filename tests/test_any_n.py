@@ -169,3 +169,109 @@ def test_a_metric_that_needs_n_by_n_is_refused_past_the_budget_naming_the_n_that
     knn = get_metric("mutual_knn")  # summaries of N x k: a tiny budget only splits the groups
     ScoreJob(knn, knn.params(k=3), 1, Prepare(), None, tuple(members), budget=1).check_fits()
 
+
+def test_a_suite_sweeps_n_over_nested_subsets_with_nulls_and_chance_levels(tmp_path: Path) -> None:
+    """sweep.samples: each N is the first N of one seeded order of the data set, so the smaller sets lie inside
+    the larger ones; conditions, nulls and the sweep plot (alignment against N, chance k/(N-1) drawn) follow."""
+    import pandas as pd
+
+    from .conftest import cli_json, write_yaml
+
+    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+kind: suite
+id: n-sweep
+version: 1
+dataset: glove-words
+models: [minilm-l6, glove-6b-50d, minilm-l6-random]
+metrics: [{name: mutual_knn, k: 5}]
+reference: glove-6b-50d
+calibrate: {permutations: 20, pairs: reference}
+sweep: {samples: [40, 120, 300], seed: 3}
+""")
+    out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "n-sweep", "--out", tmp_path / "run")
+    side = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [(c["label"], c["n_samples"]) for c in side["conditions"]] == [
+        ("glove-words n=40", 40), ("glove-words n=120", 120), ("glove-words n=300", 300)]
+    sweep = pd.read_csv(out["files"]["sweep_mutual_knn"])
+    assert list(sweep.n_samples) == [40, 120, 300]
+    assert sweep.chance.tolist() == pytest.approx([5 / 39, 5 / 119, 5 / 299])
+    assert (tmp_path / "run" / "sweep_mutual_knn.png").stat().st_size > 0
+    cal = pd.read_csv(out["files"]["calibration"])
+    assert set(cal.condition) == set(sweep.condition) and cal.permutations.eq(20).all()
+    # Nested: the words of N = 40 are the first 40 of N = 120's, which are the first 120 of N = 300's.
+    from prh_bench.context import RunContext, RunSpec, Target
+
+    ctx = RunContext(RunSpec("n-sweep", str(tmp_path / "cache"), (str(tmp_path / "reg"),)))
+    ids = [[s.id for s in ctx.samples(Target(condition=i))[1].samples] for i in range(3)]
+    assert ids[0] == ids[1][:40] and ids[1] == ids[2][:120] and sorted(ids[2]) != ids[2]  # shuffled, then cut
+    assert sorted(ids[2]) == sorted(s.id for s in ctx.dataset(ctx.conditions[2].dataset, None).samples)
+
+
+@pytest.mark.parametrize(("sweep", "message"), [
+    ("{samples: [40, 40]}", "each entry must be distinct"),
+    ("{samples: [3]}", "greater than or equal to 4"),
+])
+def test_bad_n_sweeps_are_refused(tmp_path: Path, sweep: str, message: str) -> None:
+    from .conftest import cli, write_yaml
+
+    write_yaml(tmp_path / "reg" / "suite.yaml", f"""\
+kind: suite
+id: bad-sweep
+version: 1
+dataset: glove-words
+models: [glove-6b-50d, minilm-l6-random]
+metrics: [{{name: mutual_knn, k: 5}}]
+sweep: {sweep}
+""")
+    result = cli("--registry", tmp_path / "reg", "run", "--suite", "bad-sweep", "--out", tmp_path / "run")
+    assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_an_n_larger_than_the_data_set_or_too_small_for_k_is_refused(tmp_path: Path) -> None:
+    from .conftest import cli, write_yaml
+
+    for samples, message in (("[40, 301]", "sweep.samples: N=301 exceeds the 300 samples of data set 'glove-words'"),
+                             ("[5, 40]", "k must be in [1, N-1] = [1, 4]")):
+        write_yaml(tmp_path / "reg" / "suite.yaml", f"""\
+kind: suite
+id: too-many
+version: 1
+dataset: glove-words
+models: [glove-6b-50d, minilm-l6-random]
+metrics: [{{name: mutual_knn, k: 5}}]
+sweep: {{samples: {samples}}}
+""")
+        result = cli("--registry", tmp_path / "reg", "run", "--suite", "too-many", "--out", tmp_path / f"run{samples}")
+        assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_k_is_a_sweep_axis_and_a_metric_used_twice_is_refused(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from .conftest import cli, cli_json, write_yaml
+
+    suite = """\
+kind: suite
+id: k-sweep
+version: 1
+dataset: glove-words
+models: [glove-6b-50d, minilm-l6-random]
+metrics: {metrics}
+sweep: {{samples: [100, 300], k: [5, 20]}}
+"""
+    write_yaml(tmp_path / "reg" / "suite.yaml", suite.format(metrics="[{name: mutual_knn}]"))
+    out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "k-sweep", "--out", tmp_path / "run")
+    sweep = pd.read_csv(out["files"]["sweep_mutual_knn"])
+    assert list(zip(sweep.n_samples, sweep.k, strict=True)) == [(100, 5), (100, 20), (300, 5), (300, 20)]
+    assert sweep.chance.tolist() == pytest.approx([5 / 99, 20 / 99, 5 / 299, 20 / 299])
+    long = pd.read_csv(tmp_path / "run" / "scores.csv")
+    assert {c: json.loads(p)["k"] for c, p in zip(long.condition, long.params, strict=True)} == {
+        "glove-words n=100 k=5": 5, "glove-words n=100 k=20": 20, "glove-words n=300 k=5": 5, "glove-words n=300 k=20": 20}
+    # Two uses of one metric would write the same files: refused, pointing at the sweep.
+    write_yaml(tmp_path / "reg" / "suite.yaml",
+               suite.format(metrics="[{name: mutual_knn, k: 5}, {name: mutual_knn, k: 10}]"))
+    result = cli("--registry", tmp_path / "reg", "run", "--suite", "k-sweep", "--out", tmp_path / "run2")
+    assert result.exit_code != 0 and "each metric may appear once; repeated: mutual_knn" in result.output
+    write_yaml(tmp_path / "reg" / "suite.yaml", suite.format(metrics="[{name: cka}]"))
+    result = cli("--registry", tmp_path / "reg", "run", "--suite", "k-sweep", "--out", tmp_path / "run3")
+    assert result.exit_code != 0 and "cka: unknown parameter 'k'" in result.output and "(sweep.k)" in result.output

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,33 +49,60 @@ class Target:
 
 @dataclass(frozen=True)
 class Condition:
-    """One dataset, possibly transformed at one level: a suite runs once per condition of its sweep."""
+    """One dataset, possibly transformed at one level, possibly cut to its first `samples` in a seeded order: a
+    suite runs once per condition of its sweep."""
 
     dataset: DatasetManifest
     transform: str | None = None
     level: float | None = None
     seed: int = 0
+    samples: int | None = None
+    k: int | None = None  # the metrics' k under this condition (a sweep of k)
 
     @property
     def label(self) -> str:
-        if self.transform is None or self.level is None:
-            return self.dataset.id
-        # Short where that is exact (0.1, not 0.1000000000000000055); every digit where 6 would merge levels.
-        level = f"{self.level:g}" if float(f"{self.level:g}") == self.level else repr(self.level)
-        return f"{self.dataset.id} {self.transform}={level}"
+        parts = [self.dataset.id]
+        if self.transform is not None and self.level is not None:
+            # Short where that is exact (0.1, not 0.1000000000000000055); every digit where 6 would merge levels.
+            level = f"{self.level:g}" if float(f"{self.level:g}") == self.level else repr(self.level)
+            parts.append(f"{self.transform}={level}")
+        if self.samples is not None:
+            parts.append(f"n={self.samples}")
+        if self.k is not None:
+            parts.append(f"k={self.k}")
+        return " ".join(parts)
+
+    def metric_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A suite's parameters of a metric under this condition: k replaced in a sweep of k."""
+        return params if self.k is None else {**params, "k": self.k}
 
 
 def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition]:
     sweep = suite.sweep
     datasets = sweep.datasets if sweep and sweep.datasets else [suite.dataset]
     levels: list[float | None] = list(sweep.levels) if sweep and sweep.levels else [None]
+    sizes: list[int | None] = list(sweep.samples) if sweep and sweep.samples else [None]
+    ks: list[int | None] = list(sweep.k) if sweep and sweep.k else [None]
     out = []
     for ds in datasets:
         manifest = registry.get(ds, DatasetManifest)
         for level in levels:
-            out.append(Condition(manifest, sweep.transform if level is not None else None, level,
-                                 sweep.seed if sweep else 0))
+            for n in sizes:
+                out.extend(Condition(manifest, sweep.transform if level is not None else None, level,
+                                     sweep.seed if sweep else 0, n, k) for k in ks)
     return out
+
+
+def condition_samples(samples: SampleSet, cond: Condition) -> SampleSet:
+    """A condition's samples: the first `cond.samples` of the set shuffled with the sweep's seed (one order for
+    every N, so the smaller sets nest in the larger), then transformed."""
+    if cond.samples is not None:
+        if cond.samples > len(samples.samples):
+            raise BadInput(f"sweep.samples: N={cond.samples} exceeds the {len(samples.samples)} samples of data set "
+                           f"'{cond.dataset.id}' (after the suite's max_samples)")
+        order = np.random.default_rng(cond.seed).permutation(len(samples.samples))[: cond.samples]
+        samples = SampleSet(tuple(samples.samples[i] for i in order))
+    return apply_transform(samples, cond)
 
 
 def apply_transform(samples: SampleSet, cond: Condition) -> SampleSet:
@@ -164,7 +192,7 @@ class RunContext:
         if target.condition is not None:
             cond = self.conditions[target.condition]
             limit = self.spec.max_samples or self.suite.max_samples
-            return cond.dataset, apply_transform(self.dataset(cond.dataset, limit), cond), cond.label
+            return cond.dataset, condition_samples(self.dataset(cond.dataset, limit), cond), cond.label
         ds = self.registry.get(target.probe or "", DatasetManifest)
         return ds, self.dataset(ds, None), f"probe {ds.id}"
 

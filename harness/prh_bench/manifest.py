@@ -263,12 +263,17 @@ class Calibration(_Strict):
 
 
 class Sweep(_Strict):
-    """Run the suite under several conditions: other datasets (e.g. in- vs out-of-distribution), and/or
-    levels of a transform of the images (e.g. Gaussian noise of increasing strength)."""
+    """Run the suite under several conditions: other datasets (e.g. in- vs out-of-distribution), levels of a
+    transform of the images (e.g. Gaussian noise of increasing strength), and/or numbers of samples."""
 
     datasets: list[str] | None = Field(default=None, min_length=1)
     transform: Literal["gaussian_noise", "blend_noise"] | None = None
     levels: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(default=None, min_length=1)
+    samples: list[Annotated[int, Field(ge=4, le=100_000_000)]] | None = Field(
+        default=None, min_length=1, description="numbers of samples N: each the first N of one order of the data "
+        "set shuffled with `seed`, so that every smaller set lies inside the larger ones")
+    k: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, min_length=1, description="values of the metrics' parameter k (neighbours), one condition each")
     seed: int = Field(default=0, ge=0, lt=2**63)
 
     @field_validator("levels")
@@ -278,7 +283,7 @@ class Sweep(_Strict):
             raise ValueError("levels must be >= 0")
         return v
 
-    @field_validator("datasets", "levels")
+    @field_validator("datasets", "levels", "samples", "k")
     @classmethod
     def _distinct(cls, v: list[Any] | None) -> list[Any] | None:
         # Each (dataset, level) is one condition of the results: a repeat would be run twice and kept once.
@@ -319,6 +324,16 @@ class SuiteManifest(ManifestBase):
     def _non_empty(cls, v: list[str] | TagQuery) -> list[str] | TagQuery:
         if isinstance(v, list) and not v:
             raise ValueError("a suite needs at least one model")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _one_use_each(cls, v: list[MetricUse]) -> list[MetricUse]:
+        # Results (matrices, leaderboards, baselines) are keyed by metric name: a second use would overwrite the first.
+        names = [u.name for u in v]
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"each metric may appear once; repeated: {', '.join(repeated)} (to compare values of k, "
+                             "sweep them: sweep: {k: [5, 10, 20]})")
         return v
 
 

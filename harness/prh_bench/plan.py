@@ -16,7 +16,7 @@ import pandas as pd
 
 from .align import Metric, prepare, summarize_layers
 from .backend import resolve_dtype
-from .context import apply_transform, load_samples, resolve_device, suite_conditions
+from .context import Condition, condition_samples, load_samples, resolve_device, suite_conditions
 from .errors import BadInput, PrhBenchError
 from .features import EntryInfo, FeatureCache, model_feature_key
 from .lazy import torch
@@ -92,7 +92,7 @@ def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers:
                  grown(small.null, large.null) * pairs)
 
 
-def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, label: str, n: int,
+def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, cond: Condition, n: int,
                  members: list[Member], pending: dict[str, list[int] | None], budget: int) -> list[dict[str, Any]]:
     """Per metric: the pairs (and nulls) stored and to compute among `members` (models with cached features)
     and `pending` (models still to extract, with their estimated widths), and an estimate of the work."""
@@ -100,7 +100,7 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, lab
     unknown = [mid for mid, w in pending.items() if w is None]
     stand_ins = [Member(mid, "", EntryInfo(n, [], w or [], f"pending:{mid}")) for mid, w in pending.items()]
     for use in suite.metrics:
-        metric, params = registry.metric(use.name, use.params)
+        metric, params = registry.metric(use.name, cond.metric_params(use.params))
         job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate,
                        tuple(members) + tuple(stand_ins), budget, suite.reference)
         cached = {m.id for m in members}
@@ -110,7 +110,7 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, lab
         nulls = job.null_pairs(pairs)
         nulls_todo = [(a, b) for a, b in nulls if not ({a.id, b.id} <= cached and store.null_path(job, a, b).exists())]
         involved = {m.id: m for p in todo + nulls_todo for m in p}
-        row = {"condition": label, "metric": use.name, "pairs": len(pairs), "pairs_cached": len(pairs) - len(todo),
+        row = {"condition": cond.label, "metric": use.name, "pairs": len(pairs), "pairs_cached": len(pairs) - len(todo),
                "pairs_to_compute": len(todo), "nulls": len(nulls), "nulls_to_compute": len(nulls_todo),
                "est_seconds": None, "est_memory_MiB": None, "note": ""}
         if involved and not (unknown and set(unknown) & set(involved)):
@@ -147,7 +147,7 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
     rows, work = [], []
     for cond in suite_conditions(registry, suite):
         try:
-            samples = apply_transform(load_samples(registry, cond.dataset, max_samples or suite.max_samples), cond)
+            samples = condition_samples(load_samples(registry, cond.dataset, max_samples or suite.max_samples), cond)
             n, data_note = len(samples), ""
         except (BadInput, PrhBenchError) as exc:
             samples, data_note = None, f"dataset unavailable: {exc}"
@@ -170,5 +170,5 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
             rows.append({"condition": cond.label, "model": m.id, "status": status, "weights": weights[m.id],
                          "layers": len(w) if w else None, "feature_MiB": mb, "note": data_note})
         if samples is not None:
-            work += scoring_work(registry, suite, store, cond.label, n, members, pending, int(budget_gib * 2**30))
+            work += scoring_work(registry, suite, store, cond, n, members, pending, int(budget_gib * 2**30))
     return pd.DataFrame(rows), pd.DataFrame(work)

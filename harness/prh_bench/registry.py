@@ -115,12 +115,15 @@ class Registry:
                     if not isinstance(self.entries.get(use.name), MetricManifest):
                         out.append(unknown_problem(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric"))
                         continue
+                    ks = m.sweep.k if m.sweep is not None and m.sweep.k else [None]
+                    least = [m.max_samples, min(m.sweep.samples) if m.sweep is not None and m.sweep.samples else None]
                     try:
-                        metric, params = self.metric(use.name, use.params)
-                        if m.max_samples is not None:
-                            metric.check_n(m.max_samples, **params)
+                        for k in ks:  # each value of a sweep of k, at the fewest samples the suite asks for
+                            metric, params = self.metric(use.name, use.params if k is None else {**use.params, "k": k})
+                            for n in (n for n in least if n is not None):
+                                metric.check_n(n, **params)
                     except BadInput as exc:
-                        out.append(f"{path}: field 'metrics.{i}': {exc}")
+                        out.append(f"{path}: field 'metrics.{i}': {exc}" + (" (sweep.k)" if k is not None else ""))
                 if isinstance(m.models, list):
                     for i, model_id in enumerate(m.models):
                         if not isinstance(self.entries.get(model_id), ModelManifest):

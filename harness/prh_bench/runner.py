@@ -97,7 +97,6 @@ def run_suite(
     ctx = RunContext(spec, registry)
     device = ctx.device  # an unusable device, like bad metric parameters, is an error before any work
     suite, models = ctx.suite, list(ctx.models.values())
-    metrics = [registry.metric(u.name, u.params) for u in suite.metrics]
     executor = executor or LocalExecutor()
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
@@ -107,7 +106,8 @@ def run_suite(
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
         check_modalities(models, samples, cond.dataset)
-        for metric, params in metrics:
+        for use in suite.metrics:
+            metric, params = registry.metric(use.name, cond.metric_params(use.params))
             metric.check_n(len(samples), **params)
         sizes[cond.label] = len(samples)
         timings["load_data"] += time.perf_counter() - t0
@@ -124,7 +124,8 @@ def run_suite(
         members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
         names = {m.id: m.info.layer_names + ([CONCAT] if suite.prepare.concat_layers else []) for m in members}
         rows, cal = [], []
-        for use, (metric, params) in zip(suite.metrics, metrics):
+        for use in suite.metrics:
+            metric, params = registry.metric(use.name, cond.metric_params(use.params))
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30), suite.reference)
             job.check_fits()

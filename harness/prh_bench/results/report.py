@@ -203,26 +203,52 @@ def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, ste
 
 
 def write_sweep(run: SuiteRun, best: pd.DataFrame, metric: str, run_dir: Path, files: dict[str, str]) -> None:
-    """Mean and spread over model pairs of the best score, per condition, as CSV and a line plot."""
+    """Mean and spread over model pairs of the best score, per condition, with the chance level at its N, as
+    CSV and a line plot: against the transform level, or against N on a log axis (with the chance level and the
+    reference's pairs drawn) when the sweep varies the number of samples."""
     plt = pyplot()
     rows = []
     for cond in run.conditions:
-        sc = best[(best.metric == metric) & (best.condition == cond.label)].score
-        rows.append({"condition": cond.label, "dataset": cond.dataset.id, "level": cond.level, "pairs": len(sc),
-                     "mean": sc.mean(), "std": sc.std(ddof=1) if len(sc) > 1 else 0.0})
+        sub = best[(best.metric == metric) & (best.condition == cond.label)]
+        n = run.n_samples[cond.label]
+        cal = run.calibration[run.calibration.condition == cond.label] if not run.calibration.empty else None
+        chance = chance_level(metric, json.loads(sub.params.iloc[0]), n, cal)[0] if len(sub) else float("nan")
+        rows.append({"condition": cond.label, "dataset": cond.dataset.id, "level": cond.level, "k": cond.k, "n_samples": n,
+                     "pairs": len(sub), "mean": sub.score.mean(), "std": sub.score.std(ddof=1) if len(sub) > 1 else 0.0,
+                     "chance": chance})
     table = pd.DataFrame(rows)
     csv, png = run_dir / f"sweep_{metric}.csv", run_dir / f"sweep_{metric}.png"
-    table.to_csv(csv, index=False, float_format="%.6f")
+    table.to_csv(csv, index=False, float_format="%.6g")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for ds, part in table.groupby("dataset", sort=False):
-        x = part.level if part.level.notna().all() else range(len(part))
-        ax.errorbar(list(x), part["mean"], yerr=part["std"], marker="o", capsize=3, label=ds)
-    if table.level.isna().all():
+    by_n = any(c.samples is not None for c in run.conditions)
+    for (ds, level, k), part in table.groupby(["dataset", table.level.fillna(-1), table.k.fillna(-1)], sort=False):
+        name = " ".join([ds] + ([f"{run.conditions[0].transform}={level:g}"] if level != -1 else [])
+                        + ([f"k={k:g}"] if k != -1 else []))
+        if by_n:
+            ax.errorbar(part.n_samples, part["mean"], yerr=part["std"], marker="o", capsize=3, label=f"{name}: mean")
+            ax.plot(part.n_samples, part.chance, "--", color="grey", label=f"{name}: chance")
+        else:
+            x = part.level if part.level.notna().all() else range(len(part))
+            ax.errorbar(list(x), part["mean"], yerr=part["std"], marker="o", capsize=3, label=name)
+    if by_n:
+        ref = run.suite.reference
+        # One line per model paired with the reference, under the first k of a sweep of k.
+        first = table[table.k.isna() | (table.k == table.k.iloc[0])]
+        pairs = best[(best.metric == metric) & ((best.model_x == ref) | (best.model_y == ref))] if ref else best[:0]
+        for (x, y), part in pairs.groupby(["model_x", "model_y"], sort=False):
+            at = part.set_index("condition").score.reindex(first.condition)
+            ax.plot(first.n_samples, at.to_numpy(), lw=0.8, alpha=0.7, label=f"{y if x == ref else x} vs {ref}")
+        ax.set_xscale("log")
+        # Plain tick labels: log axes label with mathtext, which is off (ids are never TeX).
+        ax.set_xticks(table.n_samples.unique(), [f"{n:,}" for n in table.n_samples.unique()])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel("N (samples)")
+    elif table.level.isna().all():
         ax.set_xticks(range(len(table)), table.condition, rotation=20, ha="right")
     else:
         ax.set_xlabel(run.conditions[0].transform or "level")
-    ax.set_ylabel(f"mean {metric} over model pairs")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"{metric}, best over layer pairs")
+    ax.legend(fontsize=7)
     ax.set_title(f"{run.suite.id}: {metric}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
