@@ -275,3 +275,23 @@ sweep: {{samples: [100, 300], k: [5, 20]}}
     write_yaml(tmp_path / "reg" / "suite.yaml", suite.format(metrics="[{name: cka}]"))
     result = cli("--registry", tmp_path / "reg", "run", "--suite", "k-sweep", "--out", tmp_path / "run3")
     assert result.exit_code != 0 and "cka: unknown parameter 'k'" in result.output and "(sweep.k)" in result.output
+
+
+def test_plan_times_a_large_n_at_small_n_and_extrapolates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan` at N = 100,000 must not run the metric at 100,000: it times N = 1,024 and 2,048 and extrapolates each
+    stage along the power of N it showed, clamped to linear..quadratic."""
+    from prh_bench import plan
+
+    timed = []
+
+    def fake(metric: object, params: dict, n: int, width: int, layers: int) -> plan.Rates:
+        timed.append((n, layers))
+        return plan.Rates(summary=n**3 * 1e-12, pair=n * 1e-6, null=n**1.5 * 1e-9)  # cubic, linear, 1.5
+
+    monkeypatch.setattr(plan, "_timed_rates", fake)
+    rates = plan.measured_rates(get_metric("mutual_knn"), json.dumps({"k": 10}), 100_000, 256, 8)
+    assert timed == [(1024, 4), (2048, 4)]
+    grow = 100_000 / 2048
+    assert rates.summary == pytest.approx(2048**3 * 1e-12 * grow**2)  # clamped to quadratic
+    assert rates.pair == pytest.approx(2048 * 1e-6 * grow * 4)  # linear, times (8 / 4)^2 layer pairs
+    assert rates.null == pytest.approx(2048**1.5 * 1e-9 * grow**1.5 * 4)
