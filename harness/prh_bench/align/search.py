@@ -19,6 +19,9 @@ from ..lazy import torch
 
 #: bytes of the one block of similarities held at a time (float32: blocks of 4096 x 4096)
 BLOCK_BYTES = 2**26
+#: the same on an accelerator: blocks of 16384 x 16384, since each block costs a few host synchronisations (the
+#: sizes of its sparse candidates), so fewer and larger blocks keep the device busy
+DEVICE_BLOCK_BYTES = 2**30
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -115,12 +118,13 @@ def _merge(best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, tor
 def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities, indices), both N x k: each row's k largest inner products with the other rows, self
     excluded, nearest first, ties to the lower index. Similarities are float32 (float64 for float64 features;
-    half precision is upcast). `block` rows per block (default: BLOCK_BYTES of similarities)."""
+    half precision is upcast). `block` rows per block (default: BLOCK_BYTES of similarities, DEVICE_BLOCK_BYTES
+    on an accelerator)."""
     x = at_least_float32(x)
     n = x.shape[0]
     if not 1 <= k < n:
         raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
-    b = block or block_rows(n, x.element_size())
+    b = block or block_rows(n, x.element_size(), BLOCK_BYTES if x.device.type == "cpu" else DEVICE_BLOCK_BYTES)
     edges = [*range(0, n, b), n]
     spans = list(zip(edges[:-1], edges[1:], strict=True))
     best = [(x.new_empty(r1 - r0, 0), x.new_empty(r1 - r0, 0, dtype=torch.long)) for r0, r1 in spans]
