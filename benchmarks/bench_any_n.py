@@ -2,6 +2,7 @@
 
     python benchmarks/bench_any_n.py                      # N = 100,000 against faiss, then N = 1k .. 64k
     python benchmarks/bench_any_n.py --n 32000 --sizes 1000 4000 16000   # smaller
+    python benchmarks/bench_any_n.py --n 0 --sizes --approx 100000 1000000    # approximate search (faiss IVF)
 
 Two models of 2 layers x 256 (latent-structured random features, prepared as a run prepares them: L2-normalised
 rows), mutual_knn with k = 10 through `score_layers` (the engine's API: summaries by blocked exact search, then
@@ -74,6 +75,18 @@ def engine(n: int) -> dict:
     return {**out, "best": out.pop("result")}
 
 
+def approximate(n: int) -> dict:
+    """mutual_knn with `search: ivf` through the engine, and each layer's recall against exact search on 1,000 rows
+    (measured after the timed work)."""
+    from prh_bench.align import score_layers
+    from prh_bench.align.search import approximate_knn, recall
+
+    x, y = layers(n)
+    out = measured(lambda: score_layers("mutual_knn", x, y, k=K, search="ivf").best)
+    out["recall"] = sum(recall(layer, approximate_knn(layer, K)) for layer in x + y) / (2 * LAYERS)
+    return {**out, "best": out.pop("result")}
+
+
 def faiss_flat(n: int) -> dict:
     import faiss
 
@@ -112,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=N_DEFAULT, help="N of the comparison with faiss (0: skip it)")
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000, 16000, 64000], help="N of the growth table")
+    ap.add_argument("--approx", type=int, nargs="*", default=[], help="N of runs with search: ivf (e.g. 100000 1000000)")
     args = ap.parse_args()
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
     if args.n:
@@ -121,6 +135,12 @@ def main() -> None:
         for name, r in (("engine (summaries + pair stage)", ours), ("faiss exact search alone", flat)):
             print(f"| {name} | {r['seconds']:.1f} | {r['peak_MiB']:.0f} | {r['work_MiB']:.0f} |")
         print(f"| engine / faiss | {ours['seconds'] / flat['seconds']:.2f}x | | |  (score {ours['best']:.4f})")
+    if args.approx:
+        print(f"\nsearch: ivf (faiss IndexIVFFlat, 4 sqrt(N) cells, nprobe 32), mutual_knn k = {K}, 2 models x {LAYERS} x {WIDTH}\n"
+              "| N | seconds | peak MiB of the process | of which the work | mean recall | score |\n|---|---|---|---|---|---|")
+        for n in args.approx:
+            r = in_fresh_process(approximate, n)
+            print(f"| {n:,} | {r['seconds']:.1f} | {r['peak_MiB']:.0f} | {r['work_MiB']:.0f} | {r['recall']:.4f} | {r['best']:.4f} |")
     if args.sizes:
         rows = [{"n": n, **in_fresh_process(engine, n)} for n in args.sizes]
         print(f"\ngrowth: mutual_knn, 2 models x {LAYERS} x {WIDTH}, exact\n"

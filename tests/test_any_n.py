@@ -295,3 +295,32 @@ def test_plan_times_a_large_n_at_small_n_and_extrapolates(monkeypatch: pytest.Mo
     assert rates.summary == pytest.approx(2048**3 * 1e-12 * grow**2)  # clamped to quadratic
     assert rates.pair == pytest.approx(2048 * 1e-6 * grow * 4)  # linear, times (8 / 4)^2 layer pairs
     assert rates.null == pytest.approx(2048**1.5 * 1e-9 * grow**1.5 * 4)
+
+
+def test_approximate_search_is_an_option_that_leaves_exact_runs_keys_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """search: ivf (faiss) is an optional parameter: absent from the parameters (and the stored scores' keys) of
+    every run that does not ask for it; its recall against exact search is logged; with nprobe = nlist it scans
+    every cell and is exact (up to ties)."""
+    import logging
+
+    pytest.importorskip("faiss")
+    from prh_bench.align.search import approximate_knn, recall
+
+    m = get_metric("mutual_knn")
+    assert m.params() == {"k": 10} and m.params(search="ivf", nprobe=4) == {"k": 10, "search": "ivf", "nprobe": 4}
+    with pytest.raises(Exception, match="parameter 'search' must be one of 'exact', 'ivf'"):
+        m.params(search="hnsw")
+    g = torch.Generator().manual_seed(7)
+    x = torch.nn.functional.normalize(torch.randn(2000, 16, generator=g), dim=1)
+    y = torch.nn.functional.normalize(x + 0.5 * torch.randn(2000, 16, generator=g), dim=1)
+    full = approximate_knn(x, 10, nlist=8, nprobe=8)
+    assert recall(x, full) == 1.0 and torch.equal(full.sort(1).values, knn_search(x, 10)[1].sort(1).values)
+    coarse = approximate_knn(x, 10, nlist=40, nprobe=1)
+    assert 0.2 < recall(x, coarse) < 1.0
+    exact = score_layers("mutual_knn", [x], [y], k=10).best
+    with caplog.at_level(logging.INFO, logger="prh_bench.progress"):
+        approx = score_layers("mutual_knn", [x], [y], k=10, search="ivf", nlist=8, nprobe=8).best
+    assert approx == exact
+    assert "approximate neighbours (ivf) of a layer of N=2000, D=16: recall 1.0000" in caplog.text
+    with pytest.raises(Exception, match="found fewer than k\\+1 = 11 candidates"):
+        approximate_knn(x[:200], 10, nlist=100, nprobe=1)

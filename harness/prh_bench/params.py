@@ -55,16 +55,20 @@ class Parametrized:
     defaults: dict[str, Any] = {}
     #: per parameter, the test its value must pass; parameters without one must have their default's type
     rules: dict[str, Rule] = {}
+    #: parameters without a default, present only when given (their rules here): an option added later leaves
+    #: the parameters of every run without it, and so their stored scores' keys, as they were
+    optional: dict[str, Rule] = {}
 
     def params(self, **overrides: Any) -> dict[str, Any]:
         """The defaults updated by `overrides`, each checked; an unknown name is an error, not silently ignored."""
         for key, value in overrides.items():
-            if key not in self.defaults:
-                near = difflib.get_close_matches(key, list(self.defaults), n=1)
+            if key not in self.defaults and key not in self.optional:
+                names = [*self.defaults, *self.optional]
+                near = difflib.get_close_matches(key, names, n=1)
                 hint = f" (did you mean '{near[0]}'?)" if near else ""
-                known = ", ".join(sorted(self.defaults)) or "none"
+                known = ", ".join(sorted(names)) or "none"
                 raise BadInput(f"{self.name}: unknown parameter '{key}'{hint}; known: {known}")
-            test, what = self.rules.get(key) or _by_type(self.defaults[key])
+            test, what = self.optional.get(key) or self.rules.get(key) or _by_type(self.defaults[key])
             if not test(value):
                 raise BadInput(f"{self.name}: parameter '{key}' must be {what}, got {value!r}")
         return {**self.defaults, **overrides}

@@ -9,6 +9,7 @@ pair stage reads only them, so memory grows as N (D + k), never N^2.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,9 +17,9 @@ from typing import Any
 
 from ..errors import BadInput
 from ..lazy import torch
-from ..params import int_in
+from ..params import int_in, one_of
 from .metric import Metric
-from .search import knn_search
+from .search import approximate_knn, knn_search, recall
 
 
 def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,6 +27,8 @@ def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     lower index (`search.knn_search`)."""
     return knn_search(x, k)[1]
 
+
+PROGRESS = logging.getLogger("prh_bench.progress")
 
 #: bytes of the membership table block that `shared_counts` fills at a time
 TABLE_BYTES = 2**26
@@ -98,13 +101,23 @@ def contains(summary: Neighbours, rows: torch.Tensor, cols: torch.Tensor) -> tor
 
 
 class KNNMetric(Metric):
+    """Neighbour lists from exact search, or with `search: ivf` from faiss's approximate inverted-file search
+    (`nlist` cells, default 4 sqrt(N); `nprobe` scanned per query, default 32), whose recall against exact
+    search on 1,000 rows of each layer is logged: the lists' order then follows faiss, not the tie rule."""
+
     defaults = {"k": 10}
     rules = {"k": int_in(1)}
+    optional = {"search": one_of("exact", "ivf"), "nlist": int_in(1, 2**20), "nprobe": int_in(1, 2**20)}
     min_samples = 2
 
     def summarize(self, feats: torch.Tensor, **params: Any) -> Neighbours:
         self.check(feats)
-        return Neighbours(knn_indices(feats, params["k"]))
+        if params.get("search", "exact") == "exact":
+            return Neighbours(knn_indices(feats, params["k"]))
+        idx = approximate_knn(feats, params["k"], params.get("nlist"), params.get("nprobe", 32))
+        PROGRESS.info("%s: approximate neighbours (ivf) of a layer of N=%d, D=%d: recall %.4f against exact search "
+                      "on 1000 rows", self.name, *feats.shape, recall(feats, idx))
+        return Neighbours(idx)
 
     def check_n(self, n: int, **params: Any) -> None:
         super().check_n(n, **params)

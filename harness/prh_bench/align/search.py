@@ -141,3 +141,48 @@ def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch
     vals, idx = torch.cat([v for v, _ in best]), torch.cat([i for _, i in best])
     order = vals.sort(dim=1, descending=True, stable=True).indices  # index order within ties: stable keeps it
     return vals.gather(1, order), idx.gather(1, order)
+
+
+def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: int = 32,
+                    seed: int = 0) -> torch.Tensor:
+    """N x k indices of approximately the k nearest rows by inner product, self excluded: faiss's inverted-file
+    index (IndexIVFFlat: k-means into `nlist` cells, default 4 sqrt(N); each query scans its `nprobe` nearest
+    cells). Past some N exact search is too slow; the price is recall (`recall`) and the tie rule, which an
+    approximate search cannot promise."""
+    try:
+        import faiss
+    except ImportError:
+        raise BadInput("search: ivf needs faiss: pip install faiss-cpu (or faiss-gpu), or prh-bench's [faiss] extra") from None
+    n, d = x.shape
+    if not 1 <= k < n:
+        raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
+    cells = min(nlist or max(1, min(int(4 * n**0.5), n // 39)), n)  # faiss wants 39 training points per cell
+    data = at_least_float32(x).float().cpu().contiguous().numpy()
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(data)
+    index.add(data)
+    index.nprobe = min(nprobe, cells)
+    _, found = index.search(data, k + 1)
+    found = torch.from_numpy(found)
+    if (found < 0).any():  # faiss's mark of a slot that no probed cell could fill
+        raise BadInput(f"search: ivf found fewer than k+1 = {k + 1} candidates for some samples in {index.nprobe} of "
+                       f"{cells} cells; raise nprobe or lower nlist")
+    # Drop each row's own index where the search found it, else its last (the k+1-th) neighbour.
+    own = found == torch.arange(n)[:, None]
+    keep = ~own
+    keep[~own.any(1), k] = False
+    return found[keep].view(n, k).to(x.device)
+
+
+def recall(x: torch.Tensor, idx: torch.Tensor, rows: int = 1000, seed: int = 0) -> float:
+    """Mean fraction of the exact k nearest neighbours that `idx` holds, over `rows` rows drawn with `seed`
+    (exact search of those rows against all N: rows x N x D work)."""
+    n, k = idx.shape
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(rows, n)].to(x.device)
+    x = at_least_float32(x)
+    sims = x[pick] @ x.T
+    sims[torch.arange(len(pick), device=x.device), pick] = -torch.inf
+    exact = sims.topk(k, dim=1).indices
+    hits = (idx[pick][:, :, None] == exact[:, None, :]).any(2)
+    return float(hits.float().mean())
