@@ -303,7 +303,6 @@ def test_approximate_search_is_an_option_that_leaves_exact_runs_keys_alone(caplo
     every cell and is exact (up to ties)."""
     import logging
 
-    pytest.importorskip("faiss")
     from prh_bench.align.search import approximate_knn, recall
 
     m = get_metric("mutual_knn")
