@@ -240,7 +240,7 @@ def write_sweep(run: SuiteRun, best: pd.DataFrame, metric: str, run_dir: Path, f
             ax.plot(first.n_samples, at.to_numpy(), lw=0.8, alpha=0.7, label=f"{y if x == ref else x} vs {ref}")
         ax.set_xscale("log")
         # Plain tick labels: log axes label with mathtext, which is off (ids are never TeX).
-        ax.set_xticks(table.n_samples.unique(), [f"{n:,}" for n in table.n_samples.unique()])
+        ax.set_xticks(table.n_samples.unique(), [f"{n:,}" for n in table.n_samples.unique()], rotation=30, ha="right")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("N (samples)")
     elif table.level.isna().all():
