@@ -323,3 +323,18 @@ def test_approximate_search_is_an_option_that_leaves_exact_runs_keys_alone(caplo
     assert "approximate neighbours (ivf) of a layer of N=2000, D=16: recall 1.0000" in caplog.text
     with pytest.raises(Exception, match="found fewer than k\\+1 = 11 candidates"):
         approximate_knn(x[:200], 10, nlist=100, nprobe=1)
+
+
+@pytest.mark.parametrize(("suite", "sizes"), [("glove-n-scaling", [1000, 4000, 16000, 64000, 100000]),
+                                              ("glove-n-scaling-lm", [1000, 4000, 16000])])
+def test_the_n_scaling_suites_can_run_here(suite: str, sizes: list[int]) -> None:
+    """The study suites take 25 and 9 minutes (README), too long for CI: their plan proves that every model's
+    weights and the 100,000 words are here and every condition resolves; the n-sweep test above runs the same
+    machinery on the same models."""
+    from .conftest import cli_json
+
+    plan = cli_json("plan", "--suite", suite)
+    conditions = [f"glove-words-100k n={n}" for n in sizes]
+    assert list(dict.fromkeys(r["condition"] for r in plan["rows"])) == conditions
+    assert {r["status"] for r in plan["rows"]} <= {"to extract", "cached"}
+    assert [w["condition"] for w in plan["scoring"]] == conditions and all(w["pairs"] >= 3 for w in plan["scoring"])
