@@ -663,7 +663,7 @@ def test_many_pairs_at_once_equal_pairwise_scores(name: str) -> None:
 
 
 def test_blocked_gram_on_larger_inputs() -> None:
-    from prh_bench.align.kernels import gram
+    from prh_bench.align.search import gram
 
     g = torch.Generator().manual_seed(15)
     x = torch.randn(300, 20, generator=g, dtype=torch.float64)

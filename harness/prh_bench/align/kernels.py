@@ -20,27 +20,7 @@ from ..params import int_in, number_in, one_of
 from .feature_cka import CentredFeatures, centred_features, feature_cosines
 from .knn import Neighbours, contains
 from .metric import Metric
-from .search import at_least_float32, knn_search
-
-
-def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """X X^T in float32, or float64 when the features are float64 (half precision is upcast).
-
-    Only the upper block triangle is multiplied (one product per block row, from its diagonal block on) and
-    mirrored: about a third less work than x @ x.T, and exactly symmetric."""
-    x = at_least_float32(x)
-    n = x.shape[0]
-    if n < 256:
-        return x @ x.T
-    e = [n * i // blocks for i in range(blocks + 1)]
-    g = torch.empty(n, n, dtype=x.dtype, device=x.device)
-    for i in range(blocks):
-        torch.mm(x[e[i] : e[i + 1]], x[e[i] :].T, out=g[e[i] : e[i + 1], e[i] :])
-        diag = g[e[i] : e[i + 1], e[i] : e[i + 1]]  # a BLAS product need not be symmetric within its block
-        diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
-        for j in range(i):
-            g[e[i] : e[i + 1], e[j] : e[j + 1]] = g[e[j] : e[j + 1], e[i] : e[i + 1]].T
-    return g
+from .search import at_least_float32, gram, knn_search
 
 
 def centered_rbf(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -67,7 +67,7 @@ def _counts_by_table(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torc
         for layer, s in enumerate(sx):
             member[(at + s.idx[r0:r1]).view(-1), layer] = True
         where = torch.stack([at + s.idx[r0:r1] for s in sy]).view(-1)  # Ly * rows * k flat positions
-        counts += member.index_select(0, where).view(len(sy), -1, lx).sum(1)
+        counts += member.index_select(0, where).view(len(sy), -1, lx).sum(1, dtype=torch.int32)  # int32: faster
     return counts.T
 
 

@@ -3,7 +3,9 @@
 The search walks the upper block triangle of X X^T: each block B_I x B_J (J >= I) is one matrix product that
 serves the rows of block I and, transposed, the rows of block J, so the products cost about half the full
 Gram matrix (the similarity of i and j in different blocks is one number used both ways). Only one block of
-similarities exists at a time; each row keeps its k best (value, index) candidates, merged block by block.
+similarities exists at a time; each row keeps its k best (value, index) candidates, merged block by block. An N
+that fits one block (4096 on a CPU) takes the whole Gram matrix at once, its upper block triangle mirrored
+(`gram`): the same similarities and lists as the engine had before the blocked search.
 
 The order is (similarity descending, index ascending): among equal similarities the lower sample index ranks
 first, exactly. A block's k best come from topk, checked for a tie straddling the k-th place (then that row of
@@ -32,6 +34,26 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 def block_rows(n: int, itemsize: int = 4, block_bytes: int = BLOCK_BYTES) -> int:
     """Rows per block so that one square block of similarities takes at most `block_bytes`."""
     return max(1, min(n, int((block_bytes / itemsize) ** 0.5)))
+
+
+def gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """X X^T in float32, or float64 when the features are float64 (half precision is upcast).
+
+    Only the upper block triangle is multiplied (one product per block row, from its diagonal block on) and
+    mirrored: about a third less work than x @ x.T, and exactly symmetric."""
+    x = at_least_float32(x)
+    n = x.shape[0]
+    if n < 256:
+        return x @ x.T
+    e = [n * i // blocks for i in range(blocks + 1)]
+    g = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    for i in range(blocks):
+        torch.mm(x[e[i] : e[i + 1]], x[e[i] :].T, out=g[e[i] : e[i + 1], e[i] :])
+        diag = g[e[i] : e[i + 1], e[i] : e[i + 1]]  # a BLAS product need not be symmetric within its block
+        diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
+        for j in range(i):
+            g[e[i] : e[i + 1], e[j] : e[j + 1]] = g[e[j] : e[j + 1], e[i] : e[i + 1]].T
+    return g
 
 
 def _by_index(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +137,12 @@ def _merge(best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, tor
     return vals, idx
 
 
+def _nearest_first(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists in index order reordered by similarity, descending: a stable sort keeps index order within ties."""
+    order = vals.sort(dim=1, descending=True, stable=True).indices
+    return vals.gather(1, order), idx.gather(1, order)
+
+
 def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities, indices), both N x k: each row's k largest inner products with the other rows, self
     excluded, nearest first, ties to the lower index. Similarities are float32 (float64 for float64 features;
@@ -125,6 +153,8 @@ def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch
     if not 1 <= k < n:
         raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
     b = block or block_rows(n, x.element_size(), BLOCK_BYTES if x.device.type == "cpu" else DEVICE_BLOCK_BYTES)
+    if b >= n:  # one block: the Gram matrix's upper block triangle, mirrored (5/8 of the products), at once
+        return _nearest_first(*_best_of_block(gram(x).fill_diagonal_(-torch.inf), 0, k))
     edges = [*range(0, n, b), n]
     spans = list(zip(edges[:-1], edges[1:], strict=True))
     best = [(x.new_empty(r1 - r0, 0), x.new_empty(r1 - r0, 0, dtype=torch.long)) for r0, r1 in spans]
@@ -138,9 +168,7 @@ def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch
             best[i] = _merge(best[i], _candidates(s, False, c0, k, best[i]), k)
             if j > i:
                 best[j] = _merge(best[j], _candidates(s, True, r0, k, best[j]), k)
-    vals, idx = torch.cat([v for v, _ in best]), torch.cat([i for _, i in best])
-    order = vals.sort(dim=1, descending=True, stable=True).indices  # index order within ties: stable keeps it
-    return vals.gather(1, order), idx.gather(1, order)
+    return _nearest_first(torch.cat([v for v, _ in best]), torch.cat([i for _, i in best]))
 
 
 def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: int = 32,
