@@ -106,8 +106,8 @@ def run_suite(
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
         check_modalities(models, samples, cond.dataset)
-        for use in suite.metrics:
-            metric, params = registry.metric(use.name, cond.metric_params(use.params))
+        metrics = [registry.metric(u.name, cond.metric_params(u.params)) for u in suite.metrics]
+        for metric, params in metrics:
             metric.check_n(len(samples), **params)
         sizes[cond.label] = len(samples)
         timings["load_data"] += time.perf_counter() - t0
@@ -124,8 +124,7 @@ def run_suite(
         members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
         names = {m.id: m.info.layer_names + ([CONCAT] if suite.prepare.concat_layers else []) for m in members}
         rows, cal = [], []
-        for use in suite.metrics:
-            metric, params = registry.metric(use.name, cond.metric_params(use.params))
+        for use, (metric, params) in zip(suite.metrics, metrics, strict=True):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
                            int(spec.budget_gib * 2**30), suite.reference)
             job.check_fits()
