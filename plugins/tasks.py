@@ -1,5 +1,5 @@
 """Built-in downstream tasks: a linear probe (logistic regression) on a model's features, as in the PRH
-paper's VTAB evaluation."""
+paper's VTAB evaluation, and a language model's bits per byte on a text corpus (the paper's OpenWebText axis)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,26 @@ class LinearProbe(Task):
         return float(probe.fit(xtr, ytr).score(xte, yte))
 
 
+class BitsPerByte(Task):
+    """A causal LM's bits per byte on a corpus: the bits of all its texts over all their UTF-8 bytes (each
+    text's bits per byte weighted by the bytes scored of it, not a mean of ratios). Cut long documents into
+    passages with the data set's `passage_bytes`: each passage is scored from its own start, as in
+    non-overlapping windows; a passage longer than the model's max_length counts only what was kept of it."""
+
+    name = "bits_per_byte"
+    defaults: dict[str, Any] = {}
+    higher_is_better = False
+    sample_score = "bits_per_byte"
+
+    def evaluate(self, feats: Features, samples: SampleSet, **params: Any) -> float:
+        if not {self.sample_score, "bytes_scored"} <= set(feats.sample_scores):
+            raise BadInput(f"bits_per_byte: the features carry no per-sample bits per byte and bytes scored (they "
+                           f"have {sorted(feats.sample_scores)}): only causal language models compute them")
+        nbytes = feats.sample_scores["bytes_scored"].double().numpy()
+        bpb = feats.sample_scores[self.sample_score].double().numpy()
+        return float((bpb * nbytes).sum() / nbytes.sum())
+
+
 @hookimpl
 def prh_tasks() -> dict[str, Task]:
-    return {"linear_probe": LinearProbe()}
+    return {"linear_probe": LinearProbe(), "bits_per_byte": BitsPerByte()}

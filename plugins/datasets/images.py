@@ -18,6 +18,8 @@ from prh_bench.lazy import np
 from prh_bench.manifest import DatasetManifest
 from prh_bench.samples import Sample, SampleSet
 
+from .text import passages
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -83,17 +85,21 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
     """A Hugging Face dataset: `options.path` (hub id or local folder), `split`, `image_column`, `text_column`,
     `text_select` (which element of a list column, or field of a struct column, is the text: the paper's WIT
     stores [caption, page description, section description] and embeds only the caption, element 0),
-    `id_column` (default: the row index); the manifest's `revision` pins the hub revision."""
+    `id_column` (default: the row index), `data_files` (a file or glob inside the repository or folder: one shard
+    of a large corpus) and `passage_bytes` (a text-only set: each text cut into passages of at most that many
+    UTF-8 bytes, ids 'ROW#PART', so that long documents fit a model's context); the manifest's `revision` pins
+    the hub revision. `limit` draws rows before they are cut."""
     try:
         import datasets
     except ModuleNotFoundError:
         raise BadInput(f"dataset '{m.id}' needs the `datasets` package: pip install 'prh-bench[hf]'") from None
     opts = {"split": "train", "image_column": None, "text_column": None, "text_select": None, "id_column": None,
-            **m.options}
+            "data_files": None, "passage_bytes": None, **m.options}
     if not opts.get("path"):
         raise BadInput(f"dataset '{m.id}': field 'options.path': expected a hub id or a local folder")
     try:
-        ds = datasets.load_dataset(opts["path"], revision=m.revision, split=opts["split"])
+        ds = datasets.load_dataset(opts["path"], revision=m.revision, split=opts["split"],
+                                   **({"data_files": opts["data_files"]} if opts["data_files"] else {}))
     except RuntimeError as exc:  # datasets >= 4 refuses loading scripts: no code from a data set runs
         raise BadInput(f"dataset '{m.id}': field 'options.path': '{opts['path']}' cannot be loaded ({str(exc)[:200]}); "
                        "give a folder of data files (parquet, json, csv, imagefolder) or a hub id without a "
@@ -109,6 +115,10 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
             raise BadInput(f"dataset '{m.id}': field 'options.{col}': no column '{opts[col]}' in {ds.column_names}")
     if opts["image_column"] is None and opts["text_column"] is None:
         raise BadInput(f"dataset '{m.id}': set options.image_column and/or options.text_column")
+    cap = opts["passage_bytes"]
+    if cap is not None and (type(cap) is not int or cap < 64 or opts["image_column"] or not opts["text_column"]):
+        raise BadInput(f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64 on a text-only "
+                       f"data set (text_column without image_column), got {cap!r}")
     read_text = text_reader(m.id, ds.features[opts["text_column"]], opts) if opts["text_column"] else None
     samples = []
     for i in subset(len(ds), opts):
@@ -116,7 +126,10 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
         image = row[opts["image_column"]].convert("RGB") if opts["image_column"] else None
         text = read_text(row[opts["text_column"]], i) if read_text else None
         sid = str(row[opts["id_column"]]) if opts["id_column"] else f"{opts['split']}/{i}"
-        samples.append(Sample(id=sid, image=image, text=text))
+        if cap:
+            samples += [Sample(id=f"{sid}#{j}", text=part) for j, part in enumerate(passages(text, cap))]
+        else:
+            samples.append(Sample(id=sid, image=image, text=text))
     return SampleSet(tuple(samples))
 
 

@@ -1,4 +1,5 @@
-"""Real text offline: words of the GloVe vocabulary (ordered by corpus frequency), and plain text files."""
+"""Real text offline: words of the GloVe vocabulary (ordered by corpus frequency), and plain text files; long
+documents cut into passages (a language model's bits per byte on a corpus such as OpenWebText)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,25 @@ def glove_vocabulary(m: DatasetManifest) -> SampleSet:
     return SampleSet(tuple(Sample(id=f"glove/{rank}", text=w) for rank, w in picked.items()))
 
 
+def passages(text: str, max_bytes: int) -> list[str]:
+    """`text` cut into consecutive passages of at most `max_bytes` UTF-8 bytes, each ending after an ASCII
+    whitespace where one is in reach (a longer word is cut between characters). Joined, they give back `text`
+    exactly: every byte is scored once, in order."""
+    if max_bytes < 4:  # one UTF-8 character can take 4 bytes
+        raise ValueError(f"max_bytes must be >= 4, got {max_bytes}")
+    data, out, start = text.encode("utf-8"), [], 0
+    while start < len(data):
+        end = min(start + max_bytes, len(data))
+        if end < len(data):
+            while data[end] & 0xC0 == 0x80:  # never inside a character: back to its first byte
+                end -= 1
+            space = max(data.rfind(c, start, end) for c in (b" ", b"\n", b"\t", b"\r"))
+            end = space + 1 if space >= start else end
+        out.append(data[start:end].decode("utf-8"))
+        start = end
+    return out
+
+
 def text_lines(m: DatasetManifest) -> SampleSet:
     """One sample per non-empty line of `options.path`; the id is the line number."""
     path = Path(m.options.get("path", ""))
@@ -37,6 +57,32 @@ def text_lines(m: DatasetManifest) -> SampleSet:
     return SampleSet(tuple(Sample(id=f"{path.name}:{i}", text=t) for i, t in lines))
 
 
+def text_files(m: DatasetManifest) -> SampleSet:
+    """One document per UTF-8 file matching `glob` (default '*.txt') under `source` (a folder, or
+    pkg://package/folder inside an installed package), in sorted order; with `passage_bytes`, each cut into
+    passages (ids 'FILE#PART')."""
+    opts = {"glob": "*.txt", "passage_bytes": None, **m.options}
+    if not opts.get("source"):
+        raise BadInput(f"dataset '{m.id}': field 'options.source': expected a folder or pkg://package/folder")
+    folder = resolve_path(str(opts["source"]), m.id)
+    files = sorted(p for p in folder.glob(opts["glob"]) if p.is_file())
+    if not files:
+        raise BadInput(f"dataset '{m.id}': no file matches options.glob {opts['glob']!r} in {folder}")
+    cap = opts["passage_bytes"]
+    if cap is not None and (type(cap) is not int or cap < 64):
+        raise BadInput(f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64, got {cap!r}")
+    samples = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"dataset '{m.id}': {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        name = path.relative_to(folder).as_posix()
+        parts = passages(text, cap) if cap else [text] if text else []
+        samples += [Sample(id=f"{name}#{j}" if cap else name, text=part) for j, part in enumerate(parts)]
+    return SampleSet(tuple(samples))
+
+
 @hookimpl
 def prh_dataset_loaders() -> dict[str, Any]:
-    return {"glove_vocabulary": glove_vocabulary, "text_lines": text_lines}
+    return {"glove_vocabulary": glove_vocabulary, "text_lines": text_lines, "text_files": text_files}

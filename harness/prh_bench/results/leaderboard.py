@@ -135,9 +135,12 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
 
 def score_higher_is_better(registry: Registry, name: str) -> bool:
     """A downstream score's direction: bits per byte (computed by the run) is lower-is-better; a score table says
-    its own; probe accuracies and tasks solved are higher-is-better."""
+    its own, a probe ('TASK:DATASET') its task's; tasks solved is higher-is-better."""
     if name == "bits_per_byte":
         return False
+    task = registry.plugins.tasks.get(name.split(":", 1)[0]) if ":" in name else None
+    if task is not None:
+        return task.higher_is_better
     table = registry.score_table(name)
     return table.higher_is_better if table is not None else True
 
@@ -188,6 +191,8 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, c
     solved: dict[str, float] = {}
     for (task, dataset), part in probes.groupby(["task", "dataset"], sort=False):
         out[f"{task}:{dataset}"] = dict(zip(part.model, part.score))
+        if not score_higher_is_better(registry, f"{task}:{dataset}"):
+            continue  # "solved at 80% of the best" is the paper's rule for accuracies, not for bits per byte
         best = part.score.max()
         for model, score in zip(part.model, part.score):
             solved[model] = solved.get(model, 0) + float(score >= SOLVED_FRACTION * best)
