@@ -193,8 +193,8 @@ def test_a_damaged_dequantised_folder_is_never_used(tmp_path: Path, damage: str)
     """The dequantised GGUF copy is used only when every file it lists has its listed sha256, config.json is
     among them, and nothing else is there (an edited tensor was loaded silently, a folder without config.json
     failed forever with 'Hub unreachable')."""
+    from prh_bench.file_hash import sha256_of
     from prh_bench.plugins.backends.causal_lm_backend import DEQUANTISED_FILES, _dequantised_ok
-    from prh_bench.weights import sha256_of
 
     for name, text in (("config.json", "{}"), ("model.safetensors", "tensors")):
         (tmp_path / name).write_text(text)

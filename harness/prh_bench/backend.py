@@ -57,6 +57,10 @@ class ModelBackend(ABC):
 
     #: distributions whose versions change features: they enter the feature-cache key
     libraries: tuple[str, ...] = ()
+    #: per-sample scores its extractors compute (a task that needs one is run on these models only)
+    sample_score_names: tuple[str, ...] = ()
+    #: whether the manifest's `options` mean something to it (validate refuses them otherwise)
+    takes_options: bool = False
 
     @abstractmethod
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:

@@ -27,6 +27,7 @@ BUILTINS = (
     "prh_bench.plugins.datasets.text",
     "prh_bench.plugins.datasets.images",
     "prh_bench.plugins.datasets.colors",
+    "prh_bench.plugins.datasets.wheels",
     "prh_bench.plugins.backends.timm_backend",
     "prh_bench.plugins.backends.transformers_backend",
     "prh_bench.plugins.backends.glove_backend",

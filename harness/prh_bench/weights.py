@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import pickle  # only for its exception type: nothing is unpickled here
 import re
-import tempfile
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
 from .errors import BadInput, WeightsUnavailable
+from .file_hash import file_sha256, sha256_of
 from .lazy import torch
-from .manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from .manifest import ModelManifest, PartsWeights, PathWeights, RandomWeights, UrlWeights
+from .packaged import joined_file, parts_status
 
 PKG_SCHEME = "pkg://"
 log = logging.getLogger(__name__)
@@ -50,10 +48,13 @@ def resolve_path(ref: str, model_id: str) -> Path:
     return path
 
 
-def checkpoint_path(w: PathWeights, model_id: str) -> Path:
-    """`resolve_path` of a checkpoint, whose error also says where the weights come from (`source_note`: e.g.
-    that they were never published)."""
+def checkpoint_path(w: PathWeights | PartsWeights, model_id: str, cache_dir: Path) -> Path:
+    """`resolve_path` of a checkpoint file, or the joined file of a checkpoint in parts (joined once under
+    `cache_dir`); the error also says where the weights come from (`source_note`: e.g. that they were never
+    published)."""
     try:
+        if isinstance(w, PartsWeights):
+            return joined_file(w, model_id, cache_dir)
         return resolve_path(w.path, model_id)
     except WeightsUnavailable as exc:
         raise WeightsUnavailable(f"{exc}. {w.source_note}" if w.source_note else str(exc)) from None
@@ -62,47 +63,6 @@ def checkpoint_path(w: PathWeights, model_id: str) -> Path:
 def offline() -> bool:
     """Whether hubs and downloads are off limits: `--offline` sets HF_HUB_OFFLINE, which the hub libraries read."""
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path, memo: Path | None = None) -> str:
-    """The sha256 of a file, hashed once per version of it: per process, and across processes through `memo` (a
-    folder of the cache), keyed by the file's path, size, inode and modification and change times. The change
-    time moves on every write and cannot be set back, so an edited file is hashed anew (unless the edit keeps
-    the size and falls in the file system's clock tick of the last hash); a 130 GB model folder is not hashed
-    by every run."""
-    real = path.resolve()
-    st = real.stat()
-    return _memo_sha256(real, (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns), memo)
-
-
-@functools.cache
-def _memo_sha256(path: Path, stamp: tuple[int, ...], memo: Path | None) -> str:
-    entry = None
-    if memo is not None:
-        entry = memo / hashlib.sha256(json.dumps([str(path), *stamp]).encode()).hexdigest()
-        with contextlib.suppress(OSError):
-            if re.fullmatch(r"[0-9a-f]{64}", known := entry.read_text().strip()):
-                return known
-    digest = sha256_of(path)
-    if entry is not None:
-        with contextlib.suppress(OSError):  # a read-only cache hashes again next time
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(digest)
-                os.replace(tmp, entry)  # whole or absent: readers never see half a digest
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-    return digest
 
 
 def is_local(source: str) -> bool:
@@ -189,9 +149,11 @@ def checkpoint_status(m: ModelManifest, cache_dir: Path) -> str | None:
     w = m.weights
     if isinstance(w, RandomWeights):
         return "local"
+    if isinstance(w, PartsWeights):
+        return parts_status(w, m.id)
     if isinstance(w, PathWeights):
         try:
-            checkpoint_path(w, m.id)
+            checkpoint_path(w, m.id, cache_dir)
             return "local"
         except (WeightsUnavailable, BadInput) as exc:
             return f"unavailable: {exc}"
@@ -213,7 +175,12 @@ def refused_pickle(path: Path | str, exc: pickle.UnpicklingError) -> BadInput:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a torch file (weights_only=True: no pickle code runs)."""
+    """A state dict from safetensors, an ONNX graph's initialisers (see onnx_state) or a torch file
+    (weights_only=True: no pickle code runs)."""
+    if path.suffix == ".onnx":
+        from .onnx_state import onnx_state_dict
+
+        return onnx_state_dict(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -238,12 +205,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def adapt_state_dict(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: PathWeights | UrlWeights, model_id: str
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: PathWeights | UrlWeights | PartsWeights,
+    model_id: str,
 ) -> dict[str, torch.Tensor]:
     """Rename checkpoint keys to the target's. `strip_prefix` keeps only keys under a prefix (the query encoder
     of a MoCo checkpoint: 'module.encoder_q.'), `drop` removes keys matching globs (a projection head), then
-    `by_name` keeps names and `by_order` pairs tensors in order, refusing any shape mismatch (ports whose
-    tensors match timm's in shape and order)."""
+    `by_name` keeps names, `by_order` pairs tensors in order, refusing any shape mismatch (ports whose
+    tensors match timm's in shape and order), and a named map (onnx_state.KEY_MAPS) renames one architecture's
+    keys to another's."""
     if w.strip_prefix:
         state = {k[len(w.strip_prefix) :]: v for k, v in state.items() if k.startswith(w.strip_prefix)}
         if not state:
@@ -251,6 +220,13 @@ def adapt_state_dict(
     state = {k: v for k, v in state.items() if not any(fnmatch(k, pat) for pat in w.drop)}
     if w.key_map == "by_name":
         return state
+    if w.key_map != "by_order":
+        from .onnx_state import KEY_MAPS
+
+        try:
+            return KEY_MAPS[w.key_map](state, target)
+        except KeyError as exc:
+            raise BadInput(f"model '{model_id}': key_map {w.key_map}: the checkpoint has no tensor {exc}") from None
     src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
     dst = [k for k in target if not k.endswith("num_batches_tracked") and not any(fnmatch(k, p) for p in w.drop)]
     if len(src) != len(dst):
@@ -266,14 +242,16 @@ def adapt_state_dict(
     return out
 
 
-def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights, model_id: str, cache_dir: Path) -> Path:
+def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights | PartsWeights, model_id: str,
+                    cache_dir: Path) -> Path:
     """Fetch (or find) the checkpoint, check its sha256, adapt its keys and load it; every parameter the model
     has must come from the checkpoint, except those `drop` names."""
     if isinstance(w, UrlWeights):
         path = download(w.url, w.sha256, cache_dir, model_id)
     else:
-        path = checkpoint_path(w, model_id)
-        verify_sha256(path, w.sha256, model_id)
+        path = checkpoint_path(w, model_id, cache_dir)
+        if isinstance(w, PathWeights):  # a joined file is checked as it is joined and used
+            verify_sha256(path, w.sha256, model_id)
     state = adapt_state_dict(read_state_dict(path), model.state_dict(), w, model_id)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not any(fnmatch(k, pat) for pat in w.drop)]
@@ -302,6 +280,6 @@ def build_with_weights(m: ModelManifest, create: Callable[[bool], torch.nn.Modul
     if isinstance(m.weights, RandomWeights):
         torch.manual_seed(m.weights.random)
     model = create(False)
-    if isinstance(m.weights, (PathWeights, UrlWeights)):
+    if isinstance(m.weights, (PathWeights, UrlWeights, PartsWeights)):
         load_checkpoint(model, m.weights, m.id, cache_dir)
     return model

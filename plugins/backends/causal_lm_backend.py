@@ -6,7 +6,7 @@ Weights: 'pretrained' (the hub id or local folder in `source`), a GGUF file of l
 FILE.gguf}`: dequantised once and cached, see `dequantised_gguf`), or random.
 
 Bits per byte: the cross-entropy of every token after the first, summed, in bits, divided by the UTF-8 bytes of
-the (templated) text. A tokenizer that adds a BOS token (LLaMA, Pythia) gets every text token predicted; one that
+the (templated) text, or, for a text cut at max_length, of the part its kept tokens spell. A tokenizer that adds a BOS token (LLaMA, Pythia) gets every text token predicted; one that
 adds none (SmolLM2's GGUF tokenizer) leaves the first token unscored, so a one-token text costs 0 bits. `preprocess` takes `template` (e.g. "Caption: {text}") or `templates` (several: features and
 bits per byte averaged over them), `max_length` (default 512) and
 `device_map` ("auto" shards a large model over the GPUs, via accelerate)."""
@@ -25,12 +25,13 @@ from typing import Any
 from prh_bench.backend import FeatureExtractor, preprocess_options, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
+from prh_bench.file_hash import sha256_of
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
+from prh_bench.manifest import ModelManifest, PartsWeights, PathWeights, RandomWeights
 from prh_bench.samples import Sample, SampleSet
 from prh_bench.store import TEMP_PREFIX, entry_lock, sync_tree
-from prh_bench.weights import checkpoint_path, refused_pickle, sha256_of, verify_sha256
+from prh_bench.weights import checkpoint_path, refused_pickle, verify_sha256
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
@@ -42,7 +43,9 @@ OPTIONS = {"template": "{text}", "templates": None, "max_length": 512, "device_m
 
 
 class CausalLMExtractor(FeatureExtractor):
-    sample_score_names = ("bits_per_byte",)
+    #: bytes_scored: the UTF-8 bytes each bits per byte divides by (all of the text unless cut at max_length), so
+    #: that a corpus's bits per byte weighs each text by what was scored of it
+    sample_score_names = ("bits_per_byte", "bytes_scored")
 
     def __init__(self, m: ModelManifest, device: torch.device):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -59,18 +62,19 @@ class CausalLMExtractor(FeatureExtractor):
         where, kw = model_location(m), hub_kwargs(m)
         dtype = torch_dtype(m.dtype)
         try:
-            if isinstance(m.weights, PathWeights) and m.weights.path.endswith(".gguf"):
+            if is_gguf(m):
                 where, kw = dequantised_gguf(m), {}
             self.tokenizer = AutoTokenizer.from_pretrained(where, **kw)
             if isinstance(m.weights, RandomWeights):
                 torch.manual_seed(m.weights.random)
                 model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(where, **kw), dtype=dtype)
-            elif m.weights == "pretrained" or isinstance(m.weights, PathWeights) and m.weights.path.endswith(".gguf"):
+            elif m.weights == "pretrained" or is_gguf(m):
                 extra = {"device_map": self.opts["device_map"]} if self.opts["device_map"] else {}
                 model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw, **extra)
             else:
                 raise BadInput(f"model '{m.id}': field 'weights': causal LMs take 'pretrained' (from `source` and "
-                               "`revision`), a GGUF file ({path: FILE.gguf, sha256: ...}) or {random: SEED}")
+                               "`revision`), a GGUF file ({path: FILE.gguf, sha256: ...}, or {parts: [...], file: "
+                               "FILE.gguf, sha256: ...}) or {random: SEED}")
         except pickle.UnpicklingError as exc:  # a pytorch_model.bin with pickled objects (weights_only=True)
             raise refused_pickle(where, exc) from None
         except OSError as exc:
@@ -110,9 +114,11 @@ class CausalLMExtractor(FeatureExtractor):
                 raise BadInput(f"{self.where}: the paper's padding needs every text first (extract() calls prepare)")
             enc = self.tokenizer(texts, padding="max_length", max_length=self.pad_to, truncation=False,
                                  return_tensors="pt")
+            nbytes = [len(t.encode("utf-8")) for t in texts]
         else:
             enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts["max_length"],
                                  return_tensors="pt")
+            nbytes = self.kept_bytes(texts, enc["input_ids"])
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         out = self.model(**enc, output_hidden_states=True)
         mask = enc["attention_mask"].bool()
@@ -122,11 +128,33 @@ class CausalLMExtractor(FeatureExtractor):
         target = enc["input_ids"][:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         bits = (nll * (mask[:, 1:] & mask[:, :-1])).sum(1) / math.log(2)
-        nbytes = torch.tensor([len(t.encode("utf-8")) for t in texts], dtype=torch.float32)
-        return feats + [(bits.float().cpu() / nbytes)]
+        scored = torch.tensor(nbytes, dtype=torch.float32)
+        return feats + [bits.float().cpu() / scored, scored]
+
+    def kept_bytes(self, texts: list[str], kept: torch.Tensor) -> list[int]:
+        """UTF-8 bytes of each text's part that survived truncation at max_length: bits per byte divides the
+        bits of the kept tokens by the bytes they spell, not by the whole text's."""
+        n_text = kept.shape[1] - self.tokenizer.num_special_tokens_to_add()  # truncation keeps BOS/EOS
+        out = []
+        for text in texts:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+            if len(enc["input_ids"]) <= n_text:
+                out.append(len(text.encode("utf-8")))
+            elif self.tokenizer.is_fast:  # the character span of the kept tokens
+                out.append(len(text[: enc["offset_mapping"][n_text - 1][1]].encode("utf-8")) if n_text > 0 else 0)
+            else:
+                out.append(len(self.tokenizer.decode(enc["input_ids"][:n_text]).encode("utf-8")))
+        return out
 
 
 DEQUANTISED_FILES = "prh-files.json"  # name -> sha256 of every file of a dequantised folder
+
+
+def is_gguf(m: ModelManifest) -> bool:
+    """Whether the weights are a llama.cpp GGUF file (a path, or parts joined into one)."""
+    w = m.weights
+    return (isinstance(w, PathWeights) and w.path.endswith(".gguf")) or (isinstance(w, PartsWeights) and
+                                                                          w.file.endswith(".gguf"))
 
 
 def dequantised_gguf(m: ModelManifest) -> str:
@@ -135,10 +163,11 @@ def dequantised_gguf(m: ModelManifest) -> str:
     sha256, so later runs load it directly. The folder lists the sha256 of each of its files, checked at every
     use: an edited, truncated or incomplete folder is rebuilt, never loaded. Needs the `gguf` package (in
     prh-bench[offline])."""
-    assert isinstance(m.weights, PathWeights)
-    gguf = checkpoint_path(m.weights, m.id)
+    assert isinstance(m.weights, (PathWeights, PartsWeights))
+    gguf = checkpoint_path(m.weights, m.id, cache_root())  # parts: joined and checked against their sha256
     digest = m.weights.sha256 or sha256_of(gguf)
-    verify_sha256(gguf, m.weights.sha256, m.id)
+    if isinstance(m.weights, PathWeights):
+        verify_sha256(gguf, m.weights.sha256, m.id)
     folder = cache_root() / "dequantised" / digest
     if _dequantised_ok(folder):
         return str(folder)
@@ -192,6 +221,7 @@ def _dequantise(m: ModelManifest, gguf: Path, folder: Path) -> None:
 
 class CausalLMBackend(HubTextBackend):
     extractor = CausalLMExtractor
+    sample_score_names = CausalLMExtractor.sample_score_names
 
 
 @hookimpl

@@ -14,7 +14,7 @@ from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights, UrlWeights
+from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
 from prh_bench.samples import Sample
 from prh_bench.weights import checkpoint_path, checkpoint_status, refused_pickle, verify_sha256
 
@@ -38,12 +38,12 @@ def create_model(m: ModelManifest) -> tuple[torch.nn.Module, Any, str]:
         torch.manual_seed(m.weights.random)
         pretrained = None
     elif isinstance(m.weights, PathWeights):
-        path = checkpoint_path(m.weights, m.id)
+        path = checkpoint_path(m.weights, m.id, cache_root())
         verify_sha256(path, m.weights.sha256, m.id)
         pretrained = str(path)
     else:
-        assert isinstance(m.weights, UrlWeights)
-        raise BadInput(f"model '{m.id}': field 'weights': open_clip takes a pretrained tag or a local path, not a URL")
+        raise BadInput(f"model '{m.id}': field 'weights': open_clip takes a pretrained tag or a local path, not a "
+                       "URL or parts")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except pickle.UnpicklingError as exc:  # a local checkpoint with pickled objects: that model fails, not the run

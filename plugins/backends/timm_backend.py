@@ -1,7 +1,7 @@
 """timm image models: any architecture by name; pretrained, random with a seed, or a local/packaged/URL
 checkpoint. Layers are module outputs picked by glob (default: the model's feature_info stages plus the
 pre-logits embedding), pooled to one vector per image. Preprocessing comes from the model's pretrained_cfg
-with the manifest's `preprocess` overrides."""
+with the manifest's `preprocess` overrides; `options` are keyword arguments of timm.create_model (img_size)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prh_bench.backend import FeatureExtractor, ModelBackend, preprocess_options, torch_dtype
+from prh_bench.errors import BadInput
 from prh_bench.features import cache_root
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
@@ -25,7 +26,13 @@ PRE_LOGITS = "pre_logits"
 def create_model(m: ModelManifest) -> torch.nn.Module:
     import timm
 
-    return build_with_weights(m, lambda pretrained: timm.create_model(m.source, pretrained=pretrained),
+    def create(pretrained: bool) -> torch.nn.Module:
+        try:
+            return timm.create_model(m.source, pretrained=pretrained, **m.options)
+        except TypeError as exc:  # an option create_model or the architecture does not take
+            raise BadInput(f"model '{m.id}': field 'options': timm.create_model('{m.source}') refused them ({exc})") from None
+
+    return build_with_weights(m, create,
                               f"pretrained weights for timm '{m.source}'", "the Hugging Face Hub", "HF_HOME",
                               cache_root())
 
@@ -39,6 +46,7 @@ class TimmExtractor(FeatureExtractor):
         cfg = timm.data.resolve_data_config(model=model)
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess_options(m, cfg).items()}
         self.transform = timm.data.create_transform(**cfg, is_training=False)
+        self.input_size = cfg["input_size"]
         patterns = m.layers.nodes or [f["module"] for f in model.feature_info] + [PRE_LOGITS]
         self.hooks = LayerHooks(model, patterns, m.layers.pool, f"model '{m.id}'", computed=[PRE_LOGITS])
         self.layer_names = self.hooks.names
@@ -58,6 +66,7 @@ class TimmExtractor(FeatureExtractor):
 
 class TimmBackend(ModelBackend):
     libraries = ("torch", "timm")
+    takes_options = True
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return TimmExtractor(manifest, create_model(manifest), device)
@@ -78,10 +87,9 @@ class TimmBackend(ModelBackend):
         import timm
 
         with torch.device("meta"):
-            model = timm.create_model(m.source.split("@")[0], pretrained=False)
+            model = timm.create_model(m.source.split("@")[0], pretrained=False, **m.options)
         ext = TimmExtractor(m.model_copy(update={"dtype": "float32"}), model, torch.device("meta"))
-        size = timm.data.resolve_data_config(model=model)["input_size"]
-        return [t.shape[-1] for t in ext.forward(torch.empty(1, *size, device="meta"))]
+        return [t.shape[-1] for t in ext.forward(torch.empty(1, *ext.input_size, device="meta"))]
 
 
 @hookimpl
