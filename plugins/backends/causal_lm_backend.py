@@ -3,7 +3,8 @@ over valid tokens ('mean', the default, or 'last' valid token), and each text's 
 forward pass (the paper's language-competence axis).
 
 Weights: 'pretrained' (the hub id or local folder in `source`), a GGUF file of llama.cpp (`weights: {path:
-FILE.gguf}`: dequantised once and cached, see `dequantised_gguf`), or random.
+FILE.gguf}` or in parts: dequantised once and cached, see `dequantised_gguf`), or random (with a GGUF file as
+`source`, its architecture and tokenizer: the random control of a GGUF model).
 
 Bits per byte: the cross-entropy of every token after the first, summed, in bits, divided by the UTF-8 bytes of
 the (templated) text, or, for a text cut at max_length, of the part its kept tokens spell. A tokenizer that adds a BOS token (LLaMA, Pythia) gets every text token predicted; one that
@@ -64,6 +65,8 @@ class CausalLMExtractor(FeatureExtractor):
         try:
             if is_gguf(m):
                 where, kw = dequantised_gguf(m), {}
+            elif isinstance(m.weights, RandomWeights) and m.source.endswith(".gguf"):  # a GGUF's architecture
+                where, kw = str(Path(where).parent), {"gguf_file": Path(where).name}
             self.tokenizer = AutoTokenizer.from_pretrained(where, **kw)
             if isinstance(m.weights, RandomWeights):
                 torch.manual_seed(m.weights.random)

@@ -1,4 +1,5 @@
-"""Where a text model's files come from: a `pkg://` resource, a local folder, or a hub id (with revision)."""
+"""Where a text model's files come from: a `pkg://` resource, a local folder, a zip archive in parts, or a hub id
+(with revision)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,25 @@ from prh_bench.backend import ModelBackend
 from prh_bench.errors import BadInput
 from prh_bench.features import cache_root
 from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, RandomWeights
+from prh_bench.manifest import ModelManifest, PartsWeights, RandomWeights
+from prh_bench.packaged import extracted_folder
 from prh_bench.weights import checkpoint_status, is_local, resolve_path
 
 
 def model_location(m: ModelManifest) -> str:
+    """Where the model's folder is: a zip archive in parts (extracted once under the cache), a `pkg://`
+    resource or local path, else the hub id."""
+    if is_archive(m):
+        assert isinstance(m.weights, PartsWeights)
+        return str(extracted_folder(m.weights, m.id, cache_root()))
     if is_local(m.source):
         return str(resolve_path(m.source, m.id))
     return m.source
+
+
+def is_archive(m: ModelManifest) -> bool:
+    """Whether the weights are a zip archive of the model's folder, shipped in parts."""
+    return isinstance(m.weights, PartsWeights) and m.weights.file.endswith(".zip")
 
 
 def prompt_templates(m: ModelManifest, default: str = "{text}") -> list[str]:

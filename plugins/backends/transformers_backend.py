@@ -16,7 +16,7 @@ from prh_bench.manifest import ModelManifest, RandomWeights
 from prh_bench.samples import Sample
 from prh_bench.weights import refused_pickle
 
-from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
+from .text_sources import HubTextBackend, hub_kwargs, is_archive, mean_over_templates, model_location, prompt_templates
 
 
 class EncoderExtractor(FeatureExtractor):
@@ -33,11 +33,12 @@ class EncoderExtractor(FeatureExtractor):
             if isinstance(m.weights, RandomWeights):
                 torch.manual_seed(m.weights.random)
                 model = AutoModel.from_config(AutoConfig.from_pretrained(where, **kw))
-            elif m.weights == "pretrained":
+            elif m.weights == "pretrained" or is_archive(m):
                 model = AutoModel.from_pretrained(where, **kw)
             else:
                 raise BadInput(f"model '{m.id}': field 'weights': the transformers backend takes 'pretrained' "
-                               "(from `source`, a hub id or a local folder) or {random: SEED}")
+                               "(from `source`, a hub id or a local folder), a zip of the model's folder in parts "
+                               "({parts: [...], file: NAME.zip, sha256: ...}) or {random: SEED}")
         except pickle.UnpicklingError as exc:  # a pytorch_model.bin with pickled objects (weights_only=True)
             raise refused_pickle(where, exc) from None
         except OSError as exc:
