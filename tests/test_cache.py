@@ -193,19 +193,19 @@ def test_large_local_files_are_hashed_once_per_version_across_processes(tmp_path
     moves the change time) is hashed anew. A damaged memo entry is ignored."""
     import hashlib
 
-    from prh_bench import weights
+    from prh_bench import file_hash
 
     f, memo = tmp_path / "model.bin", tmp_path / "digests"
     f.write_bytes(b"weights v1")
-    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v1").hexdigest()
+    assert file_hash.file_sha256(f, memo) == hashlib.sha256(b"weights v1").hexdigest()
     assert len(list(memo.iterdir())) == 1
-    weights._memo_sha256.cache_clear()  # as a new process
-    monkeypatch.setattr(weights, "sha256_of", lambda p: pytest.fail("hashed again"))
-    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v1").hexdigest()
+    file_hash._memo_sha256.cache_clear()  # as a new process
+    monkeypatch.setattr(file_hash, "sha256_of", lambda p: pytest.fail("hashed again"))
+    assert file_hash.file_sha256(f, memo) == hashlib.sha256(b"weights v1").hexdigest()
     monkeypatch.undo()
     f.write_bytes(b"weights v2, longer")
-    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v2, longer").hexdigest()
-    weights._memo_sha256.cache_clear()
+    assert file_hash.file_sha256(f, memo) == hashlib.sha256(b"weights v2, longer").hexdigest()
+    file_hash._memo_sha256.cache_clear()
     for e in memo.iterdir():
         e.write_text("not a digest")
-    assert weights.file_sha256(f, memo) == hashlib.sha256(b"weights v2, longer").hexdigest()
+    assert file_hash.file_sha256(f, memo) == hashlib.sha256(b"weights v2, longer").hexdigest()

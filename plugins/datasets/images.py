@@ -12,11 +12,12 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.errors import BadInput
+from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import np
 from prh_bench.manifest import DatasetManifest
 from prh_bench.samples import Sample, SampleSet
+from prh_bench.weights import PKG_SCHEME, resolve_path
 
 from .text import passages
 
@@ -33,12 +34,19 @@ def subset(n: int, opts: dict[str, Any]) -> list[int]:
 
 
 def image_folder(m: DatasetManifest) -> SampleSet:
-    """Images under `options.path` ($VARS expand), recursively, sorted by relative path (the sample id). With
-    `labels: folder`, each image's label is its first-level subfolder (the ImageFolder layout), numbered in
+    """Images under `options.path` ($VARS expand; pkg://package/folder inside an installed package), recursively,
+    sorted by relative path (the sample id). With `labels: folder`, each image's label is its first-level
+    subfolder (the ImageFolder layout), numbered in
     sorted order. With `splits: [train, val]`, each split is a subfolder of its own (as VTAB's are exported),
     `limit` applies to each, and every sample carries its split (ids 'train/CLASS/FILE')."""
     raw = str(m.options.get("path", ""))
-    root = Path(os.path.expandvars(raw)).expanduser()
+    if raw.startswith(PKG_SCHEME):  # a folder inside an installed package
+        try:
+            root = resolve_path(raw, m.id, "dataset")
+        except WeightsUnavailable as exc:
+            raise BadInput(str(exc)) from None
+    else:
+        root = Path(os.path.expandvars(raw)).expanduser()
     if not raw or not root.is_dir():
         hint = m.options.get("how_to_get", "")
         raise BadInput(f"dataset '{m.id}': field 'options.path': no folder at '{raw}' (expanded: '{root}'). {hint}".strip())

