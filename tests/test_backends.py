@@ -209,3 +209,40 @@ def test_a_damaged_dequantised_folder_is_never_used(tmp_path: Path, damage: str)
     else:
         (tmp_path / DEQUANTISED_FILES).unlink()
     assert not _dequantised_ok(tmp_path)
+
+
+def test_pooled_features_do_not_keep_their_batches_tokens_alive() -> None:
+    """A ViT's class token pooled as a view of the block's B x T x D output kept every batch's tokens in memory
+    until extraction ended (T times the features: 12 GB for DINOv2-S on 1392 icons). Every stored tensor now
+    owns exactly its own storage, for the built-in pooling and for any extractor that returns a view."""
+    from prh_bench.plugins.backends.pooling import pool
+
+    tokens = torch.randn(4, 197, 16)
+    for how in ("cls", "last"):
+        pooled = pool(tokens, how, "t")
+        assert pooled.untyped_storage().nbytes() == pooled.numel() * pooled.element_size()
+
+    # A plugin's extractor returning a view of 16 MiB of tokens per batch, 48 batches: a fresh process's peak
+    # memory stays near one batch's tokens (it grew by the whole 768 MiB when the views were kept).
+    script = """
+import resource, torch
+from prh_bench.backend import FeatureExtractor
+from prh_bench.features import extract
+from prh_bench.samples import Sample, SampleSet
+
+class Viewing(FeatureExtractor):
+    layer_names = ["tokens.0"]
+    def __call__(self, batch):
+        return [torch.ones(len(batch), 4096, 1024)[:, 0]]
+
+samples = SampleSet(tuple(Sample(id=str(i), text="x") for i in range(48)))
+extract(Viewing(), SampleSet(samples.samples[:2]), 1, progress=False)  # warm-up: allocator, lazy imports
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+feats = extract(Viewing(), samples, 1, progress=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, feats.tensors[0].shape[0])
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "48" and int(out[0]) < 200, f"peak memory grew by {out[0]} MiB"

@@ -170,6 +170,13 @@ class FeatureCache:
         return path
 
 
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """`t` in storage of its own: a pooled output that is a view (a ViT's class token, `tokens[:, 0]`) would
+    otherwise keep its batch's whole token tensor alive until the end of extraction, which for a ViT is the
+    number of tokens times more memory (12 GB instead of 30 MB for DINOv2-S on 1392 images)."""
+    return t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
+
+
 def extract(
     extractor: FeatureExtractor, samples: SampleSet, batch_size: int, desc: str = "", progress: bool = True
 ) -> Features:
@@ -195,7 +202,7 @@ def extract(
             if len(outs) != len(names):
                 raise ExtractionFailed(f"{desc}: extractor returned {len(outs)} outputs, expected {len(names)}")
             for store, out in zip(parts, outs):
-                store.append(out)
+                store.append(owned(out))
             done += len(batch)
             bar.update(len(batch))
     tensors = [torch.cat(p).float() for p in parts]

@@ -16,11 +16,11 @@ def pool(out: torch.Tensor, how: str, where: str, mask: torch.Tensor | None = No
         return out
     if out.ndim == 4 and how in ("avg", "mean"):
         return out.mean(dim=(2, 3))
-    if out.ndim == 3:
+    if out.ndim == 3:  # a single token is cloned: a view would keep the layer's whole token tensor alive
         if how == "cls":
-            return out[:, 0]
+            return out[:, 0].clone()
         if mask is None:
-            return out[:, -1] if how == "last" else out.mean(dim=1)
+            return out[:, -1].clone() if how == "last" else out.mean(dim=1)
         if how == "last":
             last = mask.long().cumsum(1).argmax(1)  # the last valid position
             return out[torch.arange(out.shape[0], device=out.device), last]
