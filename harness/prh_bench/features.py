@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .backend import FeatureExtractor, ModelBackend
 from .code_digest import code_digest
 from .errors import ExtractionFailed
+from .heap import map_large_blocks
 from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
@@ -182,6 +183,7 @@ def extract(
 ) -> Features:
     """Run the extractor over all samples in batches; check shapes and finiteness. On an out-of-memory error
     the batch size halves and the batch is retried (down to 1)."""
+    map_large_blocks()  # activations freed after each batch go back to the system (heap.py)
     names = list(extractor.layer_names) + list(extractor.sample_score_names)
     parts: list[list[torch.Tensor]] = [[] for _ in names]
     extractor.prepare(samples)
