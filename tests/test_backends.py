@@ -247,21 +247,3 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, fea
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "48" and int(out[0]) < 200, f"peak memory grew by {out[0]} MiB"
 
-
-def test_extraction_maps_large_blocks_unless_the_user_chose_a_threshold() -> None:
-    """heap.py: on glibc, extract() fixes malloc's mmap threshold (freed activations go back to the system:
-    benchmarks/bench_heap.py measures DINOv2-S's growth over 640 icons falling from 2.7 GB to 22 MB); a
-    threshold the user set in MALLOC_MMAP_THRESHOLD_ is left alone. Each case in a fresh process."""
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc only")
-    script = "from prh_bench.heap import map_large_blocks; print(map_large_blocks())"
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    run = lambda e: subprocess.run([sys.executable, "-c", script], env=e, capture_output=True, text=True,  # noqa: E731
-                                   check=True).stdout.strip()
-    assert run(env) == "True"
-    assert run({**env, "MALLOC_MMAP_THRESHOLD_": "65536"}) == "False"

@@ -24,7 +24,6 @@ from tqdm import tqdm
 from .backend import FeatureExtractor, ModelBackend
 from .code_digest import code_digest
 from .errors import ExtractionFailed
-from .heap import map_large_blocks
 from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
@@ -171,21 +170,17 @@ class FeatureCache:
         return path
 
 
-def owned(t: torch.Tensor) -> torch.Tensor:
-    """`t` in storage of its own: a pooled output that is a view (a ViT's class token, `tokens[:, 0]`) would
-    otherwise keep its batch's whole token tensor alive until the end of extraction, which for a ViT is the
-    number of tokens times more memory (12 GB instead of 30 MB for DINOv2-S on 1392 images)."""
-    return t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
-
-
 def extract(
     extractor: FeatureExtractor, samples: SampleSet, batch_size: int, desc: str = "", progress: bool = True
 ) -> Features:
     """Run the extractor over all samples in batches; check shapes and finiteness. On an out-of-memory error
-    the batch size halves and the batch is retried (down to 1)."""
-    map_large_blocks()  # activations freed after each batch go back to the system (heap.py)
+    the batch size halves and the batch is retried (down to 1). Each output is copied into one float32 tensor
+    per layer, allocated at the first batch: nothing of a batch outlives it (a pooled class token is a view of
+    its block's whole token tensor), and no small block of it stays in the heap between one batch's freed
+    activations and the next's, where it kept them from being reused (DINOv2-S's peak memory grew by 2.7 GB
+    over 640 images so; benchmarks/bench_extract_memory.py)."""
     names = list(extractor.layer_names) + list(extractor.sample_score_names)
-    parts: list[list[torch.Tensor]] = [[] for _ in names]
+    tensors: list[torch.Tensor] = []
     extractor.prepare(samples)
     done, size = 0, batch_size
     with torch.inference_mode(), tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample", leave=False) as bar:
@@ -203,14 +198,16 @@ def extract(
                 continue
             if len(outs) != len(names):
                 raise ExtractionFailed(f"{desc}: extractor returned {len(outs)} outputs, expected {len(names)}")
-            for store, out in zip(parts, outs):
-                store.append(owned(out))
+            if not tensors:
+                tensors = [torch.empty((len(samples), *out.shape[1:]), dtype=torch.float32) for out in outs]
+            for name, store, out in zip(names, tensors, outs):
+                if out.shape[0] != len(batch) or out.shape[1:] != store.shape[1:]:
+                    raise ExtractionFailed(f"{desc}: '{name}' gave shape {tuple(out.shape)} for a batch of "
+                                           f"{len(batch)}, expected {(len(batch), *store.shape[1:])}")
+                store[done : done + len(batch)] = out
             done += len(batch)
             bar.update(len(batch))
-    tensors = [torch.cat(p).float() for p in parts]
     for name, t in zip(names, tensors):
-        if t.shape[0] != len(samples):
-            raise ExtractionFailed(f"{desc}: '{name}' has {t.shape[0]} rows for {len(samples)} samples")
         if not torch.isfinite(t).all():
             raise ExtractionFailed(f"{desc}: '{name}' has NaN or infinite values")
     n_layers = len(extractor.layer_names)
