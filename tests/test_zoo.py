@@ -168,7 +168,8 @@ def test_causal_lm_bits_per_byte_and_pooling(registry: Registry, tmp_path: Path)
     texts = SampleSet((Sample(id="a", text="a cat on a mat"), Sample(id="b", text="two dogs")))
     f = run_extract(registry, m, texts)
     assert f.layer_names == ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
-    assert f.tensors[0].shape == (2, 32) and set(f.sample_scores) == {"bits_per_byte"}
+    assert f.tensors[0].shape == (2, 32) and set(f.sample_scores) == {"bits_per_byte", "bytes_scored"}
+    assert f.sample_scores["bytes_scored"].tolist() == [23, 17]  # the templated texts, none cut at max_length
     # The same quantities by hand, one text at a time (no padding).
     lm, tok = AutoModelForCausalLM.from_pretrained(local).eval(), AutoTokenizer.from_pretrained(local)
     for i, text in enumerate(["Caption: a cat on a mat", "Caption: two dogs"]):
