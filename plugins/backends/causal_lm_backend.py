@@ -7,10 +7,11 @@ FILE.gguf}` or in parts: dequantised once and cached, see `dequantised_gguf`), o
 `source`, its architecture and tokenizer: the random control of a GGUF model).
 
 Bits per byte: the cross-entropy of every token after the first, summed, in bits, divided by the UTF-8 bytes of
-the (templated) text, or, for a text cut at max_length, of the part its kept tokens spell. A tokenizer that adds a BOS token (LLaMA, Pythia) gets every text token predicted; one that
-adds none (SmolLM2's GGUF tokenizer) leaves the first token unscored, so a one-token text costs 0 bits. `preprocess` takes `template` (e.g. "Caption: {text}") or `templates` (several: features and
-bits per byte averaged over them), `max_length` (default 512) and
-`device_map` ("auto" shards a large model over the GPUs, via accelerate)."""
+the (templated) text, or, for a text cut at max_length, of the part its kept tokens spell. A tokenizer that adds
+a BOS token (LLaMA, Pythia) gets every text token predicted; one that adds none (SmolLM2's GGUF tokenizer) leaves
+the first token unscored, so a one-token text costs 0 bits. `preprocess` takes `template` (e.g. "Caption:
+{text}") or `templates` (several: features and bits per byte averaged over them), `max_length` (default 512)
+and `device_map` ("auto" shards a large model over the GPUs, via accelerate)."""
 
 from __future__ import annotations
 
