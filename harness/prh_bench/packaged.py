@@ -10,14 +10,13 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 from .errors import BadInput, WeightsUnavailable
 from .file_hash import file_sha256, sha256_of
 from .manifest import DistFile, PartsWeights
-from .store import entry_lock
+from .store import atomic_file, entry_lock
 
 
 def _distribution(name: str, who: str) -> importlib.metadata.Distribution:
@@ -73,26 +72,18 @@ def joined_file(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
     with entry_lock(dst.parent):
         if dst.is_file() and file_sha256(dst, memo) == w.sha256:
             return dst
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
-        try:
+        with atomic_file(dst, dst.suffix) as tmp, open(tmp, "wb") as out:
             h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                for path in paths:
-                    with path.open("rb") as f:
-                        for block in iter(lambda f=f: f.read(1 << 22), b""):
-                            h.update(block)
-                            out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
+            for path in paths:
+                with path.open("rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 22), b""):
+                        h.update(block)
+                        out.write(block)
             if h.hexdigest() != w.sha256:
                 raise WeightsUnavailable(
                     f"model '{model_id}': its {len(paths)} parts joined have sha256 {h.hexdigest()}, the manifest "
                     f"expects {w.sha256}: a part is corrupt or of another version "
                     f"({', '.join(p.dist for p in w.parts)}); reinstall them")
-            os.replace(tmp, dst)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     return dst
 
 

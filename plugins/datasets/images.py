@@ -19,7 +19,7 @@ from prh_bench.manifest import DatasetManifest
 from prh_bench.samples import Sample, SampleSet
 from prh_bench.weights import PKG_SCHEME, resolve_path
 
-from .text import passages
+from .text import passage_bytes, passages
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -123,10 +123,7 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
             raise BadInput(f"dataset '{m.id}': field 'options.{col}': no column '{opts[col]}' in {ds.column_names}")
     if opts["image_column"] is None and opts["text_column"] is None:
         raise BadInput(f"dataset '{m.id}': set options.image_column and/or options.text_column")
-    cap = opts["passage_bytes"]
-    if cap is not None and (type(cap) is not int or cap < 64 or opts["image_column"] or not opts["text_column"]):
-        raise BadInput(f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64 on a text-only "
-                       f"data set (text_column without image_column), got {cap!r}")
+    cap = passage_bytes(m, opts["passage_bytes"], text_only=bool(opts["text_column"]) and not opts["image_column"])
     read_text = text_reader(m.id, ds.features[opts["text_column"]], opts) if opts["text_column"] else None
     samples = []
     for i in subset(len(ds), opts):

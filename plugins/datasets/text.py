@@ -48,6 +48,14 @@ def passages(text: str, max_bytes: int) -> list[str]:
     return out
 
 
+def passage_bytes(m: DatasetManifest, cap: Any, text_only: bool) -> int | None:
+    """`options.passage_bytes` checked: absent, or an integer >= 64 on a data set of texts alone."""
+    if cap is not None and (type(cap) is not int or cap < 64 or not text_only):
+        raise BadInput(f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64 on a text-only "
+                       f"data set (text_column without image_column), got {cap!r}")
+    return cap
+
+
 def text_lines(m: DatasetManifest) -> SampleSet:
     """One sample per non-empty line of `options.path`; the id is the line number."""
     path = Path(m.options.get("path", ""))
@@ -68,9 +76,7 @@ def text_files(m: DatasetManifest) -> SampleSet:
     files = sorted(p for p in folder.glob(opts["glob"]) if p.is_file())
     if not files:
         raise BadInput(f"dataset '{m.id}': no file matches options.glob {opts['glob']!r} in {folder}")
-    cap = opts["passage_bytes"]
-    if cap is not None and (type(cap) is not int or cap < 64):
-        raise BadInput(f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64, got {cap!r}")
+    cap = passage_bytes(m, opts["passage_bytes"], text_only=True)
     samples = []
     for path in files:
         try:
