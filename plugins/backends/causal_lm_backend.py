@@ -27,7 +27,7 @@ from typing import Any
 from prh_bench.backend import FeatureExtractor, preprocess_options, torch_dtype
 from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import cache_root
-from prh_bench.file_hash import sha256_of
+from prh_bench.file_hash import file_sha256, sha256_of
 from prh_bench.hookspecs import hookimpl
 from prh_bench.lazy import torch
 from prh_bench.manifest import ModelManifest, PartsWeights, PathWeights, RandomWeights
@@ -186,11 +186,14 @@ def dequantised_gguf(m: ModelManifest) -> str:
 
 
 def _dequantised_ok(folder: Path) -> bool:
+    """Whether every file the folder lists is there, alone, with its sha256: hashed once per file version (the
+    cache's digest memo, as joined and extracted files are), not 6 GB again at every load of a 1.5B model."""
+    memo = cache_root() / "digests"
     try:
         files = json.loads((folder / DEQUANTISED_FILES).read_text())
         present = {p.name for p in folder.iterdir()} - {DEQUANTISED_FILES}
         return (isinstance(files, dict) and "config.json" in files and present == set(files)
-                and all(sha256_of(folder / name) == sha for name, sha in files.items()))
+                and all(file_sha256(folder / name, memo) == sha for name, sha in files.items()))
     except (OSError, ValueError):
         return False
 
