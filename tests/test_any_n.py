@@ -170,7 +170,7 @@ def test_a_metric_that_needs_n_by_n_is_refused_past_the_budget_naming_the_n_that
     ScoreJob(knn, knn.params(k=3), 1, Prepare(), None, tuple(members), budget=1).check_fits()
 
 
-def test_a_suite_sweeps_n_over_nested_subsets_with_nulls_and_chance_levels(tmp_path: Path) -> None:
+def test_a_suite_sweeps_n_over_nested_subsets_with_nulls_and_chance_levels(tmp_path: Path, isolated_cache: Path) -> None:
     """sweep.samples: each N is the first N of one seeded order of the data set, so the smaller sets lie inside
     the larger ones; conditions, nulls and the sweep plot (alignment against N, chance k/(N-1) drawn) follow."""
     import pandas as pd
@@ -201,10 +201,28 @@ sweep: {samples: [40, 120, 300], seed: 3}
     # Nested: the words of N = 40 are the first 40 of N = 120's, which are the first 120 of N = 300's.
     from prh_bench.context import RunContext, RunSpec, Target
 
-    ctx = RunContext(RunSpec("n-sweep", str(tmp_path / "cache"), (str(tmp_path / "reg"),)))
+    ctx = RunContext(RunSpec("n-sweep", str(isolated_cache), (str(tmp_path / "reg"),)))
     ids = [[s.id for s in ctx.samples(Target(condition=i))[1].samples] for i in range(3)]
     assert ids[0] == ids[1][:40] and ids[1] == ids[2][:120] and sorted(ids[2]) != ids[2]  # shuffled, then cut
     assert sorted(ids[2]) == sorted(s.id for s in ctx.dataset(ctx.conditions[2].dataset, None).samples)
+    # One extraction serves every N: the smaller points are the first rows of N = 300's features, whose
+    # batches held other words too; a text model's features then differ from a direct extraction in the last bits.
+    runs = {(mid, r["condition"]): r for mid, m in side["models"].items() for r in m["runs"]}
+    for mid in ("minilm-l6", "glove-6b-50d", "minilm-l6-random"):
+        # n=40 comes first and extracts n=300 to slice it; n=300 then finds its features stored
+        assert [runs[mid, f"glove-words n={n}"]["status"] for n in (40, 120, 300)] == ["sliced", "sliced", "cached"]
+    big = ctx.features("minilm-l6", runs["minilm-l6", "glove-words n=300"]["cache_key"])
+    small = ctx.features("minilm-l6", runs["minilm-l6", "glove-words n=40"]["cache_key"])
+    assert all(torch.equal(s, b[:40]) for s, b in zip(small.tensors, big.tensors, strict=True))
+    from prh_bench.features import extract
+
+    m = ctx.models["minilm-l6"]
+    direct = extract(ctx.registry.plugins.backends[m.backend].load(m, torch.device("cpu")),
+                     ctx.samples(Target(condition=0))[1], m.batch_size, progress=False)
+    for s, d in zip(small.tensors, direct.tensors, strict=True):
+        torch.testing.assert_close(s, d, rtol=1e-4, atol=1e-5)
+    again = cli_json("--registry", tmp_path / "reg", "plan", "--suite", "n-sweep")
+    assert {r["status"] for r in again["rows"]} == {"cached"}
 
 
 @pytest.mark.parametrize(("sweep", "message"), [
@@ -321,5 +339,8 @@ def test_the_n_scaling_suites_can_run_here(suite: str, sizes: list[int]) -> None
     plan = cli_json("plan", "--suite", suite)
     conditions = [f"glove-words-100k n={n}" for n in sizes]
     assert list(dict.fromkeys(r["condition"] for r in plan["rows"])) == conditions
-    assert {r["status"] for r in plan["rows"]} <= {"to extract", "cached"}
+    largest = f"glove-words-100k n={sizes[-1]}"
+    for r in plan["rows"]:  # one extraction, at the largest N; the others are its first rows
+        assert r["status"] in ({"to extract", "cached"} if r["condition"] == largest
+                               else {f"to slice from {largest}", "cached"})
     assert [w["condition"] for w in plan["scoring"]] == conditions and all(w["pairs"] >= 3 for w in plan["scoring"])

@@ -93,6 +93,19 @@ def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition
     return out
 
 
+def enclosing(conditions: list[Condition], index: int) -> int | None:
+    """The index of the largest condition of a sweep of N whose samples begin with condition `index`'s (the
+    same data set, transform, level and seed: the sets nest), when it is larger: its features' first rows are
+    this condition's, so one extraction serves every N."""
+    cond = conditions[index]
+    if cond.samples is None:
+        return None
+    same = [(c.samples, i) for i, c in enumerate(conditions) if c.samples is not None and
+            (c.dataset.id, c.transform, c.level, c.seed) == (cond.dataset.id, cond.transform, cond.level, cond.seed)]
+    n, outer = max(same)
+    return outer if n > cond.samples else None
+
+
 def condition_samples(samples: SampleSet, cond: Condition) -> SampleSet:
     """A condition's samples: the first `cond.samples` of the set shuffled with the sweep's seed (one order for
     every N, so the smaller sets nest in the larger), then transformed."""
@@ -195,6 +208,11 @@ class RunContext:
             return cond.dataset, condition_samples(self.dataset(cond.dataset, limit), cond), cond.label
         ds = self.registry.get(target.probe or "", DatasetManifest)
         return ds, self.dataset(ds, None), f"probe {ds.id}"
+
+    def enclosing(self, target: Target) -> Target | None:
+        if target.condition is None or (outer := enclosing(self.conditions, target.condition)) is None:
+            return None
+        return Target(condition=outer)
 
     def features(self, model_id: str, key: str) -> Features:
         feats = self.cache.load(model_id, key)

@@ -102,6 +102,11 @@ class Features:
     def n(self) -> int:
         return self.tensors[0].shape[0]
 
+    def head(self, n: int) -> Features:
+        """The first n samples' features (copies: a stored slice must not carry the whole tensor)."""
+        return Features(self.layer_names, [t[:n].clone() for t in self.tensors],
+                        {name: t[:n].clone() for name, t in self.sample_scores.items()})
+
 
 def _features_of(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Features:
     layers = json.loads(meta["layers"])

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .align import Metric, prepare, summarize_layers
 from .backend import resolve_dtype
-from .context import Condition, condition_samples, load_samples, resolve_device, suite_conditions
+from .context import Condition, condition_samples, enclosing, load_samples, resolve_device, suite_conditions
 from .errors import BadInput, PrhBenchError
 from .features import EntryInfo, FeatureCache, model_feature_key
 from .lazy import torch
@@ -145,7 +145,9 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
     widths = {m.id: feature_widths(registry, m) for m in models}
     store = PairStore(cache.root)
     rows, work = [], []
-    for cond in suite_conditions(registry, suite):
+    conditions = suite_conditions(registry, suite)
+    for index, cond in enumerate(conditions):
+        outer = enclosing(conditions, index)
         try:
             samples = condition_samples(load_samples(registry, cond.dataset, max_samples or suite.max_samples), cond)
             n, data_note = len(samples), ""
@@ -163,6 +165,8 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
                     members.append(Member(m.id, key, cache.info(m.id, key)))
                 elif status == "to extract":
                     pending[m.id] = widths[m.id]
+                    if outer is not None:
+                        status = f"to slice from {conditions[outer].label}"  # no extraction of its own
             else:
                 status = "dataset unavailable"
             w = widths[m.id]

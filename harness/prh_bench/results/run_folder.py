@@ -113,7 +113,7 @@ class _Loose(BaseModel):
 
 class ModelRun(_Loose):
     condition: str
-    status: str  # cached | extracted | failed
+    status: str  # cached | extracted | sliced | failed
     cache_key: str = ""
     layers: int = 0
     seconds: float = 0.0
