@@ -328,6 +328,39 @@ def test_approximate_search_is_an_option_that_leaves_exact_runs_keys_alone(caplo
         approximate_knn(x[:200], 10, nlist=100, nprobe=1)
 
 
+def test_an_approximate_runs_record_holds_its_recall_and_its_effect_on_each_score(tmp_path: Path) -> None:
+    """With search: ivf the run record gives each layer's recall on rows searched exactly, and each pair's score
+    on those rows from the approximate and the exact lists. At N = 300 the probe is every row, so the first is
+    the run's score and the second the exact run's score of the same layer pair."""
+    import pandas as pd
+
+    from .conftest import cli_json, write_yaml
+
+    for name, search in (("approx", ", search: ivf, nlist: 7, nprobe: 1"), ("exact", "")):
+        write_yaml(tmp_path / "reg" / f"{name}.yaml", f"""\
+kind: suite
+id: {name}
+version: 1
+dataset: glove-words
+models: [minilm-l6, glove-6b-50d, minilm-l6-random]
+metrics: [{{name: mutual_knn, k: 5{search}}}]
+""")
+    runs = {name: cli_json("--registry", tmp_path / "reg", "run", "--suite", name, "--out", tmp_path / name)
+            for name in ("approx", "exact")}
+    record = {name: json.loads((tmp_path / name / "run.json").read_text())["approximate_search"] for name in runs}
+    assert record["exact"] == {"recall": [], "pairs": []}
+    recall = pd.DataFrame(record["approx"]["recall"])
+    assert len(recall) == 7 + 1 + 7 and recall.rows.eq(300).all()
+    assert recall.recall.between(0.2, 1).all() and recall.recall.lt(1).any()  # 1 of 7 cells scanned
+    exact = pd.read_csv(runs["exact"]["files"]["scores"]).set_index(["model_x", "model_y", "layer_x", "layer_y"]).score
+    pairs = pd.DataFrame(record["approx"]["pairs"])
+    assert len(pairs) == 3
+    for p in pairs.itertuples():
+        assert p.rows == 300 and p.rows_approximate == pytest.approx(p.score, abs=1e-12)
+        assert p.rows_exact == pytest.approx(exact[p.model_x, p.model_y, p.layer_x, p.layer_y], abs=1e-12)
+    assert (pairs.rows_approximate != pairs.rows_exact).any()
+
+
 @pytest.mark.parametrize(("suite", "sizes"), [("glove-n-scaling", [1000, 4000, 16000, 64000, 100000]),
                                               ("glove-n-scaling-lm", [1000, 4000, 16000])])
 def test_the_n_scaling_suites_can_run_here(suite: str, sizes: list[int]) -> None:

@@ -22,6 +22,7 @@ from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .registry import Registry
 from .samples import SampleSet
 from .scoring import DEFAULT_BUDGET_GIB, JobScores, Member, ScoreJob
+from .search_report import approximate_search
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
@@ -53,6 +54,8 @@ class SuiteRun:
     seconds: dict[str, float] = field(default_factory=dict)
     pair_work: list[dict[str, Any]] = field(default_factory=list)  # per condition and metric: pairs read / computed
     scored: list[ScoredJob] = field(default_factory=list)  # every job's pair scores, for the per-pair records
+    #: with `search: ivf`: {"recall": per model and layer, "pairs": per pair, its score on rows searched exactly}
+    approximate_search: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"recall": [], "pairs": []})
 
     @property
     def failures(self) -> list[ModelOutcome]:
@@ -102,6 +105,7 @@ def run_suite(
     timings = {"load_data": 0.0, "features": 0.0, "scoring": 0.0}
     outcomes: list[ModelOutcome] = []
     scores, nulls, model_scores, sizes, work, scored = [], [], [], {}, [], []
+    approx: dict[str, list[dict[str, Any]]] = {"recall": [], "pairs": []}
     for index, cond in enumerate(ctx.conditions):
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
@@ -135,6 +139,8 @@ def run_suite(
             rows += score_rows(job, done, names)
             cal += done.calibration()
             scored.append(ScoredJob(cond, len(samples), done, names))
+            for part, rows_ in approximate_search(done, cache.root, ctx.member_features, names, cond.label).items():
+                approx[part] += rows_
             unordered = job.unordered_pairs()
             work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
                          "pairs_computed": done.result.computed, "nulls": len(job.null_pairs(unordered)),
@@ -149,7 +155,7 @@ def run_suite(
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
                     pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(device), timings, pair_work=work,
-                    scored=scored)
+                    scored=scored, approximate_search=approx)
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:

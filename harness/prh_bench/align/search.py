@@ -203,14 +203,28 @@ def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: i
     return found[keep].view(n, k).to(x.device)
 
 
-def recall(x: torch.Tensor, idx: torch.Tensor, rows: int = 1000, seed: int = 0) -> float:
-    """Mean fraction of the exact k nearest neighbours that `idx` holds, over `rows` rows drawn with `seed`
-    (exact search of those rows against all N: rows x N x D work)."""
-    n, k = idx.shape
+def exact_rows(x: torch.Tensor, k: int, rows: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows drawn with `seed`, their exact k nearest neighbours): the yardstick of an approximate search,
+    rows x N x D work. One seed draws the same rows in every model of the same N, so pairs compare on them."""
+    n = x.shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(rows, n)].to(x.device)
     x = at_least_float32(x)
-    sims = x[pick] @ x.T
-    sims[torch.arange(len(pick), device=x.device), pick] = -torch.inf
-    exact = sims.topk(k, dim=1).indices
-    hits = (idx[pick][:, :, None] == exact[:, None, :]).any(2)
-    return float(hits.float().mean())
+    step = block_rows(n) ** 2 // n or 1  # rows x N similarities within one block's bytes
+    exact = []
+    for r0 in range(0, len(pick), step):
+        at = pick[r0 : r0 + step]
+        sims = x[at] @ x.T
+        sims[torch.arange(len(at), device=x.device), at] = -torch.inf
+        exact.append(sims.topk(k, dim=1).indices)
+    return pick, torch.cat(exact)
+
+
+def hits(idx: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean fraction of each row of `exact` (rows x k) that the same row of `idx` holds."""
+    return float((idx[:, :, None] == exact[:, None, :]).any(2).double().mean())
+
+
+def recall(x: torch.Tensor, idx: torch.Tensor, rows: int = 1000, seed: int = 0) -> float:
+    """Mean fraction of the exact k nearest neighbours that `idx` holds, over `rows` rows drawn with `seed`."""
+    pick, exact = exact_rows(x, idx.shape[1], rows, seed)
+    return hits(idx[pick], exact)

@@ -295,6 +295,7 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
         metrics={u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},
         device=run.device,
         pair_work=run.pair_work,
+        approximate_search=run.approximate_search,
         seconds={k: round(v, 3) for k, v in run.seconds.items()},
     )
     files["sidecar"] = str(write_run_record(run_dir, record))

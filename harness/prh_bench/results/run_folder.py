@@ -149,6 +149,8 @@ class RunRecord(_Loose):
     metrics: dict[str, dict[str, Any]]
     device: str = ""
     pair_work: list[dict[str, Any]] = []  # per condition and metric: pairs and nulls, computed or read
+    #: with `search: ivf` (runner.SuiteRun.approximate_search): recall per layer, per pair the effect on its score
+    approximate_search: dict[str, list[dict[str, Any]]] = {"recall": [], "pairs": []}
     seconds: dict[str, float] = {}
     source: str | None = None  # a results store the record was built from, instead of a run
 
