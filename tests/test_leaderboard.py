@@ -96,6 +96,28 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     # heatmap, embedding, and one scatter per downstream score (ImageNet top-1, the probe, tasks solved)
     assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<h2>Sources")[0]
     assert (tmp_path / "board" / "scatter_linear_probe_digits-small.svg").exists()
+    # How sure the ranking is: each model's alignment is the mean of its per-sample terms, resampled by
+    # photograph (the 24 crops come from the first two photos) for its interval and rank interval.
+    run_dir = tmp_path / "runs" / "tiny-board" / "20260101-000000"
+    terms = pd.read_csv(run_dir / "sample_terms.csv")
+    assert set(terms.group) == {"skimage:astronaut", "skimage:brick"} and len(terms) == 24
+    ranked = board.iloc[1:]
+    assert terms[list(ranked.model)].mean().to_numpy() == pytest.approx(ranked.alignment_to_reference.to_numpy(), abs=1e-12)
+    assert (ranked.ci_low <= ranked.alignment_to_reference).all() and (ranked.alignment_to_reference <= ranked.ci_high).all()
+    assert (ranked.rank_low <= ranked["rank"].astype(int)).all() and (ranked["rank"].astype(int) <= ranked.rank_high).all()
+    assert meta["uncertainty"]["groups"] == 2 and meta["uncertainty"]["samples"] == 24
+    assert ranked.tier.tolist() == [1, 1, 1]  # two photographs cannot separate anything
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "resamples with replacement of the 2 groups of samples" in md and "p \\<= 0.05 = 1/(R+1)" in md
+    corr = pd.read_csv(tmp_path / "board" / "correlations.csv")
+    assert set(corr.models) == {"all", "trained"} or set(corr.models) == {"all"}
+    terms.loc[0, "efficientnet-lite1"] += 0.5  # an edited terms file no longer averages to the scores
+    terms.to_csv(run_dir / "sample_terms.csv", index=False)
+    edited = cli(*reg, "leaderboard", "--suite", "tiny-board", "--run", run_dir, "--out", tmp_path / "board-edited")
+    assert edited.exit_code == 2 and "sample_terms table: the mean terms of mutual_knn" in edited.stderr
+    (run_dir / "sample_terms.csv").unlink()  # a run without terms (an older one) still has a leaderboard
+    older = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--run", run_dir, "--out", tmp_path / "board-old")
+    assert "ci_low" not in pd.read_csv(Path(older["files"]["leaderboard.csv"]))
     by_cka = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--metric", "cka",
                       "--out", tmp_path / "board-cka")
     assert Path(by_cka["files"]["leaderboard.md"]).read_text().count("cka") >= 1

@@ -39,6 +39,7 @@ class ModelOutcome:
     layers: int = 0
     condition: str = ""
     model_scores: dict[str, float] | None = None  # the mean of each per-sample score (bits per byte)
+    widths: list[int] | None = None  # each layer's feature width, once its features are in the cache
 
 
 def finished(o: ModelOutcome, i: int, n: int) -> None:

@@ -19,10 +19,10 @@ from .errors import BadInput, PrhBenchError
 from .executors import PROGRESS, Executor, LocalExecutor, ModelOutcome
 from .features import FeatureCache
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
+from .pair_details import pair_details
 from .registry import Registry
 from .samples import SampleSet
 from .scoring import DEFAULT_BUDGET_GIB, JobScores, Member, ScoreJob
-from .search_report import approximate_search
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}
@@ -56,6 +56,8 @@ class SuiteRun:
     scored: list[ScoredJob] = field(default_factory=list)  # every job's pair scores, for the per-pair records
     #: with `search: ivf`: {"recall": per model and layer, "pairs": per pair, its score on rows searched exactly}
     approximate_search: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"recall": [], "pairs": []})
+    #: per condition, metric and sample: each model's term of its score with the reference (pair_details)
+    sample_terms: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def failures(self) -> list[ModelOutcome]:
@@ -106,6 +108,7 @@ def run_suite(
     outcomes: list[ModelOutcome] = []
     scores, nulls, model_scores, sizes, work, scored = [], [], [], {}, [], []
     approx: dict[str, list[dict[str, Any]]] = {"recall": [], "pairs": []}
+    terms = []
     for index, cond in enumerate(ctx.conditions):
         t0 = time.perf_counter()
         _, samples, _ = ctx.samples(Target(condition=index))
@@ -126,6 +129,8 @@ def run_suite(
         timings["features"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
+        for o, m in zip(ok, members, strict=True):
+            o.widths = m.info.widths
         names = {m.id: m.info.layer_names + ([CONCAT] if suite.prepare.concat_layers else []) for m in members}
         rows, cal = [], []
         for use, (metric, params) in zip(suite.metrics, metrics, strict=True):
@@ -139,8 +144,11 @@ def run_suite(
             rows += score_rows(job, done, names)
             cal += done.calibration()
             scored.append(ScoredJob(cond, len(samples), done, names))
-            for part, rows_ in approximate_search(done, cache.root, ctx.member_features, names, cond.label).items():
-                approx[part] += rows_
+            details = pair_details(done, cache.root, ctx.member_features, names, cond.label, samples.ids,
+                                   [s.group for s in samples.samples])
+            approx["recall"] += details.recall
+            approx["pairs"] += details.approximate
+            terms.append(details.terms)
             unordered = job.unordered_pairs()
             work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
                          "pairs_computed": done.result.computed, "nulls": len(job.null_pairs(unordered)),
@@ -155,7 +163,7 @@ def run_suite(
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
                     pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(device), timings, pair_work=work,
-                    scored=scored, approximate_search=approx)
+                    scored=scored, approximate_search=approx, sample_terms=pd.concat(terms) if terms else pd.DataFrame())
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:

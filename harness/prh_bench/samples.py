@@ -18,6 +18,9 @@ class Sample:
     text: str | None = None
     label: int | None = None
     split: str | None = None  # the data set's own split (VTAB's train and val), when it has them
+    #: the unit the sample is not independent of others within (the photograph a crop comes from), when the
+    #: loader knows it: resampling and tests then draw whole groups. Not content: the feature key ignores it.
+    group: str | None = None
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def photo_crops(m: DatasetManifest) -> SampleSet:
         img = load_photo(ref)
         for tag, box in crop_boxes(*img.size, opts["scales"], opts["grids"]):
             crop = img.crop(box).resize((opts["size"], opts["size"]), Image.Resampling.BICUBIC)
-            samples.append(Sample(id=f"{ref}/{tag}", image=crop))
+            samples.append(Sample(id=f"{ref}/{tag}", image=crop, group=ref))  # crops of one photo are alike
     return SampleSet(tuple(samples))
 
 

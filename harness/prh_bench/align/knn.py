@@ -140,9 +140,11 @@ class KNNMetric(Metric):
                       "on %d rows", self.name, *feats.shape, probe.recall(idx), len(probe.rows))
         return Neighbours(idx, probe)
 
-    def list_score(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> float:
-        """The score of two layers' lists of the same rows (R x k each), for a `row_mean` metric."""
-        return float(self.pair_scores([Neighbours(x)], [Neighbours(y)], **params)[0, 0])
+    def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
+        """Each row's term of a `row_mean` metric from two layers' lists of the same rows (R x k each): the
+        score is their mean. What resampling of samples reuses, since a sample's lists stay those of the full
+        set (resampling the features instead would make duplicates each other's neighbours)."""
+        raise NotImplementedError(f"{self.name} is not a mean over samples")
 
     def probe_scores(self, x: Neighbours, y: Neighbours, **params: Any) -> tuple[float, float] | None:
         """(from the approximate lists, from the exact lists) on the probe rows of two layers searched
@@ -151,8 +153,8 @@ class KNNMetric(Metric):
         if not self.row_mean or x.probe is None or y.probe is None:
             return None
         rows = x.probe.rows
-        return (self.list_score(x.idx[rows], y.idx[rows], **params),
-                self.list_score(x.probe.exact, y.probe.exact, **params))
+        return (float(self.sample_terms(x.idx[rows], y.idx[rows], **params).mean()),
+                float(self.sample_terms(x.probe.exact, y.probe.exact, **params).mean()))
 
     def check_n(self, n: int, **params: Any) -> None:
         super().check_n(n, **params)
@@ -188,8 +190,8 @@ class MutualKNN(KNNMetric):
         n = sx[0].idx.shape[0]
         return shared_counts(sx, sy).double() / (n * params["k"])
 
-    def list_score(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> float:
-        return hits(x, y)  # a subset's lists name samples beyond its rows: no membership table
+    def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
+        return (x[:, :, None] == y[:, None, :]).any(2).sum(1, dtype=torch.float64) / params["k"]
 
 
 class CycleKNN(KNNMetric):
@@ -245,6 +247,13 @@ def sequence_sums(sx: Sequence[Neighbours], sy: Sequence[Neighbours], kind: str)
                for r in range(0, n, rows))
 
 
+def sequence_terms(x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """`_sequence_dp` of one pair of layers' lists (R x k each), row by row: R values."""
+    rows = max(1, TABLE_BYTES // (x.shape[1] ** 2))
+    return torch.cat([_sequence_dp(x[None, r : r + rows], y[None, r : r + rows], kind)[0, 0]
+                      for r in range(0, x.shape[0], rows)])
+
+
 class LCSKNN(KNNMetric):
     """m(A, B) = mean_i LCS(N_A(i), N_B(i)) / k, the longest common subsequence of the two ordered neighbour
     lists (the public code reports the un-normalised mean length: multiply by k to compare)."""
@@ -255,6 +264,9 @@ class LCSKNN(KNNMetric):
         n = sx[0].idx.shape[0]
         return sequence_sums(sx, sy, "lcs").double() / n / params["k"]  # as the mean over samples, then / k
 
+    def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
+        return sequence_terms(x, y, "lcs").double() / params["k"]
+
 
 class EditDistanceKNN(KNNMetric):
     """m(A, B) = 1 - mean_i Levenshtein(N_A(i), N_B(i)) / k over the two ordered neighbour lists."""
@@ -264,3 +276,6 @@ class EditDistanceKNN(KNNMetric):
     def pair_scores(self, sx: Sequence[Neighbours], sy: Sequence[Neighbours], **params: Any) -> torch.Tensor:
         n = sx[0].idx.shape[0]
         return 1 - sequence_sums(sx, sy, "edit").double() / n / params["k"]
+
+    def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
+        return 1 - sequence_terms(x, y, "edit").double() / params["k"]

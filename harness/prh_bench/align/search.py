@@ -188,6 +188,7 @@ def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: i
     data = at_least_float32(x).float().cpu().contiguous().numpy()
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
+    index.cp.max_points_per_centroid = 64  # k-means on 64 rows per cell, not faiss's 256: at N = 1M, 4x less training
     index.train(data)
     index.add(data)
     index.nprobe = min(nprobe, cells)

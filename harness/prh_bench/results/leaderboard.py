@@ -19,6 +19,8 @@ from ..manifest import SuiteManifest
 from ..registry import Registry
 from .report import alignment_matrix, best_pairs, best_partner, chance_level
 from .run_folder import read_run_record, read_run_table
+from .uncertainty import ALPHA, adjacent_tests, group_codes, rank_intervals
+from .uncertainty import RESAMPLES as UNCERTAINTY_RESAMPLES
 
 RESAMPLES = 2000
 
@@ -54,6 +56,76 @@ def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any
         low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
         out.append({"statistic": name, "r": float(fn(x, y)), "ci_low": float(low), "ci_high": float(high),
                     "p_value": float(perm.pvalue), "n": len(x), "bootstrap_resamples": len(boot)})
+    return out
+
+
+#: covariates of the partial correlations, as columns of the table (model_size)
+SIZE_COLUMNS = ("log10_params", "depth", "log2_width")
+
+
+def model_kind(weights: object) -> str:
+    """'random' for a random-initialised control (its weights label says so), 'trained' otherwise."""
+    return "random" if str(weights).startswith("random") else "trained"
+
+
+def model_size(side: Any, condition: str, table: pd.DataFrame) -> dict[str, list[float]]:
+    """Per model of the table: log10 of its parameter count (manifest), its depth (layers extracted) and log2 of
+    its widest layer (features), from the run record under `condition`; NaN where unknown."""
+    out: dict[str, list[float]] = {c: [] for c in SIZE_COLUMNS}
+    for mid, params in zip(table.model, table.params, strict=True):
+        entry = side.models.get(mid)
+        run = next((r for r in entry.runs if r.condition == condition), None) if entry else None
+        out["log10_params"].append(math.log10(params) if pd.notna(params) and params > 0 else math.nan)
+        out["depth"].append(float(run.layers) if run and run.layers else math.nan)
+        out["log2_width"].append(math.log2(max(run.widths)) if run and run.widths else math.nan)
+    return out
+
+
+def partial_r(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Pearson r of x and y after each is regressed on the columns of z (with an intercept) by least squares."""
+    design = np.column_stack([np.ones(len(x)), z])
+    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    if np.ptp(rx) < 1e-12 * max(1.0, np.abs(x).max()) or np.ptp(ry) < 1e-12 * max(1.0, np.abs(y).max()):
+        return math.nan  # a covariate explains one side entirely
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def correlate_partial(x: np.ndarray, y: np.ndarray, z: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Partial Pearson r of x and y controlling for z, a percentile-bootstrap 95% interval (models resampled;
+    resamples where it is undefined are skipped and counted) and a two-sided Freedman-Lane permutation p-value
+    (y's residuals on z permuted and added back to its fit, add-one)."""
+    rng = np.random.default_rng(seed)
+    r = partial_r(x, y, z)
+    boot = [b for i in rng.integers(0, len(x), size=(RESAMPLES, len(x)))
+            if np.linalg.matrix_rank(np.column_stack([np.ones(len(x)), z[i]])) == z.shape[1] + 1
+            and not math.isnan(b := partial_r(x[i], y[i], z[i]))]
+    design = np.column_stack([np.ones(len(x)), z])
+    fit = design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    res = y - fit
+    perm = [partial_r(x, fit + res[rng.permutation(len(y))], z) for _ in range(RESAMPLES)]
+    hits = sum(1 for v in perm if not math.isnan(v) and abs(v) >= abs(r) * (1 - 1e-12))
+    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan)
+    return {"statistic": "partial pearson", "r": r, "ci_low": float(low), "ci_high": float(high),
+            "p_value": (1 + hits) / (RESAMPLES + 1), "n": len(x), "bootstrap_resamples": len(boot)}
+
+
+def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[dict[str, Any]]:
+    """Correlations of an alignment measure with a score over all models, and within the trained models alone
+    (random controls sit at chance on every score: across both kinds, r mostly measures the gap between two
+    clusters); then, for each, the partial correlation controlling for the size covariates that are known for
+    every model and vary, as many as leave two degrees of freedom."""
+    out = []
+    for models, part in (("all", table), ("trained", table[table.kind == "trained"])):
+        ok = part[[measure, score, *SIZE_COLUMNS]].dropna(subset=[measure, score])
+        if len(ok) < 3 or ok[score].nunique() < 2 or ok[measure].nunique() < 2:
+            continue
+        x, y = ok[measure].to_numpy(float), ok[score].to_numpy(float)
+        out += [{"models": models, "controls": "", **c} for c in correlate(x, y)]
+        controls = [c for c in SIZE_COLUMNS if ok[c].notna().all() and ok[c].nunique() > 1][: max(0, len(ok) - 4)]
+        if controls:
+            out.append({"models": models, "controls": ", ".join(controls),
+                        **correlate_partial(x, y, ok[controls].to_numpy(float))})
     return out
 
 
@@ -107,16 +179,16 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     is_ref = table.model == reference
     table = pd.concat([table[is_ref], table[~is_ref].sort_values(key, ascending=False, na_position="last", kind="stable")])
     table.insert(0, "rank", ["reference"] * int(is_ref.sum()) + [str(i) for i in range(1, int((~is_ref).sum()) + 1)])
+    table, meta_uncertainty = with_uncertainty(table, read_run_table(run_dir, "sample_terms", side), metric, condition,
+                                               reference, run_dir)
+    table = table.assign(kind=table.weights.map(model_kind), **model_size(side, condition, table))
     corr = []
     for name in downstream:
+        direction = "higher is better" if score_higher_is_better(registry, name) else "lower is better"
         for measure in ("alignment_to_reference", "mean_alignment"):
-            if measure not in table:
-                continue
-            ok = table[[measure, name]].dropna()
-            if len(ok) >= 3 and ok[name].nunique() > 1 and ok[measure].nunique() > 1:
-                direction = "higher is better" if score_higher_is_better(registry, name) else "lower is better"
+            if measure in table:
                 corr += [{"alignment": measure, "score": name, "score_direction": direction, **c}
-                         for c in correlate(ok[measure].to_numpy(), ok[name].to_numpy())]
+                         for c in grouped_correlations(table, measure, name)]
     binned = binned_view(table, key) if "tasks_solved" in table else pd.DataFrame()
     meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
             "metric_params": params, "reference": reference, "n_samples": n,
@@ -128,9 +200,40 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             "dataset": side.conditions[0].dataset, "libraries": side.libraries,
             "scores_sources": {n: getattr(registry.score_table(n), "source", "computed by this harness from the run")
                                for n in downstream},
-            "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models"}
+            "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models",
+            "uncertainty": meta_uncertainty}
     return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
                        binned, meta)
+
+
+def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: str, condition: str,
+                     reference: str | None, run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """The ranked table with each model's interval of alignment to the reference and of rank, its tier (adjacent
+    ranks the paired tests cannot separate share one) and the Holm-adjusted p of the test against the next rank
+    (results/uncertainty.py), from the run's per-sample terms; and what was done, for the page. Unchanged, with
+    None, where the run has no terms (no reference, or a metric that is not a mean over samples)."""
+    if terms is None or reference is None:
+        return table, None
+    part = terms[(terms.metric == metric) & (terms.condition.astype(str) == condition)]
+    ranked = [m for m in table.model[table["rank"] != "reference"]
+              if m in part and pd.notna(table.set_index("model").alignment_to_reference.get(m))]
+    if part.empty or len(ranked) < 2:
+        return table, None
+    values = part[ranked].to_numpy(dtype=float)
+    score = table.set_index("model").alignment_to_reference.reindex(ranked).to_numpy(dtype=float)
+    if not np.allclose(values.mean(axis=0), score, rtol=0, atol=1e-9):
+        raise BadInput(f"{run_dir}: sample_terms table: the mean terms of {metric} under {condition!r} are not the "
+                       "scores of the scores table; the run folder is mixed or edited: run the suite again")
+    codes = group_codes(part["group"].tolist())
+    intervals = rank_intervals(values, codes)
+    tests = adjacent_tests(values, codes)
+    extra = pd.concat([intervals, tests[["tier", "p_next_holm"]]], axis=1).assign(model=ranked)
+    extra = extra.rename(columns={"score_low": "ci_low", "score_high": "ci_high", "p_next_holm": "p_vs_next"})
+    table = table.merge(extra, on="model", how="left").astype({"rank_low": "Int64", "rank_high": "Int64", "tier": "Int64"})
+    groups = int(codes.max()) + 1
+    return table, {"resamples": UNCERTAINTY_RESAMPLES, "samples": len(part), "groups": groups, "alpha": ALPHA,
+                   "test_floor": 1 / (UNCERTAINTY_RESAMPLES + 1), "tiers": int(tests.tier.max()),
+                   "grouped_by": "the samples' groups (Sample.group)" if groups < len(part) else "none: each sample alone"}
 
 
 def score_higher_is_better(registry: Registry, name: str) -> bool:

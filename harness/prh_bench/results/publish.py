@@ -47,34 +47,50 @@ def heatmap_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     return _save(model_heatmap(lb.matrix.loc[order, order], title, lb.metric), stem)
 
 
+def _fit_with_band(ax, x: np.ndarray, y: np.ndarray, color: str, label: str) -> None:
+    """A least-squares line over x's range and its bootstrap 95% band, cut to what the metric can score."""
+    grid = np.linspace(x.min(), x.max(), 50)
+    rng = np.random.default_rng(0)
+    fits = []
+    for _ in range(1000):
+        i = rng.integers(0, len(x), len(x))
+        if np.unique(x[i]).size > 1:
+            fits.append(np.polyval(np.polyfit(x[i], y[i], 1), grid))
+    ax.plot(grid, np.polyval(np.polyfit(x, y, 1), grid), color=color, label=label)
+    lo, hi = np.percentile(fits, [2.5, 97.5], axis=0)
+    floor, ceiling = min(0.0, float(y.min())), 1.0  # 1 at most; below 0 only if scores are
+    ax.fill_between(grid, lo.clip(floor, ceiling), hi.clip(floor, ceiling), color=color, alpha=0.15)
+
+
 def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
-    """Alignment to the reference vs a downstream score, marker area by parameter count, least-squares fit with
-    a bootstrap 95% band (like the paper's Figure 4)."""
+    """Alignment to the reference vs a downstream score, marker area by parameter count, coloured by kind
+    (trained, random control). A least-squares fit with a bootstrap 95% band per kind whose score varies over
+    three or more models, Pearson r of each kind and of all printed: one line across two clusters would draw
+    a trend that is only their gap."""
     plt = pyplot()
     measure = "alignment_to_reference" if lb.reference else "mean_alignment"
-    t = lb.table[[measure, score, "model", "params"]].dropna(subset=[measure, score])
+    t = lb.table[[measure, score, "model", "params", "kind"]].dropna(subset=[measure, score])
     fig, ax = plt.subplots(figsize=(5.5, 4))
     params = t.params.fillna(t.params.median() if t.params.notna().any() else 1e8)
     sizes = 20 + 180 * (np.log10(params) - 6).clip(0) / 5
-    ax.scatter(t[score], t[measure], s=sizes, alpha=0.7)
+    colors = {"trained": "C0", "random": "C3"}
+    for kind, color in colors.items():
+        at = (t.kind == kind).to_numpy()
+        if at.any():
+            ax.scatter(t[score][at], t[measure][at], s=sizes[at], alpha=0.7, color=color, label=f"{kind} models")
     for _, r in t.iterrows():
         ax.annotate(r.model, (r[score], r[measure]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if len(t) >= 3 and t[score].nunique() > 1:
-        x, y = t[score].to_numpy(float), t[measure].to_numpy(float)
-        grid = np.linspace(x.min(), x.max(), 50)
-        rng = np.random.default_rng(0)
-        fits = []
-        for _ in range(1000):
-            i = rng.integers(0, len(x), len(x))
-            if np.unique(x[i]).size > 1:
-                fits.append(np.polyval(np.polyfit(x[i], y[i], 1), grid))
-        ax.plot(grid, np.polyval(np.polyfit(x, y, 1), grid), color="C1")
-        lo, hi = np.percentile(fits, [2.5, 97.5], axis=0)
-        # the band of a line fit, cut to what the metric can score (1 at most; below 0 only if scores are)
-        floor, ceiling = min(0.0, float(y.min())), 1.0
-        ax.fill_between(grid, lo.clip(floor, ceiling), hi.clip(floor, ceiling), color="C1", alpha=0.2,
-                        label="bootstrap 95% band of the fit")
-        ax.legend(fontsize=7)
+    lines = []
+    for kind, part in [("all", t), *((k, t[t.kind == k]) for k in colors)]:
+        x, y = part[score].to_numpy(float), part[measure].to_numpy(float)
+        if len(part) >= 3 and np.unique(x).size > 1 and np.unique(y).size > 1:
+            r = float(np.corrcoef(x, y)[0, 1])
+            lines.append(f"{kind}: r = {r:.2f} (n = {len(part)})")
+            if kind != "all":
+                _fit_with_band(ax, x, y, colors[kind], f"fit, {kind} (bootstrap 95% band)")
+    if lines:
+        ax.text(0.02, 0.98, "Pearson " + "; ".join(lines), transform=ax.transAxes, fontsize=7, va="top")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel(score)
     ax.set_ylabel(f"{lb.metric} to {lb.reference}" if lb.reference else f"mean {lb.metric}")
     ax.set_title(f"{lb.suite.id}: alignment vs {score} (marker area ~ log parameters)", fontsize=9)
@@ -120,9 +136,15 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
-CORRELATION_NOTE = ("r: over the models with both numbers (n); ci_low and ci_high: the 2.5 and 97.5 percentiles of r "
+CORRELATION_NOTE = ("r: over the models with both numbers (n): all of them, or the trained ones alone (models); "
+                    "a correlation across trained models and random controls mostly measures the gap between the "
+                    "two clusters, so read the trained row. partial pearson: r after both sides are regressed on "
+                    "the size covariates in controls (log10 parameters, depth in layers extracted, log2 widest "
+                    "layer; as many as leave two degrees of freedom), p_value by Freedman-Lane permutation; "
+                    "ci_low and ci_high: the 2.5 and 97.5 percentiles of r "
                     "over bootstrap resamples of the models, of which bootstrap_resamples (of 2000) had both sides "
-                    "varying (the others have no r); p_value: two-sided permutation test of the pairing; "
+                    "varying (the others have no r); p_value: two-sided permutation test of the pairing (with n "
+                    "models it cannot go below about 2/n!); "
                     "score_direction: whether more of the score means more competence (for bits per byte it means "
                     "less, so alignment growing with competence shows as a negative r).")
 
@@ -148,7 +170,8 @@ def write_leaderboard(lb: Leaderboard, out: Path,
           f"{md_text(lb.reference)} (max over layer pairs) on {md_text(lb.condition)}; run {md_text(lb.meta['run'])} "
           f"({md_text(lb.meta['run_created'])}), prh-bench {md_text(lb.meta['harness'])}.", "",
           md_text(chance_sentence(lb)), "",
-          md_table(lb.table.assign(params=lb.table.params.map(params_label))), ""]
+          md_table(display_table(lb)), ""]
+    md += [md_text(text) + "\n" for text in (p_floor_note(lb), uncertainty_sentence(lb)) if text]
     if not lb.correlations.empty:
         md += ["## Alignment vs downstream scores", "",
                "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
@@ -178,6 +201,46 @@ def chance_sentence(lb: Leaderboard) -> str:
     return text
 
 
+def uncertainty_sentence(lb: Leaderboard) -> str:
+    """How the intervals, tiers and p_vs_next were made, and what they cannot show; empty without them."""
+    u = lb.meta.get("uncertainty")
+    if not u:
+        return ""
+    unit = "groups of samples (crops of one photograph, ...)" if u["groups"] < u["samples"] else "samples"
+    return (f"ci_low, ci_high: 95% interval of the alignment to the reference, and rank_low, rank_high of the rank, "
+            f"over {u['resamples']} resamples with replacement of the {u['groups']} {unit} of the {u['samples']} "
+            "samples, each sample's term computed from the neighbour lists of the full set (a resample of the "
+            "features would make a sample drawn twice its own nearest neighbour); the best layer pair is held "
+            "fixed. tier: adjacent ranks that a paired sign-flip test on the same samples (whole groups flipped) "
+            f"cannot separate at alpha = {u['alpha']:g} after Holm's adjustment over the {len(lb.table) - 2} adjacent "
+            f"pairs share a tier ({u['tiers']} tiers); p_vs_next: that adjusted p against the next rank, at least "
+            f"{u['test_floor']:.2g} before adjustment. With few groups the intervals are coarse and no test can reach "
+            "a small p; the intervals say how much the ranking depends on which samples were averaged, not on "
+            "another draw of the data set's photographs or concepts.")
+
+
+def p_floor_note(lb: Leaderboard) -> str:
+    """Which p-values sit at the floor of their permutation count: they say p <= 1/(R+1), nothing smaller."""
+    c = lb.meta.get("calibration")
+    if not c or "p_value" not in lb.table:
+        return ""
+    floor = 1 / (c["permutations"] + 1)
+    at = int(np.isclose(lb.table.p_value, floor, rtol=1e-6).sum())
+    return (f"{at} of {int(lb.table.p_value.notna().sum())} p-values sit at the floor of {c['permutations']} "
+            f"permutations, shown as p <= {floor:.2g} = 1/(R+1): no permutation reached the score, which bounds p, "
+            "and does not make it smaller." if at else "")
+
+
+def display_table(lb: Leaderboard) -> pd.DataFrame:
+    """The table as shown: parameters in millions, a p-value at its permutation floor as 'p <= floor'."""
+    table = lb.table.assign(params=lb.table.params.map(params_label))
+    if (c := lb.meta.get("calibration")) and "p_value" in table:
+        floor = 1 / (c["permutations"] + 1)
+        table["p_value"] = [f"<= {floor:.2g}" if pd.notna(v) and np.isclose(v, floor, rtol=1e-6) else v
+                            for v in table.p_value]
+    return table
+
+
 def _cell(v: object) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4g}"
@@ -196,8 +259,9 @@ def caption(lb: Leaderboard, stem: str) -> str:
         return ("Each model's colours in 3-D (classical MDS of its distances, best layer), aligned to the reference "
                 "colour space by rotation or reflection, scale and shift; each point painted in its own colour.")
     score = stem.removeprefix("scatter_")
-    return (f"Alignment to {lb.reference} against {score}: one point per model (area ~ log parameters), a "
-            "least-squares line and the bootstrap 95% band of that line.")
+    return (f"Alignment to {lb.reference} against {score}: one point per model (area ~ log parameters), blue "
+            "trained and red random controls, a least-squares line with its bootstrap 95% band per kind whose "
+            "score varies, and Pearson r of each kind and of all.")
 
 
 def params_label(p: float) -> str:
@@ -206,7 +270,7 @@ def params_label(p: float) -> str:
 
 def render_html(lb: Leaderboard, pngs: list[Path]) -> str:
     """One page, no external resources: figures inlined as data URIs, a few lines of script to sort columns."""
-    table = lb.table.assign(params=lb.table.params.map(params_label))
+    table = display_table(lb)
     head = "".join(f'<th onclick="sortBy({i})">{html.escape(c)}<span class="arrow"></span></th>'
                    for i, c in enumerate(table.columns))
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table.itertuples(index=False))
@@ -228,6 +292,7 @@ figcaption{{font-size:13px;color:#333}}</style></head><body>
 reverse).</p>
 <p>{html.escape(chance_sentence(lb))}</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{"".join(f"<p>{html.escape(t)}</p>" for t in (p_floor_note(lb), uncertainty_sentence(lb)) if t)}
 <h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
 <h2>Figures</h2>{figs}
 <h2>Sources</h2><ul>{sources}</ul>

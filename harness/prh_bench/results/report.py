@@ -261,7 +261,7 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     for name, table in (("scores", run.scores), ("calibration", run.calibration), ("model_scores", run.model_scores),
-                        ("probes", run.probes)):
+                        ("probes", run.probes), ("sample_terms", run.sample_terms)):
         if name == "scores" or not table.empty:
             files[name] = str(write_table(table, run_dir, name))
     records = [r for job in run.scored for r in job_records(job.scores, job.condition, job.n, run.models, job.layer_names)]
@@ -289,7 +289,7 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
         models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
                                 weights=m.weights_label,
                                 runs=[ModelRun(condition=o.condition, status=o.status, cache_key=o.key, layers=o.layers,
-                                               seconds=round(o.seconds, 3), error=o.error)
+                                               widths=o.widths or [], seconds=round(o.seconds, 3), error=o.error)
                                       for o in run.outcomes if o.model == mid])
                 for mid, m in run.models.items()},
         metrics={u.name: {"version": run.metric_versions[u.name]} for u in run.suite.metrics},

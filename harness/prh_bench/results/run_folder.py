@@ -116,6 +116,7 @@ class ModelRun(_Loose):
     status: str  # cached | extracted | sliced | failed
     cache_key: str = ""
     layers: int = 0
+    widths: list[int] = []  # each layer's feature width (a run before 2026-12-02 lacks them)
     seconds: float = 0.0
     error: str = ""
 
