@@ -89,7 +89,7 @@ def test_key_ignores_tags_but_not_data(tmp_path: Path) -> None:
     assert feature_key(retagged, ("torch", "timm"), ds, s)[0] == key
     other_text = SampleSet(s.samples[:3] + (Sample(id="t3", text="changed"),))
     assert feature_key(m, ("torch", "timm"), ds, other_text)[0] != key
-    assert feature_key(m, ("torch", "timm"), ds, s.head(3))[0] != key
+    assert feature_key(m, ("torch", "timm"), ds, s.subset(3))[0] != key
     bumped = ModelManifest.model_validate(m.model_dump() | {"version": 2})
     assert feature_key(bumped, ("torch", "timm"), ds, s)[0] != key
 

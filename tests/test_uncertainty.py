@@ -16,11 +16,11 @@ from prh_bench.results.leaderboard import correlate_partial, grouped_correlation
 from prh_bench.results.uncertainty import (
     adjacent_tests,
     bootstrap_means,
-    group_codes,
     holm,
     paired_flip_test,
     rank_intervals,
 )
+from prh_bench.samples import group_codes
 
 
 def test_group_codes_give_a_sample_without_group_its_own() -> None:
@@ -118,3 +118,84 @@ def test_partial_correlation_equals_the_textbook_formula_and_removes_a_shared_ca
     w = rng.normal(size=30)  # a real link beyond z
     both = correlate_partial(z + w, z + w + rng.normal(0, 0.3, 30), z[:, None])
     assert both["r"] > 0.5 and both["p_value"] < 0.01
+
+
+def test_a_within_group_shuffle_moves_samples_only_within_their_group() -> None:
+    from prh_bench.align.calibrate import within_groups
+
+    codes = torch.tensor(group_codes(list("aabbbcaacdd")), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    perms = [within_groups(codes, g) for _ in range(200)]
+    for perm in perms:
+        assert sorted(perm.tolist()) == list(range(11)) and torch.equal(codes[perm], codes)
+    assert len({tuple(p.tolist()) for p in perms}) > 100  # 4! 3! 2! 2! = 576 possible
+
+
+def test_a_grouped_null_is_not_beaten_by_knowing_the_groups_alone() -> None:
+    """Two models whose features know only which of 12 photographs a sample comes from (independent noise
+    otherwise): a free shuffle puts them far above the null; a shuffle within photographs does not."""
+    from prh_bench.align.calibrate import calibrate_summaries
+
+    g = torch.Generator().manual_seed(1)
+    codes = torch.arange(12).repeat_interleave(10)
+    centre = torch.randn(12, 32, generator=g) * 3
+    x, y = (torch.nn.functional.normalize(centre[codes] + torch.randn(120, 32, generator=g), dim=1) for _ in range(2))
+    m = get_metric("mutual_knn")
+    p = m.params(k=5)
+    sx, sy = summarize_layers(m, [x], **p), summarize_layers(m, [y], **p)
+    observed = float(m.pair_scores(sx, sy, **p)[0, 0])
+    free = calibrate_summaries(m, sx, sy, observed, p, 120, 99)
+    grouped = calibrate_summaries(m, sx, sy, observed, p, 120, 99, groups=codes.tolist())
+    assert free.p_value == 0.01 and free.calibrated > 0.2
+    assert grouped.p_value > 0.05 and grouped.calibrated == 0.0
+
+
+def test_a_subset_is_seeded_across_the_set_and_gives_each_group_its_share() -> None:
+    from prh_bench.samples import Sample, SampleSet
+
+    crops = SampleSet(tuple(Sample(id=f"p{p}/c{c}", group=f"p{p}") for p in range(5) for c in range(14)))
+    sub = crops.subset(24)
+    assert len(sub) == 24 and sub.ids == [i for i in crops.ids if i in set(sub.ids)]  # the set's order
+    per = [sum(i.startswith(f"p{p}/") for i in sub.ids) for p in range(5)]
+    assert sorted(per) == [4, 5, 5, 5, 5]  # 24 * 14/70 = 4.8 each, largest remainders first
+    assert crops.subset(24).ids == sub.ids and crops.subset(24, seed=1).ids != sub.ids
+    plain = SampleSet(tuple(Sample(id=str(i)) for i in range(100)))
+    assert plain.subset(10).ids != [str(i) for i in range(10)] and len(set(plain.subset(10).ids)) == 10
+    assert plain.subset(100) is plain and plain.subset(None) is plain
+
+
+def test_the_mantel_test_matches_a_plain_enumeration_of_relabellings() -> None:
+    from scipy.stats import spearmanr
+
+    from prh_bench.results.consistency import consistency, entries, mantel
+
+    rng = np.random.default_rng(7)
+    pts = rng.normal(size=(6, 2))
+    a = -np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    b = a + rng.normal(0, 0.3, size=a.shape)
+    b = (b + b.T) / 2
+    rho, p = mantel(a, b, permutations=4000)
+    assert rho == pytest.approx(spearmanr(entries(a), entries(b)).statistic, abs=1e-12)
+    exact = np.mean([spearmanr(entries(a), entries(b[np.ix_(q, q)])).statistic >= rho - 1e-12
+                     for q in map(list, itertools.permutations(range(6)))])
+    assert p == pytest.approx(exact, abs=0.01) and p < 0.05
+    unrelated = rng.random((6, 6))
+    assert mantel(a, (unrelated + unrelated.T) / 2)[1] > 0.05
+    names = [f"m{i}" for i in range(6)]
+    diag = np.where(np.eye(6, dtype=bool), np.nan, 0)  # alignment matrices have an empty diagonal
+    mats = {c: pd.DataFrame(m + diag, index=names, columns=names) for c, m in (("one", a), ("two", b), ("three", a))}
+    table = consistency(mats, "mutual_knn", "m0")
+    assert table[["condition", "against"]].values.tolist() == [["two", "one"], ["three", "one"], ["three", "two"]]
+    assert table.matrix_spearman.iloc[1] == pytest.approx(1.0) and table.ranking_spearman.iloc[1] == pytest.approx(1.0)
+
+
+def test_p_values_at_their_permutation_floor_say_so() -> None:
+    from types import SimpleNamespace
+
+    from prh_bench.results.publish import display_table, p_floor_note
+
+    table = pd.DataFrame({"model": ["a", "b", "c"], "params": [1e6, np.nan, 2e6], "p_value": [np.nan, 1 / 501, 0.04]})
+    lb = SimpleNamespace(meta={"calibration": {"permutations": 500}}, table=table)
+    assert p_floor_note(lb).startswith("1 of 2 p-values sit at the floor of 500 permutations, shown as p <= 0.002")
+    assert display_table(lb).p_value.tolist()[1:] == ["<= 0.002", 0.04]
+    assert p_floor_note(SimpleNamespace(meta={"calibration": None}, table=table)) == ""

@@ -388,19 +388,32 @@ kind: suite
 id: tiny-noise
 version: 1
 dataset: pocket-photos
-models: [efficientnet-lite0, efficientnet-lite1]
+models: [efficientnet-lite0, efficientnet-lite1, mobilenet-v2, efficientnet-lite0-random]
 metrics: [{name: mutual_knn, k: 10}]
+reference: efficientnet-lite1
 max_samples: 24
 sweep: {transform: gaussian_noise, levels: [0.0, 0.5, 2.0]}
 """)
     out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "tiny-noise", "--out", tmp_path / "run")
     sweep = pd.read_csv(out["files"]["sweep_mutual_knn"])
-    assert list(sweep.level) == [0.0, 0.5, 2.0] and (sweep.pairs == 1).all()
-    assert sweep["mean"].iloc[0] > sweep["mean"].iloc[2]  # pure-ish noise aligns less than photos
+    assert list(sweep.level) == [0.0, 0.5, 2.0] and (sweep.pairs == 6).all()
+    # Does the ranking depend on the noise? Each level against the first and the previous one.
+    same = pd.read_csv(out["files"]["consistency_mutual_knn"])
+    assert same[["condition", "against"]].values.tolist() == [
+        ["pocket-photos gaussian_noise=0.5", "pocket-photos gaussian_noise=0"],
+        ["pocket-photos gaussian_noise=2", "pocket-photos gaussian_noise=0"],
+        ["pocket-photos gaussian_noise=2", "pocket-photos gaussian_noise=0.5"]]
+    assert same.models.eq(4).all() and same.matrix_spearman.between(-1, 1).all() and same.mantel_p.ge(1 / 1000).all()
+    board = cli_json("--registry", tmp_path / "reg", "leaderboard", "--suite", "tiny-noise", "--run", tmp_path / "run",
+                     "--out", tmp_path / "board")
+    assert "Does the ranking depend on the data?" in Path(board["files"]["index.html"]).read_text()
+    trained = {b["condition"]: b["score"] for b in out["best"]
+               if {b["model_x"], b["model_y"]} == {"efficientnet-lite0", "efficientnet-lite1"}}
+    assert trained["pocket-photos gaussian_noise=0"] > trained["pocket-photos gaussian_noise=2"]  # noise aligns less
     plain = cli_json("run", "--suite", "pocket", "--max-samples", "24", "--out", tmp_path / "plain")
     # Level 0 leaves the pixels as they are: the same features (from cache) and the same score.
     pocket_pair = [b for b in plain["best"] if {b["model_x"], b["model_y"]} == {"efficientnet-lite0", "efficientnet-lite1"}]
-    assert sweep["mean"].iloc[0] == pytest.approx(pocket_pair[0]["score"], abs=1e-12)
+    assert trained["pocket-photos gaussian_noise=0"] == pytest.approx(pocket_pair[0]["score"], abs=1e-12)
 
 
 def test_sweep_levels_that_print_alike_stay_two_conditions(tmp_path: Path) -> None:

@@ -143,7 +143,8 @@ def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offli
 @click.option("--suite", default=DEFAULT_SUITE, show_default=True, help="Suite id (see `prh-bench ls suites`).")
 @click.option("--force", is_flag=True, help="Recompute features even when cached.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--max-samples", type=click.IntRange(min=4), help="Use only the first N samples (a quick look).")
+@click.option("--max-samples", type=click.IntRange(min=4),
+              help="Use N samples drawn with a fixed seed across the data set, each group (photograph) its share.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default ./prh-runs/SUITE/TIME).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where extraction and scoring run: this process, or Ray tasks (the cache must be shared).")

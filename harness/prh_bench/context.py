@@ -163,7 +163,7 @@ def resolve_device(name: str) -> torch.device:
 
 def load_samples(registry: Registry, dataset: DatasetManifest, limit: int | None) -> SampleSet:
     loader = registry.plugins.loaders[dataset.loader]
-    return loader(dataset).head(limit)
+    return loader(dataset).subset(limit)
 
 
 class RunContext:

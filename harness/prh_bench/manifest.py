@@ -283,6 +283,10 @@ class Calibration(_Strict):
     pairs: Literal["all", "reference"] = Field(
         default="all", description="null of every model pair, or only of the pairs with the suite's reference (what "
         "the leaderboard shows; R shuffles of the later model's samples per pair, so list a one-layer reference last)")
+    exchange: Literal["auto", "free", "within_groups"] = Field(
+        default="auto", description="what a shuffle may exchange: 'within_groups' moves a sample only within its "
+        "group (crops of one photograph: the null keeps what any model finds by telling photographs apart), "
+        "'free' any sample with any; 'auto' is within_groups when the data set's samples carry groups")
 
 
 class Sweep(_Strict):
@@ -330,7 +334,8 @@ class SuiteManifest(ManifestBase):
     metrics: list[MetricUse] = Field(min_length=1)
     prepare: Prepare = Prepare()
     reference: str | None = None
-    max_samples: int | None = Field(default=None, ge=4, le=100_000_000)
+    max_samples: int | None = Field(default=None, ge=4, le=100_000_000, description="N samples drawn with a fixed "
+                                    "seed across the data set (SampleSet.subset: each group its share), not the first N")
     calibrate: Calibration | None = None
     revisions: list[Annotated[str, Field(pattern=REVISION, max_length=100)]] | None = Field(
         default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"

@@ -93,7 +93,8 @@ def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers:
 
 
 def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, cond: Condition, n: int,
-                 members: list[Member], pending: dict[str, list[int] | None], budget: int) -> list[dict[str, Any]]:
+                 members: list[Member], pending: dict[str, list[int] | None], budget: int,
+                 groups: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
     """Per metric: the pairs (and nulls) stored and to compute among `members` (models with cached features)
     and `pending` (models still to extract, with their estimated widths), and an estimate of the work."""
     rows = []
@@ -102,7 +103,7 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, con
     for use in suite.metrics:
         metric, params = registry.metric(use.name, cond.metric_params(use.params))
         job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate,
-                       tuple(members) + tuple(stand_ins), budget, suite.reference)
+                       tuple(members) + tuple(stand_ins), budget, suite.reference, groups)
         cached = {m.id for m in members}
         pairs = job.unordered_pairs()
         todo = [(a, b) for a, b in pairs
@@ -174,5 +175,6 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
             rows.append({"condition": cond.label, "model": m.id, "status": status, "weights": weights[m.id],
                          "layers": len(w) if w else None, "feature_MiB": mb, "note": data_note})
         if samples is not None:
-            work += scoring_work(registry, suite, store, cond, n, members, pending, int(budget_gib * 2**30))
+            work += scoring_work(registry, suite, store, cond, n, members, pending, int(budget_gib * 2**30),
+                                 samples.group_codes)
     return pd.DataFrame(rows), pd.DataFrame(work)

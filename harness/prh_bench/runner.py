@@ -135,7 +135,7 @@ def run_suite(
         rows, cal = [], []
         for use, (metric, params) in zip(suite.metrics, metrics, strict=True):
             job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
-                           int(spec.budget_gib * 2**30), suite.reference)
+                           int(spec.budget_gib * 2**30), suite.reference, samples.group_codes)
             job.check_fits()
             t1 = time.perf_counter()
             done = executor.score(ctx, job, progress)

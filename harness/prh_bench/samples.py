@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 from PIL import Image
+
+
+def group_codes(groups: Sequence[object]) -> np.ndarray:
+    """Each sample's group as 0..G-1 in order of appearance; a sample without a group (None, NaN, '') is its own."""
+    codes, seen = np.empty(len(groups), dtype=np.int64), {}
+    for i, g in enumerate(groups):
+        alone = g is None or g == "" or (isinstance(g, float) and math.isnan(g))
+        codes[i] = seen.setdefault(("sample", i) if alone else ("group", g), len(seen))
+    return codes
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,28 @@ class SampleSet:
     def ids(self) -> list[str]:
         return [s.id for s in self.samples]
 
-    def head(self, n: int | None) -> SampleSet:
-        return self if n is None or n >= len(self) else SampleSet(self.samples[:n])
+    @property
+    def group_codes(self) -> tuple[int, ...] | None:
+        """Each sample's group as 0..G-1 (a sample without one is its own), or None when no sample has a group."""
+        groups = [s.group for s in self.samples]
+        return tuple(group_codes(groups).tolist()) if any(g is not None for g in groups) else None
+
+    def subset(self, n: int | None, seed: int = 0) -> SampleSet:
+        """n samples drawn with `seed` across the whole set, in their order: the first rows are often one
+        photograph's crops or one class. Where samples carry groups, each group gives its share of n (largest
+        remainders round, ties drawn), so a subset of crops spans the photographs."""
+        if n is None or n >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        codes = group_codes([s.group for s in self.samples])
+        sizes = np.bincount(codes)
+        share = sizes * n / len(self)
+        take = np.floor(share).astype(int)
+        shuffled = rng.permutation(len(sizes))  # equal remainders (samples without groups: all) drawn at random
+        take[shuffled[np.argsort(-(share - take)[shuffled], kind="stable")][: n - take.sum()]] += 1
+        keep = np.concatenate([rng.choice(np.flatnonzero(codes == g), size=t, replace=False)
+                               for g, t in enumerate(take) if t])
+        return SampleSet(tuple(self.samples[i] for i in np.sort(keep)))
 
     @cached_property
     def digest(self) -> str:

@@ -88,6 +88,18 @@ class ScoreJob:
     members: tuple[Member, ...]
     budget: int
     reference: str | None = None  # the suite's; with calibrate.pairs = reference, only its pairs get nulls
+    sample_groups: tuple[int, ...] | None = None  # each sample's group code (SampleSet.group_codes), if any
+
+    @property
+    def exchange(self) -> str:
+        """What the null's shuffles exchange: 'within_groups' or 'free' (calibrate.exchange, 'auto' resolved)."""
+        assert self.calibrate is not None
+        if self.calibrate.exchange == "auto":
+            return "within_groups" if self.sample_groups is not None else "free"
+        if self.calibrate.exchange == "within_groups" and self.sample_groups is None:
+            raise BadInput("calibrate.exchange: within_groups, but the data set's samples carry no groups (only "
+                           "loaders that know them, like photo_crops, set Sample.group); use auto or free")
+        return self.calibrate.exchange
 
     def layers(self, m: Member) -> int:
         return len(m.info.widths) + self.prepare.concat_layers
@@ -187,7 +199,10 @@ class ScoreJob:
 
     def null_key(self, a: Member, b: Member) -> str:
         assert self.calibrate is not None
-        return _sha([self.scoring_id, self.calibrate.model_dump(mode="json"), a.info.digest, b.info.digest])
+        # A free null keeps the key it had before shuffles could be grouped; a grouped one is keyed by its groups.
+        grouped = [_sha(self.sample_groups)] if self.exchange == "within_groups" else []
+        return _sha([self.scoring_id, self.calibrate.model_dump(mode="json", exclude={"exchange"}), a.info.digest,
+                     b.info.digest, *grouped])
 
 
 class PairStore:
@@ -232,7 +247,7 @@ class PairStore:
 
     def load_null(self, job: ScoreJob, a: Member, b: Member) -> dict[str, Any] | None:
         entry = read_valid(self.null_path(job, a, b), "permutation null")
-        return None if entry is None else json.loads(entry[1]["calibration"])
+        return None if entry is None else {"exchange": "free"} | json.loads(entry[1]["calibration"])  # free: older
 
     def save_null(self, job: ScoreJob, a: Member, b: Member, row: dict[str, Any], null: torch.Tensor) -> None:
         assert job.calibrate is not None
@@ -347,8 +362,9 @@ def run_tile(job: ScoreJob, store: PairStore, summaries: Summaries, i: int, j: i
             cal = calibrate_summaries(job.metric, both[a.id], both[b.id],
                                       LayerScores(out.scores[(a.id, b.id)], job.metric.higher_is_better).best,
                                       job.params, a.info.n, job.calibrate.permutations, job.calibrate.seed,
-                                      job.calibrate.alpha)
-            row = {"model_x": a.id, "model_y": b.id, "metric": job.metric.name, **cal.as_dict()}
+                                      job.calibrate.alpha, job.sample_groups if job.exchange == "within_groups" else None)
+            row = {"model_x": a.id, "model_y": b.id, "metric": job.metric.name, **cal.as_dict(),
+                   "exchange": job.exchange}
             store.save_null(job, a, b, row, cal.null)
             out.nulls[(a.id, b.id)] = row
         out.nulls_computed += len(missing_nulls)

@@ -6,7 +6,10 @@ The calibrated score is calibrated-similarity's ("Aristotelian") definition, `ca
 
 The null shuffles the sample order of model Y, the same permutation for all its layers, so the max over
 layer pairs is calibrated as a whole (the correction for taking a max over many pairs). Summaries are
-permuted, not recomputed: no features are touched again.
+permuted, not recomputed: no features are touched again. Where samples come in groups that any model tells
+apart (crops of one photograph are each other's neighbours in a random network too), a free shuffle makes a
+null that nothing fails to beat; shuffling within groups keeps that shared structure in the null, which then
+asks what a model shares beyond telling the groups apart.
 """
 
 from __future__ import annotations
@@ -54,16 +57,28 @@ def calibrated_score(observed: float, null: torch.Tensor, alpha: float = 0.05, m
     return tau, min(1.0, max(0.0, (observed - tau) / span))
 
 
+def within_groups(codes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A random permutation that sends each sample to a sample of its own group: the samples of each group in
+    index order (a stable sort by code) are mapped to the same samples in random order (a sort by code plus a
+    uniform draw in [0, 1))."""
+    ordered = codes.argsort(stable=True)
+    perm = torch.empty(len(codes), dtype=torch.long)
+    perm[ordered] = (codes + torch.rand(len(codes), generator=g, dtype=torch.float64)).argsort()
+    return perm
+
+
 def calibrate_summaries(
     metric: Metric, sx: Sequence[Any], sy: Sequence[Any], observed: float, params: dict[str, Any], n: int,
-    permutations: int, seed: int = 0, alpha: float = 0.05,
+    permutations: int, seed: int = 0, alpha: float = 0.05, groups: Sequence[int] | None = None,
 ) -> Calibrated:
-    """The null of the best score over layer pairs, from summaries of N = n samples."""
+    """The null of the best score over layer pairs, from summaries of N = n samples; with `groups` (each
+    sample's group code) every shuffle moves samples only within their group."""
     g = torch.Generator().manual_seed(seed)
     sign = 1.0 if metric.higher_is_better else -1.0
     null = torch.empty(permutations, dtype=torch.float64)
+    codes = None if groups is None else torch.as_tensor(groups, dtype=torch.float64)
     for r in range(permutations):
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g) if codes is None else within_groups(codes, g)
         scores = metric.pair_scores(sx, [metric.permute(s, perm) for s in sy], **params)
         null[r] = (scores * sign).max() * sign
     exceed = int(((null * sign) >= observed * sign).sum())

@@ -17,9 +17,10 @@ from .. import __version__
 from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
+from ..samples import group_codes
 from .report import alignment_matrix, best_pairs, best_partner, chance_level
 from .run_folder import read_run_record, read_run_table
-from .uncertainty import ALPHA, adjacent_tests, group_codes, rank_intervals
+from .uncertainty import ALPHA, adjacent_tests, rank_intervals
 from .uncertainty import RESAMPLES as UNCERTAINTY_RESAMPLES
 
 RESAMPLES = 2000
@@ -36,6 +37,7 @@ class Leaderboard:
     correlations: pd.DataFrame  # one row per (alignment measure, downstream score, statistic)
     binned: pd.DataFrame  # models binned by tasks solved (with probes), mean alignment and standard error
     meta: dict[str, Any]
+    consistency: pd.DataFrame  # with several conditions: how alike their matrices and rankings are
 
 
 def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
@@ -193,7 +195,8 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
             "metric_params": params, "reference": reference, "n_samples": n,
             "chance_level": chance, "chance_source": chance_source,
-            "calibration": ({"permutations": int(nulls.permutations.iloc[0]), "alpha": float(nulls.alpha.iloc[0])}
+            "calibration": ({"permutations": int(nulls.permutations.iloc[0]), "alpha": float(nulls.alpha.iloc[0]),
+                             "exchange": str(nulls.exchange.iloc[0]) if "exchange" in nulls else "free"}
                             if not nulls.empty else None),
             "condition": condition, "run": str(run_dir), "run_created": side.created,
             "manifest_versions": {m: side.models[m].manifest_version for m in models},
@@ -202,8 +205,9 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
                                for n in downstream},
             "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models",
             "uncertainty": meta_uncertainty}
+    path = run_dir / f"consistency_{metric}.csv"
     return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
-                       binned, meta)
+                       binned, meta, pd.read_csv(path) if path.exists() else pd.DataFrame())
 
 
 def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: str, condition: str,

@@ -121,6 +121,7 @@ class CalibrationRef(_Record):
     null_std: float  # NaN for a null of one permutation
     null_q95: Finite
     permutations: int = Field(ge=1)
+    exchange: Literal["free", "within_groups"] = "free"  # what its shuffles exchanged (free before groups existed)
 
 
 class ConditionRef(_Record):

@@ -149,6 +149,12 @@ CORRELATION_NOTE = ("r: over the models with both numbers (n): all of them, or t
                     "less, so alignment growing with competence shows as a negative r).")
 
 
+CONSISTENCY_NOTE = ("The leaderboard shows the run's first condition. Each other condition against the first and the "
+                    "previous one: matrix_spearman, Spearman rho of the two model x model alignment matrices' entries "
+                    "(over the models both have), with a one-sided Mantel permutation p (models relabelled in rows "
+                    "and columns together); ranking_spearman, rho of the models' alignment to the reference.")
+
+
 def write_leaderboard(lb: Leaderboard, out: Path,
                       more_figures: Callable[[Path], list[Path]] | None = None) -> dict[str, str]:
     """Tables, figures and the page of a leaderboard in `out`; `more_figures(out)` adds suite-specific ones."""
@@ -176,6 +182,8 @@ def write_leaderboard(lb: Leaderboard, out: Path,
         md += ["## Alignment vs downstream scores", "",
                "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
                "permutation p-values.", "", md_table(lb.correlations, ".3f"), "", CORRELATION_NOTE, ""]
+    if not lb.consistency.empty:
+        md += ["## Does the ranking depend on the data?", "", CONSISTENCY_NOTE, "", md_table(lb.consistency, ".3f"), ""]
     if not lb.binned.empty:
         lb.binned.to_csv(out / "binned.csv", index=False)
         md += ["## Alignment by number of tasks solved", "", lb.meta["solved_rule"] + ".", "",
@@ -194,8 +202,11 @@ def chance_sentence(lb: Leaderboard) -> str:
     text = f"Chance level of {lb.metric} at N = {m['n_samples']}: {m['chance_level']:.4f} ({m['chance_source']})."
     if m.get("calibration"):
         c = m["calibration"]
+        within = (" within their groups (each sample exchanged only with samples of its own group: crops of one "
+                  "photograph, so the null keeps what telling the groups apart gives any model)"
+                  if c.get("exchange") == "within_groups" else "")
         text += (f" p_value: add-one permutation p-value of the score to the reference ({c['permutations']} shuffles "
-                 f"of the samples, the same for all layers, max over layer pairs); calibrated: "
+                 f"of the samples{within}, the same for all layers, max over layer pairs); calibrated: "
                  f"clamp((score - tau) / (1 - tau), 0, 1) with tau the null's critical value at alpha = {c['alpha']:g} "
                  f"(calibrated-similarity's definition): 0 for a score a shuffle reaches.")
     return text
@@ -279,6 +290,10 @@ def render_html(lb: Leaderboard, pngs: list[Path]) -> str:
     figs = "".join(f'<figure><img alt="{html.escape(caption(lb, p.stem))}" '
                    f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
                    f"<figcaption>{html.escape(caption(lb, p.stem))}</figcaption></figure>" for p in pngs)
+    consistency = ("<h2>Does the ranking depend on the data?</h2>"
+                   f"<p>{html.escape(CONSISTENCY_NOTE)}</p>"
+                   + lb.consistency.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+                   if not lb.consistency.empty else "")
     sources = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in lb.meta["scores_sources"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(lb.suite.id)} leaderboard</title>
@@ -294,6 +309,7 @@ reverse).</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {"".join(f"<p>{html.escape(t)}</p>" for t in (p_floor_note(lb), uncertainty_sentence(lb)) if t)}
 <h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
+{consistency}
 <h2>Figures</h2>{figs}
 <h2>Sources</h2><ul>{sources}</ul>
 <script>

@@ -20,6 +20,7 @@ from ..features import library_versions
 from ..lazy import torch
 from ..manifest import ModelManifest
 from ..runner import SuiteRun
+from .consistency import consistency
 from .merge import write_records
 from .pairs import job_records
 from .run_folder import (
@@ -274,6 +275,11 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
     for metric in metrics:
         if several:
             write_sweep(run, best, metric, run_dir, files)
+            mats = {c.label: alignment_matrix(best[(best.metric == metric) & (best.condition == c.label)], metric,
+                                              list(run.models)) for c in run.conditions}
+            table = consistency(mats, metric, run.suite.reference)
+            table.to_csv(path := run_dir / f"consistency_{metric}.csv", index=False)
+            files[f"consistency_{metric}"] = str(path)
         if len(run.conditions) <= MAX_MATRICES:
             for cond in run.conditions:
                 stem = metric + (f"_{slug(cond.label)}" if several else "")

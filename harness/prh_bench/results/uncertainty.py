@@ -21,15 +21,6 @@ RESAMPLES = 2000
 ALPHA = 0.05
 
 
-def group_codes(groups: Sequence[object]) -> np.ndarray:
-    """Each sample's group as 0..G-1 in order of appearance; a sample without a group (None, NaN, '') is its own."""
-    codes, seen = np.empty(len(groups), dtype=np.int64), {}
-    for i, g in enumerate(groups):
-        alone = g is None or g == "" or (isinstance(g, float) and np.isnan(g))
-        codes[i] = seen.setdefault(("sample", i) if alone else ("group", g), len(seen))
-    return codes
-
-
 def _group_sums(terms: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(G x M sums of the terms per group, G sizes)."""
     g = int(codes.max()) + 1
