@@ -110,6 +110,9 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     assert ranked.tier.iloc[0] == 1 and ranked.tier.diff().dropna().isin([0, 1]).all()
     md = (tmp_path / "board" / "leaderboard.md").read_text()
     assert "resamples with replacement of the 20 groups of samples" in md
+    limits = md.split("## What these data can and cannot show")[1].split("##")[0]
+    assert "24 samples in 20 groups" in limits and "Random-initialised controls score" in limits
+    assert "rests on 2 models" not in limits  # fewer than 3 trained models with a score: no within-kind row
     corr = pd.read_csv(tmp_path / "board" / "correlations.csv")
     assert set(corr.models) == {"all", "trained"} or set(corr.models) == {"all"}
     terms.loc[0, "efficientnet-lite1"] += 0.5  # an edited terms file no longer averages to the scores

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 PERMUTATIONS = 999
 
@@ -23,6 +22,8 @@ def entries(mat: np.ndarray) -> np.ndarray:
 def mantel(a: np.ndarray, b: np.ndarray, permutations: int = PERMUTATIONS, seed: int = 0) -> tuple[float, float]:
     """(Spearman rho of the off-diagonal entries of two model x model matrices, one-sided add-one Mantel p of rho
     this large when b's models are relabelled at random)."""
+    from scipy import stats  # only runs with several conditions need it: not at every run folder's import
+
     off = ~np.eye(len(b), dtype=bool)
     ra, rb = stats.rankdata(entries(a)), np.full(b.shape, np.nan)
     rb[off] = stats.rankdata(b[off])  # relabelling models moves b's entries, never changes their ranks
@@ -46,6 +47,8 @@ def consistency(mats: dict[str, pd.DataFrame], metric: str, reference: str | Non
     """Per condition after the first (the keys of `mats`, in order: model x model matrices over one model
     list), against the first and against the previous one: the models both have, the matrices' rho and Mantel
     p, and the rankings' rho."""
+    from scipy import stats
+
     conditions = list(mats)
     rows = []
     for i, c in enumerate(conditions[1:], start=1):

@@ -178,6 +178,8 @@ def write_leaderboard(lb: Leaderboard, out: Path,
           md_text(chance_sentence(lb)), "",
           md_table(display_table(lb)), ""]
     md += [md_text(text) + "\n" for text in (p_floor_note(lb), uncertainty_sentence(lb)) if text]
+    if bounds := limits(lb):
+        md += ["## What these data can and cannot show", ""] + [f"- {md_text(b)}" for b in bounds] + [""]
     if not lb.correlations.empty:
         md += ["## Alignment vs downstream scores", "",
                "Pearson and Spearman r with percentile-bootstrap 95% intervals (models resampled) and two-sided "
@@ -228,6 +230,40 @@ def uncertainty_sentence(lb: Leaderboard) -> str:
             f"{u['test_floor']:.2g} before adjustment. With few groups the intervals are coarse and no test can reach "
             "a small p; the intervals say how much the ranking depends on which samples were averaged, not on "
             "another draw of the data set's photographs or concepts.")
+
+
+def limits(lb: Leaderboard) -> list[str]:
+    """What this leaderboard's data can and cannot show, from its own figures: the samples' independent units,
+    how much of the score random controls reach, which ranks the tests separate, and how many points a trend
+    within the trained models rests on."""
+    m, t, out = lb.meta, lb.table, []
+    if (u := m.get("uncertainty")) and u["groups"] < u["samples"]:
+        out.append(f"{u['samples']} samples in {u['groups']} groups (photographs or concepts): the independent units "
+                   f"are nearer {u['groups']} than {u['samples']}, and every interval and test here counts groups.")
+    measure = "alignment_to_reference" if lb.reference else "mean_alignment"
+    kinds = {k: part for k, part in t.dropna(subset=[measure]).groupby("kind")} if "kind" in t else {}
+    if "random" in kinds and "trained" in kinds:
+        rnd, trn = kinds["random"], kinds["trained"]
+        text = (f"Random-initialised controls score {rnd[measure].min():.3f}-{rnd[measure].max():.3f} against "
+                f"{trn[measure].min():.3f}-{trn[measure].max():.3f} for trained models (chance "
+                f"{m['chance_level']:.3f}): that much of the score needs no training, so read alignment against the "
+                "controls, not against chance.")
+        if "calibrated" in t and rnd.calibrated.notna().any():
+            text += (f" Against the permutation null the controls' calibrated scores are "
+                     f"{rnd.calibrated.min():.2f}-{rnd.calibrated.max():.2f}, the trained models' "
+                     f"{trn.calibrated.min():.2f}-{trn.calibrated.max():.2f}.")
+        out.append(text)
+    if "tier" in t and t.tier.notna().any():
+        out.append(f"The paired tests separate the {int(t.tier.notna().sum())} ranked models into {int(t.tier.max())} "
+                   "tiers: ranks within a tier are not ordered by these data.")
+    if not lb.correlations.empty and "models" in lb.correlations:
+        trained = lb.correlations[(lb.correlations.models == "trained") & (lb.correlations.statistic == "pearson")]
+        for r in trained.itertuples():
+            out.append(f"Within the trained models, {r.alignment} against {r.score} rests on {r.n} models "
+                       f"(r = {r.r:.2f}, p = {r.p_value:.2g}); with {r.n} points a permutation p cannot go below "
+                       f"{2 / math.factorial(r.n):.2g}, and a correlation across trained and random models mostly "
+                       "measures the gap between the two.")
+    return out
 
 
 def p_floor_note(lb: Leaderboard) -> str:
@@ -308,6 +344,8 @@ reverse).</p>
 <p>{html.escape(chance_sentence(lb))}</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {"".join(f"<p>{html.escape(t)}</p>" for t in (p_floor_note(lb), uncertainty_sentence(lb)) if t)}
+{"<h2>What these data can and cannot show</h2><ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in limits(lb))
+ + "</ul>" if limits(lb) else ""}
 <h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
 {consistency}
 <h2>Figures</h2>{figs}
