@@ -199,3 +199,17 @@ def test_p_values_at_their_permutation_floor_say_so() -> None:
     assert p_floor_note(lb).startswith("1 of 2 p-values sit at the floor of 500 permutations, shown as p <= 0.002")
     assert display_table(lb).p_value.tolist()[1:] == ["<= 0.002", 0.04]
     assert p_floor_note(SimpleNamespace(meta={"calibration": None}, table=table)) == ""
+
+
+def test_few_models_get_no_bootstrap_interval_and_few_controls() -> None:
+    """Resamples of four models repeat a few configurations: their percentiles would look precise."""
+    from prh_bench.results.leaderboard import correlate
+
+    x, y = np.array([0.1, 0.5, 0.3, 0.9]), np.array([1.0, 2.0, 2.5, 4.0])
+    assert all(np.isnan(r["ci_low"]) and np.isnan(r["ci_high"]) for r in correlate(x, y))
+    assert all(not np.isnan(r["ci_low"]) for r in correlate(np.append(x, 0.7), np.append(y, 3.0)))
+    table = pd.DataFrame({"a": np.linspace(0, 1, 7), "s": np.linspace(0, 1, 7) ** 2, "kind": "trained",
+                          "log10_params": [6, 7, 6.5, 8, 7.2, 6.1, 7.7], "depth": [10, 20, 12, 30, 8, 9, 15],
+                          "log2_width": [8, 9, 10, 8, 9, 10, 11]})
+    partial = [r for r in grouped_correlations(table, "a", "s") if r["statistic"] == "partial pearson"]
+    assert [r["controls"] for r in partial] == ["log10_params"] * 2  # 7 models: n - 2 - 4 = 1 control

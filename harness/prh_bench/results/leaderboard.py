@@ -40,10 +40,18 @@ class Leaderboard:
     consistency: pd.DataFrame  # with several conditions: how alike their matrices and rankings are
 
 
+#: fewest models for a bootstrap interval of r: resamples of 3 or 4 models repeat a few configurations, and
+#: their percentiles look precise (0.99-1.00 for three points) where nothing is known
+MIN_BOOTSTRAP = 5
+#: residual degrees of freedom a partial correlation keeps (n - 2 - controls): fewer covariates than that allows
+MIN_PARTIAL_DF = 4
+
+
 def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
     """Pearson and Spearman r of paired samples with percentile-bootstrap 95% intervals (models resampled with
-    replacement; resamples where either side is constant have no r and are skipped, their count reported) and
-    two-sided permutation p-values (scipy: exact when all pairings can be enumerated)."""
+    replacement; resamples where either side is constant have no r and are skipped, their count reported; none
+    below MIN_BOOTSTRAP models) and two-sided permutation p-values (scipy: exact when all pairings can be
+    enumerated)."""
     from scipy import stats
 
     out = []
@@ -55,7 +63,7 @@ def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any
         boot = np.array([fn(x[i], y[i]) for i in usable])
         perm = stats.permutation_test((x, y), fn, permutation_type="pairings", n_resamples=RESAMPLES,
                                       random_state=np.random.default_rng(seed + 1))
-        low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
+        low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) and len(x) >= MIN_BOOTSTRAP else (math.nan, math.nan)
         out.append({"statistic": name, "r": float(fn(x, y)), "ci_low": float(low), "ci_high": float(high),
                     "p_value": float(perm.pvalue), "n": len(x), "bootstrap_resamples": len(boot)})
     return out
@@ -107,7 +115,7 @@ def correlate_partial(x: np.ndarray, y: np.ndarray, z: np.ndarray, seed: int = 0
     res = y - fit
     perm = [partial_r(x, fit + res[rng.permutation(len(y))], z) for _ in range(RESAMPLES)]
     hits = sum(1 for v in perm if not math.isnan(v) and abs(v) >= abs(r) * (1 - 1e-12))
-    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan)
+    low, high = np.percentile(boot, [2.5, 97.5]) if boot and len(x) >= MIN_BOOTSTRAP else (math.nan, math.nan)
     return {"statistic": "partial pearson", "r": r, "ci_low": float(low), "ci_high": float(high),
             "p_value": (1 + hits) / (RESAMPLES + 1), "n": len(x), "bootstrap_resamples": len(boot)}
 
@@ -116,7 +124,7 @@ def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[
     """Correlations of an alignment measure with a score over all models, and within the trained models alone
     (random controls sit at chance on every score: across both kinds, r mostly measures the gap between two
     clusters); then, for each, the partial correlation controlling for the size covariates that are known for
-    every model and vary, as many as leave two degrees of freedom."""
+    every model and vary, as many as leave MIN_PARTIAL_DF residual degrees of freedom."""
     out = []
     for models, part in (("all", table), ("trained", table[table.kind == "trained"])):
         ok = part[[measure, score, *SIZE_COLUMNS]].dropna(subset=[measure, score])
@@ -124,7 +132,8 @@ def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[
             continue
         x, y = ok[measure].to_numpy(float), ok[score].to_numpy(float)
         out += [{"models": models, "controls": "", **c} for c in correlate(x, y)]
-        controls = [c for c in SIZE_COLUMNS if ok[c].notna().all() and ok[c].nunique() > 1][: max(0, len(ok) - 4)]
+        controls = [c for c in SIZE_COLUMNS if ok[c].notna().all() and ok[c].nunique() > 1
+                    ][: max(0, len(ok) - 2 - MIN_PARTIAL_DF)]
         if controls:
             out.append({"models": models, "controls": ", ".join(controls),
                         **correlate_partial(x, y, ok[controls].to_numpy(float))})

@@ -140,13 +140,12 @@ CORRELATION_NOTE = ("r: over the models with both numbers (n): all of them, or t
                     "a correlation across trained models and random controls mostly measures the gap between the "
                     "two clusters, so read the trained row. partial pearson: r after both sides are regressed on "
                     "the size covariates in controls (log10 parameters, depth in layers extracted, log2 widest "
-                    "layer; as many as leave two degrees of freedom), p_value by Freedman-Lane permutation; "
-                    "ci_low and ci_high: the 2.5 and 97.5 percentiles of r "
-                    "over bootstrap resamples of the models, of which bootstrap_resamples (of 2000) had both sides "
-                    "varying (the others have no r); p_value: two-sided permutation test of the pairing (with n "
-                    "models it cannot go below about 2/n!); "
-                    "score_direction: whether more of the score means more competence (for bits per byte it means "
-                    "less, so alignment growing with competence shows as a negative r).")
+                    "layer; as many as leave four residual degrees of freedom), its p_value by Freedman-Lane "
+                    "permutation. ci_low and ci_high: the 2.5 and 97.5 percentiles of r over bootstrap resamples of "
+                    "the models, of which bootstrap_resamples (of 2000) had both sides varying (the others have no "
+                    "r), none below 5 models; p_value: two-sided permutation test of the pairing (with n models it "
+                    "cannot go below about 2/n!); score_direction: whether more of the score means more competence "
+                    "(for bits per byte it means less, so alignment growing with competence shows as a negative r).")
 
 
 CONSISTENCY_NOTE = ("The leaderboard shows the run's first condition. Each other condition against the first and the "
@@ -289,6 +288,8 @@ def display_table(lb: Leaderboard) -> pd.DataFrame:
 
 
 def _cell(v: object) -> str:
+    if v is pd.NA:
+        return ""
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4g}"
     return html.escape(str(v))
