@@ -213,3 +213,23 @@ def test_few_models_get_no_bootstrap_interval_and_few_controls() -> None:
                           "log2_width": [8, 9, 10, 8, 9, 10, 11]})
     partial = [r for r in grouped_correlations(table, "a", "s") if r["statistic"] == "partial pearson"]
     assert [r["controls"] for r in partial] == ["log10_params"] * 2  # 7 models: n - 2 - 4 = 1 control
+
+
+def test_captions_of_one_image_are_a_group_and_singletons_are_no_structure(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from prh_bench.manifest import DatasetManifest
+    from prh_bench.samples import Sample, SampleSet
+    from prh_bench.plugins.datasets.photos import image_captions
+
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8), name == "a" and "red" or "blue").save(tmp_path / f"{name}.png")
+    rows = [("1", "a", "a red square"), ("2", "a", "red"), ("3", "b", "a blue square"), ("4", "a", "scarlet")]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"id": i, "image": f"{im}.png", "text": t}) for i, im, t in rows))
+    ds = DatasetManifest(kind="dataset", id="caps", version=1, loader="image_captions", modality="vision",
+                         options={"path": str(tmp_path / "c.jsonl")})
+    assert image_captions(ds).group_codes == (0, 0, 1, 0)
+    assert SampleSet(tuple(Sample(id=str(i), group=str(i)) for i in range(4))).group_codes is None
+    assert SampleSet(tuple(Sample(id=str(i)) for i in range(4))).group_codes is None

@@ -54,9 +54,10 @@ class SampleSet:
 
     @property
     def group_codes(self) -> tuple[int, ...] | None:
-        """Each sample's group as 0..G-1 (a sample without one is its own), or None when no sample has a group."""
-        groups = [s.group for s in self.samples]
-        return tuple(group_codes(groups).tolist()) if any(g is not None for g in groups) else None
+        """Each sample's group as 0..G-1 (a sample without one is its own), or None when no two samples share a
+        group (then there is no structure to respect: a shuffle within groups would move nothing)."""
+        codes = group_codes([s.group for s in self.samples])
+        return tuple(codes.tolist()) if len(codes) and codes.max() + 1 < len(codes) else None
 
     def subset(self, n: int | None, seed: int = 0) -> SampleSet:
         """n samples drawn with `seed` across the whole set, in their order: the first rows are often one

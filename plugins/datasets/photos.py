@@ -101,7 +101,8 @@ def sklearn_digits(m: DatasetManifest) -> SampleSet:
 
 def image_captions(m: DatasetManifest) -> SampleSet:
     """Image-caption pairs from a JSON-lines file (`options.path`): one {"id", "image", "text"} object per line,
-    image paths relative to the file. Each model reads its own modality of the same samples."""
+    image paths relative to the file. Each model reads its own modality of the same samples; the captions of one
+    image form a group (their image features are identical)."""
     import json
     from pathlib import Path
 
@@ -115,7 +116,7 @@ def image_captions(m: DatasetManifest) -> SampleSet:
         try:
             row = json.loads(line)
             image = Image.open(path.parent / row["image"]).convert("RGB")
-            samples.append(Sample(id=str(row["id"]), image=image, text=str(row["text"])))
+            samples.append(Sample(id=str(row["id"]), image=image, text=str(row["text"]), group=str(row["image"])))
         except (ValueError, KeyError, OSError) as exc:
             raise BadInput(f"{path}:{n}: expected {{'id', 'image', 'text'}} with a readable image ({exc})") from None
     return SampleSet(tuple(samples))
