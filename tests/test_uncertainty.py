@@ -221,8 +221,8 @@ def test_captions_of_one_image_are_a_group_and_singletons_are_no_structure(tmp_p
     from PIL import Image
 
     from prh_bench.manifest import DatasetManifest
-    from prh_bench.samples import Sample, SampleSet
     from prh_bench.plugins.datasets.photos import image_captions
+    from prh_bench.samples import Sample, SampleSet
 
     for name in ("a", "b"):
         Image.new("RGB", (8, 8), name == "a" and "red" or "blue").save(tmp_path / f"{name}.png")
@@ -233,3 +233,15 @@ def test_captions_of_one_image_are_a_group_and_singletons_are_no_structure(tmp_p
     assert image_captions(ds).group_codes == (0, 0, 1, 0)
     assert SampleSet(tuple(Sample(id=str(i), group=str(i)) for i in range(4))).group_codes is None
     assert SampleSet(tuple(Sample(id=str(i)) for i in range(4))).group_codes is None
+
+
+def test_correlations_within_each_family_of_three_or_more() -> None:
+    """Two families whose sizes run opposite ways: within each, alignment tracks the score exactly; pooled over
+    the trained models it does not. A family of two gets no row."""
+    table = pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.5, 0.4], "s": [1, 2, 3, 1, 2, 3, 9, 8.0],
+                          "kind": "trained", "family": ["f"] * 3 + ["g"] * 3 + ["h"] * 2,
+                          "log10_params": np.nan, "depth": np.nan, "log2_width": np.nan})
+    rows = {(r["models"], r["statistic"]): r for r in grouped_correlations(table, "a", "s")}
+    assert rows["family f", "pearson"]["r"] == pytest.approx(1.0) and rows["family g", "pearson"]["r"] == pytest.approx(-1.0)
+    assert rows["family f", "pearson"]["n"] == 3 and ("family h", "pearson") not in rows
+    assert abs(rows["trained", "pearson"]["r"]) < 0.5

@@ -160,6 +160,9 @@ class ModelManifest(ManifestBase):
         "(the PRH code's rule)")
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     params: float | None = Field(default=None, gt=0, le=1e15, description="parameter count")
+    family: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=60, description="one "
+                               "architecture and training recipe at several sizes: the leaderboard correlates "
+                               "alignment with downstream scores within each family of three or more trained models")
     license: str = ""
     resources: Resources = Resources()
 

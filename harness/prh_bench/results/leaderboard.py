@@ -121,12 +121,15 @@ def correlate_partial(x: np.ndarray, y: np.ndarray, z: np.ndarray, seed: int = 0
 
 
 def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[dict[str, Any]]:
-    """Correlations of an alignment measure with a score over all models, and within the trained models alone
+    """Correlations of an alignment measure with a score over all models, within the trained models alone
     (random controls sit at chance on every score: across both kinds, r mostly measures the gap between two
-    clusters); then, for each, the partial correlation controlling for the size covariates that are known for
-    every model and vary, as many as leave MIN_PARTIAL_DF residual degrees of freedom."""
+    clusters) and within each family of trained models (`ModelManifest.family`); then, for each, the partial
+    correlation controlling for the size covariates that are known for every model and vary, as many as leave
+    MIN_PARTIAL_DF residual degrees of freedom."""
+    trained = table[table.kind == "trained"]
+    families = [(f"family {f}", part) for f, part in trained.groupby("family")] if "family" in table else []
     out = []
-    for models, part in (("all", table), ("trained", table[table.kind == "trained"])):
+    for models, part in [("all", table), ("trained", trained), *families]:
         ok = part[[measure, score, *SIZE_COLUMNS]].dropna(subset=[measure, score])
         if len(ok) < 3 or ok[score].nunique() < 2 or ok[measure].nunique() < 2:
             continue
@@ -169,8 +172,9 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     for mid in models:
         entry = side.models[mid]
         status = [r.status for r in entry.runs]
-        row: dict[str, Any] = {"model": mid, "weights": entry.weights,
-                               "params": getattr(registry.entries.get(entry.manifest_id or mid), "params", None)}
+        manifest = registry.entries.get(entry.manifest_id or mid)
+        row: dict[str, Any] = {"model": mid, "weights": entry.weights, "params": getattr(manifest, "params", None),
+                               "family": getattr(manifest, "family", None)}
         if mid in mat.index:
             row["alignment_to_reference"] = mat.loc[mid, reference] if reference and mid != reference else math.nan
             if reference and not nulls.empty:
