@@ -19,7 +19,7 @@ from ..manifest import SuiteManifest
 from ..registry import Registry
 from ..samples import group_codes
 from .report import alignment_matrix, best_pairs, best_partner, chance_level
-from .run_folder import read_run_record, read_run_table
+from .run_folder import RunRecord, read_run_record, read_run_table
 from .uncertainty import ALPHA, adjacent_tests, rank_intervals
 from .uncertainty import RESAMPLES as UNCERTAINTY_RESAMPLES
 
@@ -78,7 +78,7 @@ def model_kind(weights: object) -> str:
     return "random" if str(weights).startswith("random") else "trained"
 
 
-def model_size(side: Any, condition: str, table: pd.DataFrame) -> dict[str, list[float]]:
+def model_size(side: RunRecord, condition: str, table: pd.DataFrame) -> dict[str, list[float]]:
     """Per model of the table: log10 of its parameter count (manifest), its depth (layers extracted) and log2 of
     its widest layer (features), from the run record under `condition`; NaN where unknown."""
     out: dict[str, list[float]] = {c: [] for c in SIZE_COLUMNS}
