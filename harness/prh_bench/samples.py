@@ -52,7 +52,7 @@ class SampleSet:
     def ids(self) -> list[str]:
         return [s.id for s in self.samples]
 
-    @property
+    @cached_property
     def group_codes(self) -> tuple[int, ...] | None:
         """Each sample's group as 0..G-1 (a sample without one is its own), or None when no two samples share a
         group (then there is no structure to respect: a shuffle within groups would move nothing)."""

@@ -19,7 +19,7 @@ from ..errors import BadInput
 from ..lazy import torch
 from ..params import int_in, one_of
 from .metric import Metric
-from .search import approximate_knn, exact_rows, hits, knn_search
+from .search import approximate_knn, exact_rows, hits, knn_search, overlaps
 
 
 def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -191,7 +191,7 @@ class MutualKNN(KNNMetric):
         return shared_counts(sx, sy).double() / (n * params["k"])
 
     def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
-        return (x[:, :, None] == y[:, None, :]).any(2).sum(1, dtype=torch.float64) / params["k"]
+        return overlaps(x, y) / params["k"]
 
 
 class CycleKNN(KNNMetric):

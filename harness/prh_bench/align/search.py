@@ -220,9 +220,15 @@ def exact_rows(x: torch.Tensor, k: int, rows: int = 1000, seed: int = 0) -> tupl
     return pick, torch.cat(exact)
 
 
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row of two lists of the same rows (rows x k each, no repeats within a row): how many of a's entries
+    b's row holds, in float64."""
+    return (a[:, :, None] == b[:, None, :]).any(2).sum(1, dtype=torch.float64)
+
+
 def hits(idx: torch.Tensor, exact: torch.Tensor) -> float:
     """Mean fraction of each row of `exact` (rows x k) that the same row of `idx` holds."""
-    return float((idx[:, :, None] == exact[:, None, :]).any(2).double().mean())
+    return float(overlaps(idx, exact).mean()) / exact.shape[1]
 
 
 def recall(x: torch.Tensor, idx: torch.Tensor, rows: int = 1000, seed: int = 0) -> float:

@@ -232,12 +232,12 @@ def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: st
     if terms is None or reference is None:
         return table, None
     part = terms[(terms.metric == metric) & (terms.condition.astype(str) == condition)]
-    ranked = [m for m in table.model[table["rank"] != "reference"]
-              if m in part and pd.notna(table.set_index("model").alignment_to_reference.get(m))]
+    aligned = table.set_index("model").alignment_to_reference
+    ranked = [m for m in table.model[table["rank"] != "reference"] if m in part and pd.notna(aligned.get(m))]
     if part.empty or len(ranked) < 2:
         return table, None
     values = part[ranked].to_numpy(dtype=float)
-    score = table.set_index("model").alignment_to_reference.reindex(ranked).to_numpy(dtype=float)
+    score = aligned.reindex(ranked).to_numpy(dtype=float)
     if not np.allclose(values.mean(axis=0), score, rtol=0, atol=1e-9):
         raise BadInput(f"{run_dir}: sample_terms table: the mean terms of {metric} under {condition!r} are not the "
                        "scores of the scores table; the run folder is mixed or edited: run the suite again")

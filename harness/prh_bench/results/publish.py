@@ -121,7 +121,7 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
     fitted = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
     stress = float(np.sqrt(((d - fitted) ** 2).sum() / max((d**2).sum(), 1e-300)))  # Kruskal's stress-1
     fig, (ax, key) = plt.subplots(1, 2, figsize=(8.5, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    random = lb.table.set_index("model").weights.reindex(lb.matrix.index).fillna("").str.startswith("random")
+    random = lb.table.set_index("model").kind.reindex(lb.matrix.index).eq("random")
     ax.scatter(xy[:, 0], xy[:, 1], c=np.where(random, "C3", "C0"), s=60, alpha=0.6)
     # Numbers at the points and the names in a key beside: names of models that sit together never overlap.
     for k, (x, y) in enumerate(xy, start=1):
@@ -265,25 +265,31 @@ def limits(lb: Leaderboard) -> list[str]:
     return out
 
 
-def p_floor_note(lb: Leaderboard) -> str:
-    """Which p-values sit at the floor of their permutation count: they say p <= 1/(R+1), nothing smaller."""
+def p_floor(lb: Leaderboard) -> tuple[float, pd.Series] | None:
+    """(1/(R+1), which rows' p-values sit at it), or None without permutation p-values: a p there says
+    p <= 1/(R+1), nothing smaller."""
     c = lb.meta.get("calibration")
     if not c or "p_value" not in lb.table:
-        return ""
+        return None
     floor = 1 / (c["permutations"] + 1)
-    at = int(np.isclose(lb.table.p_value, floor, rtol=1e-6).sum())
-    return (f"{at} of {int(lb.table.p_value.notna().sum())} p-values sit at the floor of {c['permutations']} "
-            f"permutations, shown as p <= {floor:.2g} = 1/(R+1): no permutation reached the score, which bounds p, "
-            "and does not make it smaller." if at else "")
+    return floor, pd.Series(np.isclose(lb.table.p_value, floor, rtol=1e-6), index=lb.table.index)
+
+
+def p_floor_note(lb: Leaderboard) -> str:
+    """How many p-values sit at the floor of their permutation count, and what that means."""
+    if (found := p_floor(lb)) is None or not (at := int(found[1].sum())):
+        return ""
+    return (f"{at} of {int(lb.table.p_value.notna().sum())} p-values sit at the floor of "
+            f"{lb.meta['calibration']['permutations']} permutations, shown as p <= {found[0]:.2g} = 1/(R+1): no "
+            "permutation reached the score, which bounds p, and does not make it smaller.")
 
 
 def display_table(lb: Leaderboard) -> pd.DataFrame:
     """The table as shown: parameters in millions, a p-value at its permutation floor as 'p <= floor'."""
     table = lb.table.assign(params=lb.table.params.map(params_label))
-    if (c := lb.meta.get("calibration")) and "p_value" in table:
-        floor = 1 / (c["permutations"] + 1)
-        table["p_value"] = [f"<= {floor:.2g}" if pd.notna(v) and np.isclose(v, floor, rtol=1e-6) else v
-                            for v in table.p_value]
+    if (found := p_floor(lb)) is not None:
+        floor, at = found
+        table["p_value"] = [f"<= {floor:.2g}" if hit else v for v, hit in zip(table.p_value, at, strict=True)]
     return table
 
 
