@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from .align import LayerScores
 from .align.knn import KNNMetric
 from .features import Features
 from .scoring import JobScores, Member, Summaries, SummaryStore
@@ -56,7 +57,7 @@ def pair_details(scores: JobScores, root: Path, load: Callable[[Member], Feature
                            for m in job.groups[i] for n, s in enumerate(held[m.id]) if s.probe is not None]
         for a, b in pairs:
             matrix = scores.pair(a.id, b.id)
-            x, y = divmod(int(matrix.argmax()), matrix.shape[1])
+            x, y = LayerScores(matrix, job.metric.higher_is_better).best_index
             sx, sy = held[a.id][x], held[b.id][y]
             if ref in (a.id, b.id):
                 terms[b.id if a.id == ref else a.id] = job.metric.sample_terms(sx.idx, sy.idx, **job.params).tolist()
