@@ -21,7 +21,7 @@ def dataset(**options: object) -> DatasetManifest:
 
 def space(source: str, **preprocess: object) -> ModelManifest:
     return ModelManifest(kind="model", id=f"space-{source}", version=1, backend="colorspace", source=source,
-                         modality="vision", preprocess=preprocess)
+                         modality="vision", weights="none", preprocess=preprocess)
 
 
 def test_the_xkcd_survey_as_a_paired_data_set() -> None:

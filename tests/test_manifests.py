@@ -193,3 +193,30 @@ def test_a_relative_checkpoint_path_is_relative_to_the_manifest(tmp_path: Path, 
     for kept in ("pkg://pkg/file.pth", "${SOMEWHERE}/file.pth", "~/file.pth", "/abs/file.pth"):
         path.write_text(text.replace("ckpt/model.pth", f"'{kept}'"))
         assert load_manifest(path).weights.path == kept
+
+
+def test_a_parameter_free_model_says_weights_none_and_is_no_random_control(tmp_path: Path) -> None:
+    """A fixed colour space had to be labelled 'pretrained' (or 'random (seed 0)' after smoke), and was drawn as one."""
+    from prh_bench.manifest import NO_WEIGHTS_LABEL
+    from prh_bench.results.leaderboard import model_kind
+
+    base = "kind: model\nversion: 1\nmodality: vision\n"
+    write_yaml(tmp_path / "lab.yaml", base + "id: my-lab\nbackend: colorspace\nsource: cielab\nweights: none\n")
+    m = load_manifest(tmp_path / "lab.yaml")
+    assert (m.weights, m.params, m.weights_label, model_kind(m.weights_label)) == \
+        ("none", None, NO_WEIGHTS_LABEL, "parameter-free")
+    assert cli("--registry", tmp_path, "validate", tmp_path).exit_code == 0
+    ok = cli("--registry", tmp_path, "smoke", "my-lab", "--random-weights", "--samples", "6",
+             "--dataset", "xkcd-colors")
+    assert ok.exit_code == 0 and "gave 1 layers" in ok.output, ok.output
+    assert model_kind("random (seed 3)") == "random" and model_kind("pretrained") == "trained"
+    # Each side refuses the other: a model with weights cannot claim none, a fixed space cannot claim weights.
+    write_yaml(tmp_path / "lab.yaml", base + "id: my-lab\nbackend: colorspace\nsource: cielab\n")
+    write_yaml(tmp_path / "net.yaml", base + "id: my-net\nbackend: timm\nsource: resnet18\nweights: none\n")
+    bad = cli("validate", tmp_path)
+    assert bad.exit_code == 2
+    assert "lab.yaml: field 'weights': backend 'colorspace' builds parameter-free models: set `weights: none`" in bad.output
+    assert "net.yaml: field 'weights': 'none' declares a parameter-free model, but backend 'timm'" in bad.output
+    typo = write_yaml(tmp_path / "typo.yaml", base + "id: t\nbackend: timm\nsource: resnet18\nweights: nothing\n")
+    with pytest.raises(ManifestError, match="expected 'pretrained', 'none' \\(a parameter-free model\\)"):
+        load_manifest(typo)

@@ -61,6 +61,9 @@ class ModelBackend(ABC):
     sample_score_names: tuple[str, ...] = ()
     #: whether the manifest's `options` mean something to it (validate refuses them otherwise)
     takes_options: bool = False
+    #: whether its models have no parameters (a fixed colour space): their manifests say `weights: none`, and
+    #: validate refuses `weights: none` for a backend whose models have weights
+    parameter_free: bool = False
 
     @abstractmethod
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:

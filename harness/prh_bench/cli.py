@@ -597,7 +597,7 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
         m = reg.get(model)
     if not isinstance(m, ModelManifest):
         raise BadInput(f"'{model}' is a {m.kind} manifest; smoke checks model manifests")
-    if random_weights:
+    if random_weights and m.weights != "none":  # a parameter-free model has nothing to randomise
         m = m.model_copy(update={"weights": RandomWeights(random=0)})
     ds = reg.get(dataset or {"vision": "pocket-photos", "text": "glove-words"}[m.modality], DatasetManifest)
     samples = load_samples(reg, ds, n)

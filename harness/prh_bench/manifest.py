@@ -86,7 +86,7 @@ class UrlWeights(_Checkpoint):
 def _weights_kind(value: Any) -> str | None:
     """Pick the weights variant by its key, so an error names the fields of that variant only."""
     if isinstance(value, str):
-        return "pretrained"
+        return value if value in ("pretrained", "none") else None
     if isinstance(value, BaseModel):
         return {RandomWeights: "random", PathWeights: "path", UrlWeights: "url", PartsWeights: "parts"}.get(type(value))
     if isinstance(value, dict):
@@ -97,6 +97,7 @@ def _weights_kind(value: Any) -> str | None:
 Weights = Annotated[
     Union[
         Annotated[Literal["pretrained"], Tag("pretrained")],
+        Annotated[Literal["none"], Tag("none")],
         Annotated[RandomWeights, Tag("random")],
         Annotated[PathWeights, Tag("path")],
         Annotated[UrlWeights, Tag("url")],
@@ -105,7 +106,8 @@ Weights = Annotated[
     Discriminator(
         _weights_kind,
         custom_error_type="weights_kind",
-        custom_error_message="expected 'pretrained' or a mapping with one of the keys random, path, url, parts",
+        custom_error_message="expected 'pretrained', 'none' (a parameter-free model) or a mapping with one of the "
+        "keys random, path, url, parts",
     ),
 ]
 
@@ -119,6 +121,8 @@ class LayerSpec(_Strict):
     pool: Literal["avg", "cls", "mean", "last", "none"] = "avg"
 
 
+#: the weights label of a parameter-free model (`weights: none`): tables tell it from trained and random models
+NO_WEIGHTS_LABEL = "none (parameter-free)"
 #: a hub revision (branch, tag, commit, training step): it becomes part of cache folder names, so no path
 #: separators and no leading dot
 REVISION = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -151,7 +155,8 @@ class ModelManifest(ManifestBase):
     revision: str | None = Field(default=None, pattern=REVISION, max_length=100)
     modality: Literal["vision", "text"]
     layers: LayerSpec = LayerSpec()
-    weights: Weights = "pretrained"
+    weights: Weights = Field(default="pretrained", description="'pretrained' (the library's or hub's), 'none' (a "
+                             "parameter-free model: a fixed colour space, raw pixels), {random: SEED}, or a checkpoint")
     preprocess: dict[str, Any] = Field(default={}, description="overrides of the backend's own preprocessing")
     options: dict[str, Any] = Field(default={}, description="the backend's own options for building the model "
                                     "(timm: keyword arguments of create_model, e.g. img_size)")
@@ -189,8 +194,11 @@ class ModelManifest(ManifestBase):
 
     @property
     def weights_label(self) -> str:
-        """A short word for tables: pretrained, random (seed S), checkpoint file / url / in parts."""
+        """A short word for tables: pretrained, none (parameter-free), random (seed S), checkpoint file / url /
+        in parts."""
         w = self.weights
+        if w == "none":
+            return NO_WEIGHTS_LABEL
         if isinstance(w, str):
             return w
         if isinstance(w, RandomWeights):
@@ -380,7 +388,7 @@ def _format_error(path: Path, err: dict[str, Any]) -> str:
     # Drop the discriminator tag and union member names pydantic puts in the location.
     if loc and loc[0] in KINDS:
         loc = loc[1:]
-    if loc[:1] == ["weights"] and loc[1:2] and loc[1] in ("pretrained", "random", "path", "url"):
+    if loc[:1] == ["weights"] and loc[1:2] and loc[1] in ("pretrained", "none", "random", "path", "url", "parts"):
         del loc[1]  # the weights variant's tag, not a field
     loc = [p for p in loc if p != "TagQuery"]
     field = ".".join(loc) or "(top level)"

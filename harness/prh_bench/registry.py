@@ -98,6 +98,12 @@ class Registry:
             if isinstance(m, ModelManifest) and m.options and m.backend in self.plugins.backends and \
                     not self.plugins.backends[m.backend].takes_options:
                 out.append(f"{path}: field 'options': backend '{m.backend}' takes no options (remove them)")
+            if isinstance(m, ModelManifest) and m.backend in self.plugins.backends and \
+                    (m.weights == "none") != self.plugins.backends[m.backend].parameter_free:
+                out.append(f"{path}: field 'weights': " + (
+                    f"backend '{m.backend}' builds parameter-free models: set `weights: none`"
+                    if m.weights != "none" else f"'none' declares a parameter-free model, but backend '{m.backend}' "
+                    "builds models with weights (pretrained, {random: SEED} or a checkpoint)"))
             if isinstance(m, MetricManifest) and m.name in self.plugins.metrics:
                 metric = self.plugins.metrics[m.name]
                 try:

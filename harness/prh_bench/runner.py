@@ -58,6 +58,7 @@ class SuiteRun:
     approximate_search: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"recall": [], "pairs": []})
     #: per condition, metric and sample: each model's term of its score with the reference (pair_details)
     sample_terms: pd.DataFrame = field(default_factory=pd.DataFrame)
+    max_samples: int | None = None  # the run's --max-samples (a verifier draws the same samples with it)
 
     @property
     def failures(self) -> list[ModelOutcome]:
@@ -163,7 +164,8 @@ def run_suite(
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
                     pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(device), timings, pair_work=work,
-                    scored=scored, approximate_search=approx, sample_terms=pd.concat(terms) if terms else pd.DataFrame())
+                    scored=scored, approximate_search=approx, sample_terms=pd.concat(terms) if terms else pd.DataFrame(),
+                    max_samples=max_samples)
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:

@@ -270,6 +270,9 @@ def build_with_weights(m: ModelManifest, create: Callable[[bool], torch.nn.Modul
     """The model a manifest's `weights` ask for, from `create(pretrained)`: the library's pretrained weights
     (the error names them, the `host` they come from and where a connected run caches them), a seeded random
     initialisation, or a checkpoint file or URL loaded into the bare architecture."""
+    if m.weights == "none":
+        raise BadInput(f"model '{m.id}': `weights: none` declares a parameter-free model; this architecture has "
+                       "weights (pretrained, {random: SEED} or a checkpoint)")
     if m.weights == "pretrained":
         try:
             return create(True)

@@ -65,8 +65,6 @@ class ColorSpaceExtractor(FeatureExtractor):
     def __init__(self, m: ModelManifest):
         if m.source not in SOURCES:
             raise BadInput(f"model '{m.id}': field 'source': expected one of {', '.join(SOURCES)}, got {m.source!r}")
-        if m.weights != "pretrained":
-            raise BadInput(f"model '{m.id}': field 'weights': a colour space has no weights; remove the field")
         self.source = m.source
         self.layer_names = {"cielab": ["lab"], "srgb": ["rgb"], "pmi": ["ppmi"]}[m.source]
         if m.source == "pmi":
@@ -99,6 +97,7 @@ class ColorSpaceExtractor(FeatureExtractor):
 
 class ColorSpaceBackend(ModelBackend):
     libraries = ("numpy", "scikit-image")
+    parameter_free = True
 
     def load(self, manifest: ModelManifest, device: Any) -> FeatureExtractor:
         return ColorSpaceExtractor(manifest)

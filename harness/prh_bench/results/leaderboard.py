@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import BadInput
-from ..manifest import SuiteManifest
+from ..manifest import NO_WEIGHTS_LABEL, SuiteManifest
 from ..registry import Registry
 from ..samples import group_codes
 from .report import alignment_matrix, best_pairs, best_partner, chance_level
@@ -74,8 +74,11 @@ SIZE_COLUMNS = ("log10_params", "depth", "log2_width")
 
 
 def model_kind(weights: object) -> str:
-    """'random' for a random-initialised control (its weights label says so), 'trained' otherwise."""
-    return "random" if str(weights).startswith("random") else "trained"
+    """From a weights label: 'random' for a random-initialised control, 'parameter-free' for a model without
+    weights (a fixed colour space), 'trained' otherwise."""
+    if str(weights).startswith("random"):
+        return "random"
+    return "parameter-free" if weights == NO_WEIGHTS_LABEL else "trained"
 
 
 def model_size(side: RunRecord, condition: str, table: pd.DataFrame) -> dict[str, list[float]]:

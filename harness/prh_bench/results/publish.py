@@ -64,7 +64,7 @@ def _fit_with_band(ax, x: np.ndarray, y: np.ndarray, color: str, label: str) -> 
 
 def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
     """Alignment to the reference vs a downstream score, marker area by parameter count, coloured by kind
-    (trained, random control). A least-squares fit with a bootstrap 95% band per kind whose score varies over
+    (trained, random control, parameter-free). A least-squares fit with a bootstrap 95% band per kind whose score varies over
     three or more models, Pearson r of each kind and of all printed: one line across two clusters would draw
     a trend that is only their gap."""
     plt = pyplot()
@@ -73,7 +73,7 @@ def scatter_figure(lb: Leaderboard, score: str, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     params = t.params.fillna(t.params.median() if t.params.notna().any() else 1e8)
     sizes = 20 + 180 * (np.log10(params) - 6).clip(0) / 5
-    colors = {"trained": "C0", "random": "C3"}
+    colors = {"trained": "C0", "random": "C3", "parameter-free": "C2"}
     for kind, color in colors.items():
         at = (t.kind == kind).to_numpy()
         if at.any():
@@ -314,7 +314,7 @@ def caption(lb: Leaderboard, stem: str) -> str:
                 "colour space by rotation or reflection, scale and shift; each point painted in its own colour.")
     score = stem.removeprefix("scatter_")
     return (f"Alignment to {lb.reference} against {score}: one point per model (area ~ log parameters), blue "
-            "trained and red random controls, a least-squares line with its bootstrap 95% band per kind whose "
+            "trained, red random controls and green parameter-free models, a least-squares line with its bootstrap 95% band per kind whose "
             "score varies, and Pearson r of each kind and of all.")
 
 

@@ -288,7 +288,7 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
         harness={"prh_bench": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
                  "torch_threads": torch.get_num_threads()},  # CPU scores depend on it in the last bits
         libraries=library_versions(LIBRARIES),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), max_samples=run.max_samples,
         suite=run.suite.model_dump(mode="json"),
         conditions=[ConditionEntry(label=c.label, dataset=c.dataset.model_dump(mode="json"), transform=c.transform,
                                    level=c.level, n_samples=run.n_samples[c.label]) for c in run.conditions],

@@ -154,6 +154,7 @@ class RunRecord(_Loose):
     approximate_search: dict[str, list[dict[str, Any]]] = {"recall": [], "pairs": []}
     seconds: dict[str, float] = {}
     source: str | None = None  # a results store the record was built from, instead of a run
+    max_samples: int | None = None  # the run's --max-samples, if given
 
     @property
     def suite_id(self) -> str:
