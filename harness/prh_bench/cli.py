@@ -154,11 +154,15 @@ def main(ctx: click.Context, registry_dirs: tuple[Path, ...], quiet: bool, offli
 @click.option("--threads", type=click.IntRange(1, 4096),
               help="torch threads of extraction and scoring (and of each Ray task); default: one per CPU this "
                    "process may use. Scores may differ in the last bits between thread counts.")
+@click.option("--add-model", "extra_models", multiple=True, metavar="ID",
+              help="Run this model beside the suite's own, under the suite's data, metrics and preparation "
+                   "(repeatable): how a contributor scores a new model against a zoo (see `submit`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths and the scores as JSON.")
 @click.pass_obj
 @handle_errors
 def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None, out: Path | None, executor: str,
-        address: str | None, budget_gib: float | None, threads: int | None, as_json: bool) -> None:
+        address: str | None, budget_gib: float | None, threads: int | None, extra_models: tuple[str, ...],
+        as_json: bool) -> None:
     """Extract features (or reuse the cache) and score every model pair of a suite."""
     if address and executor != "ray":
         raise BadInput("--address needs --executor ray")
@@ -171,7 +175,7 @@ def run(obj: Ctx, suite: str, force: bool, device: str, max_samples: int | None,
         torch.set_num_threads(threads)  # before a Ray executor takes its tasks' thread count from it
     result, run_dir, written = _run_suite(obj, suite, progress=obj.progress and not as_json, out=out, device=device,
                                           force=force, max_samples=max_samples, executor=executor, address=address,
-                                          budget_gib=budget_gib)
+                                          budget_gib=budget_gib, extra_models=extra_models)
     if as_json:
         click.echo(json.dumps({"suite": suite, "run_dir": str(run_dir), **written,
                                "models": {o.model: {"status": o.status, "error": o.error} for o in result.outcomes},
@@ -321,12 +325,16 @@ def plan(obj: Ctx, suite: str, max_samples: int | None, budget_gib: float, as_js
 @click.option("--results", "store", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A results store (`prh-bench merge`) instead of a run folder: the suite's models, metrics and "
                    "first condition are read from it.")
+@click.option("--add-model", "extra_models", multiple=True, metavar="ID",
+              help="With --results: rank this model of the store too (repeatable); models a verification added to "
+                   "the suite join without it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: leaderboards/SUITE.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
 def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None, run_dir: Path | None,
-                runs_root: Path, store: Path | None, out: Path | None, as_json: bool) -> None:
+                runs_root: Path, store: Path | None, extra_models: tuple[str, ...], out: Path | None,
+                as_json: bool) -> None:
     """Rank models by alignment to a reference and correlate with downstream scores, from stored results."""
     from .features import FeatureCache, cache_root
     from .manifest import SuiteManifest
@@ -334,15 +342,21 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
     from .results.leaderboard import build
     from .results.pairs import run_folder_from_store
     from .results.publish import write_leaderboard
-    from .results.run_folder import latest_run
+    from .results.run_folder import latest_run, read_run_record
+    from .results.verify import verification_labels, verified_models
 
     out = out or leaderboard_bundle(suite)
+    verification = None
     if store is not None:
         if run_dir is not None:
             raise BadInput("give --run or --results, not both")
-        # The scores it is built from travel with the bundle.
-        run_dir = run_folder_from_store(obj.registry, obj.registry.get(suite, SuiteManifest), store, out / "from-results")
-    lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric)
+        # The scores it is built from travel with the bundle. Models verified for the suite join its own.
+        run_dir = run_folder_from_store(obj.registry, obj.registry.get(suite, SuiteManifest), store, out / "from-results",
+                                        [*verified_models(store, suite), *extra_models])
+        verification = verification_labels(store, read_run_record(run_dir).models)
+    elif extra_models:
+        raise BadInput("--add-model goes with --results (a run folder's models are the ones it ran)")
+    lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric, verification)
     more = None
     if store is None and is_color_space(lb, obj.registry):  # the colour study's figure: every model's colours in CIELAB
         more = functools.partial(color_figure, lb, FeatureCache(cache_root()))
@@ -368,6 +382,79 @@ def merge(sources: tuple[Path, ...], store: Path) -> None:
     nulls = f", {done['nulls_added']} permutation nulls added" if done["nulls_added"] else ""
     click.echo(f"{store}: {done['added']} records added ({done['files']} files){nulls}, {done['already_present']} "
                "already present")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "models", multiple=True, required=True, metavar="ID",
+              help="A model the submission adds (repeatable): its records with every other model are packed.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The zip file to write.")
+@click.option("--features/--no-features", default=True, show_default=True,
+              help="Pack the models' features, so that a verifier without their weights can recompute scores.")
+@click.pass_obj
+@handle_errors
+def submit(obj: Ctx, run_dir: Path, models: tuple[str, ...], out: Path, features: bool) -> None:
+    """Pack a run's results for models you add (and their features) as one checksummed submission file."""
+    from .features import cache_root
+    from .results.submission import pack
+
+    claim = pack(obj.registry, run_dir, list(models), out, cache_root(), features)
+    size = out.stat().st_size / 2**20
+    click.echo(f"{out}: {len(claim.files)} files ({size:.1f} MiB): suite {claim.suite} v{claim.suite_version}, models "
+               f"{', '.join(m.id for m in claim.models)}, {len(claim.features)} feature files. Check it with "
+               f"`prh-bench verify {out}`")
+
+
+@main.command()
+@click.argument("submission", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sample", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Records to recompute, drawn at random with --seed.")
+@click.option("--all", "every", is_flag=True, help="Recompute every record.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--atol", type=Tolerance(), default=2e-3, show_default=True, help="Absolute tolerance of a score.")
+@click.option("--rtol", type=Tolerance(), default=0.0, show_default=True, help="Relative tolerance of a score.")
+@click.option("--device", default="cpu", show_default=True, help="Where features are extracted, when they are.")
+@click.option("--reextract", is_flag=True,
+              help="Extract the claimed models here too (their weights must be available) and compare with the "
+                   "submitted features.")
+@click.option("--into", "store", type=click.Path(file_okay=False, path_type=Path),
+              help="When it passes, merge its records into this results store, marked verified.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def verify(obj: Ctx, submission: Path, sample: int, every: bool, seed: int, atol: float, rtol: float, device: str,
+           reextract: bool, store: Path | None, as_json: bool) -> None:
+    """Check a submission: files, manifests, feature checksums, and a random sample of its scores recomputed.
+    Exit 1 when a check fails (nothing is merged)."""
+    import shutil
+
+    from .features import cache_root
+    from .results.merge import merge as merge_results
+    from .results.verify import LEDGER, ledger_line
+    from .results.verify import verify as check_submission
+
+    v, _, scratch = check_submission(
+        obj.registry, submission, cache_root(), sample=10**9 if every else sample, seed=seed, atol=atol, rtol=rtol,
+        device=device, registry_dirs=obj.registry_dirs, reextract=reextract, progress=obj.progress and not as_json)
+    try:
+        merged = (merge_results([scratch / "results"], store, (LEDGER, ledger_line(v.ledger_entry())))
+                  if store is not None and v.passed else None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps({**v.as_dict(), "merged": merged}, indent=2))
+    else:
+        for f in v.findings:
+            click.echo(f"  {'ok  ' if f.ok else 'FAIL'} {f.check}: {f.detail}")
+        for row in v.pass_probability:
+            click.echo(f"  a submission with {row['tampered']} of its {v.records} records edited beyond tolerance "
+                       f"passes this check with probability {row['pass_probability']:.3g}")
+        click.echo(f"{'verified' if v.passed else 'NOT verified'}: {submission}")
+        if merged is not None:
+            click.echo(f"{store}: {merged['added']} records added, {merged['already_present']} already present; "
+                       f"marked verified in {LEDGER}")
+    if not v.passed:
+        sys.exit(1)
 
 
 @main.command()

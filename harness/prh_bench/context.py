@@ -37,6 +37,7 @@ class RunSpec:
     max_samples: int | None = None
     budget_gib: float = DEFAULT_BUDGET_GIB
     threads: int | None = None  # torch threads of a worker: CPU results depend on it in the last bits
+    extra_models: tuple[str, ...] = ()  # run beside the suite's own (`run --add-model`, `verify`)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class RunContext:
         suite = self.registry.get(spec.suite, SuiteManifest)
         self.suite = suite
         self.models: dict[str, ModelManifest] = {m.id: resolve_dtype(m, self.device)
-                                                 for m in self.registry.suite_models(suite)}
+                                                 for m in self.registry.suite_models(suite, spec.extra_models)}
         self.conditions = suite_conditions(self.registry, suite)
         self.cache = FeatureCache(Path(spec.cache_root))
         self.pairs = PairStore(Path(spec.cache_root))

@@ -204,9 +204,11 @@ class Registry:
             return self._tagged(suite.models)
         return [m for mid in suite.models if isinstance(m := self.entries.get(mid), ModelManifest)]
 
-    def suite_models(self, suite: SuiteManifest) -> list[ModelManifest]:
-        """The suite's models; with `revisions`, each model at each revision, as 'ID@REVISION'."""
+    def suite_models(self, suite: SuiteManifest, extra: Iterable[str] = ()) -> list[ModelManifest]:
+        """The suite's models, then the `extra` ones it lacks (a contributor's model run against the suite's zoo);
+        with `revisions`, each model at each revision, as 'ID@REVISION'."""
         models = self._resolve(suite)
+        models += [self.get(mid, ModelManifest) for mid in dict.fromkeys(extra) if mid not in {m.id for m in models}]
         if suite.revisions is None:
             return models
         return [m.at_revision(rev) for m in models for rev in suite.revisions]

@@ -92,14 +92,15 @@ def score_rows(job: ScoreJob, scores: JobScores, names: dict[str, list[str]]) ->
 def run_suite(
     registry: Registry, suite_id: str, cache: FeatureCache, *, device: str = "auto", force: bool = False,
     progress: bool = True, max_samples: int | None = None, executor: Executor | None = None,
-    budget_gib: float | None = None, registry_dirs: tuple[Path, ...] = (),
+    budget_gib: float | None = None, registry_dirs: tuple[Path, ...] = (), extra_models: tuple[str, ...] = (),
 ) -> SuiteRun:
     """Extract (or reuse) every model's features, then score every model pair at every layer pair with every
     metric, condition by condition. Work goes to the executor (this process by default); its results go to
-    the cache first, so a run killed at any point resumes where it stopped."""
+    the cache first, so a run killed at any point resumes where it stopped. `extra_models` run beside the
+    suite's own, under its conditions, metrics and preparation (a contributor's model against the zoo)."""
     # Absolute paths: Ray workers run in folders of their own.
     spec = RunSpec(suite_id, str(cache.root.resolve()), tuple(str(Path(d).resolve()) for d in registry_dirs), device,
-                   force, max_samples, budget_gib or DEFAULT_BUDGET_GIB)
+                   force, max_samples, budget_gib or DEFAULT_BUDGET_GIB, extra_models=tuple(extra_models))
     ctx = RunContext(spec, registry)
     device = ctx.device  # an unusable device, like bad metric parameters, is an error before any work
     suite, models = ctx.suite, list(ctx.models.values())

@@ -147,7 +147,9 @@ def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[
 
 
 def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | None = None,
-          metric: str | None = None) -> Leaderboard:
+          metric: str | None = None, verification: dict[str, str] | None = None) -> Leaderboard:
+    """The leaderboard of a run folder's first condition; `verification`: per model, how its results were checked
+    (a results store's ledger, verify.verification_labels), shown as a column."""
     suite = registry.get(suite_id, SuiteManifest)
     side = read_run_record(run_dir)
     scores = read_run_table(run_dir, "scores", side, registry.plugins.metrics)
@@ -178,6 +180,8 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
         manifest = registry.entries.get(entry.manifest_id or mid)
         row: dict[str, Any] = {"model": mid, "weights": entry.weights, "params": getattr(manifest, "params", None),
                                "family": getattr(manifest, "family", None)}
+        if verification is not None:
+            row["verification"] = verification.get(mid, "unverified")
         if mid in mat.index:
             row["alignment_to_reference"] = mat.loc[mid, reference] if reference and mid != reference else math.nan
             if reference and not nulls.empty:

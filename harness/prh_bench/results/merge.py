@@ -16,10 +16,11 @@ from .pairs import RESULTS_FILE, PairRecord, describe, disagreement, read_record
 from .run_folder import RUN_RECORD
 
 
-def merge(sources: list[Path], store: Path) -> dict[str, int]:
+def merge(sources: list[Path], store: Path, ledger: tuple[str, str] | None = None) -> dict[str, int]:
     """Fold the records of run folders or stores into `store`. All or nothing: any record that disagrees with
     the store or with another source on a version, a checksum, its scores or its permutation null is bad input
-    naming both, and nothing is written. A record the store holds without a null gains the source's null."""
+    naming both, and nothing is written. A record the store holds without a null gains the source's null.
+    `ledger`: (a file of the store, a line to append to it) in the same all-or-nothing change (a verification)."""
     if (store / RUN_RECORD).exists():
         raise BadInput(f"{store} is a run folder: its results belong to its run. Merge into a folder of its own "
                        f"(e.g. `prh-bench merge {store} --into STORE`)")
@@ -48,7 +49,7 @@ def merge(sources: list[Path], store: Path) -> dict[str, int]:
                            "source holds (different versions, feature checksums, scores or nulls mean different "
                            "results; rerun one side with the other's code and manifests):\n  "
                            + "\n  ".join(conflicts[:10]) + more)
-        files = _write_records(store, [rec for rec, _ in new.values()])
+        files = _write_records(store, [rec for rec, _ in new.values()], _appended(store, *ledger) if ledger else {})
     return {"added": len(new) - nulls, "nulls_added": nulls, "already_present": same, "files": files}
 
 
@@ -59,8 +60,16 @@ def write_records(root: Path, records: Iterable[PairRecord]) -> int:
         return _write_records(root, records)
 
 
-def _write_records(root: Path, records: Iterable[PairRecord]) -> int:
-    """write_records for a caller that holds the folder's lock."""
+def _appended(root: Path, name: str, line: str) -> dict[str, dict[str, Any]]:
+    """The change that appends `line` to the file `name` of root."""
+    path = root / name
+    check_target(root, path)
+    old = read_text(path, "ledger") if path.exists() else None
+    return {name: {"old": old, "new": (old or "") + line}}
+
+
+def _write_records(root: Path, records: Iterable[PairRecord], also: dict[str, dict[str, Any]] | None = None) -> int:
+    """write_records for a caller that holds the folder's lock; `also`: more changes of the same commit."""
     by_file: dict[Path, list[PairRecord]] = {}
     for rec in records:
         by_file.setdefault(record_path(root, rec.condition.label, rec.model_x.id, rec.model_y.id), []).append(rec)
@@ -72,6 +81,6 @@ def _write_records(root: Path, records: Iterable[PairRecord]) -> int:
         old.update({r.identity(): r for r in recs})
         changes[path.relative_to(root).as_posix()] = {
             "old": old_text, "new": json.dumps([r.model_dump(mode="json") for r in old.values()], indent=1)}
-    if changes:
-        commit(root, changes)
+    if changes or also:
+        commit(root, changes | (also or {}))
     return len(changes)

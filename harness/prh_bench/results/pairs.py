@@ -289,13 +289,15 @@ def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, Mo
             for a, b in job.pairs()]
 
 
-def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path, dest: Path) -> Path:
+def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path, dest: Path,
+                          extra: Iterable[str] = ()) -> Path:
     """The suite's first condition as a run folder (scores, nulls, run.json) built from a store's records, so
-    that a leaderboard is built from merged results exactly as from one run."""
+    that a leaderboard is built from merged results exactly as from one run. Its models are the suite's and the
+    `extra` ones (contributed models)."""
     from ..context import suite_conditions
 
     cond = suite_conditions(registry, suite)[0]
-    models = {m.id: m for m in registry.suite_models(suite)}
+    models = {m.id: m for m in registry.suite_models(suite, extra)}
     wanted = {}
     for use in suite.metrics:
         metric, params = registry.metric(use.name, use.params)
