@@ -150,7 +150,8 @@ class Checker:
         self.registry, self.suite, self.claim, self.records, self.folder = registry, suite, claim, records, folder
         self.claimed = {m.id for m in claim.models}
         self.ctx = RunContext(RunSpec(suite.id, str(cache_root), tuple(str(d) for d in registry_dirs), device,
-                                      max_samples=claim.max_samples, extra_models=tuple(self.claimed)), registry)
+                                      max_samples=claim.max_samples,
+                                      extra_models=tuple(sorted({c.partition("@")[0] for c in self.claimed}))), registry)
         self.conditions = {c.label: i for i, c in enumerate(self.ctx.conditions)}
         self.reextract, self.progress = reextract, progress
         self.features: dict[tuple[str, str], Any] = {}  # (model, condition) -> Features used to recompute
