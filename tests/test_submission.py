@@ -198,6 +198,7 @@ def test_the_contributor_path_ends_in_verified_and_unverified_rows(contribution:
                                             "my-net": "verified (4 of 4 records recomputed)"}
     page = (board / "index.html").read_text()
     assert "<td>verified (4 of 4 records recomputed)</td>" in page and "<td>unverified</td>" in page
+    assert "recomputed s of its M pair records from the features within tolerance" in page
 
 
 def test_an_archive_that_is_no_honest_submission_is_refused_before_anything_is_read(tmp_path: Path) -> None:

@@ -176,7 +176,8 @@ def write_leaderboard(lb: Leaderboard, out: Path,
           f"({md_text(lb.meta['run_created'])}), prh-bench {md_text(lb.meta['harness'])}.", "",
           md_text(chance_sentence(lb)), "",
           md_table(display_table(lb)), ""]
-    md += [md_text(text) + "\n" for text in (p_floor_note(lb), uncertainty_sentence(lb)) if text]
+    md += [md_text(text) + "\n" for text in (p_floor_note(lb), uncertainty_sentence(lb), verification_sentence(lb))
+           if text]
     if bounds := limits(lb):
         md += ["## What these data can and cannot show", ""] + [f"- {md_text(b)}" for b in bounds] + [""]
     if not lb.correlations.empty:
@@ -211,6 +212,17 @@ def chance_sentence(lb: Leaderboard) -> str:
                  f"clamp((score - tau) / (1 - tau), 0, 1) with tau the null's critical value at alpha = {c['alpha']:g} "
                  f"(calibrated-similarity's definition): 0 for a score a shuffle reaches.")
     return text
+
+
+def verification_sentence(lb: Leaderboard) -> str:
+    """What the verification column of a leaderboard built from a results store means."""
+    if "verification" not in lb.table:
+        return ""
+    return ("verification: 'verified (s of M records recomputed)' means `prh-bench verify` checked every file, "
+            "manifest version and feature checksum of the submission that brought the model's results, and "
+            "recomputed s of its M pair records from the features within tolerance; 'unverified' means the results "
+            "were merged without that check (the maintainers' own runs included, unless verified too). Permutation "
+            "nulls (p_value, calibrated) are checked for consistency with their scores, not recomputed.")
 
 
 def uncertainty_sentence(lb: Leaderboard) -> str:
@@ -350,7 +362,8 @@ figcaption{{font-size:13px;color:#333}}</style></head><body>
 reverse).</p>
 <p>{html.escape(chance_sentence(lb))}</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-{"".join(f"<p>{html.escape(t)}</p>" for t in (p_floor_note(lb), uncertainty_sentence(lb)) if t)}
+{"".join(f"<p>{html.escape(t)}</p>" for t in (p_floor_note(lb), uncertainty_sentence(lb), verification_sentence(lb))
+         if t)}
 {"<h2>What these data can and cannot show</h2><ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in limits(lb))
  + "</ul>" if limits(lb) else ""}
 <h2>Alignment vs downstream scores</h2>{corr or '<p>No downstream scores for this suite.</p>'}
