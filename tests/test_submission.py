@@ -228,3 +228,36 @@ def test_an_archive_that_is_no_honest_submission_is_refused_before_anything_is_r
     (tmp_path / "junk.zip").write_bytes(b"PK not really")
     with pytest.raises(BadInput, match="not a submission"):
         unpack(tmp_path / "junk.zip", dest)
+
+
+def test_the_python_front_door_reads_the_run_and_the_store(contribution: dict[str, Path]) -> None:
+    import prh_bench
+
+    c = contribution
+    res = prh_bench.load(str(c["run"]))
+    assert (res.suite, res.metrics, res.conditions) == ("mini", ["mutual_knn", "cka"], ["pocket-photos"])
+    assert res.scores.params.iloc[0] == {"k": 5}  # parameters as data
+    scores = res.scores[(res.scores.metric == "cka") & (res.scores.model_x == "resnet18-random")
+                        & (res.scores.model_y == "my-net")]
+    grid = res.layers("resnet18-random", "my-net", metric="cka")
+    assert grid.shape == (scores.layer_x.nunique(), scores.layer_y.nunique())
+    for r in scores.itertuples():  # every cell is its row of the long table
+        assert grid.loc[r.layer_x, r.layer_y] == r.score
+    assert res.layers("my-net", "resnet18-random", metric="cka").equals(grid.T)  # symmetric: stored once
+    assert res.matrix("cka").loc["my-net", "resnet18-random"] == scores.score.max()
+    depth = res.by_depth("resnet18-random", "my-net", metric="cka")
+    assert depth.best_score.tolist() == grid.max(axis=1).tolist() and depth.depth.iloc[[0, -1]].tolist() == [0.0, 1.0]
+    fig = res.plot_layers("resnet18-random", "my-net")
+    fig.savefig(c["tmp"] / "pair.png")
+    assert (c["tmp"] / "pair.png").stat().st_size > 10_000
+    with pytest.raises(BadInput, match="no metric 'rsa'"):
+        res.matrix("rsa")
+    with pytest.raises(BadInput, match="no scores of my-net x nobody"):
+        res.layers("my-net", "nobody")
+
+    store = c["tmp"] / "store"
+    assert cli("--registry", c["zoo"], "--registry", c["mine"], "verify", c["sub"], "--into", store).exit_code == 0
+    with pytest.raises(BadInput, match="a results store needs suite="):
+        prh_bench.load(store)
+    merged = prh_bench.load(store, suite="mini", registry_dirs=(c["zoo"], c["mine"]))
+    assert merged.matrix("cka").loc["my-net", "resnet18-random"] == scores.score.max()

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from .calibrate import Calibrated, calibrate_summaries
 from .kernels import CKA, CKNNA, UnbiasedCKA
 from .knn import LCSKNN, CycleKNN, EditDistanceKNN, MutualKNN
 from .metric import Metric
-from .prepare import prepare
+from .prepare import Layers, as_tensors, prepare
 from .rsa import RSA
 from .subspace import SVCCA, LinearRegression, Permutation, Procrustes, SoftMatching
 
@@ -56,13 +55,10 @@ def get_metric(metric: str | Metric) -> Metric:
         raise BadInput(f"unknown metric '{metric}'; built-in metrics: {', '.join(METRICS)}") from None
 
 
-def _layers(feats: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
-    if isinstance(feats, torch.Tensor):
-        if feats.ndim == 2:
-            return [feats]
-        if feats.ndim != 3:
-            raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {tuple(feats.shape)}")
-    layers = list(feats)
+def _layers(feats: Layers) -> list[torch.Tensor]:
+    if hasattr(feats, "ndim") and feats.ndim not in (2, 3):
+        raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {tuple(feats.shape)}")
+    layers = as_tensors(feats)
     if not layers:
         raise BadInput("no layers given")
     if len({x.shape[0] for x in layers}) != 1:
@@ -70,22 +66,23 @@ def _layers(feats: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
     return layers
 
 
-def summarize_layers(metric: Metric, feats: Sequence[torch.Tensor] | torch.Tensor, **params: Any) -> list[Any]:
+def summarize_layers(metric: Metric, feats: Layers, **params: Any) -> list[Any]:
     """Per-layer summaries, computed once per model and reusable across every pair it enters."""
     return metric.summarize_model(_layers(feats), **params)
 
 
 def score_layers(
     metric: str | Metric,
-    feats_x: Sequence[torch.Tensor] | torch.Tensor,
-    feats_y: Sequence[torch.Tensor] | torch.Tensor,
+    feats_x: Layers,
+    feats_y: Layers,
     *,
     permutations: int = 0,
     permutation_seed: int = 0,
     calibration_alpha: float = 0.05,
     **params: Any,
 ) -> LayerScores:
-    """Score every (x layer, y layer) pair of two models' features as given (apply `prepare` first).
+    """Score every (x layer, y layer) pair of two models' features as given (apply `prepare` first): tensors or
+    numpy arrays, L x N x D or a list of N x D.
 
     With permutations=R > 0, the result also carries a permutation null of the best score (R shuffles of
     Y's sample order), its p-value and the calibrated score at level `calibration_alpha`."""

@@ -21,7 +21,7 @@ here on any device.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from ..lazy import torch
 
@@ -29,6 +29,15 @@ CONCAT = "all_layers"
 Clamp = Literal["per_layer", "paper", "paper_exact"]
 Precision = Literal["float32", "tf32"]
 CLAMPS: tuple[str, ...] = ("per_layer", "paper", "paper_exact")
+#: a model's features: an L x N x D tensor or array, or one N x D tensor or array per layer
+Layers = Sequence[Any] | Any
+
+
+def as_tensors(feats: Layers) -> list[torch.Tensor]:
+    """Layers as tensors: numpy arrays (and anything torch.as_tensor takes) are read without a copy where they can be."""
+    if hasattr(feats, "ndim") and feats.ndim == 2:
+        feats = [feats]
+    return [x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in feats]
 
 
 def _order_stat(flat: torch.Tensor, i: int, dim: int = -1) -> torch.Tensor:
@@ -82,7 +91,7 @@ def to_tf32(x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare(
-    feats: Sequence[torch.Tensor] | torch.Tensor,
+    feats: Layers,
     clamp_quantile: float | None = 0.95,
     l2_normalize: bool = True,
     concat_layers: bool = False,
@@ -93,7 +102,7 @@ def prepare(
     L2-normalise each row. With concat_layers, one more layer follows: the clamped layers side by side,
     L2-normalised as a whole. Returns float32 tensors (float64 stays float64), rounded to TF32 with `precision:
     tf32`; the input is left untouched."""
-    layers = [x if x.dtype == torch.float64 else x.float() for x in feats]
+    layers = [x if x.dtype == torch.float64 else x.float() for x in as_tensors(feats)]
     if clamp_quantile is not None and clamp_quantile < 1:
         layers = [x.clamp(-t, t) for x, t in zip(layers, clamp_thresholds(layers, clamp_quantile, clamp))]
     if concat_layers:
