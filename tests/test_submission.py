@@ -173,8 +173,12 @@ def test_the_sample_bounds_what_a_tampered_submission_gets_past(contribution: di
         1 * 0.8 * 0.7979798 * 0.7959184 * 0.7938144 * 0.7916667, rel=1e-6)
     result = cli_json("--registry", contribution["zoo"], "--registry", contribution["mine"], "verify",
                       contribution["sub"], "--sample", "2", "--seed", "3")
-    assert result["passed"] and result["recomputed"] == 2
+    assert result["passed"] and result["recomputed"] == 2 and result["seed"] == 3
     assert result["pass_probability"] == [{"tampered": 1, "pass_probability": 0.5}]
+    # Unless given, the seed is drawn anew: a submitter cannot know which records will be recomputed.
+    seeds = {cli_json("--registry", contribution["zoo"], "--registry", contribution["mine"], "verify",
+                      contribution["sub"], "--sample", "2")["seed"] for _ in range(2)}
+    assert len(seeds) == 2
 
 
 def test_the_contributor_path_ends_in_verified_and_unverified_rows(contribution: dict[str, Path]) -> None:
@@ -261,3 +265,31 @@ def test_the_python_front_door_reads_the_run_and_the_store(contribution: dict[st
         prh_bench.load(store)
     merged = prh_bench.load(store, suite="mini", registry_dirs=(c["zoo"], c["mine"]))
     assert merged.matrix("cka").loc["my-net", "resnet18-random"] == scores.score.max()
+
+
+def test_features_of_a_model_the_submission_does_not_claim_are_refused(contribution: dict[str, Path]) -> None:
+    """A forger who could ship the zoo's features too would make up both sides of a pair; only the claimed
+    models' features are read from a submission, every other model's are the verifier's own."""
+    c = contribution
+    zoo_entry = feature_entry("efficientnet-lite0-random")
+    member = f"features/efficientnet-lite0-random/{zoo_entry.name}"
+    with zipfile.ZipFile(c["sub"]) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[member] = zoo_entry.read_bytes()
+    claim = json.loads(members[CLAIM])
+    claim["features"].append({**claim["features"][0], "model": "efficientnet-lite0-random", "path": member,
+                              "features_sha256": read_entry(zoo_entry)[1]["sha256"]})
+    claim["files"].append({"path": member, "sha256": hashlib.sha256(members[member]).hexdigest(),
+                           "bytes": len(members[member])})
+    members[CLAIM] = json.dumps(claim).encode()
+    forged = c["tmp"] / "zoo-features.zip"
+    with zipfile.ZipFile(forged, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    rc, result = verify(c, forged)
+    assert rc == 1 and "features of 'efficientnet-lite0-random', which the submission does not claim" in \
+        failed(result)["features"]
+    # And one without records claims nothing.
+    empty = tampered(c["sub"], c["tmp"] / "empty.zip", lambda n, d: b"[]" if n.startswith("results/") else d)
+    rc, result = verify(c, empty)
+    assert rc == 1 and "no pair records" in failed(result)["records"]

@@ -410,7 +410,8 @@ def submit(obj: Ctx, run_dir: Path, models: tuple[str, ...], out: Path, features
 @click.option("--sample", type=click.IntRange(min=1), default=20, show_default=True,
               help="Records to recompute, drawn at random with --seed.")
 @click.option("--all", "every", is_flag=True, help="Recompute every record.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1),
+              help="Seed of the sample (default: drawn at random, and reported, so a submitter cannot know it).")
 @click.option("--atol", type=Tolerance(), default=2e-3, show_default=True, help="Absolute tolerance of a score.")
 @click.option("--rtol", type=Tolerance(), default=0.0, show_default=True, help="Relative tolerance of a score.")
 @click.option("--device", default="cpu", show_default=True, help="Where features are extracted, when they are.")
@@ -422,7 +423,7 @@ def submit(obj: Ctx, run_dir: Path, models: tuple[str, ...], out: Path, features
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def verify(obj: Ctx, submission: Path, sample: int, every: bool, seed: int, atol: float, rtol: float, device: str,
+def verify(obj: Ctx, submission: Path, sample: int, every: bool, seed: int | None, atol: float, rtol: float, device: str,
            reextract: bool, store: Path | None, as_json: bool) -> None:
     """Check a submission: files, manifests, feature checksums, and a random sample of its scores recomputed.
     Exit 1 when a check fails (nothing is merged)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,7 @@ class Verification:
     submission_sha256: str
     suite: str
     models: list[str]
+    seed: int = 0  # of the sample of records recomputed
     records: int = 0
     recomputed: int = 0
     max_deviation: float = 0.0
@@ -77,7 +79,7 @@ class Verification:
 
     def ledger_entry(self) -> dict[str, Any]:
         return {"submission_sha256": self.submission_sha256, "suite": self.suite, "models": self.models,
-                "features": self.features, "records": self.records, "recomputed": self.recomputed,
+                "features": self.features, "records": self.records, "recomputed": self.recomputed, "seed": self.seed,
                 "max_deviation": self.max_deviation, "tolerance": self.tolerance, "prh_bench": __version__,
                 "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
@@ -96,14 +98,17 @@ def pass_table(records: int, sampled: int) -> list[dict[str, float]]:
     return [{"tampered": t, "pass_probability": pass_probability(records, sampled, t)} for t in counts]
 
 
-def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DEFAULT_SAMPLE, seed: int | None = None,
            atol: float = 2e-3, rtol: float = 0.0, device: str = "cpu", registry_dirs: tuple[Path, ...] = (),
            reextract: bool = False, progress: bool = False) -> tuple[Verification, list[PairRecord], Path]:
-    """Check the submission at `path` (see the module's text). Returns the verification, the records, and the
-    scratch folder they were unpacked into (the caller removes it)."""
+    """Check the submission at `path` (see the module's text). The sample's seed is drawn at random unless
+    given: a submitter who knew it could edit only the records it leaves out; the report names it, so the same
+    sample can be drawn again. Returns the verification, the records, and the scratch folder they were unpacked
+    into (the caller removes it)."""
+    seed = secrets.randbelow(2**63) if seed is None else seed
     scratch = Path(tempfile.mkdtemp(prefix="prh-verify-"))
     claim, problems = unpack(path, scratch)
-    v = Verification(str(path), sha256_of(path), claim.suite, [m.id for m in claim.models],
+    v = Verification(str(path), sha256_of(path), claim.suite, [m.id for m in claim.models], seed=seed,
                      tolerance={"atol": atol, "rtol": rtol})
     v.add("files", problems, f"{len(claim.files)} files match the sha256 their claim lists")
     if problems:
@@ -119,7 +124,7 @@ def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DE
     records = submitted_records(scratch)
     v.records = len(records)
     Checker(registry, suite, claim, records, scratch, cache_root, registry_dirs, device, reextract, progress).run(
-        v, sample, seed)
+        v, sample)
     return v, records, scratch
 
 
@@ -156,7 +161,7 @@ class Checker:
         self.reextract, self.progress = reextract, progress
         self.features: dict[tuple[str, str], Any] = {}  # (model, condition) -> Features used to recompute
 
-    def run(self, v: Verification, sample: int, seed: int) -> None:
+    def run(self, v: Verification, sample: int) -> None:
         v.add("records", self.record_problems(), f"{len(self.records)} records name the suite's conditions, metrics, "
               "parameters, preparation and the registry's manifest versions")
         if not v.passed:
@@ -169,7 +174,7 @@ class Checker:
             v.features[c.id] = sorted({ref.features_sha256 for r in self.records for ref in (r.model_x, r.model_y)
                                        if ref.id == c.id})
         order = sorted(self.records, key=lambda r: r.identity())
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(v.seed)
         picked = [order[i] for i in sorted(rng.choice(len(order), size=min(sample, len(order)), replace=False))]
         problems, worst = [], 0.0
         for rec in picked:
@@ -178,7 +183,7 @@ class Checker:
             if why:
                 problems.append(f"{describe(rec)}: {why}")
         v.recomputed, v.max_deviation = len(picked), worst
-        v.add("scores", problems, f"{len(picked)} of {len(order)} records recomputed (seed {seed}): every score within "
+        v.add("scores", problems, f"{len(picked)} of {len(order)} records recomputed (seed {v.seed}): every score within "
               f"atol {v.tolerance['atol']:g} + rtol {v.tolerance['rtol']:g} x |score| (largest difference {worst:.3g})")
         v.pass_probability = pass_table(len(order), len(picked))
 
@@ -192,7 +197,7 @@ class Checker:
         return out
 
     def record_problems(self) -> list[str]:
-        out = []
+        out = [] if self.records else ["the submission holds no pair records"]
         prepare = self.suite.prepare.model_dump(mode="json")
         for rec in self.records:
             where = describe(rec)
@@ -236,6 +241,9 @@ class Checker:
                if len(s) > 1]
         submitted = {(f.model, f.condition): f for f in self.claim.features}
         for (mid, label), f in submitted.items():
+            if mid not in self.claimed:  # another model's features are checked against this machine's, never taken
+                out.append(f"{f.path}: features of '{mid}', which the submission does not claim")
+                continue
             if (mid, label) not in named:
                 out.append(f"{f.path}: features of '{mid}' under '{label}', which no record names")
                 continue
