@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from prh_bench.align import METRICS, Metric, get_metric
-from prh_bench.hookspecs import hookimpl
+from prh_bench.plugin import METRICS, Metric, get_metric, hookimpl
 
 
 @hookimpl

@@ -5,15 +5,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import prh_bench
-from prh_bench.hookspecs import hookimpl
+from prh_bench.plugin import hookimpl
 
 
 def builtin_registry() -> Path:
     spec = importlib.util.find_spec("prh_bench.registry")
     if spec is not None and spec.submodule_search_locations:  # a wheel install
         return Path(next(iter(spec.submodule_search_locations)))
-    return Path(prh_bench.__file__).resolve().parents[2] / "registry"  # a source checkout: harness/prh_bench/..
+    return Path(importlib.util.find_spec("prh_bench").origin).resolve().parents[2] / "registry"  # a source checkout
 
 
 @hookimpl

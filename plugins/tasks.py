@@ -5,12 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prh_bench.errors import BadInput
-from prh_bench.features import Features
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import np
-from prh_bench.samples import SampleSet
-from prh_bench.task import Task
+from prh_bench.plugin import BadInput, Features, SampleSet, Task, hookimpl, np
 
 
 class LinearProbe(Task):

@@ -189,26 +189,31 @@ def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
 
 
 @pytest.mark.parametrize("damage", ["edit a byte", "remove config.json", "add a file", "drop the list"])
-def test_a_damaged_dequantised_folder_is_never_used(tmp_path: Path, damage: str) -> None:
-    """The dequantised GGUF copy is used only when every file it lists has its listed sha256, config.json is
-    among them, and nothing else is there (an edited tensor was loaded silently, a folder without config.json
-    failed forever with 'Hub unreachable')."""
-    from prh_bench.file_hash import sha256_of
-    from prh_bench.plugins.backends.causal_lm_backend import DEQUANTISED_FILES, _dequantised_ok
+def test_a_damaged_derived_folder_is_never_used(tmp_path: Path, damage: str) -> None:
+    """A derived folder (the dequantised GGUF copy, an extracted archive) is used only when every file it lists has
+    its listed sha256 and nothing else is there (an edited tensor was loaded silently, a folder without
+    config.json failed forever with 'Hub unreachable'); a damaged one is rebuilt by the next use."""
+    from prh_bench.derived_folders import LISTING, derived_folder, intact
 
-    for name, text in (("config.json", "{}"), ("model.safetensors", "tensors")):
-        (tmp_path / name).write_text(text)
-    (tmp_path / DEQUANTISED_FILES).write_text(json.dumps({p.name: sha256_of(p) for p in tmp_path.iterdir()}))
-    assert _dequantised_ok(tmp_path)
+    def build(into: Path) -> None:
+        for name, text in (("config.json", "{}"), ("model.safetensors", "tensors")):
+            (into / name).write_text(text)
+
+    folder, memo = tmp_path / "derived", tmp_path / "digests"
+    assert derived_folder(folder, build, memo, "model 'm'") == folder and intact(folder, memo)
+    assert json.loads((folder / LISTING).read_text()).keys() == {"config.json", "model.safetensors"}
     if damage == "edit a byte":
-        (tmp_path / "model.safetensors").write_text("tensorS")
+        (folder / "model.safetensors").write_text("tensorS")
     elif damage == "remove config.json":
-        (tmp_path / "config.json").unlink()
+        (folder / "config.json").unlink()
     elif damage == "add a file":
-        (tmp_path / "extra.bin").write_text("x")
+        (folder / "extra.bin").write_text("x")
     else:
-        (tmp_path / DEQUANTISED_FILES).unlink()
-    assert not _dequantised_ok(tmp_path)
+        (folder / LISTING).unlink()
+    assert not intact(folder, memo)
+    derived_folder(folder, build, memo, "model 'm'")
+    assert intact(folder, memo) and (folder / "model.safetensors").read_text() == "tensors"
+    assert not (folder / "extra.bin").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
 
 def test_pooled_features_do_not_keep_their_batches_tokens_alive() -> None:

@@ -68,3 +68,39 @@ def test_only_the_front_doors_read_the_results_package() -> None:
     users = {m for m, p in files.items() if not m.startswith("prh_bench.results")
              and any(i == "prh_bench.results" or i.startswith("prh_bench.results.") for i in imports(p))}
     assert users == {"prh_bench.cli", "prh_bench"}
+
+
+PLUGINS = Path(__file__).parents[1] / "plugins"
+
+
+def test_the_built_in_plugins_import_only_the_plugin_api() -> None:
+    """They imported 11 engine modules, internals included (store.entry_lock, features.cache_root), and CONTRIBUTING
+    holds them up as the model for third-party plugins: prh_bench.plugin is the whole of what a plugin may use."""
+    seen = {}
+    for path in PLUGINS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                if name.startswith("prh_bench") and name != "prh_bench.plugin" and not name.startswith("prh_bench.plugins"):
+                    seen[f"{path.relative_to(PLUGINS)}:{node.lineno}"] = name
+    assert seen == {}
+    import prh_bench.plugin as api
+
+    assert [n for n in api.__all__ if not hasattr(api, n)] == []
+
+
+def test_the_changelog_records_every_data_format_version() -> None:
+    """Each file format the harness writes has its current version in CHANGELOG.md's table."""
+    from prh_bench import features, scoring, store
+    from prh_bench.results import baseline, pairs, run_folder, submission
+
+    table = (Path(__file__).parents[1] / "CHANGELOG.md").read_text(encoding="utf-8")
+    for constant, value in (("features.CACHE_FORMAT", features.CACHE_FORMAT), ("store.STORE_FORMAT", store.STORE_FORMAT),
+                            ("scoring.PAIR_FORMAT", scoring.PAIR_FORMAT), ("results.pairs.RESULTS_FORMAT", pairs.RESULTS_FORMAT),
+                            ("results.run_folder.RUN_FORMAT", run_folder.RUN_FORMAT),
+                            ("results.baseline.FORMAT", baseline.FORMAT),
+                            ("results.submission.SUBMISSION_FORMAT", submission.SUBMISSION_FORMAT)):
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{constant}` |")), None)
+        assert row is not None, constant
+        assert f"{value}: " in row.split("|")[3], (constant, value)

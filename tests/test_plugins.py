@@ -6,6 +6,7 @@ import inspect
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from prh_bench import hookspecs
@@ -14,13 +15,15 @@ from prh_bench.manager import BUILTINS, build_plugin_manager, load_plugins
 from .conftest import cli, cli_json, write_yaml
 
 PLUGIN_CODE = '''
-"""A third-party plugin: a 'pixels' backend (grey thumbnails at two sizes: a model with two layers)."""
+"""A third-party plugin implementing all five hooks through the plugin API alone: a 'pixels' backend (grey
+thumbnails at two sizes: a model with two layers), a 'stripes' data set loader, a 'plain_cka' metric and a
+'nearest_centroid' task, and the manifests that use them."""
 from pathlib import Path
 
 import numpy as np
-import torch
-from prh_bench.backend import FeatureExtractor, ModelBackend
-from prh_bench.hookspecs import hookimpl
+from PIL import Image
+
+from prh_bench.plugin import (FeatureExtractor, Metric, ModelBackend, Sample, SampleSet, Task, hookimpl, torch)
 
 
 class Thumbs(FeatureExtractor):
@@ -42,9 +45,70 @@ class PixelsBackend(ModelBackend):
         return Thumbs()
 
 
+def stripes(manifest):
+    """Images of stripes at four angles (the label), each with a width of its own."""
+    rng = np.random.default_rng(manifest.options.get("seed", 0))
+    yy, xx = np.mgrid[0:32, 0:32]
+    samples = []
+    for i in range(manifest.options.get("count", 40)):
+        label = i % 4
+        angle = label * np.pi / 4
+        wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(2.8, 3.2))
+        image = Image.fromarray(((wave + 1) * 127.5).astype(np.uint8)).convert("RGB")
+        samples.append(Sample(id=f"stripe{i:03d}", image=image, label=label))
+    return SampleSet(tuple(samples))
+
+
+class PlainCKA(Metric):
+    """Linear CKA written from its definition: HSIC of centred Gram matrices, normalised."""
+
+    name = "plain_cka"
+
+    def summarize(self, feats, **params):
+        x = feats.double() - feats.double().mean(0)
+        return x @ x.T
+
+    def pair_scores(self, sx, sy, **params):
+        return torch.tensor([[float((a * b).sum() / (a.norm() * b.norm())) for b in sy] for a in sx],
+                            dtype=torch.float64)
+
+    def permute(self, summary, perm):
+        return summary[perm][:, perm]
+
+
+class NearestCentroid(Task):
+    """Accuracy of the nearest class mean (last layer), fitted on half the samples and scored on the rest."""
+
+    name = "nearest_centroid"
+
+    def evaluate(self, feats, samples, **params):
+        x = feats.tensors[-1].double()
+        y = torch.tensor([s.label for s in samples.samples])
+        fit = torch.arange(len(y)) // 4 % 2 == 0  # alternate runs of the four classes
+        classes = sorted(set(y[fit].tolist()))
+        means = torch.stack([x[fit & (y == c)].mean(0) for c in classes])
+        guess = torch.tensor(classes)[torch.cdist(x[~fit], means).argmin(1)]
+        return float((guess == y[~fit]).double().mean())
+
+
 @hookimpl
 def prh_model_backends():
     return {"pixels": PixelsBackend()}
+
+
+@hookimpl
+def prh_dataset_loaders():
+    return {"stripes": stripes}
+
+
+@hookimpl
+def prh_metrics():
+    return {"plain_cka": PlainCKA()}
+
+
+@hookimpl
+def prh_tasks():
+    return {"nearest_centroid": NearestCentroid()}
 
 
 @hookimpl
@@ -77,6 +141,30 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         metrics: [{name: mutual_knn, k: 3}]
         max_samples: 20
         """))
+    write_yaml(pkg / "manifests" / "stripes-40.yaml", textwrap.dedent("""\
+        kind: dataset
+        id: stripes-40
+        version: 1
+        loader: stripes
+        modality: vision
+        options: {count: 40}
+        """))
+    write_yaml(pkg / "manifests" / "plain-cka.yaml", textwrap.dedent("""\
+        kind: metric
+        id: plain_cka
+        version: 1
+        name: plain_cka
+        """))
+    write_yaml(pkg / "manifests" / "stripes-suite.yaml", textwrap.dedent("""\
+        kind: suite
+        id: stripes-suite
+        version: 1
+        dataset: stripes-40
+        models: [pixel-thumbs, efficientnet-lite0-random]
+        metrics: [{name: plain_cka}, {name: cka}]
+        prepare: {clamp_quantile: null, l2_normalize: false}
+        probes: [{dataset: stripes-40, task: nearest_centroid}]
+        """))
     info = tmp_path / "prh_pixels-0.1.dist-info"
     write_yaml(info / "METADATA", "Metadata-Version: 2.1\nName: prh-pixels\nVersion: 0.1\n")
     write_yaml(info / "entry_points.txt", "[prh_bench]\npixels = prh_pixels\n")
@@ -102,8 +190,6 @@ def test_every_hook_is_documented_and_implemented_by_a_builtin() -> None:
 def test_external_plugin_adds_a_model_that_is_listed_and_runs(external_plugin: Path, tmp_path: Path) -> None:
     rows = cli_json("ls", "models")
     assert "pixel-thumbs" in [r["id"] for r in rows]
-    plugins = cli_json("ls", "plugins")
-    assert {"plugin": "pixels", "distribution": "prh-pixels", "provides": "backend:pixels"} in plugins
     shown = cli_json("show", "pixel-thumbs")
     assert shown["provided_by"] == "pixels"
     out = cli_json("run", "--suite", "pixels-suite", "--out", tmp_path / "run")
@@ -113,6 +199,25 @@ def test_external_plugin_adds_a_model_that_is_listed_and_runs(external_plugin: P
     assert 0.0 < pair["score"] <= 1.0
     smoke = cli("smoke", "pixel-thumbs", "--samples", "6")
     assert smoke.exit_code == 0 and "ok: 'pixel-thumbs' gave 2 layers" in smoke.output
+
+
+def test_an_outside_plugin_serves_all_five_hooks(external_plugin: Path, tmp_path: Path) -> None:
+    """Only the backend and the manifest folder of an outside plugin were exercised (2 of 5 hooks): its data set
+    loader, metric and task run too, through the plugin API alone, and give the numbers their definitions do."""
+    plugins = cli_json("ls", "plugins")
+    row = next(r for r in plugins if r["plugin"] == "pixels")
+    assert (row["distribution"], row["provides"]) == \
+        ("prh-pixels", "backend:pixels, loader:stripes, metric:plain_cka, task:nearest_centroid")
+    out = cli_json("run", "--suite", "stripes-suite", "--out", tmp_path / "run")
+    assert {r["status"] for r in out["runs"]} == {"extracted", "cached"}  # the probe reads the alignment features
+    scores = pd.read_csv(tmp_path / "run" / "scores.csv")
+    mine, builtin = (scores[scores.metric == m].set_index(["model_x", "model_y", "layer_x", "layer_y"]).score
+                     for m in ("plain_cka", "cka"))
+    # Its CKA is linear CKA: equal to the built-in within float32 rounding (the built-in multiplies float32 features).
+    assert len(mine) == 2 * 6 and (mine - builtin.loc[mine.index]).abs().max() < 1e-6
+    probes = pd.read_csv(tmp_path / "run" / "probes.csv").set_index("model").score
+    assert set(probes.index) == {"pixel-thumbs", "efficientnet-lite0-random"}
+    assert probes["pixel-thumbs"] == 1.0  # four orientations of stripes of near one width are apart in pixel space
 
 
 def test_allow_list_env_var_restricts_external_plugins(external_plugin: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
+from .derived_folders import LISTING, derived_folder, intact
 from .errors import BadInput, WeightsUnavailable
-from .file_hash import file_sha256, sha256_of
+from .file_hash import file_sha256
 from .manifest import DistFile, PartsWeights
 from .store import atomic_file, entry_lock
 
@@ -87,47 +85,26 @@ def joined_file(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
     return dst
 
 
-ARCHIVE_FILES = ".prh-files.json"  # relative path -> sha256 of every file an archive was extracted to
-
-
 def extracted_folder(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
     """A zip archive in parts (a model folder: config, tokenizer, weights), joined and extracted once beside the
-    joined file; the folder lists the sha256 of each of its files, checked (by file version) at every use, so
-    an edited or incomplete folder is extracted again, never loaded. Returns the archive's single top folder
-    when it has one (the usual layout), else the extraction root."""
+    joined file into a derived folder (derived_folders.py: checked at every use, extracted again when edited or
+    incomplete). Returns the archive's single top folder when it has one (the usual layout), else the
+    extraction root."""
     root = cache_dir / "joined" / w.sha256 / f"{Path(w.file).stem}.d"
     memo = cache_dir / "digests"
-    if not _extracted_ok(root, memo):
+    if not intact(root, memo):
         archive = joined_file(w, model_id, cache_dir)
-        with entry_lock(root):
-            if not _extracted_ok(root, memo):
-                _extract(archive, root, model_id)
-    tops = [p for p in root.iterdir() if p.name != ARCHIVE_FILES]
+        derived_folder(root, lambda tmp: _extract(archive, tmp, model_id), memo, f"model '{model_id}'")
+    tops = [p for p in root.iterdir() if p.name != LISTING]
     return tops[0] if len(tops) == 1 and tops[0].is_dir() else root
 
 
-def _extracted_ok(root: Path, memo: Path) -> bool:
-    try:
-        files = json.loads((root / ARCHIVE_FILES).read_text())
-        present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {ARCHIVE_FILES}
-        return present == set(files) and all(file_sha256(root / rel, memo) == sha for rel, sha in files.items())
-    except (OSError, ValueError):
-        return False
-
-
-def _extract(archive: Path, root: Path, model_id: str) -> None:
-    tmp = root.with_name(f".tmp-{root.name}")
-    for stale in (tmp, root):  # a killed extraction's, or an altered folder (we hold the lock)
-        if stale.exists():
-            shutil.rmtree(stale)
+def _extract(archive: Path, into: Path, model_id: str) -> None:
     try:
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():
                 if name.startswith("/") or ".." in Path(name).parts:
                     raise BadInput(f"model '{model_id}': {archive} holds the path '{name}', outside its folder; refused")
-            z.extractall(tmp)
+            z.extractall(into)
     except zipfile.BadZipFile as exc:
         raise BadInput(f"model '{model_id}': {archive} is not a readable zip archive ({exc})") from None
-    files = {p.relative_to(tmp).as_posix(): sha256_of(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / ARCHIVE_FILES).write_text(json.dumps(files, indent=1))
-    os.replace(tmp, root)

@@ -15,25 +15,34 @@ and `device_map` ("auto" shards a large model over the GPUs, via accelerate)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import pickle  # only for its exception type: nothing is unpickled here
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, preprocess_options, torch_dtype
-from prh_bench.errors import BadInput, WeightsUnavailable
-from prh_bench.features import cache_root
-from prh_bench.file_hash import file_sha256, sha256_of
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PartsWeights, PathWeights, RandomWeights
-from prh_bench.samples import Sample, SampleSet
-from prh_bench.store import TEMP_PREFIX, entry_lock, sync_tree
-from prh_bench.weights import checkpoint_path, refused_pickle, verify_sha256
+from prh_bench.plugin import (
+    BadInput,
+    FeatureExtractor,
+    ModelManifest,
+    PartsWeights,
+    PathWeights,
+    RandomWeights,
+    Sample,
+    SampleSet,
+    WeightsUnavailable,
+    cache_root,
+    checkpoint_path,
+    derived_folder,
+    hookimpl,
+    preprocess_options,
+    refused_pickle,
+    sha256_of,
+    torch,
+    torch_dtype,
+    verify_sha256,
+)
 
 from .pooling import pool
 from .text_sources import HubTextBackend, hub_kwargs, mean_over_templates, model_location, prompt_templates
@@ -152,9 +161,6 @@ class CausalLMExtractor(FeatureExtractor):
         return out
 
 
-DEQUANTISED_FILES = "prh-files.json"  # name -> sha256 of every file of a dequantised folder
-
-
 def is_gguf(m: ModelManifest) -> bool:
     """Whether the weights are a llama.cpp GGUF file (a path, or parts joined into one)."""
     w = m.weights
@@ -164,41 +170,21 @@ def is_gguf(m: ModelManifest) -> bool:
 
 def dequantised_gguf(m: ModelManifest) -> str:
     """A llama.cpp checkpoint (GGUF, any quantisation transformers reads) as a transformers folder: dequantised
-    once (tens of seconds for 135M parameters on 2 cores) and saved under the cache, keyed by the GGUF file's
-    sha256, so later runs load it directly. The folder lists the sha256 of each of its files, checked at every
-    use: an edited, truncated or incomplete folder is rebuilt, never loaded. Needs the `gguf` package (in
-    prh-bench[offline])."""
+    once (tens of seconds for 135M parameters on 2 cores) into a derived folder of the cache keyed by the GGUF
+    file's sha256, so later runs load it directly; an edited, truncated or incomplete folder is rebuilt, never
+    loaded (prh_bench.plugin.derived_folder). Needs the `gguf` package (in prh-bench[offline])."""
     assert isinstance(m.weights, (PathWeights, PartsWeights))
     gguf = checkpoint_path(m.weights, m.id, cache_root())  # parts: joined and checked against their sha256
     digest = m.weights.sha256 or sha256_of(gguf)
     if isinstance(m.weights, PathWeights):
         verify_sha256(gguf, m.weights.sha256, m.id)
-    folder = cache_root() / "dequantised" / digest
-    if _dequantised_ok(folder):
-        return str(folder)
-    with entry_lock(folder):
-        if not _dequantised_ok(folder):
-            if folder.exists():
-                log.warning("model '%s': the dequantised copy %s is incomplete or altered; rebuilding it", m.id, folder)
-                shutil.rmtree(folder)
-            _dequantise(m, gguf, folder)
-    return str(folder)
+    # The folder's files are hashed once per file version (the cache's digest memo), not 6 GB again at every
+    # load of a 1.5B model.
+    return str(derived_folder(cache_root() / "dequantised" / digest, lambda tmp: _dequantise(m, gguf, tmp),
+                              cache_root() / "digests", f"model '{m.id}'"))
 
 
-def _dequantised_ok(folder: Path) -> bool:
-    """Whether every file the folder lists is there, alone, with its sha256: hashed once per file version (the
-    cache's digest memo, as joined and extracted files are), not 6 GB again at every load of a 1.5B model."""
-    memo = cache_root() / "digests"
-    try:
-        files = json.loads((folder / DEQUANTISED_FILES).read_text())
-        present = {p.name for p in folder.iterdir()} - {DEQUANTISED_FILES}
-        return (isinstance(files, dict) and "config.json" in files and present == set(files)
-                and all(file_sha256(folder / name, memo) == sha for name, sha in files.items()))
-    except (OSError, ValueError):
-        return False
-
-
-def _dequantise(m: ModelManifest, gguf: Path, folder: Path) -> None:
+def _dequantise(m: ModelManifest, gguf: Path, into: Path) -> None:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -208,23 +194,15 @@ def _dequantise(m: ModelManifest, gguf: Path, folder: Path) -> None:
     except ImportError as exc:
         raise WeightsUnavailable(f"model '{m.id}': reading a GGUF file needs the `gguf` package: pip install "
                                  f"gguf ({exc})") from None
-    tmp = folder.with_name(f"{TEMP_PREFIX}{folder.name}")
-    if tmp.exists():  # a killed builder's (we hold the folder's lock)
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     # transformers refuses save_pretrained on a model read from GGUF; its tensors are plain float32 by
     # now, so the config, the tokenizer and the tensors (tied ones once) make an ordinary folder.
     config = model.config
     for key in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, key):
             delattr(config, key)
-    config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))
-    files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
-    (tmp / DEQUANTISED_FILES).write_text(json.dumps(files, indent=1))
-    sync_tree(tmp)  # the files on disk before the rename makes the folder visible
-    tmp.replace(folder)
+    config.save_pretrained(into)
+    tokenizer.save_pretrained(into)
+    save_model(model, str(into / "model.safetensors"))
 
 
 class CausalLMBackend(HubTextBackend):

@@ -15,12 +15,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, ModelBackend
-from prh_bench.errors import BadInput
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import np, torch
-from prh_bench.manifest import ModelManifest
-from prh_bench.samples import Sample
+from prh_bench.plugin import BadInput, FeatureExtractor, ModelBackend, ModelManifest, Sample, hookimpl, np, torch
 
 SOURCES = ("cielab", "srgb", "pmi")
 PMI_OPTIONS = {"levels": 8, "radius": 4,

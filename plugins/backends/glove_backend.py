@@ -13,13 +13,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, ModelBackend
-from prh_bench.errors import BadInput, ExtractionFailed
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import np, torch
-from prh_bench.manifest import ModelManifest, RandomWeights
-from prh_bench.samples import Sample
-from prh_bench.weights import resolve_path
+from prh_bench.plugin import (
+    BadInput,
+    ExtractionFailed,
+    FeatureExtractor,
+    ModelBackend,
+    ModelManifest,
+    RandomWeights,
+    Sample,
+    hookimpl,
+    np,
+    resolve_path,
+    torch,
+)
 
 from .text_sources import mean_over_templates, prompt_templates
 

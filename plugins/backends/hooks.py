@@ -6,8 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.errors import BadInput
-from prh_bench.lazy import torch
+from prh_bench.plugin import BadInput, torch
 
 from .pooling import pool
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prh_bench.weights import offline
+from prh_bench.plugin import offline
 
 
 def hub_file_status(repo: str, filenames: tuple[str, ...], revision: str | None = None) -> str:

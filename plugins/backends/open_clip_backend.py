@@ -9,14 +9,24 @@ import pickle  # only for its exception type: nothing is unpickled here
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, ModelBackend, torch_dtype
-from prh_bench.errors import BadInput, WeightsUnavailable
-from prh_bench.features import cache_root
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PathWeights, RandomWeights
-from prh_bench.samples import Sample
-from prh_bench.weights import checkpoint_path, checkpoint_status, refused_pickle, verify_sha256
+from prh_bench.plugin import (
+    BadInput,
+    FeatureExtractor,
+    ModelBackend,
+    ModelManifest,
+    PathWeights,
+    RandomWeights,
+    Sample,
+    WeightsUnavailable,
+    cache_root,
+    checkpoint_path,
+    checkpoint_status,
+    hookimpl,
+    refused_pickle,
+    torch,
+    torch_dtype,
+    verify_sha256,
+)
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import hub_file_status

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from prh_bench.errors import BadInput
-from prh_bench.lazy import torch
+from prh_bench.plugin import BadInput, torch
 
 
 def pool(out: torch.Tensor, how: str, where: str, mask: torch.Tensor | None = None) -> torch.Tensor:

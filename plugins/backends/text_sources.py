@@ -6,13 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prh_bench.backend import ModelBackend
-from prh_bench.errors import BadInput
-from prh_bench.features import cache_root
-from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, PartsWeights, RandomWeights
-from prh_bench.packaged import extracted_folder
-from prh_bench.weights import checkpoint_status, is_local, resolve_path
+from prh_bench.plugin import (
+    BadInput,
+    ModelBackend,
+    ModelManifest,
+    PartsWeights,
+    RandomWeights,
+    cache_root,
+    checkpoint_status,
+    extracted_folder,
+    is_local,
+    resolve_path,
+    torch,
+)
 
 
 def model_location(m: ModelManifest) -> str:

@@ -8,14 +8,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, ModelBackend, preprocess_options, torch_dtype
-from prh_bench.errors import BadInput
-from prh_bench.features import cache_root
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest
-from prh_bench.samples import Sample
-from prh_bench.weights import build_with_weights, checkpoint_status
+from prh_bench.plugin import (
+    BadInput,
+    FeatureExtractor,
+    ModelBackend,
+    ModelManifest,
+    Sample,
+    build_with_weights,
+    cache_root,
+    checkpoint_status,
+    hookimpl,
+    preprocess_options,
+    torch,
+    torch_dtype,
+)
 
 from .hooks import LayerHooks, image_batch
 from .hub_status import hub_file_status

@@ -8,13 +8,18 @@ import pickle  # only for its exception type: nothing is unpickled here
 from collections.abc import Sequence
 from typing import Any
 
-from prh_bench.backend import FeatureExtractor, torch_dtype
-from prh_bench.errors import BadInput, WeightsUnavailable
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import torch
-from prh_bench.manifest import ModelManifest, RandomWeights
-from prh_bench.samples import Sample
-from prh_bench.weights import refused_pickle
+from prh_bench.plugin import (
+    BadInput,
+    FeatureExtractor,
+    ModelManifest,
+    RandomWeights,
+    Sample,
+    WeightsUnavailable,
+    hookimpl,
+    refused_pickle,
+    torch,
+    torch_dtype,
+)
 
 from .text_sources import HubTextBackend, hub_kwargs, is_archive, mean_over_templates, model_location, prompt_templates
 

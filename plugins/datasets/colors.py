@@ -8,10 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.errors import BadInput
-from prh_bench.hookspecs import hookimpl
-from prh_bench.manifest import DatasetManifest
-from prh_bench.samples import Sample, SampleSet
+from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl
 
 OPTIONS = {"names": "all", "count": 20, "swatch": 32}
 

@@ -12,12 +12,17 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.errors import BadInput, WeightsUnavailable
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import np
-from prh_bench.manifest import DatasetManifest
-from prh_bench.samples import Sample, SampleSet
-from prh_bench.weights import PKG_SCHEME, resolve_path
+from prh_bench.plugin import (
+    PKG_SCHEME,
+    BadInput,
+    DatasetManifest,
+    Sample,
+    SampleSet,
+    WeightsUnavailable,
+    hookimpl,
+    np,
+    resolve_path,
+)
 
 from .text import passage_bytes, passages
 

@@ -7,11 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.errors import BadInput
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import np
-from prh_bench.manifest import DatasetManifest
-from prh_bench.samples import Sample, SampleSet
+from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, np
 
 #: names in skimage.data that are no image loaders
 NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}

@@ -6,11 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prh_bench.errors import BadInput
-from prh_bench.hookspecs import hookimpl
-from prh_bench.manifest import DatasetManifest
-from prh_bench.samples import Sample, SampleSet
-from prh_bench.weights import resolve_path
+from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, resolve_path
 
 
 def glove_vocabulary(m: DatasetManifest) -> SampleSet:

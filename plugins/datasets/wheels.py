@@ -12,12 +12,18 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.errors import BadInput, WeightsUnavailable
-from prh_bench.hookspecs import hookimpl
-from prh_bench.lazy import np
-from prh_bench.manifest import DatasetManifest, DistFile
-from prh_bench.packaged import dist_file, dist_folder
-from prh_bench.samples import Sample, SampleSet
+from prh_bench.plugin import (
+    BadInput,
+    DatasetManifest,
+    DistFile,
+    Sample,
+    SampleSet,
+    WeightsUnavailable,
+    dist_file,
+    dist_folder,
+    hookimpl,
+    np,
+)
 
 from .images import subset
 
