@@ -122,3 +122,27 @@ def test_rsa_on_euclidean_distances_matches_scipy() -> None:
     permuted = m.permute(m.summarize(torch.from_numpy(y), **p), perm)
     direct = m.summarize(torch.from_numpy(y)[perm], **p)
     assert torch.equal(permuted.unit, direct.unit)  # permuting the ranks is ranking the permuted RDM
+
+
+def test_a_suite_asks_for_the_colour_figure_and_gets_it(tmp_path) -> None:
+    """The engine drew it whenever the reference came from the colorspace backend; a suite now asks for it
+    (`figures: [colors]`), and one whose reference is not 3-D is told so."""
+    from .conftest import cli, write_yaml
+
+    reg = tmp_path / "reg"
+    write_yaml(reg / "colors-40.yaml", "kind: dataset\nid: colors-40\nversion: 1\nloader: xkcd_colors\n"
+               "modality: vision-text\noptions: {names: common, count: 40, swatch: 8}\n")
+    suite = ("kind: suite\nid: {id}\nversion: 1\ndataset: colors-40\nmodels: [photo-pmi, srgb, cielab]\n"
+             "metrics: [{{name: cka}}]\nprepare: {{clamp_quantile: null, l2_normalize: false}}\nreference: {ref}\n{more}")
+    write_yaml(reg / "drawn.yaml", suite.format(id="drawn", ref="cielab", more="figures: [colors]\n"))
+    write_yaml(reg / "plain.yaml", suite.format(id="plain", ref="cielab", more=""))
+    write_yaml(reg / "wrong.yaml", suite.format(id="wrong", ref="photo-pmi", more="figures: [colors]\n"))
+    for sid in ("drawn", "plain", "wrong"):
+        assert cli("--registry", reg, "run", "--suite", sid, "--out", tmp_path / "runs" / sid).exit_code == 0
+        board = cli("--registry", reg, "leaderboard", "--suite", sid, "--run", tmp_path / "runs" / sid,
+                    "--out", tmp_path / "boards" / sid)
+        drawn = (tmp_path / "boards" / sid / "colorspace.png").exists()
+        if sid == "wrong":
+            assert board.exit_code == 2 and "reference 'photo-pmi' is 512-D; the colour figure needs a 3-D" in board.output
+        else:
+            assert board.exit_code == 0 and drawn == (sid == "drawn"), board.output

@@ -57,8 +57,11 @@ class ModelBackend(ABC):
 
     #: distributions whose versions change features: they enter the feature-cache key
     libraries: tuple[str, ...] = ()
-    #: per-sample scores its extractors compute (a task that needs one is run on these models only)
+    #: per-sample scores its extractors compute (a task that needs one is run on these models only); a suite
+    #: may correlate alignment with their means (`scores: [NAME]`)
     sample_score_names: tuple[str, ...] = ()
+    #: those of them where lower is better (bits per byte): leaderboards report correlations' direction from it
+    lower_is_better: tuple[str, ...] = ()
     #: whether the manifest's `options` mean something to it (validate refuses them otherwise)
     takes_options: bool = False
     #: whether its models have no parameters (a fixed colour space): their manifests say `weights: none`, and

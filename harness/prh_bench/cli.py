@@ -338,7 +338,7 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
     """Rank models by alignment to a reference and correlate with downstream scores, from stored results."""
     from .features import FeatureCache, cache_root
     from .manifest import SuiteManifest
-    from .results.color_figure import color_figure, is_color_space
+    from .results.color_figure import color_figure
     from .results.leaderboard import build
     from .results.pairs import run_folder_from_store
     from .results.publish import write_leaderboard
@@ -358,7 +358,7 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
         raise BadInput("--add-model goes with --results (a run folder's models are the ones it ran)")
     lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric, verification)
     more = None
-    if store is None and is_color_space(lb, obj.registry):  # the colour study's figure: every model's colours in CIELAB
+    if store is None and "colors" in lb.suite.figures:  # the colour study's: every model's colours in CIELAB
         more = functools.partial(color_figure, lb, FeatureCache(cache_root()))
     files = write_leaderboard(lb, out, more)
     if as_json:

@@ -115,6 +115,10 @@ class Plugins:
             self.manifest_dirs.extend(Path(p) for p in impl.function() or [])
         return self
 
+    def sample_scores(self) -> dict[str, bool]:
+        """Every per-sample score a backend computes, by name: whether higher is better."""
+        return {name: name not in b.lower_is_better for b in self.backends.values() for name in b.sample_score_names}
+
     def plugin_rows(self) -> list[dict[str, Any]]:
         """One row per registered plugin, with what it provides (for `prh-bench ls plugins`)."""
         rows = []

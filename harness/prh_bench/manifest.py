@@ -353,10 +353,13 @@ class SuiteManifest(ManifestBase):
     )
     sweep: Sweep | None = None
     scores: list[str] = Field(
-        default=[], description="downstream scores to correlate alignment with: names of scores manifests, or "
-        "bits_per_byte (computed during extraction)"
+        default=[], description="downstream scores to correlate alignment with: names of scores manifests, or of "
+        "per-sample scores a backend computes during extraction (bits_per_byte)"
     )
     probes: list[Probe] = Field(default=[], description="tasks whose scores count as downstream scores too")
+    figures: list[Literal["colors"]] = Field(
+        default=[], description="leaderboard figures beyond the standard ones: 'colors', every model's colours in "
+        "3-D, painted by a CIELAB reference (the colour study)")
 
     @field_validator("models")
     @classmethod

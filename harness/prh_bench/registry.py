@@ -151,7 +151,7 @@ class Registry:
                         out.append(unknown_problem(path, f"probes.{i}.dataset", probe.dataset, self.of_kind(DatasetManifest), "dataset"))
                     if probe.task not in self.plugins.tasks:
                         out.append(unknown_problem(path, f"probes.{i}.task", probe.task, self.plugins.tasks, "task"))
-                known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | {"bits_per_byte"}
+                known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | set(self.plugins.sample_scores())
                 for i, name in enumerate(m.scores):
                     if name not in known_scores:
                         out.append(unknown_problem(path, f"scores.{i}", name, known_scores, "score"))

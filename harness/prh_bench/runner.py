@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from .align.metric import Metric
 from .align.prepare import CONCAT
 from .context import Condition, RunContext, RunSpec, Target
 from .errors import BadInput, PrhBenchError
@@ -59,6 +60,10 @@ class SuiteRun:
     #: per condition, metric and sample: each model's term of its score with the reference (pair_details)
     sample_terms: pd.DataFrame = field(default_factory=pd.DataFrame)
     max_samples: int | None = None  # the run's --max-samples (a verifier draws the same samples with it)
+
+    def metric(self, name: str) -> Metric | None:
+        """The metric (plugin object) the run scored under `name`."""
+        return next((s.scores.job.metric for s in self.scored if s.scores.job.metric.name == name), None)
 
     @property
     def failures(self) -> list[ModelOutcome]:

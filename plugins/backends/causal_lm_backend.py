@@ -208,6 +208,7 @@ def _dequantise(m: ModelManifest, gguf: Path, into: Path) -> None:
 class CausalLMBackend(HubTextBackend):
     extractor = CausalLMExtractor
     sample_score_names = CausalLMExtractor.sample_score_names
+    lower_is_better = ("bits_per_byte",)
 
 
 @hookimpl

@@ -193,6 +193,10 @@ class MutualKNN(KNNMetric):
     def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
         return overlaps(x, y) / params["k"]
 
+    def chance_level(self, n: int, **params: Any) -> tuple[float, str]:
+        # the expected overlap of two random k-subsets of the other n - 1 samples
+        return params["k"] / (n - 1), f"k/(N-1) = {params['k']}/{n - 1}"
+
 
 class CycleKNN(KNNMetric):
     """m(A, B) = fraction of samples i that some B-neighbour j of i has among its A-neighbours: i -> B -> A -> i.

@@ -99,6 +99,11 @@ class Metric(Parametrized, ABC):
         """The inverse of `summaries_to_tensors`."""
         raise NotImplementedError(f"{self.name} keeps no summaries in the cache")
 
+    def chance_level(self, n: int, **params: Any) -> tuple[float, str] | None:
+        """The expected score of independent representations of n samples and how it is derived, where the
+        metric has a closed form (mutual k-NN); None leaves chance to the run's permutation nulls."""
+        return None
+
     @abstractmethod
     def permute(self, summary: Any, perm: torch.Tensor) -> Any:
         """The summary of the same layer with samples reordered: new sample i is old sample perm[i]."""

@@ -8,7 +8,6 @@ cache (never extracted) and prepared as the suite prepares them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..errors import BadInput
 from ..features import FeatureCache
@@ -40,7 +39,8 @@ def aligned(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
-    """Write colorspace.png/svg for a leaderboard whose reference is a 3-D colour space (CIELAB)."""
+    """Write colorspace.png/svg for a leaderboard whose reference is a 3-D colour space whose coordinates are
+    CIELAB (a suite's `figures: [colors]`)."""
     from skimage.color import lab2rgb
 
     from ..align import prepare
@@ -101,9 +101,3 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
                  fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title above the first row's panel titles
     return _save(fig, out / "colorspace")
-
-
-def is_color_space(lb: Leaderboard, registry: Any) -> bool:
-    """Whether the leaderboard's reference is a 3-D colour space model (the colorspace backend's CIELAB or sRGB)."""
-    m = registry.entries.get(lb.reference or "")
-    return getattr(m, "backend", None) == "colorspace" and getattr(m, "source", None) in ("cielab", "srgb")

@@ -172,7 +172,7 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     nulls = calibration_of(run_dir, metric, condition)
     n = side.n_samples(condition)
     params = json.loads(best.params.iloc[0]) if not best.empty else {}
-    chance, chance_source = chance_level(metric, params, n, nulls)
+    chance, chance_source = chance_level(registry.plugins.metrics.get(metric), metric, params, n, nulls)
     rows = []
     for mid in models:
         entry = side.models[mid]
@@ -261,10 +261,10 @@ def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: st
 
 
 def score_higher_is_better(registry: Registry, name: str) -> bool:
-    """A downstream score's direction: bits per byte (computed by the run) is lower-is-better; a score table says
-    its own, a probe ('TASK:DATASET') its task's; tasks solved is higher-is-better."""
-    if name == "bits_per_byte":
-        return False
+    """A downstream score's direction: a per-sample score computed by the run (bits per byte) its backend's; a
+    score table says its own, a probe ('TASK:DATASET') its task's; tasks solved is higher-is-better."""
+    if (higher := registry.plugins.sample_scores().get(name)) is not None:
+        return higher
     task = registry.plugins.tasks.get(name.split(":", 1)[0]) if ":" in name else None
     if task is not None:
         return task.higher_is_better
@@ -310,8 +310,8 @@ SOLVED_FRACTION = 0.8
 
 
 def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, condition: str) -> dict[str, dict[str, float]]:
-    """Per score name, model -> value: from score tables, bits per byte and probe tasks from the run itself,
-    and, with probes, the number of tasks each model solves."""
+    """Per score name, model -> value: from score tables, per-sample scores (bits per byte) and probe tasks from
+    the run itself, and, with probes, the number of tasks each model solves."""
     out: dict[str, dict[str, float]] = {}
     path = run_dir / "probes.csv"
     probes = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["task", "dataset", "model", "score"])
@@ -326,7 +326,7 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, c
     if solved:
         out["tasks_solved"] = solved
     for name in suite.scores:
-        if name == "bits_per_byte":
+        if name in registry.plugins.sample_scores():
             path = run_dir / "model_scores.csv"
             ms = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["condition", "model", "score", "mean"])
             sub = ms[(ms.score == name) & (ms.condition == condition)]

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..align.metric import Metric
 from ..features import library_versions
 from ..lazy import torch
 from ..manifest import ModelManifest
@@ -81,14 +82,15 @@ def alignment_matrix(best: pd.DataFrame, metric: str, order: list[str]) -> pd.Da
     return mat
 
 
-def chance_level(metric: str, params: dict[str, Any], n: int, calibration: pd.DataFrame | None = None) -> tuple[float, str]:
-    """The score of unrelated representations and where the number comes from: k/(N-1) for mutual_knn (the
-    expected overlap of two random k-subsets of N-1), else the mean of the run's permutation nulls when the
-    suite asked for them."""
-    if metric == "mutual_knn":
-        return params["k"] / (n - 1), f"k/(N-1) = {params['k']}/{n - 1}"
+def chance_level(metric: Metric | None, name: str, params: dict[str, Any], n: int,
+                 calibration: pd.DataFrame | None = None) -> tuple[float, str]:
+    """The score of unrelated representations and where the number comes from: the metric's closed form where it
+    has one (Metric.chance_level: k/(N-1) for mutual_knn), else the mean of the run's permutation nulls when the
+    suite asked for them. `metric` is None when no installed plugin provides `name`."""
+    if metric is not None and (closed := metric.chance_level(n, **params)) is not None:
+        return closed
     if calibration is not None and not calibration.empty and "null_mean" in calibration:
-        nulls = calibration[calibration.metric == metric].null_mean
+        nulls = calibration[calibration.metric == name].null_mean
         if len(nulls):
             return float(nulls.mean()), f"mean of the permutation nulls' means over {len(nulls)} model pairs"
     return float("nan"), "unknown (the suite asks for no permutation nulls)"
@@ -190,7 +192,7 @@ def write_matrix(run: SuiteRun, best: pd.DataFrame, metric: str, label: str, ste
     params = sub.params.iloc[0]
     heatmap(mat, f"{run.suite.id}: {metric} {params}, max over layer pairs, {label}, N={run.n_samples[label]}", png)
     table = ranking(mat, sub, run.models, run.suite.reference)
-    chance, how = chance_level(metric, json.loads(params), run.n_samples[label],
+    chance, how = chance_level(run.metric(metric), metric, json.loads(params), run.n_samples[label],
                                run.calibration[run.calibration.condition == label] if not run.calibration.empty else None)
     failed = "".join(f"\n- **failed**: {md_text(o.model)}: {md_text(o.error)}" for o in run.failures if o.condition == label)
     md.write_text(
@@ -213,7 +215,8 @@ def write_sweep(run: SuiteRun, best: pd.DataFrame, metric: str, run_dir: Path, f
         sub = best[(best.metric == metric) & (best.condition == cond.label)]
         n = run.n_samples[cond.label]
         cal = run.calibration[run.calibration.condition == cond.label] if not run.calibration.empty else None
-        chance = chance_level(metric, json.loads(sub.params.iloc[0]), n, cal)[0] if len(sub) else float("nan")
+        chance = chance_level(run.metric(metric), metric, json.loads(sub.params.iloc[0]), n, cal)[0] if len(sub) \
+            else float("nan")
         rows.append({"condition": cond.label, "dataset": cond.dataset.id, "level": cond.level, "k": cond.k, "n_samples": n,
                      "pairs": len(sub), "mean": sub.score.mean(), "std": sub.score.std(ddof=1) if len(sub) > 1 else 0.0,
                      "chance": chance})
