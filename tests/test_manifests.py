@@ -98,11 +98,33 @@ reference: resnet18-random
         assert needle in result.stderr
 
 
-def test_duplicate_ids_and_broken_extra_registry_block_runs(tmp_path: Path) -> None:
+def test_an_invalid_manifest_is_set_aside_and_named_where_it_is_needed(tmp_path: Path) -> None:
+    """One invalid --registry or third-party manifest made every command exit 2, even `ls plugins`; a suite using
+    a model that failed validation was told "unknown model". Now it is skipped with a warning, and a command
+    that needs it says which manifest is invalid and why."""
     write_yaml(tmp_path / "dup.yaml", GOOD_MODEL.replace("id: tiny-resnet", "id: efficientnet-lite0"))
-    result = cli("--registry", tmp_path, "ls", "models")
-    assert result.exit_code == 2
-    assert "field 'id': 'efficientnet-lite0' is already defined in" in result.stderr
+    write_yaml(tmp_path / "typo.yaml", GOOD_MODEL.replace("id: tiny-resnet", "id: my-net").replace("modality", "modalty"))
+    write_yaml(tmp_path / "uses.yaml", "kind: suite\nid: uses-mine\nversion: 1\ndataset: pocket-photos\n"
+               "models: [my-net, resnet18-random]\nmetrics: [{name: mutual_knn}]\n")
+    listed = cli("--registry", tmp_path, "ls", "models")
+    assert listed.exit_code == 0 and "resnet18-random" in listed.output and "my-net" not in listed.stdout
+    # The duplicate makes every manifest that names efficientnet-lite0 ambiguous: its suites and score table too.
+    assert "invalid manifest(s) skipped: efficientnet-lite0, imagenet-top1-pocket, my-net, pocket, " in listed.stderr
+    assert "uses-mine (prh-bench validate shows why)" in listed.stderr
+    assert cli("--registry", tmp_path, "ls", "plugins").exit_code == 0
+    for args, needle in (
+            (("show", "efficientnet-lite0"), "invalid model 'efficientnet-lite0': "),
+            (("show", "my-net"), "invalid model 'my-net': "),
+            (("run", "--suite", "uses-mine"), "invalid suite 'uses-mine': "),
+            (("run", "--suite", "pocket"), "invalid suite 'pocket': ")):
+        result = cli("--registry", tmp_path, *args)
+        assert result.exit_code == 2 and needle in result.stderr, (args, result.output)
+    assert "field 'models.0': invalid model 'efficientnet-lite0' (" in cli("--registry", tmp_path, "show", "pocket").stderr
+    shown = cli("--registry", tmp_path, "show", "uses-mine").stderr
+    assert "field 'models.0': invalid model 'my-net' (" in shown and "typo.yaml: field 'modality': required field" in shown
+    assert "'efficientnet-lite0' is already defined in" in cli("--registry", tmp_path, "show", "efficientnet-lite0").stderr
+    checked = cli("--registry", tmp_path, "validate")
+    assert checked.exit_code == 2 and "typo.yaml: field 'modalty'" in checked.stderr and "dup.yaml" in checked.stderr
 
 
 def test_unknown_suite_is_bad_input() -> None:

@@ -63,7 +63,11 @@ class Ctx:
         from .manager import load_plugins
         from .registry import Registry
 
-        return Registry.load(load_plugins(), self.registry_dirs)
+        registry = Registry.load(load_plugins(), self.registry_dirs)
+        if registry.invalid:  # set aside, not fatal: a command that needs one of them says why
+            click.echo(f"warning: {len(registry.invalid)} invalid manifest(s) skipped: "
+                       f"{', '.join(sorted(registry.invalid))} (prh-bench validate shows why)", err=True)
+        return registry
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -557,7 +561,7 @@ def validate(obj: Ctx, paths: tuple[Path, ...]) -> None:
     from .registry import manifest_files
 
     reg = obj.registry
-    problems: list[str] = []
+    problems: list[str] = [] if paths else reg.problems()
     files = manifest_files(paths)
     checked = []
     for path in files:  # load all first, so files may refer to each other
@@ -566,11 +570,14 @@ def validate(obj: Ctx, paths: tuple[Path, ...]) -> None:
         except ManifestError as exc:
             problems.extend(exc.problems + reg.plugin_problems(exc.data, path))
             continue
+        if m.id in reg.entries and reg.paths[m.id].resolve() != path.resolve():
+            problems.append(f"{path}: field 'id': '{m.id}' is already defined in {reg.paths[m.id]}")
+            continue
         reg.entries[m.id], reg.paths[m.id] = m, path
         checked.append(m.id)
     problems.extend(reg.reference_problems(only=checked))
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(list(dict.fromkeys(problems)))
     click.echo(f"ok: {len(files) if paths else len(reg.entries)} manifest(s) valid")
 
 

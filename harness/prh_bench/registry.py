@@ -49,27 +49,49 @@ class Registry:
     plugins: Plugins
     entries: dict[str, Manifest] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
+    #: manifests set aside, by id (by file when the id cannot be read): their kind and problems
+    invalid: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, plugins: Plugins, extra_dirs: Iterable[Path] = ()) -> Registry:
-        """Load every manifest; raise ManifestError listing all problems (schema and references)."""
+        """Load every manifest. One that is invalid (its schema, what it names, an id defined twice, or a model,
+        data set or metric it uses being invalid) is set aside with its problems, and the rest stays usable: one
+        broken third-party manifest no longer stops every command. `problems()` lists them all (validate);
+        `get` names them when a command asks for such an id."""
         self = cls(plugins)
-        problems: list[str] = []
         for path in manifest_files([*plugins.manifest_dirs, *extra_dirs]):
             try:
                 m = load_manifest(path)
             except ManifestError as exc:
-                problems.extend(exc.problems + self.plugin_problems(exc.data, path))
+                data = exc.data if isinstance(exc.data, dict) else {}
+                key = data["id"] if isinstance(data.get("id"), str) else str(path)
+                self._set_aside(key, str(data.get("kind") or "manifest"), exc.problems + self.plugin_problems(data, path))
                 continue
-            if m.id in self.entries:
-                problems.append(f"{path}: field 'id': '{m.id}' is already defined in {self.paths[m.id]}")
+            if m.id in self.entries or m.id in self.invalid:
+                first = self.paths.get(m.id)
+                self._set_aside(m.id, m.kind, [f"{path}: field 'id': '{m.id}' is already defined in {first or 'another file'}"])
                 continue
             self.entries[m.id] = m
             self.paths[m.id] = path
-        problems.extend(self.reference_problems())
-        if problems:
-            raise ManifestError(problems)
+        while bad := {mid: found for mid in self.entries if (found := self.reference_problems(only=[mid]))}:
+            for mid, found in bad.items():  # and again: a suite of a model set aside now names an invalid one
+                self._set_aside(mid, self.entries[mid].kind, found)
         return self
+
+    def _set_aside(self, key: str, kind: str, problems: list[str]) -> None:
+        self.entries.pop(key, None)
+        old = self.invalid.get(key, (kind, []))
+        self.invalid[key] = (old[0], list(dict.fromkeys(old[1] + problems)))
+
+    def problems(self) -> list[str]:
+        """Every problem of every manifest set aside."""
+        return [p for _, found in self.invalid.values() for p in found]
+
+    def _unknown(self, path: Path, fieldname: str, value: str, known: Iterable[str], what: str) -> str:
+        """unknown_problem, or, for an id set aside, that it is invalid and why."""
+        if value in self.invalid:
+            return f"{path}: field '{fieldname}': invalid {what} '{value}' ({self.invalid[value][1][0]})"
+        return unknown_problem(path, fieldname, value, known, what)
 
     def plugin_problems(self, data: object, path: Path) -> list[str]:
         """The plugin a manifest names (backend, loader, metric) must exist; checked on the raw document too,
@@ -116,13 +138,13 @@ class Registry:
                                "code's; omit the field or state it)")
             elif isinstance(m, ScoresManifest):
                 models = self.of_kind(ModelManifest)
-                out.extend(unknown_problem(path, f"values.{k}", k, models, "model") for k in m.values if k not in models)
+                out.extend(self._unknown(path, f"values.{k}", k, models, "model") for k in m.values if k not in models)
             elif isinstance(m, SuiteManifest):
                 if not isinstance(self.entries.get(m.dataset), DatasetManifest):
-                    out.append(unknown_problem(path, "dataset", m.dataset, self.of_kind(DatasetManifest), "dataset"))
+                    out.append(self._unknown(path, "dataset", m.dataset, self.of_kind(DatasetManifest), "dataset"))
                 for i, use in enumerate(m.metrics):
                     if not isinstance(self.entries.get(use.name), MetricManifest):
-                        out.append(unknown_problem(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric"))
+                        out.append(self._unknown(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric"))
                         continue
                     ks = m.sweep.k if m.sweep is not None and m.sweep.k else [None]
                     least = [m.max_samples, min(m.sweep.samples) if m.sweep is not None and m.sweep.samples else None]
@@ -136,7 +158,7 @@ class Registry:
                 if isinstance(m.models, list):
                     for i, model_id in enumerate(m.models):
                         if not isinstance(self.entries.get(model_id), ModelManifest):
-                            out.append(unknown_problem(path, f"models.{i}", model_id, self.of_kind(ModelManifest), "model"))
+                            out.append(self._unknown(path, f"models.{i}", model_id, self.of_kind(ModelManifest), "model"))
                 elif not self._tagged(m.models):
                     out.append(f"{path}: field 'models': no model matches {m.models.model_dump()}")
                 if m.calibrate is not None and m.calibrate.pairs == "reference" and m.reference is None:
@@ -145,16 +167,16 @@ class Registry:
                     out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
                     if not isinstance(self.entries.get(ds), DatasetManifest):
-                        out.append(unknown_problem(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset"))
+                        out.append(self._unknown(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset"))
                 for i, probe in enumerate(m.probes):
                     if not isinstance(self.entries.get(probe.dataset), DatasetManifest):
-                        out.append(unknown_problem(path, f"probes.{i}.dataset", probe.dataset, self.of_kind(DatasetManifest), "dataset"))
+                        out.append(self._unknown(path, f"probes.{i}.dataset", probe.dataset, self.of_kind(DatasetManifest), "dataset"))
                     if probe.task not in self.plugins.tasks:
-                        out.append(unknown_problem(path, f"probes.{i}.task", probe.task, self.plugins.tasks, "task"))
+                        out.append(self._unknown(path, f"probes.{i}.task", probe.task, self.plugins.tasks, "task"))
                 known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | set(self.plugins.sample_scores())
                 for i, name in enumerate(m.scores):
                     if name not in known_scores:
-                        out.append(unknown_problem(path, f"scores.{i}", name, known_scores, "score"))
+                        out.append(self._unknown(path, f"scores.{i}", name, known_scores, "score"))
                 if m.sweep and (m.sweep.transform is None) != (m.sweep.levels is None):
                     out.append(f"{path}: field 'sweep': give both 'transform' and 'levels', or neither")
         return out
@@ -188,6 +210,9 @@ class Registry:
     def get(self, mid: str, kind: type | None = None) -> Any:
         """The manifest with this id, of the given kind when one is named (then typed as that kind)."""
         m = self.entries.get(mid)
+        if m is None and mid in self.invalid:
+            what, found = self.invalid[mid]
+            raise BadInput(f"invalid {what} '{mid}': " + "; ".join(found) + " (prh-bench validate lists every problem)")
         if m is None or (kind is not None and not isinstance(m, kind)):
             pool = self.entries if kind is None else self.of_kind(kind)
             what = "manifest" if kind is None else kind.__name__.removesuffix("Manifest").lower()
