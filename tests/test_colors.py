@@ -34,7 +34,7 @@ def test_the_xkcd_survey_as_a_paired_data_set() -> None:
     assert [s.id for s in common.samples[:6]] == ["purple", "green", "blue", "pink", "brown", "red"]
     assert common.samples[0].image.size == (8, 8)
     for bad, message in (({"names": "some"}, "expected 'all' or 'common'"), ({"count": 1, "names": "common"}, "count"),
-                         ({"swatch": 0}, "swatch"), ({"colour": 1}, "unknown keys")):
+                         ({"swatch": 0}, "swatch"), ({"colour": 1}, "field 'options.colour': not an option of loader 'xkcd_colors'")):
         with pytest.raises(BadInput, match=message):
             xkcd_colors(dataset(**bad))
 

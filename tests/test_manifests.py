@@ -242,3 +242,33 @@ def test_a_parameter_free_model_says_weights_none_and_is_no_random_control(tmp_p
     typo = write_yaml(tmp_path / "typo.yaml", base + "id: t\nbackend: timm\nsource: resnet18\nweights: nothing\n")
     with pytest.raises(ManifestError, match="expected 'pretrained', 'none' \\(a parameter-free model\\)"):
         load_manifest(typo)
+
+
+def test_plugin_options_are_declared_and_checked(tmp_path: Path) -> None:
+    """8 of 9 loaders took a misspelled option silently (its default used), open_clip ignored `preprocess`
+    entirely: every built-in loader declares its options and every backend its preprocess keys, and validate
+    (and the loader, when called) refuses any other, naming the closest."""
+    from prh_bench.manager import load_plugins
+
+    plugins = load_plugins()
+    assert all(getattr(loader, "option_names", None) is not None for loader in plugins.loaders.values())
+    write_yaml(tmp_path / "d.yaml", "kind: dataset\nid: my-photos\nversion: 1\nloader: photo_crops\n"
+               "modality: vision\noptions: {sise: 128}\n")
+    model = "kind: model\nid: m-{b}\nversion: 1\nbackend: {b}\nsource: {s}\nmodality: {mod}\npreprocess: {{{key}: 1}}\n"
+    for backend, source, modality in (("timm", "resnet18", "vision"), ("torchvision", "resnet18", "vision"),
+                                      ("open_clip", "ViT-B-32", "vision"), ("transformers-encoder", "x", "text"),
+                                      ("transformers-causal-lm", "x", "text"), ("glove", "x", "text")):
+        write_yaml(tmp_path / f"{backend}.yaml", model.format(b=backend, s=source, mod=modality, key="max_lenght"))
+    result = cli("--registry", tmp_path, "validate")
+    assert result.exit_code == 2
+    assert "d.yaml: field 'options.sise': not an option of loader 'photo_crops'; did you mean 'size'?" in result.stderr
+    for backend in ("timm", "torchvision", "open_clip", "transformers-encoder", "transformers-causal-lm", "glove"):
+        assert f"{backend}.yaml: field 'preprocess.max_lenght': not an option of backend '{backend}'" in result.stderr
+    assert "did you mean 'max_length'?" in result.stderr  # the text encoders know it
+    from prh_bench.errors import BadInput
+    from prh_bench.manifest import DatasetManifest
+
+    photos = DatasetManifest(kind="dataset", id="p", version=1, loader="photo_crops", modality="vision",
+                             options={"sise": 1})
+    with pytest.raises(BadInput, match="dataset 'p': field 'options.sise': not an option of loader 'photo_crops'"):
+        plugins.loaders["photo_crops"](photos)

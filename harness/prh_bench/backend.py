@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .errors import BadInput
 from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import Sample, SampleSet
+
+L = TypeVar("L", bound=Callable[..., Any])
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -30,8 +34,8 @@ def resolve_dtype(m: ModelManifest, device: torch.device) -> ModelManifest:
 
 def preprocess_options(m: ModelManifest, known: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's `preprocess` over a backend's defaults; a key the backend does not know is bad input."""
-    if unknown := set(m.preprocess) - set(known):
-        raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    if problems := option_problems(f"model '{m.id}'", "preprocess", m.preprocess, known, f"backend '{m.backend}'"):
+        raise BadInput("; ".join(problems))
     return {**known, **m.preprocess}
 
 
@@ -76,10 +80,48 @@ class ModelBackend(ABC):
         """'local', 'download' (hub or URL, not fetched yet) or 'unavailable: why', without loading weights."""
         return "unknown"
 
+    def preprocess_keys(self, manifest: ModelManifest) -> Collection[str] | None:
+        """The `preprocess` keys this backend reads for the manifest: validate refuses any other (None: not
+        declared, unchecked)."""
+        return None
+
     def feature_widths(self, manifest: ModelManifest) -> list[int] | None:
         """The width of every layer without loading weights (None: unknown), for feature storage and pair-work
         estimates."""
         return None
+
+
+def option_problems(where: str, fieldname: str, given: Mapping[str, Any], known: Iterable[str] | None,
+                    owner: str) -> list[str]:
+    """The keys of `given` that its plugin does not declare (none when it declares nothing), each with the
+    closest declared one: "WHERE: field 'options.colour': not an option of loader 'x'; did you mean ...?"."""
+    if known is None:
+        return []
+    known = sorted(known)
+    out = []
+    for key in sorted(set(given) - set(known)):
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        out.append(f"{where}: field '{fieldname}.{key}': not an option of {owner}{hint} (known: {', '.join(known) or 'none'})")
+    return out
+
+
+def takes_options(*names: str) -> Callable[[L], L]:
+    """Declares the `options` a dataset loader reads. Any other key is refused, by validate and when the loader is
+    called: a misspelling is an error naming the closest key, not a default silently used. A loader without the
+    declaration has its options unchecked."""
+
+    def declare(loader: L) -> L:
+        @functools.wraps(loader)
+        def checked(m: DatasetManifest) -> SampleSet:
+            if problems := option_problems(f"dataset '{m.id}'", "options", m.options, names, f"loader '{m.loader}'"):
+                raise BadInput("; ".join(problems))
+            return loader(m)
+
+        checked.option_names = frozenset(names)  # type: ignore[attr-defined]
+        return checked  # type: ignore[return-value]
+
+    return declare
 
 
 class DatasetLoader(Protocol):

@@ -9,7 +9,7 @@ The built-in plugins import only this module (tests/test_layout.py checks it), a
 """
 
 from .align import METRICS, Metric, get_metric
-from .backend import FeatureExtractor, ModelBackend, preprocess_options, torch_dtype
+from .backend import FeatureExtractor, ModelBackend, preprocess_options, takes_options, torch_dtype
 from .derived_folders import derived_folder
 from .errors import BadInput, ExtractionFailed, WeightsUnavailable
 from .features import Features, cache_root
@@ -38,5 +38,5 @@ __all__ = [
     "SampleSet", "Task", "WeightsUnavailable", "build_with_weights", "cache_root", "checkpoint_path",
     "checkpoint_status", "derived_folder", "dist_file", "dist_folder", "extracted_folder",
     "get_metric", "hookimpl", "is_local", "np", "offline", "preprocess_options", "refused_pickle", "resolve_path",
-    "sha256_of", "torch", "torch_dtype", "verify_sha256",
+    "sha256_of", "takes_options", "torch", "torch_dtype", "verify_sha256",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from .backend import option_problems
 from .errors import BadInput, ManifestError
 from .manager import Plugins
 from .manifest import (
@@ -120,6 +121,12 @@ class Registry:
             if isinstance(m, ModelManifest) and m.options and m.backend in self.plugins.backends and \
                     not self.plugins.backends[m.backend].takes_options:
                 out.append(f"{path}: field 'options': backend '{m.backend}' takes no options (remove them)")
+            if isinstance(m, ModelManifest) and m.backend in self.plugins.backends:
+                keys = self.plugins.backends[m.backend].preprocess_keys(m)
+                out.extend(option_problems(str(path), "preprocess", m.preprocess, keys, f"backend '{m.backend}'"))
+            if isinstance(m, DatasetManifest) and m.loader in self.plugins.loaders:
+                keys = getattr(self.plugins.loaders[m.loader], "option_names", None)
+                out.extend(option_problems(str(path), "options", m.options, keys, f"loader '{m.loader}'"))
             if isinstance(m, ModelManifest) and m.backend in self.plugins.backends and \
                     (m.weights == "none") != self.plugins.backends[m.backend].parameter_free:
                 out.append(f"{path}: field 'weights': " + (

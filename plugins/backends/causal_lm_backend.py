@@ -210,6 +210,9 @@ class CausalLMBackend(HubTextBackend):
     sample_score_names = CausalLMExtractor.sample_score_names
     lower_is_better = ("bits_per_byte",)
 
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return tuple(OPTIONS)
+
 
 @hookimpl
 def prh_model_backends() -> dict[str, Any]:

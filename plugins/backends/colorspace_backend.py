@@ -15,7 +15,17 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from prh_bench.plugin import BadInput, FeatureExtractor, ModelBackend, ModelManifest, Sample, hookimpl, np, torch
+from prh_bench.plugin import (
+    BadInput,
+    FeatureExtractor,
+    ModelBackend,
+    ModelManifest,
+    Sample,
+    hookimpl,
+    np,
+    preprocess_options,
+    torch,
+)
 
 SOURCES = ("cielab", "srgb", "pmi")
 PMI_OPTIONS = {"levels": 8, "radius": 4,
@@ -63,17 +73,13 @@ class ColorSpaceExtractor(FeatureExtractor):
         self.source = m.source
         self.layer_names = {"cielab": ["lab"], "srgb": ["rgb"], "pmi": ["ppmi"]}[m.source]
         if m.source == "pmi":
-            unknown = set(m.preprocess) - set(PMI_OPTIONS)
-            if unknown:
-                raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; "
-                               f"known: {sorted(PMI_OPTIONS)}")
-            opts = {**PMI_OPTIONS, **m.preprocess}
+            opts = preprocess_options(m, PMI_OPTIONS)
             self.levels = int(opts["levels"])
             self.table = ppmi_table(tuple(opts["photos"]), self.levels, int(opts["radius"]))
             grid = (np.arange(self.levels) + 0.5) / self.levels
             self.centres = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), -1).reshape(-1, 3)
-        elif m.preprocess:
-            raise BadInput(f"model '{m.id}': field 'preprocess': {m.source} takes no options")
+        else:
+            preprocess_options(m, {})
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
         rgb = np.stack([mean_rgb(s) for s in batch])
@@ -99,6 +105,9 @@ class ColorSpaceBackend(ModelBackend):
 
     def weights_status(self, m: ModelManifest) -> str:
         return "local"
+
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return tuple(PMI_OPTIONS) if m.source == "pmi" else ()
 
     def feature_widths(self, m: ModelManifest) -> list[int]:
         return [3] if m.source in ("cielab", "srgb") else [int(m.preprocess.get("levels", 8)) ** 3]

@@ -82,6 +82,9 @@ class GloveExtractor(FeatureExtractor):
 class GloveBackend(ModelBackend):
     libraries = ("numpy",)
 
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return ("templates", "template")  # prompt_templates
+
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return GloveExtractor(manifest)
 

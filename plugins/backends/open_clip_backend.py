@@ -101,6 +101,9 @@ class OpenClipExtractor(FeatureExtractor):
 class OpenClipBackend(ModelBackend):
     libraries = ("torch", "open_clip_torch")
 
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return ()  # the tower's own transforms, as open_clip builds them
+
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return OpenClipExtractor(manifest, device)
 

@@ -43,6 +43,10 @@ def create_model(m: ModelManifest) -> torch.nn.Module:
                               cache_root())
 
 
+#: what timm.data.resolve_data_config gives, and so what `preprocess` may override
+DATA_CONFIG = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
 class TimmExtractor(FeatureExtractor):
     def __init__(self, m: ModelManifest, model: torch.nn.Module, device: torch.device):
         import timm.data
@@ -72,6 +76,9 @@ class TimmExtractor(FeatureExtractor):
 
 class TimmBackend(ModelBackend):
     libraries = ("torch", "timm")
+
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return DATA_CONFIG
     takes_options = True
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:

@@ -69,6 +69,9 @@ class TorchvisionExtractor(FeatureExtractor):
 class TorchvisionBackend(ModelBackend):
     libraries = ("torch", "torchvision")
 
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return tuple(PREPROCESS)
+
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:
         return TorchvisionExtractor(manifest, create_model(manifest), device)
 

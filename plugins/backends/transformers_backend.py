@@ -16,12 +16,15 @@ from prh_bench.plugin import (
     Sample,
     WeightsUnavailable,
     hookimpl,
+    preprocess_options,
     refused_pickle,
     torch,
     torch_dtype,
 )
 
 from .text_sources import HubTextBackend, hub_kwargs, is_archive, mean_over_templates, model_location, prompt_templates
+
+PREPROCESS = {"max_length": 128, "templates": None, "template": None}  # the templates: prompt_templates
 
 
 class EncoderExtractor(FeatureExtractor):
@@ -54,11 +57,7 @@ class EncoderExtractor(FeatureExtractor):
         self.device, self.dtype, self.cls = device, torch_dtype(m.dtype), m.layers.pool == "cls"
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.layer_names = [f"hidden_states.{i}" for i in range(model.config.num_hidden_layers + 1)]
-        unknown = set(m.preprocess) - {"max_length", "templates", "template"}
-        if unknown:
-            raise BadInput(f"model '{m.id}': field 'preprocess' has unknown keys {sorted(unknown)}; "
-                           "known: max_length, template, templates")
-        self.max_length = int(m.preprocess.get("max_length", 128))
+        self.max_length = int(preprocess_options(m, PREPROCESS)["max_length"])
         self.templates = prompt_templates(m)
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
@@ -76,6 +75,9 @@ class EncoderExtractor(FeatureExtractor):
 
 class TransformersEncoderBackend(HubTextBackend):
     extractor = EncoderExtractor
+
+    def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
+        return tuple(PREPROCESS)
 
 
 @hookimpl

@@ -8,20 +8,18 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl
+from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, takes_options
 
 OPTIONS = {"names": "all", "count": 20, "swatch": 32}
 
 
+@takes_options(*OPTIONS)
 def xkcd_colors(m: DatasetManifest) -> SampleSet:
     """`names: all` (949 colours, in the survey's order) or `names: common` (the `count` names the survey gave
     most often: matplotlib lists them last, from purple, green, blue, pink, brown, red on); `swatch`: the
     side of the square swatch in pixels."""
     from matplotlib.colors import XKCD_COLORS, to_rgb
 
-    unknown = set(m.options) - set(OPTIONS)
-    if unknown:
-        raise BadInput(f"dataset '{m.id}': field 'options' has unknown keys {sorted(unknown)}; known: {sorted(OPTIONS)}")
     opts = {**OPTIONS, **m.options}
     colors = [(name.removeprefix("xkcd:"), hexa) for name, hexa in XKCD_COLORS.items()]
     if opts["names"] == "common":

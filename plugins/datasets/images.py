@@ -22,6 +22,7 @@ from prh_bench.plugin import (
     hookimpl,
     np,
     resolve_path,
+    takes_options,
 )
 
 from .text import passage_bytes, passages
@@ -38,6 +39,7 @@ def subset(n: int, opts: dict[str, Any]) -> list[int]:
     return sorted(rng.choice(n, size=limit, replace=False).tolist())
 
 
+@takes_options("path", "how_to_get", "labels", "splits", "limit", "seed")
 def image_folder(m: DatasetManifest) -> SampleSet:
     """Images under `options.path` ($VARS expand; pkg://package/folder inside an installed package), recursively,
     sorted by relative path (the sample id). With `labels: folder`, each image's label is its first-level
@@ -94,6 +96,7 @@ def open_image(path: Path, dataset: str) -> Image.Image:
                        "remove or replace it") from None
 
 
+@takes_options("path", "split", "image_column", "text_column", "text_select", "id_column", "data_files", "passage_bytes", "limit", "seed")
 def hf_dataset(m: DatasetManifest) -> SampleSet:
     """A Hugging Face dataset: `options.path` (hub id or local folder), `split`, `image_column`, `text_column`,
     `text_select` (which element of a list column, or field of a struct column, is the text: the paper's WIT
@@ -181,6 +184,7 @@ def text_reader(dataset: str, feature: Any, opts: dict[str, Any]) -> Callable[[A
     return read
 
 
+@takes_options("count", "size", "seed")
 def noise_images(m: DatasetManifest) -> SampleSet:
     """`count` images of i.i.d. uniform pixel noise, `size` x `size`, from `seed` (the 'pure noise' data type)."""
     opts = {"count": 250, "size": 224, "seed": 0, **m.options}

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, np
+from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, np, takes_options
 
 #: names in skimage.data that are no image loaders
 NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}
@@ -64,6 +64,7 @@ def crop_boxes(width: int, height: int, scales: list[float], grids: list[int]) -
     return boxes
 
 
+@takes_options("photos", "size", "scales", "grids")
 def photo_crops(m: DatasetManifest) -> SampleSet:
     opts: dict[str, Any] = {"size": 256, "scales": [1.0, 0.7, 0.45], "grids": [1, 2, 3], **m.options}
     if not opts.get("photos"):
@@ -79,6 +80,7 @@ def photo_crops(m: DatasetManifest) -> SampleSet:
     return SampleSet(tuple(samples))
 
 
+@takes_options("size", "limit", "seed")
 def sklearn_digits(m: DatasetManifest) -> SampleSet:
     """The 1797 labelled digits (or a seeded subset of `limit`), upscaled to `size` pixels."""
     from sklearn.datasets import load_digits
@@ -95,6 +97,7 @@ def sklearn_digits(m: DatasetManifest) -> SampleSet:
     return SampleSet(tuple(samples))
 
 
+@takes_options("path")
 def image_captions(m: DatasetManifest) -> SampleSet:
     """Image-caption pairs from a JSON-lines file (`options.path`): one {"id", "image", "text"} object per line,
     image paths relative to the file. Each model reads its own modality of the same samples; the captions of one

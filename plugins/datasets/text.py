@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, resolve_path
+from prh_bench.plugin import BadInput, DatasetManifest, Sample, SampleSet, hookimpl, resolve_path, takes_options
 
 
+@takes_options("source", "start", "count", "stride", "min_length")
 def glove_vocabulary(m: DatasetManifest) -> SampleSet:
     """Alphabetic words of length >= min_length from frequency rank `start` on, every `stride`-th, `count` words."""
     import pandas as pd
@@ -52,6 +53,7 @@ def passage_bytes(m: DatasetManifest, cap: Any, text_only: bool) -> int | None:
     return cap
 
 
+@takes_options("path")
 def text_lines(m: DatasetManifest) -> SampleSet:
     """One sample per non-empty line of `options.path`; the id is the line number."""
     path = Path(m.options.get("path", ""))
@@ -61,6 +63,7 @@ def text_lines(m: DatasetManifest) -> SampleSet:
     return SampleSet(tuple(Sample(id=f"{path.name}:{i}", text=t) for i, t in lines))
 
 
+@takes_options("source", "glob", "passage_bytes")
 def text_files(m: DatasetManifest) -> SampleSet:
     """One document per UTF-8 file matching `glob` (default '*.txt') under `source` (a folder, or
     pkg://package/folder inside an installed package), in sorted order; with `passage_bytes`, each cut into

