@@ -104,3 +104,15 @@ def test_the_changelog_records_every_data_format_version() -> None:
         row = next((line for line in table.splitlines() if line.startswith(f"| `{constant}` |")), None)
         assert row is not None, constant
         assert f"{value}: " in row.split("|")[3], (constant, value)
+
+
+def test_the_version_is_written_once() -> None:
+    """pyproject.toml reads it from prh_bench.__version__; CITATION.cff, the one other place, must agree."""
+    import re
+
+    import prh_bench
+
+    root = Path(__file__).parents[1]
+    assert 'dynamic = ["version"]' in (root / "pyproject.toml").read_text(encoding="utf-8")
+    cited = re.search(r"^version: (\S+)$", (root / "CITATION.cff").read_text(encoding="utf-8"), re.M)
+    assert cited is not None and cited.group(1) == prh_bench.__version__

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import yaml
@@ -612,7 +612,7 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
           permutations: int) -> None:
     """Score every layer pair of two models' features with one metric; print JSON."""
     from .align import prepare, score_layers
-    from .align.prepare import CONCAT
+    from .align.prepare import CONCAT, Clamp
     from .features import read_features
     from .store import CorruptEntry
 
@@ -651,7 +651,8 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
     tx, ty = fx.tensors, fy.tensors
     if do_prepare or concat_layers:
         clamp = 0.95 if do_prepare else None
-        tx, ty = (prepare(t, clamp, do_prepare, concat_layers, clamp_mode or "per_layer") for t in (tx, ty))
+        mode = cast(Clamp, clamp_mode or "per_layer")  # one of click's choices
+        tx, ty = (prepare(t, clamp, do_prepare, concat_layers, mode) for t in (tx, ty))
     extra = [CONCAT] if concat_layers else []
     res = score_layers(chosen, tx, ty, permutations=permutations, **params)
     i, j = res.best_index

@@ -84,12 +84,12 @@ def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition
     levels: list[float | None] = list(sweep.levels) if sweep and sweep.levels else [None]
     sizes: list[int | None] = list(sweep.samples) if sweep and sweep.samples else [None]
     ks: list[int | None] = list(sweep.k) if sweep and sweep.k else [None]
-    out = []
+    out: list[Condition] = []
     for ds in datasets:
         manifest = registry.get(ds, DatasetManifest)
         for level in levels:
             for n in sizes:
-                out.extend(Condition(manifest, sweep.transform if level is not None else None, level,
+                out.extend(Condition(manifest, sweep.transform if sweep and level is not None else None, level,
                                      sweep.seed if sweep else 0, n, k) for k in ks)
     return out
 
@@ -125,6 +125,7 @@ def apply_transform(samples: SampleSet, cond: Condition) -> SampleSet:
     uniform noise. Texts pass unchanged."""
     if cond.transform is None:
         return samples
+    level = float(cond.level or 0.0)  # a transform comes with its level (Sweep's validator)
     out = []
     for s in samples.samples:
         if s.image is None:
@@ -134,9 +135,9 @@ def apply_transform(samples: SampleSet, cond: Condition) -> SampleSet:
         rng = np.random.default_rng(seed)
         x = np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255
         if cond.transform == "gaussian_noise":
-            x = x + rng.normal(0.0, cond.level, x.shape)
+            x = x + rng.normal(0.0, level, x.shape)
         else:
-            x = (1 - cond.level) * x + cond.level * rng.random(x.shape)
+            x = (1 - level) * x + level * rng.random(x.shape)
         img = Image.fromarray((np.clip(x, 0, 1) * 255).round().astype(np.uint8))
         out.append(dataclasses.replace(s, image=img))
     return SampleSet(tuple(out))

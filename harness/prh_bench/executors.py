@@ -177,7 +177,8 @@ class RayExecutor:
 
     def extract(self, ctx: RunContext, models: list[str], target: Target, progress: bool) -> list[ModelOutcome]:
         task = self.ray.remote(_ray_extract)
-        refs, label = [], ctx.samples(target)[2]
+        refs: list[Any] = []  # ray object references, and outcomes decided here
+        label = ctx.samples(target)[2]
         for mid in models:
             m = ctx.models[mid]
             options = {"num_cpus": self.threads, "num_gpus": self._gpus(ctx, m)}
@@ -199,7 +200,7 @@ class RayExecutor:
         done = self._gather([task.remote(self._spec(ctx), job, i, j) for i, j in job.tiles()], job.metric.name, progress)
         return collect(job, ctx.pairs, sum(c for c, _ in done), sum(n for _, n in done))
 
-    def _gather(self, refs: list, desc: str, progress: bool, each: Callable[[Any], None] | None = None) -> list:
+    def _gather(self, refs: list[Any], desc: str, progress: bool, each: Callable[[Any], None] | None = None) -> list:
         """Results in submission order (entries that are already outcomes pass through); `each` sees every
         result as it comes."""
         tasks = [r for r in refs if isinstance(r, self.ray.ObjectRef)]

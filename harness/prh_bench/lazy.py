@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class _OnFirstUse(types.ModuleType):
@@ -19,6 +19,11 @@ class _OnFirstUse(types.ModuleType):
         return getattr(module, attr)
 
 
-np: Any = _OnFirstUse("numpy")
-pd: Any = _OnFirstUse("pandas")
-torch: Any = _OnFirstUse("torch")
+if TYPE_CHECKING:  # a checker sees the real modules
+    import numpy as np
+    import pandas as pd
+    import torch
+else:
+    np = _OnFirstUse("numpy")
+    pd = _OnFirstUse("pandas")
+    torch = _OnFirstUse("torch")

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -97,7 +97,8 @@ class Plugins:
         ):
             target = getattr(self, kind + "s")
             for impl in reversed(hook.get_hookimpls()):  # registration order
-                for name, obj in (impl.function() or {}).items():
+                provided = cast(dict[str, Any], impl.function() or {})
+                for name, obj in provided.items():
                     if name in target:
                         raise BadInput(
                             f"{kind} '{name}' is provided by two plugins: "
@@ -112,7 +113,8 @@ class Plugins:
                     raise BadInput(f"{kind} '{name}' of plugin {self.provider[(kind, name)]} is a {type(obj).__name__}, "
                                    f"not {want}; see CONTRIBUTING.md")
         for impl in reversed(pm.hook.prh_manifest_dirs.get_hookimpls()):
-            self.manifest_dirs.extend(Path(p) for p in impl.function() or [])
+            folders = cast(list[Path], impl.function() or [])
+            self.manifest_dirs.extend(Path(p) for p in folders)
         return self
 
     def sample_scores(self) -> dict[str, bool]:

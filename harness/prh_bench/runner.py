@@ -107,7 +107,7 @@ def run_suite(
     spec = RunSpec(suite_id, str(cache.root.resolve()), tuple(str(Path(d).resolve()) for d in registry_dirs), device,
                    force, max_samples, budget_gib or DEFAULT_BUDGET_GIB, extra_models=tuple(extra_models))
     ctx = RunContext(spec, registry)
-    device = ctx.device  # an unusable device, like bad metric parameters, is an error before any work
+    used = ctx.device  # an unusable device, like bad metric parameters, is an error before any work
     suite, models = ctx.suite, list(ctx.models.values())
     executor = executor or LocalExecutor()
     versions = {u.name: registry.get(u.name).version for u in suite.metrics}
@@ -145,21 +145,21 @@ def run_suite(
                            int(spec.budget_gib * 2**30), suite.reference, samples.group_codes)
             job.check_fits()
             t1 = time.perf_counter()
-            done = executor.score(ctx, job, progress)
+            job_scores = executor.score(ctx, job, progress)
             PROGRESS.info("%s: %s of %d pairs (%d computed) in %.1f s", cond.label, use.name, len(job.unordered_pairs()),
-                          done.result.computed, time.perf_counter() - t1)
-            rows += score_rows(job, done, names)
-            cal += done.calibration()
-            scored.append(ScoredJob(cond, len(samples), done, names))
-            details = pair_details(done, cache.root, ctx.member_features, names, cond.label, samples.ids,
+                          job_scores.result.computed, time.perf_counter() - t1)
+            rows += score_rows(job, job_scores, names)
+            cal += job_scores.calibration()
+            scored.append(ScoredJob(cond, len(samples), job_scores, names))
+            details = pair_details(job_scores, cache.root, ctx.member_features, names, cond.label, samples.ids,
                                    [s.group for s in samples.samples])
             approx["recall"] += details.recall
             approx["pairs"] += details.approximate
             terms.append(details.terms)
             unordered = job.unordered_pairs()
             work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
-                         "pairs_computed": done.result.computed, "nulls": len(job.null_pairs(unordered)),
-                         "nulls_computed": done.result.nulls_computed})
+                         "pairs_computed": job_scores.result.computed, "nulls": len(job.null_pairs(unordered)),
+                         "nulls_computed": job_scores.result.nulls_computed})
         columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
         scores.append(pd.DataFrame(rows, columns=columns).assign(condition=cond.label))
         nulls.append(pd.DataFrame(cal).assign(condition=cond.label))
@@ -169,7 +169,7 @@ def run_suite(
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
     return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
-                    pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(device), timings, pair_work=work,
+                    pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(used), timings, pair_work=work,
                     scored=scored, approximate_search=approx, sample_terms=pd.concat(terms) if terms else pd.DataFrame(),
                     max_samples=max_samples)
 

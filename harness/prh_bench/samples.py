@@ -14,7 +14,7 @@ from PIL import Image
 
 def group_codes(groups: Sequence[object]) -> np.ndarray:
     """Each sample's group as 0..G-1 in order of appearance; a sample without a group (None, NaN, '') is its own."""
-    codes, seen = np.empty(len(groups), dtype=np.int64), {}
+    codes, seen = np.empty(len(groups), dtype=np.int64), dict[tuple[str, object], int]()
     for i, g in enumerate(groups):
         alone = g is None or g == "" or (isinstance(g, float) and math.isnan(g))
         codes[i] = seen.setdefault(("sample", i) if alone else ("group", g), len(seen))

@@ -359,6 +359,7 @@ def run_tile(job: ScoreJob, store: PairStore, summaries: Summaries, i: int, j: i
         out.scores |= computed
         out.computed += len(missing)
         for a, b in missing_nulls:
+            assert job.calibrate is not None  # nulls are asked for only with calibrate
             cal = calibrate_summaries(job.metric, both[a.id], both[b.id],
                                       LayerScores(out.scores[(a.id, b.id)], job.metric.higher_is_better).best,
                                       job.params, a.info.n, job.calibrate.permutations, job.calibrate.seed,

@@ -70,7 +70,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = dense(tensors[name])
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
@@ -131,7 +131,7 @@ def _unwritable(path: Path, exc: OSError, kind: tuple[str, str] = CACHE_FILE) ->
     what, elsewhere = kind
     reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.ENOENT: "its folder vanished (was the cache deleted during the run?)"}.get(exc.errno, exc.strerror)
+              errno.ENOENT: "its folder vanished (was the cache deleted during the run?)"}.get(exc.errno or 0, exc.strerror)
     return CacheUnwritable(f"cannot write the {what} {path}: {reason}. Free space, fix the permissions, or {elsewhere}")
 
 

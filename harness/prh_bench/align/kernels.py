@@ -195,7 +195,7 @@ class CKA(Metric):
         if self.in_feature_space(n, **params):
             return [self.summarize(x, **params) for x in layers]
         stack = torch.empty(len(layers), _layout(n).size, dtype=torch.float64, device=layers[0].device)
-        out = []
+        out: list[FlatKernel | CentredFeatures] = []
         for row, x in enumerate(layers):
             self.check(x)
             out.append(_flat_kernel(self.kernel(x, **params), n, self.name, stack, row))
@@ -389,13 +389,14 @@ class CKNNA(Metric):
         if len(sx) > len(sy):
             yx, xy = self.pair_scores_both(sy, sx, **params)
             return xy, yx
-        xy, yx = [], []
+        parts_xy: list[torch.Tensor] = []
+        parts_yx: list[torch.Tensor] = []
         for c in range(0, len(sy), self.chunk):
             table = _SlotTable(sy[c : c + self.chunk])
             both = [table.scores(x, params["eps"]) for x in sx]
-            xy.append(torch.stack([s for s, _ in both]))
-            yx.append(torch.stack([s for _, s in both], dim=1))
-        return torch.cat(xy, dim=1), torch.cat(yx, dim=0)
+            parts_xy.append(torch.stack([s for s, _ in both]))
+            parts_yx.append(torch.stack([s for _, s in both], dim=1))
+        return torch.cat(parts_xy, dim=1), torch.cat(parts_yx, dim=0)
 
     def permute(self, summary: KnnKernel, perm: torch.Tensor) -> KnnKernel:
         return summary.permuted(perm)

@@ -169,9 +169,10 @@ class KNNMetric(Metric):
 
     def summaries_to_tensors(self, summaries: Sequence[Neighbours]) -> dict[str, torch.Tensor]:
         out = {"idx": stack_idx(summaries)}  # L x N x k: 80 KB per layer at N = 1000, k = 10
-        if all(s.probe is not None for s in summaries):
-            out |= {"probe_rows": torch.stack([s.probe.rows for s in summaries]),
-                    "probe_exact": torch.stack([s.probe.exact for s in summaries])}
+        probes = [s.probe for s in summaries]
+        if all(p is not None for p in probes):
+            out |= {"probe_rows": torch.stack([p.rows for p in probes if p is not None]),
+                    "probe_exact": torch.stack([p.exact for p in probes if p is not None])}
         return out
 
     def summaries_from_tensors(self, tensors: dict[str, torch.Tensor]) -> list[Neighbours]:
@@ -247,8 +248,10 @@ def sequence_sums(sx: Sequence[Neighbours], sy: Sequence[Neighbours], kind: str)
     ix, iy = stack_idx(sx), stack_idx(sy)
     n, k = ix.shape[1:]
     rows = max(1, TABLE_BYTES // (len(sx) * len(sy) * k * k))
-    return sum(_sequence_dp(ix[:, r : r + rows], iy[:, r : r + rows], kind).sum(2, dtype=torch.int64)
-               for r in range(0, n, rows))
+    total = torch.zeros(len(sx), len(sy), dtype=torch.int64, device=ix.device)
+    for r in range(0, n, rows):
+        total += _sequence_dp(ix[:, r : r + rows], iy[:, r : r + rows], kind).sum(2, dtype=torch.int64)
+    return total
 
 
 def sequence_terms(x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:

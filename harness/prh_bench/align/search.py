@@ -192,8 +192,7 @@ def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: i
     index.train(data)
     index.add(data)
     index.nprobe = min(nprobe, cells)
-    _, found = index.search(data, k + 1)
-    found = torch.from_numpy(found)
+    found = torch.from_numpy(index.search(data, k + 1)[1])
     if (found < 0).any():  # faiss's mark of a slot that no probed cell could fill
         raise BadInput(f"search: ivf found fewer than k+1 = {k + 1} candidates for some samples in {index.nprobe} of "
                        f"{cells} cells; raise nprobe or lower nlist")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from ..errors import BadInput
 from ..lazy import np, torch
@@ -84,7 +84,7 @@ class FoldRows(ABC):
     _pieces: list[Any] | None = None
 
     @classmethod
-    def of(cls, feats: torch.Tensor, folds: tuple[torch.Tensor, ...]) -> FoldRows:
+    def of(cls, feats: torch.Tensor, folds: tuple[torch.Tensor, ...]) -> Self:
         rows = cls(feats.double(), folds)
         rows.pieces  # noqa: B018
         return rows
@@ -100,7 +100,7 @@ class FoldRows(ABC):
     def piece(train: torch.Tensor, test: torch.Tensor) -> Any:
         """What the metric keeps of one fold."""
 
-    def permuted(self, perm: torch.Tensor) -> FoldRows:
+    def permuted(self, perm: torch.Tensor) -> Self:
         return type(self)(self.x[perm], self.folds)
 
 
@@ -219,7 +219,8 @@ class Procrustes(FittedMetric):
         for a, x in enumerate(sx):
             for b, y in enumerate(sy):
                 if isinstance(x, FoldBases):
-                    out[a, b] = sum(_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces)) / len(x.folds)
+                    assert isinstance(y, FoldBases)  # one fit for every layer of a run
+                    out[a, b] = sum((_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces)), 0.0) / len(x.folds)
                 else:
                     out[a, b] = torch.linalg.svdvals(x.x.T @ y.x).sum()
         return out
@@ -258,6 +259,7 @@ class UnitMatching(FittedMetric):
         if isinstance(x, Rows):
             corr = (x.x.T @ y.x).numpy()
             return float((self.plan(corr) * corr).sum())
+        assert isinstance(x, UnitFolds) and isinstance(y, UnitFolds)
         total = 0.0
         for (xtr, xte), (ytr, yte) in zip(x.pieces, y.pieces):
             total += float((self.plan((xtr.T @ ytr).numpy()) * (xte.T @ yte).numpy()).sum())

@@ -51,6 +51,8 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
     run = Path(lb.meta["run"])
     side = read_run_record(run)
     scores = read_run_table(run, "scores", side)
+    if scores is None or lb.reference is None:
+        raise BadInput(f"{run}: the colour figure needs the run's scores and a reference colour space")
     scores = scores[(scores.metric == lb.metric) & (scores.condition == lb.condition)]
     prep = lb.suite.prepare
 

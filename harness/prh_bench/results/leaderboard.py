@@ -171,6 +171,8 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
     downstream = downstream_scores(registry, suite, run_dir, condition)
     nulls = calibration_of(run_dir, metric, condition)
     n = side.n_samples(condition)
+    if n is None:
+        raise BadInput(f"{run_dir}: run.json gives no sample count of condition '{condition}'; run the suite again")
     params = json.loads(best.params.iloc[0]) if not best.empty else {}
     chance, chance_source = chance_level(registry.plugins.metrics.get(metric), metric, params, n, nulls)
     rows = []

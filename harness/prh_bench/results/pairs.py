@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ..manifest import ModelManifest
     from ..scoring import JobScores
 
-RESULTS_FORMAT = 1
+RESULTS_FORMAT: Literal[1] = 1
 RESULTS_FILE = "results file"
 SCORE_ATOL = 1e-12  # two records of one pair from the same code and features agree to rounding
 
@@ -256,9 +256,10 @@ def _diff(a: Any, b: Any, where: str = "") -> Iterable[str]:
 
 
 def _get(doc: dict[str, Any], field: str) -> Any:
+    value: Any = doc
     for part in field.split("."):
-        doc = doc.get(part) if isinstance(doc, dict) else None
-    return doc
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def describe(rec: PairRecord) -> str:
@@ -285,7 +286,8 @@ def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, Mo
     return [PairRecord(format=RESULTS_FORMAT, condition=condition, metric=job.metric.name, params=job.params,
                        metric_version=job.version, prepare=job.scoring["prepare"], code_sha256=job.scoring["code"],
                        torch=job.scoring["torch"], prh_bench=__version__, model_x=ref(a), model_y=ref(b),
-                       scores=scores.pair(a.id, b.id).tolist(), calibration=nulls.get((a.id, b.id)))
+                       scores=scores.pair(a.id, b.id).tolist(),
+                       calibration=CalibrationRef.model_validate(nulls[(a.id, b.id)]) if (a.id, b.id) in nulls else None)
             for a, b in job.pairs()]
 
 
@@ -303,7 +305,7 @@ def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path,
         metric, params = registry.metric(use.name, use.params)
         wanted[(metric.name, json.dumps(params, sort_keys=True))] = registry.get(use.name).version
     prepare = json.dumps(suite.prepare.model_dump(mode="json"), sort_keys=True)
-    rows, nulls, seen = [], [], {}
+    rows, nulls, seen = [], [], dict[str, ModelRef]()
     n_samples = None
     for rec, path in scan(store).values():
         key = (rec.metric, json.dumps(rec.params, sort_keys=True))

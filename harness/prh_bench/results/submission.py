@@ -29,7 +29,7 @@ from ..store import CorruptEntry, atomic_file, read_header
 from .pairs import PairRecord, record_path, scan
 from .run_folder import first_problem, read_run_record
 
-SUBMISSION_FORMAT = 1
+SUBMISSION_FORMAT: Literal[1] = 1
 CLAIM = "submission.json"
 SUBMISSION_FILE = ("submission", "write it elsewhere (--out)")
 MAX_CLAIM_BYTES = 16 << 20

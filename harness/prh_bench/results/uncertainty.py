@@ -66,9 +66,9 @@ def paired_flip_test(diff: np.ndarray, codes: np.ndarray, resamples: int = RESAM
     return float((1 + np.sum(flipped >= observed * (1 - 1e-12))) / (resamples + 1))
 
 
-def holm(p: Sequence[float]) -> np.ndarray:
+def holm(values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjustment of a family of p-values (adjusted p, monotone, at most 1)."""
-    p = np.asarray(p, dtype=float)
+    p = np.asarray(values, dtype=float)
     order = np.argsort(p)
     adj = np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]).clip(max=1)
     out = np.empty_like(p)
