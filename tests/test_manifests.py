@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from prh_bench.errors import ManifestError
-from prh_bench.manifest import ModelManifest, RandomWeights, load_manifest
+from prh_bench.manifest import ModelManifest, RandomWeights
+from prh_bench.manifest_reader import load_manifest
 from prh_bench.registry import Registry
 
 from .conftest import cli, write_yaml
@@ -169,7 +170,8 @@ def test_a_metric_manifest_cannot_contradict_its_metrics_direction(tmp_path: Pat
 
 
 def test_manifests_include_a_shared_fragment_and_cannot_escape_their_folder(tmp_path: Path) -> None:
-    from prh_bench.manifest import ManifestError, load_manifest
+    from prh_bench.errors import ManifestError
+    from prh_bench.manifest_reader import load_manifest
 
     write_yaml(tmp_path / "_base.yaml", "kind: model\nversion: 1\nbackend: timm\nsource: resnet18\nmodality: vision\n"
                "weights: {path: /w.pth, sha256: null}\ntags: [a]\n")

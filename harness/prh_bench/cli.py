@@ -557,8 +557,7 @@ def show(obj: Ctx, manifest_id: str, check_weights: bool, as_json: bool) -> None
 @handle_errors
 def validate(obj: Ctx, paths: tuple[Path, ...]) -> None:
     """Check the registry, or the given manifest files/folders, against the schema and the known plugins."""
-    from .manifest import load_manifest
-    from .registry import manifest_files
+    from .manifest_reader import load_manifest, manifest_files
 
     reg = obj.registry
     problems: list[str] = [] if paths else reg.problems()
@@ -680,7 +679,8 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     from .backend import resolve_dtype
     from .context import load_samples, resolve_device
     from .features import extract
-    from .manifest import DatasetManifest, ModelManifest, RandomWeights, load_manifest
+    from .manifest import DatasetManifest, ModelManifest, RandomWeights
+    from .manifest_reader import load_manifest
     from .runner import check_modalities
 
     reg = obj.registry

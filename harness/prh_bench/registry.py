@@ -19,8 +19,8 @@ from .manifest import (
     ScoresManifest,
     SuiteManifest,
     TagQuery,
-    load_manifest,
 )
+from .manifest_reader import load_manifest, manifest_files
 
 M = TypeVar("M")
 
@@ -30,19 +30,6 @@ def unknown_problem(path: Path, fieldname: str, value: str, known: Iterable[str]
     near = difflib.get_close_matches(value, known, n=1)
     hint = f"; did you mean '{near[0]}'?" if near else f"; known: {', '.join(known) or 'none'}"
     return f"{path}: field '{fieldname}': unknown {what} '{value}'{hint}"
-
-
-def manifest_files(paths: Iterable[Path]) -> list[Path]:
-    """YAML files under folders (recursively, skipping templates/ and the "_" fragments that manifests include)
-    or given directly."""
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files.extend(f for f in sorted(p.rglob("*.y*ml"))
-                         if "templates" not in f.relative_to(p).parts and not f.name.startswith("_"))
-        else:
-            files.append(p)
-    return files
 
 
 @dataclass
