@@ -24,7 +24,7 @@ import torch
 from fresh_process import in_fresh_process
 
 from prh_bench.align import get_metric, prepare, summarize_layers
-from prh_bench.align.matrix import score_pairs
+from prh_bench.align.pair_batches import score_pairs
 
 N, K = 1024, 10
 METRICS = {"mutual_knn": {"k": K}, "cka": {}, "cknna": {"k": K}}

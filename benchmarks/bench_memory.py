@@ -30,7 +30,9 @@ from fresh_process import in_fresh_process
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Prepare
-from prh_bench.scoring import JobScores, Member, PairStore, ScoreJob, run_tiles
+from prh_bench.pair_store import PairStore
+from prh_bench.score_job import Member, ScoreJob
+from prh_bench.scoring import JobScores, run_tiles
 
 N, LAYERS, WIDTH = 1024, 13, 768
 

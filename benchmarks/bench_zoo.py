@@ -113,7 +113,7 @@ def timed_matrix(feats: dict[str, list[torch.Tensor]], metric: str, clock: Calla
     """Seconds of preparation, summaries and pair stage of every model pair through the engine's API, features
     in memory (`clock` synchronises a GPU first where there is one)."""
     from prh_bench.align import get_metric, prepare, summarize_layers
-    from prh_bench.align.matrix import score_pairs
+    from prh_bench.align.pair_batches import score_pairs
 
     m = get_metric(metric)
     p = m.params(**({"k": 10} if metric == "mutual_knn" else {}))

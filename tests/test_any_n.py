@@ -151,7 +151,7 @@ def test_linear_cka_in_feature_space_equals_the_kernel_route(name: str, eps: flo
 def test_a_metric_that_needs_n_by_n_is_refused_past_the_budget_naming_the_n_that_fits(tmp_path: Path) -> None:
     from prh_bench.errors import BadInput
     from prh_bench.manifest import Prepare
-    from prh_bench.scoring import ScoreJob
+    from prh_bench.score_job import ScoreJob
 
     from .test_scale import synthetic_cache
 

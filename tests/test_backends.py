@@ -13,7 +13,7 @@ from prh_bench.errors import BadInput, WeightsUnavailable
 from prh_bench.features import extract
 from prh_bench.manager import load_plugins
 from prh_bench.manifest import ModelManifest
-from prh_bench.plugins.backends.hooks import glob_regex
+from prh_bench.plugins.backends.forward_hooks import glob_regex
 from prh_bench.plugins.backends.pooling import pool
 from prh_bench.plugins.backends.timm_backend import create_model
 from prh_bench.registry import Registry

@@ -71,7 +71,7 @@ def finish(proc: subprocess.Popen) -> None:
 
 def same_scores(run: Path, serial: Path) -> None:
     """The serial run's scores: kNN ones exactly; CKA's to rounding (a pair computed in another tile of pairs
-    sums in another order, as the pair store allows: scoring.SCORE_ATOL)."""
+    sums in another order, as the pair store allows: results.pairs.SCORE_ATOL)."""
     a, b = (pd.read_csv(p / "scores.csv", dtype={"params": str}) for p in (run, serial))
     keys = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params"]
     assert a[keys].equals(b[keys])

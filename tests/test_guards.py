@@ -76,7 +76,7 @@ def test_feature_keys_cover_the_extraction_code_and_unpinned_checkpoint_bytes(tm
 
     reg = Registry.load(load_plugins())
     timm_backend = sys.modules[type(reg.plugins.backends["timm"]).__module__]
-    assert {"timm_backend.py", "hooks.py", "pooling.py"} <= {p.name for p in module_files(timm_backend)}
+    assert {"timm_backend.py", "forward_hooks.py", "pooling.py"} <= {p.name for p in module_files(timm_backend)}
     m, ds = reg.get("resnet18-random"), reg.get("pocket-photos")
     s = SampleSet(tuple(Sample(id=f"t{i}", text=str(i)) for i in range(4)))
     base = feature_key(m, ("torch",), ds, s, code="a")[0]
@@ -94,16 +94,16 @@ def test_feature_keys_cover_the_extraction_code_and_unpinned_checkpoint_bytes(tm
 
 
 def test_score_keys_cover_the_preparation_and_calibration_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prh_bench.scoring as scoring
+    import prh_bench.score_job as score_job
     from prh_bench.align import get_metric
 
     seen: list[Path] = []
-    monkeypatch.setattr(scoring, "files_digest", lambda files: seen.extend(files) or "digest")
-    scoring.metric_code_digest.cache_clear()
+    monkeypatch.setattr(score_job, "files_digest", lambda files: seen.extend(files) or "digest")
+    score_job.metric_code_digest.cache_clear()
     try:
-        scoring.metric_code_digest(type(get_metric("cknna")))
+        score_job.metric_code_digest(type(get_metric("cknna")))
     finally:
-        scoring.metric_code_digest.cache_clear()
+        score_job.metric_code_digest.cache_clear()
     assert {"prepare.py", "calibrate.py", "kernels.py", "knn.py", "metric.py", "subspace.py"} <= {p.name for p in seen}
 
 
@@ -248,7 +248,7 @@ def test_a_full_disk_or_unwritable_cache_is_a_clear_error(tmp_path: Path, monkey
 def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only cache (a shared, published one) serves stored entries: reading takes no lock file."""
     import prh_bench.executors as executors
-    import prh_bench.scoring as scoring
+    import prh_bench.pair_store as pair_store
 
     reg = tiny_registry(tmp_path / "reg")
     assert cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r1").exit_code == 0
@@ -257,7 +257,7 @@ def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: 
         raise AssertionError("a lock was taken to read a stored entry")
 
     monkeypatch.setattr(FeatureCache, "lock", no_locks)
-    monkeypatch.setattr(scoring.PairStore, "lock", no_locks)
+    monkeypatch.setattr(pair_store.PairStore, "lock", no_locks)
     second = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r2")
     assert second.exit_code == 0, second.output
     assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()

@@ -199,11 +199,11 @@ def test_publish_replaces_links_in_the_destination_and_refuses_links_in_the_bund
 def test_a_dollar_in_a_model_id_is_text_in_figures(tmp_path: Path) -> None:
     """Model ids from run folders made elsewhere may hold '$': matplotlib read '$x$' as TeX and raised while
     saving the figure."""
-    from prh_bench.results.report import heatmap_figure, pyplot
+    from prh_bench.results.report import matrix_figure, pyplot
 
     ids = ["price$a", "b$c$d", "$\\frac{"]
     mat = pd.DataFrame(np.eye(3) * 0.5 + 0.5, index=ids, columns=ids)
-    fig = heatmap_figure(mat, "alignment of $ models", "mutual_knn")
+    fig = matrix_figure(mat, "alignment of $ models", "mutual_knn")
     fig.savefig(tmp_path / "h.png")  # raised "ValueError: ... Expected end of text" before
     pyplot().close(fig)
     assert (tmp_path / "h.png").stat().st_size > 1000

@@ -641,7 +641,7 @@ def test_calibration_null_is_the_max_over_layer_pairs_of_permuted_copies() -> No
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_many_pairs_at_once_equal_pairwise_scores(name: str) -> None:
     from prh_bench.align import get_metric, summarize_layers
-    from prh_bench.align.matrix import score_pairs
+    from prh_bench.align.pair_batches import score_pairs
 
     m = get_metric(name)
     params = m.params(**REFERENCES[name][1])
@@ -681,7 +681,7 @@ def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     """From N = 256 on, kernels are kept as the blocks of their upper triangle and a model's layers as one
     stack: scores, permuted summaries and zoo blocks must still be those of the definition."""
     from prh_bench.align import get_metric, summarize_layers
-    from prh_bench.align.matrix import score_pairs
+    from prh_bench.align.pair_batches import score_pairs
 
     g = torch.Generator().manual_seed(16)
     n = 301  # blocks of unequal size

@@ -15,7 +15,9 @@ import torch
 from prh_bench.align import METRICS, get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Calibration, Prepare
-from prh_bench.scoring import Member, PairStore, ScoreJob, collect, run_tiles
+from prh_bench.pair_store import PairStore
+from prh_bench.score_job import Member, ScoreJob
+from prh_bench.scoring import collect, run_tiles
 
 from .test_faults import registry
 

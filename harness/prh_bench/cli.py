@@ -30,7 +30,7 @@ from .results.run_folder import (
 )
 
 
-class Tolerance(click.ParamType):
+class ToleranceType(click.ParamType):
     """A finite number >= 0: NaN would pass every comparison, so it is refused like a negative one."""
 
     name = "tolerance"
@@ -228,8 +228,8 @@ def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, ex
               help="A baseline JSON file (leaderboards/baselines/SUITE.json).")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Check this run folder (default: run the baseline's suite now, reusing the cache).")
-@click.option("--atol", type=Tolerance(), help="Absolute tolerance (default: the baseline's).")
-@click.option("--rtol", type=Tolerance(), help="Relative tolerance (default: the baseline's).")
+@click.option("--atol", type=ToleranceType(), help="Absolute tolerance (default: the baseline's).")
+@click.option("--rtol", type=ToleranceType(), help="Relative tolerance (default: the baseline's).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
@@ -262,8 +262,8 @@ def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | Non
 @click.option("--runs", "runs_root", default=RUNS_ROOT, show_default=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Baseline file (default: leaderboards/baselines/SUITE.json).")
-@click.option("--atol", type=Tolerance(), help="Default absolute tolerance stored in the baseline.")
-@click.option("--rtol", type=Tolerance(), help="Default relative tolerance stored in the baseline.")
+@click.option("--atol", type=ToleranceType(), help="Default absolute tolerance stored in the baseline.")
+@click.option("--rtol", type=ToleranceType(), help="Default relative tolerance stored in the baseline.")
 @handle_errors
 def baseline(suite: str, run_dir: Path | None, runs_root: Path, out: Path | None, atol: float | None,
              rtol: float | None) -> None:
@@ -416,8 +416,8 @@ def submit(obj: Ctx, run_dir: Path, models: tuple[str, ...], out: Path, features
 @click.option("--all", "every", is_flag=True, help="Recompute every record.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1),
               help="Seed of the sample (default: drawn at random, and reported, so a submitter cannot know it).")
-@click.option("--atol", type=Tolerance(), default=2e-3, show_default=True, help="Absolute tolerance of a score.")
-@click.option("--rtol", type=Tolerance(), default=0.0, show_default=True, help="Relative tolerance of a score.")
+@click.option("--atol", type=ToleranceType(), default=2e-3, show_default=True, help="Absolute tolerance of a score.")
+@click.option("--rtol", type=ToleranceType(), default=0.0, show_default=True, help="Relative tolerance of a score.")
 @click.option("--device", default="cpu", show_default=True, help="Where features are extracted, when they are.")
 @click.option("--reextract", is_flag=True,
               help="Extract the claimed models here too (their weights must be available) and compare with the "

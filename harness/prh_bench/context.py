@@ -20,9 +20,10 @@ from .backend import resolve_dtype
 from .errors import BadInput, PrhBenchError
 from .features import FeatureCache, Features
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
+from .pair_store import PairStore
 from .registry import Registry
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, Member, PairStore
+from .score_job import DEFAULT_BUDGET_GIB, Member
 
 
 @dataclass(frozen=True)

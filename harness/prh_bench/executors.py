@@ -21,7 +21,8 @@ from .context import RunContext, RunSpec, Target
 from .errors import BadInput, PrhBenchError, WeightsUnavailable
 from .features import Features, extract, model_feature_key
 from .manifest import ModelManifest
-from .scoring import JobScores, ScoreJob, collect, run_tiles
+from .score_job import ScoreJob
+from .scoring import JobScores, collect, run_tiles
 from .weights import offline
 
 #: one line per finished model and stage for a log file (the CLI turns it on when stderr is no terminal: a

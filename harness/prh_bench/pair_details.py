@@ -19,7 +19,9 @@ import pandas as pd
 from .align import LayerScores
 from .align.knn import KNNMetric
 from .features import Features
-from .scoring import JobScores, Member, Summaries, SummaryStore
+from .pair_store import SummaryStore
+from .score_job import Member
+from .scoring import JobScores, Summaries
 
 
 @dataclass

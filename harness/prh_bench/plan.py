@@ -21,8 +21,9 @@ from .errors import BadInput, PrhBenchError
 from .features import EntryInfo, FeatureCache, model_feature_key
 from .lazy import torch
 from .manifest import ModelManifest, SuiteManifest
+from .pair_store import PairStore
 from .registry import Registry
-from .scoring import DEFAULT_BUDGET_GIB, Member, PairStore, ScoreJob
+from .score_job import DEFAULT_BUDGET_GIB, Member, ScoreJob
 
 
 def weights_status(registry: Registry, m: ModelManifest) -> str:

@@ -23,7 +23,8 @@ from .manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .pair_details import pair_details
 from .registry import Registry
 from .samples import SampleSet
-from .scoring import DEFAULT_BUDGET_GIB, JobScores, Member, ScoreJob
+from .score_job import DEFAULT_BUDGET_GIB, Member, ScoreJob
+from .scoring import JobScores
 
 log = logging.getLogger(__name__)
 NEEDS = {"vision": "image", "text": "text"}

@@ -28,7 +28,7 @@ from prh_bench.plugin import (
     verify_sha256,
 )
 
-from .hooks import LayerHooks, image_batch
+from .forward_hooks import LayerHooks, image_batch
 from .hub_status import hub_file_status
 
 EMBEDDING = "embedding"

@@ -23,7 +23,7 @@ from prh_bench.plugin import (
     torch_dtype,
 )
 
-from .hooks import LayerHooks, image_batch
+from .forward_hooks import LayerHooks, image_batch
 from .hub_status import hub_file_status
 
 PRE_LOGITS = "pre_logits"

@@ -25,7 +25,7 @@ from prh_bench.plugin import (
     torch_dtype,
 )
 
-from .hooks import LayerHooks, image_batch
+from .forward_hooks import LayerHooks, image_batch
 
 PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import Leaderboard
-from .report import heatmap_figure as model_heatmap
-from .report import md_table, md_text, pyplot
+from .report import matrix_figure, md_table, md_text, pyplot
 from .run_folder import slug
 
 
@@ -40,11 +39,11 @@ def cluster_order(mat: pd.DataFrame) -> list[str]:
     return [mat.index[i] for i in leaves_list(linkage(squareform(np.nan_to_num(d, nan=1.0)), "average"))]
 
 
-def heatmap_figure(lb: Leaderboard, stem: Path) -> list[Path]:
+def leaderboard_heatmap(lb: Leaderboard, stem: Path) -> list[Path]:
     order = cluster_order(lb.matrix)
     title = (f"{lb.suite.id}: {lb.metric}, max over layer pairs; rows and columns ordered by average-linkage "
              "clustering")
-    return _save(model_heatmap(lb.matrix.loc[order, order], title, lb.metric), stem)
+    return _save(matrix_figure(lb.matrix.loc[order, order], title, lb.metric), stem)
 
 
 def _fit_with_band(ax, x: np.ndarray, y: np.ndarray, color: str, label: str) -> None:
@@ -165,7 +164,7 @@ def write_leaderboard(lb: Leaderboard, out: Path,
            "correlations": json.loads(lb.correlations.to_json(orient="records")),
            "binned": json.loads(lb.binned.to_json(orient="records"))}
     (out / "leaderboard.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    figures = heatmap_figure(lb, out / "heatmap") + embedding_figure(lb, out / "embedding")
+    figures = leaderboard_heatmap(lb, out / "heatmap") + embedding_figure(lb, out / "embedding")
     for score in dict.fromkeys(lb.correlations.score) if not lb.correlations.empty else []:
         figures += scatter_figure(lb, score, out / f"scatter_{slug(score)}")
     if more_figures is not None:

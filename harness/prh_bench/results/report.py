@@ -148,7 +148,7 @@ def pyplot() -> Any:
 NUMBERED_CELLS = 24
 
 
-def heatmap_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
+def matrix_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
     """A model x model heatmap that stays readable from 3 to 100 models: cell numbers up to NUMBERED_CELLS
     models, labels shrinking with the count, and at most about 24 inches a side (a 78-model zoo)."""
     plt = pyplot()
@@ -175,7 +175,7 @@ def heatmap_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
 
 
 def heatmap(mat: pd.DataFrame, title: str, path: Path) -> None:
-    fig = heatmap_figure(mat, title)
+    fig = matrix_figure(mat, title)
     fig.savefig(path, dpi=120)
     pyplot().close(fig)
 

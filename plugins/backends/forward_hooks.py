@@ -1,4 +1,5 @@
-"""Layers as module outputs: pick modules by glob, hook them, pool each output to one vector per sample."""
+"""Layers as module outputs: torch forward hooks on modules picked by glob, each output pooled to one vector per
+sample (torch hooks, not the pluggy hooks of hookspecs.py)."""
 
 from __future__ import annotations
 
