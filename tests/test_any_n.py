@@ -15,6 +15,8 @@ from prh_bench.align import get_metric, score_layers, summarize_layers
 from prh_bench.align.knn import Neighbours, _counts_by_search, _counts_by_table, contains
 from prh_bench.align.search import knn_search
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 
 def reference_knn(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The definition, slowly: each row's full similarity row, self excluded, stably sorted."""

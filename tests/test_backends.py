@@ -19,6 +19,8 @@ from prh_bench.plugins.backends.timm_backend import create_model
 from prh_bench.registry import Registry
 from prh_bench.samples import Sample, SampleSet
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:

@@ -20,6 +20,8 @@ from prh_bench.samples import Sample, SampleSet
 
 from .conftest import caption_pairs, cli, tiny_llama, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 #: three web-like documents: a long one that needs several passages, one with multi-byte characters, a short one
 DOCUMENTS = [
     " ".join(f"The committee met on day {i} to discuss the budget, the roads and the new library." for i in range(40)),

@@ -20,6 +20,8 @@ from prh_bench.store import read_entry
 from .conftest import write_yaml
 from .test_cache import TINY
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 WRITER = """
 import sys, torch
 from pathlib import Path
@@ -80,7 +82,6 @@ def same_scores(run: Path, serial: Path) -> None:
     np.testing.assert_allclose(a["score"], b["score"], rtol=0, atol=1e-12)
 
 
-@pytest.mark.slow
 def test_two_runs_of_different_suites_on_one_warm_cache(tmp_path: Path) -> None:
     """Both write pair entries into the same pair-store folders at once; both must finish with the serial
     run's scores."""

@@ -21,6 +21,8 @@ from prh_bench.store import CorruptEntry, read_entry, write_entry
 
 from .conftest import cli, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 MODEL = """\
 kind: model
 id: {id}

@@ -15,6 +15,8 @@ from prh_bench.results.leaderboard import correlate
 
 from .conftest import cli, cli_json, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 SUITE = """\
 kind: suite
 id: tiny-board

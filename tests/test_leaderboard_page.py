@@ -13,7 +13,8 @@ from .conftest import cli, write_yaml
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium or Chrome and chromedriver")
+pytestmark = [pytest.mark.slow,  # a headless browser
+              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium or Chrome and chromedriver")]
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
 
 NOTEBOOK = Path(__file__).parents[1] / "docs" / "quickstart.ipynb"
 

@@ -22,6 +22,8 @@ from prh_bench.manager import load_plugins
 from prh_bench.manifest import DatasetManifest, ModelManifest, PartsWeights
 from prh_bench.registry import Registry
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:

@@ -12,6 +12,8 @@ from prh_bench.results.run_folder import PARQUET_ROWS, read_table, write_table
 
 from .conftest import cli, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 MODEL = "kind: model\nid: {id}\nversion: 1\nbackend: timm\nsource: {source}\nmodality: vision\nweights: {{random: {seed}}}\n" \
         "preprocess: {{input_size: [3, 48, 48]}}\ntags: [{tags}]\n"
 SUITE = "kind: suite\nid: {id}\nversion: 1\ndataset: pocket-photos\nmodels: {{tags: [{tag}]}}\n" \

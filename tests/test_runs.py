@@ -10,10 +10,11 @@ import pytest
 
 from .conftest import caption_pairs, cli, cli_json, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 PRETRAINED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "mobilenet-v2"]
 
 
-@pytest.mark.slow
 def test_pocket_default_run_pretrained_models_align_more_with_each_other(tmp_path: Path) -> None:
     first = cli("run", "--out", tmp_path / "r1")  # no --suite: the default
     assert first.exit_code == 0, first.output

@@ -21,6 +21,8 @@ from prh_bench.scoring import collect, run_tiles
 
 from .test_faults import registry
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 
 def nbytes(obj: object) -> int:
     """Bytes of the tensors inside a summary (dataclass fields, tuples of tensors)."""
@@ -138,7 +140,6 @@ def test_memory_budget_bounds_the_groups(tmp_path: Path) -> None:
     assert concat.layers(members[0]) == 4 and concat.summary_nbytes(members[0]) == 4 * per_model / 3
 
 
-@pytest.mark.slow
 def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
     """One torch thread per task: on 2 cores Ray runs two tile tasks at a time, writing into one pair-store
     folder at once (before the per-folder writers lock, a sweep deleted another task's file: no results)."""

@@ -20,6 +20,8 @@ from prh_bench.store import read_entry, write_entry
 
 from .conftest import cli, cli_json, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 SUITE = """kind: suite
 id: mini
 version: 1

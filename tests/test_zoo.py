@@ -24,6 +24,8 @@ from prh_bench.samples import Sample, SampleSet
 
 from .conftest import caption_pairs, cli, cli_json, tiny_llama, write_yaml
 
+pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
+
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
