@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -154,8 +156,6 @@ def test_an_honest_submission_passes_and_tampered_ones_are_caught(contribution: 
 
 
 def feature_entry(model: str) -> Path:
-    import os
-
     return next(Path(os.environ["PRH_BENCH_CACHE"]).glob(f"features/{model}/*.safetensors"))
 
 
@@ -295,3 +295,20 @@ def test_features_of_a_model_the_submission_does_not_claim_are_refused(contribut
     empty = tampered(c["sub"], c["tmp"] / "empty.zip", lambda n, d: b"[]" if n.startswith("results/") else d)
     rc, result = verify(c, empty)
     assert rc == 1 and "no pair records" in failed(result)["records"]
+
+
+def test_without_submitted_features_verify_extracts_the_model_here(contribution: dict[str, Path]) -> None:
+    """Features are optional in a submission: where the weights can be had (here, a seeded random init), verify
+    extracts the claimed model itself; --reextract does so even when features were sent, and compares them."""
+    c = contribution
+    bare = c["tmp"] / "bare.zip"
+    packed = cli("--registry", c["zoo"], "--registry", c["mine"], "submit", c["run"], "--model", "my-net", "--out", bare,
+                 "--no-features")
+    assert packed.exit_code == 0 and "0 feature files" in packed.output
+    with zipfile.ZipFile(bare) as zf:
+        assert not [n for n in zf.namelist() if n.startswith("features/")]
+    shutil.rmtree(Path(os.environ["PRH_BENCH_CACHE"]) / "features" / "my-net")  # the verifier's machine has none
+    rc, result = verify(c, bare)
+    assert rc == 0 and result["recomputed"] == 4 and result["max_deviation"] == 0.0, result
+    rc, result = verify(c, c["sub"], "--reextract")
+    assert rc == 0 and result["recomputed"] == 4, result

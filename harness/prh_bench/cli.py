@@ -438,7 +438,7 @@ def verify(obj: Ctx, submission: Path, sample: int, every: bool, seed: int | Non
     from .results.verify import LEDGER, ledger_line
     from .results.verify import verify as check_submission
 
-    v, _, scratch = check_submission(
+    v, scratch = check_submission(
         obj.registry, submission, cache_root(), sample=10**9 if every else sample, seed=seed, atol=atol, rtol=rtol,
         device=device, registry_dirs=obj.registry_dirs, reextract=reextract, progress=obj.progress and not as_json)
     try:

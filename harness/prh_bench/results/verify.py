@@ -100,10 +100,10 @@ def pass_table(records: int, sampled: int) -> list[dict[str, float]]:
 
 def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DEFAULT_SAMPLE, seed: int | None = None,
            atol: float = 2e-3, rtol: float = 0.0, device: str = "cpu", registry_dirs: tuple[Path, ...] = (),
-           reextract: bool = False, progress: bool = False) -> tuple[Verification, list[PairRecord], Path]:
+           reextract: bool = False, progress: bool = False) -> tuple[Verification, Path]:
     """Check the submission at `path` (see the module's text). The sample's seed is drawn at random unless
     given: a submitter who knew it could edit only the records it leaves out; the report names it, so the same
-    sample can be drawn again. Returns the verification, the records, and the scratch folder they were unpacked
+    sample can be drawn again. Returns the verification and the scratch folder the submission was unpacked
     into (the caller removes it)."""
     seed = secrets.randbelow(2**63) if seed is None else seed
     scratch = Path(tempfile.mkdtemp(prefix="prh-verify-"))
@@ -112,7 +112,7 @@ def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DE
                      tolerance={"atol": atol, "rtol": rtol})
     v.add("files", problems, f"{len(claim.files)} files match the sha256 their claim lists")
     if problems:
-        return v, [], scratch
+        return v, scratch
     suite = registry.get(claim.suite, SuiteManifest)
     v.add("suite", [] if suite.version == claim.suite_version else
           [f"'{suite.id}' is at version {suite.version} here, the submission ran version {claim.suite_version}"],
@@ -120,12 +120,12 @@ def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DE
     v.add("manifests", manifest_problems(registry, claim), f"{len(claim.models)} claimed model manifests are the "
           "registry's (version and the fields that change features)")
     if not v.passed:
-        return v, [], scratch
+        return v, scratch
     records = submitted_records(scratch)
     v.records = len(records)
     Checker(registry, suite, claim, records, scratch, cache_root, registry_dirs, device, reextract, progress).run(
         v, sample)
-    return v, records, scratch
+    return v, scratch
 
 
 def manifest_problems(registry: Registry, claim: Submission) -> list[str]:
