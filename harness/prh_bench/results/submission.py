@@ -127,10 +127,11 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
             member = f"features/{mid}/{path.name}"
             members[member] = path
             features.append(FeatureFile(model=mid, condition=r.condition, features_sha256=want, path=member))
+    by_file: dict[str, list[dict[str, Any]]] = {}  # as a run folder's results/ lays them out
     for rec in records:
         name = record_path(Path("results"), rec.condition.label, rec.model_x.id, rec.model_y.id).as_posix()
-        old = json.loads(members[name]) if name in members else []  # type: ignore[arg-type]
-        members[name] = json.dumps(old + [rec.model_dump(mode="json")], indent=1).encode()
+        by_file.setdefault(name, []).append(rec.model_dump(mode="json"))
+    members |= {name: json.dumps(recs, indent=1).encode() for name, recs in by_file.items()}
     files = [MemberFile(path=name, sha256=_sha256(data), bytes=_size(data)) for name, data in sorted(members.items())]
     claim = Submission(format=SUBMISSION_FORMAT, suite=run.suite_id, suite_version=run.suite.get("version", 0),
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), prh_bench=__version__,
