@@ -179,7 +179,8 @@ class Checker:
         problems, worst = [], 0.0
         for rec in picked:
             why, deviation = self.recompute(rec, v.tolerance)
-            worst = max(worst, deviation)
+            if math.isfinite(deviation):  # a record that could not be compared at all is listed by its reason
+                worst = max(worst, deviation)
             if why:
                 problems.append(f"{describe(rec)}: {why}")
         v.recomputed, v.max_deviation = len(picked), worst
@@ -256,7 +257,14 @@ class Checker:
                 out.append(f"{f.path}: its checksum {meta['sha256'][:12]}... is not the {next(iter(named[(mid, label)]))[:12]}"
                            f"... the records of '{mid}' under '{label}' name (swapped or re-extracted features)")
                 continue
-            out += self.key_problems(f.path, json.loads(meta.get("key_doc", "{}")), mid, label)
+            try:
+                doc = json.loads(meta.get("key_doc", "{}"))
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                out.append(f"{f.path}: its cache key document is not a JSON object")
+                continue
+            out += self.key_problems(f.path, doc, mid, label)
             self.features[(mid, label)] = feats
         by_condition: dict[str, list[str]] = {}
         for mid, label in named:
@@ -318,7 +326,10 @@ class Checker:
             if ref.layers != feats.layer_names + ([CONCAT] if p.concat_layers else []):
                 return f"'{ref.id}' layers {ref.layers} are not its features' {feats.layer_names}", math.inf
             sides.append(prepare(feats.tensors, p.clamp_quantile, p.l2_normalize, p.concat_layers, p.clamp, p.precision))
-        got = score_layers(metric, sides[0], sides[1], **params).matrix.double().numpy()
+        try:
+            got = score_layers(metric, sides[0], sides[1], **params).matrix.double().numpy()
+        except BadInput as exc:  # features that do not fit together (another N): a failed check, not a crash
+            return f"its features cannot be scored together ({exc})", math.inf
         claimed = np.array(rec.scores, dtype=float)
         if (np.isnan(got) != np.isnan(claimed)).any():
             return "a NaN on one side only", math.inf
