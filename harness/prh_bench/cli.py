@@ -347,7 +347,7 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
     from .results.pairs import run_folder_from_store
     from .results.publish import write_leaderboard
     from .results.run_folder import latest_run, read_run_record
-    from .results.verify import verification_labels, verified_models
+    from .results.verify import verification_labels
 
     out = out or leaderboard_bundle(suite)
     verification = None
@@ -356,7 +356,7 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
             raise BadInput("give --run or --results, not both")
         # The scores it is built from travel with the bundle. Models verified for the suite join its own.
         run_dir = run_folder_from_store(obj.registry, obj.registry.get(suite, SuiteManifest), store, out / "from-results",
-                                        [*verified_models(store, suite), *extra_models])
+                                        extra_models)
         verification = verification_labels(store, read_run_record(run_dir).models)
     elif extra_models:
         raise BadInput("--add-model goes with --results (a run folder's models are the ones it ran)")
@@ -434,8 +434,8 @@ def verify(obj: Ctx, submission: Path, sample: int, every: bool, seed: int | Non
     import shutil
 
     from .features import cache_root
+    from .results.ledger import LEDGER, ledger_line
     from .results.merge import merge as merge_results
-    from .results.verify import LEDGER, ledger_line
     from .results.verify import verify as check_submission
 
     v, scratch = check_submission(

@@ -10,7 +10,7 @@ import importlib.metadata
 import zipfile
 from pathlib import Path
 
-from .derived_folders import LISTING, derived_folder, intact
+from .derived_folders import LISTING, derived_folder
 from .errors import BadInput, WeightsUnavailable
 from .file_hash import file_sha256
 from .manifest import DistFile, PartsWeights
@@ -91,10 +91,8 @@ def extracted_folder(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
     incomplete). Returns the archive's single top folder when it has one (the usual layout), else the
     extraction root."""
     root = cache_dir / "joined" / w.sha256 / f"{Path(w.file).stem}.d"
-    memo = cache_dir / "digests"
-    if not intact(root, memo):
-        archive = joined_file(w, model_id, cache_dir)
-        derived_folder(root, lambda tmp: _extract(archive, tmp, model_id), memo, f"model '{model_id}'")
+    derived_folder(root, lambda tmp: _extract(joined_file(w, model_id, cache_dir), tmp, model_id),
+                   cache_dir / "digests", f"model '{model_id}'")  # the parts are joined only when it is built
     tops = [p for p in root.iterdir() if p.name != LISTING]
     return tops[0] if len(tops) == 1 and tops[0].is_dir() else root
 

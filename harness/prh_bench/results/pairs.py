@@ -32,6 +32,7 @@ from ..errors import BadInput
 from ..manifest import SuiteManifest
 from ..registry import Registry
 from .journal import locked, pending
+from .ledger import verified_models
 from .run_folder import (
     RESULTS_DIR,
     RUN_RECORD,
@@ -294,12 +295,12 @@ def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, Mo
 def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path, dest: Path,
                           extra: Iterable[str] = ()) -> Path:
     """The suite's first condition as a run folder (scores, nulls, run.json) built from a store's records, so
-    that a leaderboard is built from merged results exactly as from one run. Its models are the suite's and the
-    `extra` ones (contributed models)."""
+    that a leaderboard is built from merged results exactly as from one run. Its models are the suite's, those
+    verifications added to it (the store's ledger) and the `extra` ones."""
     from ..context import suite_conditions
 
     cond = suite_conditions(registry, suite)[0]
-    models = {m.id: m for m in registry.suite_models(suite, extra)}
+    models = {m.id: m for m in registry.suite_models(suite, [*verified_models(store, suite.id), *extra])}
     wanted = {}
     for use in suite.metrics:
         metric, params = registry.metric(use.name, use.params)

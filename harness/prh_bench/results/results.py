@@ -130,12 +130,10 @@ def load(source: str | Path, suite: str | None = None, registry_dirs: tuple[str 
         from ..manifest import SuiteManifest
         from ..registry import Registry
         from .pairs import run_folder_from_store
-        from .verify import verified_models
 
         registry = Registry.load(load_plugins(), [Path(d) for d in registry_dirs])
         source = run_folder_from_store(registry, registry.get(suite, SuiteManifest), source,
-                                       Path(tempfile.mkdtemp(prefix="prh-results-")) / suite,
-                                       verified_models(source, suite))
+                                       Path(tempfile.mkdtemp(prefix="prh-results-")) / suite)
     record = read_run_record(source)
     tables = {}
     for name in ("scores", "model_scores", "probes"):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..errors import BadInput
+from ..file_hash import sha256_of
 from ..manifest import ModelManifest
 from ..registry import Registry
 from ..store import CorruptEntry, atomic_file, read_header
@@ -147,11 +148,7 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
 
 
 def _sha256(data: bytes | Path) -> str:
-    if isinstance(data, bytes):
-        return hashlib.sha256(data).hexdigest()
-    from ..file_hash import sha256_of
-
-    return sha256_of(data)
+    return hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else sha256_of(data)
 
 
 def _size(data: bytes | Path) -> int:

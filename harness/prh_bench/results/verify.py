@@ -33,11 +33,10 @@ from ..file_hash import sha256_of
 from ..manifest import ModelManifest, SuiteManifest
 from ..registry import Registry
 from ..store import CorruptEntry
-from ..textfile import read_text
+from .ledger import read_ledger
 from .pairs import PairRecord, describe, scan
 from .submission import Submission, fields_digest, manifest_digest, submitted_records, unpack
 
-LEDGER = "verifications.jsonl"
 DEFAULT_SAMPLE = 20
 MAX_SHOWN = 10
 
@@ -158,6 +157,7 @@ class Checker:
                                       max_samples=claim.max_samples,
                                       extra_models=tuple(sorted({c.partition("@")[0] for c in self.claimed}))), registry)
         self.conditions = {c.label: i for i, c in enumerate(self.ctx.conditions)}
+        self.suite_metrics = {label: self._metrics(label) for label in self.conditions}
         self.reextract, self.progress = reextract, progress
         self.features: dict[tuple[str, str], Any] = {}  # (model, condition) -> Features used to recompute
 
@@ -188,7 +188,7 @@ class Checker:
               f"atol {v.tolerance['atol']:g} + rtol {v.tolerance['rtol']:g} x |score| (largest difference {worst:.3g})")
         v.pass_probability = pass_table(len(order), len(picked))
 
-    def expected(self, label: str) -> dict[tuple[str, str], tuple[Any, dict[str, Any], int]]:
+    def _metrics(self, label: str) -> dict[tuple[str, str], tuple[Any, dict[str, Any], int]]:
         """(metric name, parameters as JSON) -> (metric, parameters, version) of the suite under a condition."""
         cond = self.ctx.conditions[self.conditions[label]]
         out = {}
@@ -211,7 +211,7 @@ class Checker:
             if (rec.condition.dataset, rec.condition.dataset_version) != (ds.id, ds.version):
                 out.append(f"{where}: data set {rec.condition.dataset} version {rec.condition.dataset_version}, the "
                            f"registry's is {ds.id} version {ds.version}")
-            found = self.expected(rec.condition.label).get((rec.metric, json.dumps(rec.params, sort_keys=True)))
+            found = self.suite_metrics[rec.condition.label].get((rec.metric, json.dumps(rec.params, sort_keys=True)))
             if found is None:
                 out.append(f"{where}: not a metric with parameters of suite '{self.suite.id}'")
             elif found[2] != rec.metric_version:
@@ -318,7 +318,7 @@ class Checker:
         from ..align import prepare, score_layers
         from ..align.prepare import CONCAT
 
-        metric, params, _ = self.expected(rec.condition.label)[(rec.metric, json.dumps(rec.params, sort_keys=True))]
+        metric, params, _ = self.suite_metrics[rec.condition.label][(rec.metric, json.dumps(rec.params, sort_keys=True))]
         p = self.suite.prepare
         sides = []
         for ref in (rec.model_x, rec.model_y):
@@ -348,24 +348,6 @@ def best(rec: PairRecord) -> float:
     return max(values) if values else math.nan
 
 
-def read_ledger(store: Path) -> list[dict[str, Any]]:
-    """The verifications a store holds, oldest first."""
-    path = store / LEDGER
-    if not path.exists():
-        return []
-    out = []
-    for n, line in enumerate(read_text(path, "verification ledger").splitlines(), 1):
-        try:
-            entry = json.loads(line)
-            if not (isinstance(entry, dict) and isinstance(entry.get("models"), list)
-                    and isinstance(entry.get("features"), dict)):
-                raise ValueError("not a verification")
-        except ValueError as exc:
-            raise BadInput(f"{path}: line {n}: {exc}") from None
-        out.append(entry)
-    return out
-
-
 def verification_labels(store: Path, models: Iterable[str]) -> dict[str, str]:
     """Per model, how a leaderboard row built from the store is marked: 'verified (s of M records recomputed)' when
     a verification covers the features the store's records of it name, else 'unverified'."""
@@ -373,21 +355,12 @@ def verification_labels(store: Path, models: Iterable[str]) -> dict[str, str]:
     for rec, _ in scan(store).values():
         for ref in (rec.model_x, rec.model_y):
             named.setdefault(ref.id, set()).add(ref.features_sha256)
+    ledger = read_ledger(store)
     labels = {}
     for mid in models:
         label = "unverified"
-        for entry in read_ledger(store):
+        for entry in ledger:
             if mid in entry["models"] and named.get(mid) and named[mid] <= set(entry["features"].get(mid, [])):
                 label = f"verified ({entry['recomputed']} of {entry['records']} records recomputed)"
         labels[mid] = label
     return labels
-
-
-def verified_models(store: Path, suite: str) -> list[str]:
-    """The models verifications added to a suite, in the order they were verified."""
-    return list(dict.fromkeys(m for e in read_ledger(store) if e.get("suite") == suite for m in e["models"]))
-
-
-def ledger_line(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, sort_keys=True) + "\n"
-
