@@ -15,6 +15,7 @@ import pandas as pd
 
 from prh_bench.manager import load_plugins
 from prh_bench.registry import Registry
+from prh_bench.results.results import Results
 from prh_bench.results.run_folder import latest_run
 
 
@@ -26,7 +27,7 @@ def main() -> None:
     reg = Registry.load(load_plugins())
     suite = reg.get(args.suite)
     run = args.run or latest_run(Path("prh-runs"), suite.id)
-    scores = pd.read_csv(run / "scores.csv")
+    scores = Results.read(run).scores
     ref = suite.reference
     with_ref = scores[(scores.model_x == ref) | (scores.model_y == ref)].copy()
     with_ref["model"] = with_ref.model_x.where(with_ref.model_y == ref, with_ref.model_y)

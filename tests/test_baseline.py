@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 from .conftest import cli
@@ -128,18 +130,21 @@ def test_a_nan_or_negative_tolerance_option_is_refused(frozen: tuple[Path, Path,
 def test_a_probe_moved_by_one_test_sample_passes_and_a_changed_probe_fails(frozen: tuple[Path, Path, Path]) -> None:
     """Another machine's rounding may flip a probe's test sample (1/150 on pocket-digits): within the probe
     table's tolerance; a score moved by as much still fails."""
-    from prh_bench.results.baseline import compare, read_baseline, read_run, tolerances
+    from prh_bench.results.baseline import ProbeRow, compare, measured, read_baseline, tolerances
+    from prh_bench.results.results import Results
 
     reg, run, base = frozen
-    doc, got = read_baseline(base), read_run(run)
-    got["probes"] = [{"task": "linear_probe", "dataset": "d", "model": "f-lite0", "score": 0.547}]
-    doc["probes"] = [{"task": "linear_probe", "dataset": "d", "model": "f-lite0", "score": 0.540}]
-    assert compare(doc, got, tolerances(doc)).ok
-    doc["probes"][0]["score"] = 0.60
-    assert not compare(doc, got, tolerances(doc)).ok
-    doc["probes"][0]["score"] = 0.540
-    doc["scores"][0]["score"] += 0.007
-    assert not compare(doc, got, tolerances(doc)).ok
+    doc, got = read_baseline(base), measured(Results.read(run))
+    probe = {"task": "linear_probe", "dataset": "d", "model": "f-lite0"}
+    got.tables["probes"] = pd.DataFrame([probe | {"score": 0.547}])
+
+    def baseline_with(probe_score: float, score_shift: float = 0.0) -> Any:
+        scores = [doc.scores[0].model_copy(update={"score": doc.scores[0].score + score_shift}), *doc.scores[1:]]
+        return doc.model_copy(update={"probes": [ProbeRow(**probe, score=probe_score)], "scores": scores})
+
+    assert compare(baseline_with(0.540), got, tolerances(doc)).ok
+    assert not compare(baseline_with(0.60), got, tolerances(doc)).ok
+    assert not compare(baseline_with(0.540, 0.007), got, tolerances(doc)).ok
 
 
 def test_baseline_needs_a_run_of_that_suite(frozen: tuple[Path, Path, Path], tmp_path: Path) -> None:

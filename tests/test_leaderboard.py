@@ -138,7 +138,7 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
 def test_matrices_follow_the_paper_orientation_for_asymmetric_metrics() -> None:
     """The long table holds metric(model_x, model_y); the matrix entry [a, b] is metric(b, a), as the PRH
     pipeline's alignment_scores[x, y] = compute_score(y_feats, x_feats)."""
-    from prh_bench.results.report import alignment_matrix
+    from prh_bench.results.matrices import alignment_matrix
 
     rows = [("a", "b", 0.3), ("b", "a", 0.7)]  # cycle_knn(a, b) = 0.3, cycle_knn(b, a) = 0.7
     best = pd.DataFrame([{"metric": "cycle_knn", "model_x": x, "model_y": y, "score": v} for x, y, v in rows])
@@ -151,7 +151,7 @@ def test_matrices_follow_the_paper_orientation_for_asymmetric_metrics() -> None:
 def test_classical_mds_recovers_planar_distances() -> None:
     from scipy.spatial.distance import pdist, squareform
 
-    from prh_bench.results.publish import classical_mds
+    from prh_bench.results.figures import classical_mds
 
     pts = np.random.default_rng(1).normal(size=(7, 2))
     d = squareform(pdist(pts))
@@ -201,7 +201,7 @@ def test_publish_replaces_links_in_the_destination_and_refuses_links_in_the_bund
 def test_a_dollar_in_a_model_id_is_text_in_figures(tmp_path: Path) -> None:
     """Model ids from run folders made elsewhere may hold '$': matplotlib read '$x$' as TeX and raised while
     saving the figure."""
-    from prh_bench.results.report import matrix_figure, pyplot
+    from prh_bench.results.figures import matrix_figure, pyplot
 
     ids = ["price$a", "b$c$d", "$\\frac{"]
     mat = pd.DataFrame(np.eye(3) * 0.5 + 0.5, index=ids, columns=ids)
@@ -209,3 +209,17 @@ def test_a_dollar_in_a_model_id_is_text_in_figures(tmp_path: Path) -> None:
     fig.savefig(tmp_path / "h.png")  # raised "ValueError: ... Expected end of text" before
     pyplot().close(fig)
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_a_row_status_says_what_happened_to_the_model() -> None:
+    """ok with scores and no failed run; failed when a run failed; 'no results' for a model nothing ran (a store
+    without its records): never a status made up for a model that did not run."""
+    from prh_bench.results.leaderboard import model_status
+    from prh_bench.results.run_record import ModelEntry, ModelRun
+
+    ok, failed = ModelRun(condition="d", status="cached"), ModelRun(condition="d", status="failed", error="x")
+    assert model_status(ModelEntry(manifest_version=1, runs=[ok]), scored=True) == "ok"
+    assert model_status(ModelEntry(manifest_version=1, runs=[ok, failed]), scored=True) == "failed"
+    assert model_status(ModelEntry(manifest_version=1, runs=[failed]), scored=False) == "failed"
+    assert model_status(ModelEntry(manifest_version=1), scored=True) == "ok"
+    assert model_status(ModelEntry(manifest_version=1), scored=False) == "no results"

@@ -129,11 +129,12 @@ def test_long_tables_are_parquet_and_read_back_equal(tmp_path: Path) -> None:
 
 def test_run_records_of_every_format_read_through_one_schema(tmp_path: Path) -> None:
     from prh_bench.errors import BadInput
-    from prh_bench.results.run_folder import RUN_FORMAT, read_run_record
+    from prh_bench.results.run_record import RUN_FORMAT, read_run_record
 
-    old = {"suite": {"id": "s", "version": 1}, "libraries": {"torch": "2"}, "metrics": {"cka": {"version": 1}},
-           "conditions": [{"label": "d", "dataset": {"id": "d", "version": 1}, "transform": None, "level": None,
-                           "n_samples": 20}],
+    suite = {"kind": "suite", "id": "s", "version": 1, "dataset": "d", "models": ["m"], "metrics": [{"name": "cka"}]}
+    dataset = {"kind": "dataset", "id": "d", "version": 1, "loader": "images", "modality": "vision"}
+    old = {"suite": suite, "libraries": {"torch": "2"}, "metrics": {"cka": {"version": 1}},
+           "conditions": [{"label": "d", "dataset": dataset, "transform": None, "level": None, "n_samples": 20}],
            "models": {"m@step1": {"manifest_version": 1, "revision": "step1", "weights": "hub",
                                   "runs": [{"condition": "d", "status": "cached", "cache_key": "k", "layers": 2,
                                             "seconds": 0.1, "error": ""}]}}}
@@ -143,6 +144,8 @@ def test_run_records_of_every_format_read_through_one_schema(tmp_path: Path) -> 
     assert record.n_samples("d") == 20 and record.models["m@step1"].manifest_id is None
     for doc, message in [({**old, "format": RUN_FORMAT + 1}, "newer than this prh-bench reads"),
                          ({**old, "models": {"m": {"manifest_version": "one"}}}, "field 'models.m.manifest_version'"),
+                         ({**old, "suite": {**suite, "metrics": []}}, "field 'suite.metrics'"),
+                         ({**old, "scores_csv": "x"}, "field 'scores_csv': Extra inputs are not permitted"),
                          ([old], "a JSON object is expected")]:
         (tmp_path / "run.json").write_text(json.dumps(doc))
         with pytest.raises(BadInput, match=message):

@@ -205,6 +205,8 @@ def test_the_contributor_path_ends_in_verified_and_unverified_rows(contribution:
     page = (board / "index.html").read_text()
     assert "<td>verified (4 of 4 records recomputed)</td>" in page and "<td>unverified</td>" in page
     assert "recomputed s of its M pair records from the features within tolerance" in page
+    assert f"Results of {store}" in page and not (board / "from-results").exists()  # the store, read in place
+    assert set(table.status) == {"ok"}
 
 
 def test_an_archive_that_is_no_honest_submission_is_refused_before_anything_is_read(tmp_path: Path) -> None:
@@ -265,8 +267,18 @@ def test_the_python_front_door_reads_the_run_and_the_store(contribution: dict[st
     assert cli("--registry", c["zoo"], "--registry", c["mine"], "verify", c["sub"], "--into", store).exit_code == 0
     with pytest.raises(BadInput, match="a results store needs suite="):
         prh_bench.load(store)
+    files = sorted(store.rglob("*"))
     merged = prh_bench.load(store, suite="mini", registry_dirs=(c["zoo"], c["mine"]))
+    assert sorted(store.rglob("*")) == files  # read into memory, no run folder made up beside the store
+    assert merged.record.source == str(store) and merged.conditions == ["pocket-photos"]
     assert merged.matrix("cka").loc["my-net", "resnet18-random"] == scores.score.max()
+    # The store's records are the run's rows of my-net's pairs, parameters as data in both.
+    keys = ["condition", "metric", "model_x", "model_y", "layer_x", "layer_y"]
+    mine = res.scores[(res.scores.model_x == "my-net") | (res.scores.model_y == "my-net")]
+    both = mine.merge(merged.scores, on=keys, suffixes=("_run", "_store"))
+    assert len(both) == len(mine) == len(merged.scores)
+    assert (both.score_run == both.score_store).all() and (both.params_run == both.params_store).all()
+    assert merged.models.empty  # no runs in the store: nothing invented about how each model ran
 
 
 def test_features_of_a_model_the_submission_does_not_claim_are_refused(contribution: dict[str, Path]) -> None:

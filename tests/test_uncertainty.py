@@ -192,13 +192,15 @@ def test_the_mantel_test_matches_a_plain_enumeration_of_relabellings() -> None:
 def test_p_values_at_their_permutation_floor_say_so() -> None:
     from types import SimpleNamespace
 
+    from prh_bench.results.leaderboard import NullSettings
     from prh_bench.results.publish import display_table, p_floor_note
 
     table = pd.DataFrame({"model": ["a", "b", "c"], "params": [1e6, np.nan, 2e6], "p_value": [np.nan, 1 / 501, 0.04]})
-    lb = SimpleNamespace(meta={"calibration": {"permutations": 500}}, table=table)
+    nulls = NullSettings(permutations=500, alpha=0.05, exchange="free")
+    lb = SimpleNamespace(meta=SimpleNamespace(calibration=nulls), table=table)
     assert p_floor_note(lb).startswith("1 of 2 p-values sit at the floor of 500 permutations, shown as p <= 0.002")
     assert display_table(lb).p_value.tolist()[1:] == ["<= 0.002", 0.04]
-    assert p_floor_note(SimpleNamespace(meta={"calibration": None}, table=table)) == ""
+    assert p_floor_note(SimpleNamespace(meta=SimpleNamespace(calibration=None), table=table)) == ""
 
 
 def test_few_models_get_no_bootstrap_interval_and_few_controls() -> None:

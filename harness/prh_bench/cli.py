@@ -236,16 +236,17 @@ def _run_suite(obj: Ctx, suite: str, progress: bool, out: Path | None = None, ex
 def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | None, rtol: float | None,
           as_json: bool) -> None:
     """Compare a run's scores with a baseline; exit 1 listing what moved, what is missing and what changed version."""
-    from .results.baseline import compare, describe, read_baseline, read_run, tolerances
+    from .results.baseline import compare, describe, measured, read_baseline, tolerances
+    from .results.results import Results
 
     base = read_baseline(baseline_file)
     tol = tolerances(base, atol, rtol)
     if run_dir is None:
-        result, run_dir, _ = _run_suite(obj, base["suite"], progress=obj.progress and not as_json)
+        result, run_dir, _ = _run_suite(obj, base.suite, progress=obj.progress and not as_json)
         if result.failures:
             click.echo(f"note: {len(result.failures)} model run(s) failed: "
                        + ", ".join(f"{o.model} ({o.error})" for o in result.failures), err=True)
-    res = compare(base, read_run(run_dir), tol)
+    res = compare(base, measured(Results.read(run_dir)), tol)
     if as_json:
         click.echo(json.dumps({"ok": res.ok, "run_dir": str(run_dir), "tolerances": tol, **vars(res)}, indent=2))
     else:
@@ -268,16 +269,18 @@ def check(obj: Ctx, baseline_file: Path, run_dir: Path | None, atol: float | Non
 def baseline(suite: str, run_dir: Path | None, runs_root: Path, out: Path | None, atol: float | None,
              rtol: float | None) -> None:
     """Write or update a suite's baseline from stored results (a run folder)."""
-    from .results.baseline import DEFAULT_TOLERANCE, read_run, write_baseline
+    from .results.baseline import DEFAULT_TOLERANCE, measured, write_baseline
+    from .results.results import Results
     from .results.run_folder import latest_run
 
     run_dir = run_dir or latest_run(runs_root, suite)
-    if (got := read_run(run_dir)["suite"]) != suite:
-        raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite}'")
+    run = measured(Results.read(run_dir))
+    if run.suite != suite:
+        raise BadInput(f"{run_dir} is a run of suite '{run.suite}', not '{suite}'")
     tol = {"atol": DEFAULT_TOLERANCE["atol"] if atol is None else atol,
            "rtol": DEFAULT_TOLERANCE["rtol"] if rtol is None else rtol}
     path = out or baseline_file(suite)
-    doc = write_baseline(run_dir, path, tol)
+    doc = write_baseline(run, path, tol)
     click.echo(f"wrote {path} from {run_dir} (tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}, "
                f"{len(doc['versions']['models'])} models)")
 
@@ -344,9 +347,10 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
     from .manifest import SuiteManifest
     from .results.color_figure import color_figure
     from .results.leaderboard import build
-    from .results.pairs import run_folder_from_store
     from .results.publish import write_leaderboard
-    from .results.run_folder import latest_run, read_run_record
+    from .results.results import Results
+    from .results.run_folder import latest_run
+    from .results.store_results import store_results
     from .results.verify import verification_labels
 
     out = out or leaderboard_bundle(suite)
@@ -354,16 +358,17 @@ def leaderboard(obj: Ctx, suite: str, reference: str | None, metric: str | None,
     if store is not None:
         if run_dir is not None:
             raise BadInput("give --run or --results, not both")
-        # The scores it is built from travel with the bundle. Models verified for the suite join its own.
-        run_dir = run_folder_from_store(obj.registry, obj.registry.get(suite, SuiteManifest), store, out / "from-results",
-                                        extra_models)
-        verification = verification_labels(store, read_run_record(run_dir).models)
+        # Models verified for the suite join its own.
+        res = store_results(obj.registry, obj.registry.get(suite, SuiteManifest), store, extra_models)
+        verification = verification_labels(store, res.record.models)
     elif extra_models:
         raise BadInput("--add-model goes with --results (a run folder's models are the ones it ran)")
-    lb = build(obj.registry, suite, run_dir or latest_run(runs_root, suite), reference, metric, verification)
+    else:
+        res = Results.read(run_dir or latest_run(runs_root, suite), obj.registry.plugins.metrics)
+    lb = build(obj.registry, suite, res, reference, metric, verification)
     more = None
     if store is None and "colors" in lb.suite.figures:  # the colour study's: every model's colours in CIELAB
-        more = functools.partial(color_figure, lb, FeatureCache(cache_root()))
+        more = functools.partial(color_figure, lb, res, FeatureCache(cache_root()))
     files = write_leaderboard(lb, out, more)
     if as_json:
         click.echo(json.dumps({"files": files, "correlations": json.loads(lb.correlations.to_json(orient="records"))}, indent=2))

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from tqdm import tqdm
@@ -30,10 +30,14 @@ from .weights import offline
 PROGRESS = logging.getLogger("prh_bench.progress")
 
 
+#: sliced: the first rows of a larger nested set's features
+Status = Literal["cached", "extracted", "sliced", "failed"]
+
+
 @dataclass
 class ModelOutcome:
     model: str
-    status: str  # cached | extracted | sliced (the first rows of a larger nested set's) | failed
+    status: Status
     seconds: float = 0.0
     error: str = ""
     key: str = ""
@@ -72,7 +76,7 @@ def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool =
     key, doc = model_feature_key(backend, m, dataset, samples)
     start = time.perf_counter()
 
-    def done(status: str, feats: Features) -> ModelOutcome:
+    def done(status: Status, feats: Features) -> ModelOutcome:
         return ModelOutcome(m.id, status, time.perf_counter() - start, key=key, layers=len(feats.layer_names),
                             condition=label, model_scores={k: float(v.mean()) for k, v in feats.sample_scores.items()})
 

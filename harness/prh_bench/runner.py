@@ -4,7 +4,6 @@ others' results."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,8 +82,9 @@ def check_modalities(models: list[ModelManifest], samples: SampleSet, dataset: D
 
 
 def score_rows(job: ScoreJob, scores: JobScores, names: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """The long table of one job: every ordered model pair it scores x every layer pair."""
-    params = json.dumps(job.params, sort_keys=True)
+    """The long table of one job: every ordered model pair it scores x every layer pair (its parameters one
+    dict, shared by the rows)."""
+    params = job.params
     rows = []
     for a, b in job.pairs():
         matrix = scores.pair(a.id, b.id)

@@ -19,7 +19,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
-from .run_folder import Finite, read_run_record, read_run_table
+from .documents import Finite
+from .matrices import params_key
+from .results import Results
 
 FORMAT = 2  # 2: per-table tolerances
 #: mutual_knn on 280 samples with k=10 moves by 1/2800 = 3.6e-4 per neighbour that flips; the default allows
@@ -28,44 +30,50 @@ DEFAULT_TOLERANCE = {"atol": 2e-3, "rtol": 0.0}
 #: a linear probe's accuracy moves by 1/n_test per test sample another machine's rounding flips (1/150 on
 #: pocket-digits): three flips pass, a changed model or probe does not
 DEFAULT_TABLE_TOLERANCES = {"probes": {"atol": 0.02, "rtol": 0.0}}
-TABLES = {  # table -> the columns that identify a score
+Table = Literal["scores", "probes", "model_scores"]
+TABLES: dict[Table, list[str]] = {  # table -> the columns that identify a score
     "scores": ["condition", "metric", "params", "model_x", "model_y", "layer_x", "layer_y"],
     "probes": ["task", "dataset", "model"],
     "model_scores": ["condition", "model", "score"],
 }
-VALUE = {"scores": "score", "probes": "score", "model_scores": "mean"}
+VALUE: dict[Table, str] = {"scores": "score", "probes": "score", "model_scores": "mean"}
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """The scores and versions of a run folder, in the baseline's layout."""
-    meta = read_run_record(run_dir)
-    out: dict[str, Any] = {
-        "suite": meta.suite_id,
-        "versions": {
-            "suite": meta.suite.get("version"),
-            "metrics": {k: v.get("version") for k, v in meta.metrics.items()},
-            "models": {k: v.manifest_version for k, v in meta.models.items()},
-            "datasets": {c.dataset.get("id"): c.dataset.get("version") for c in meta.conditions},
-            "n_samples": {c.label: c.n_samples for c in meta.conditions},
-        },
-        "libraries": meta.libraries,
+@dataclass(frozen=True)
+class Measured:
+    """A run's scores and versions in the baseline's layout: what a baseline freezes and a check compares."""
+
+    suite: str
+    versions: dict[str, Any]
+    libraries: dict[str, str]
+    tables: dict[Table, pd.DataFrame]  # per table of TABLES: its key columns and value (parameters as text)
+
+
+def measured(res: Results) -> Measured:
+    """The scores and versions of a run's results."""
+    rec = res.record
+    versions = {
+        "suite": rec.suite.version,
+        "metrics": {k: v.version for k, v in rec.metrics.items()},
+        "models": {k: v.manifest_version for k, v in rec.models.items()},
+        "datasets": {c.dataset.id: c.dataset.version for c in rec.conditions},
+        "n_samples": {c.label: c.n_samples for c in rec.conditions},
     }
-    for table in TABLES:
-        frame = read_run_table(run_dir, table, meta, keep_default_na=False)
-        out[table] = [] if frame is None else frame.to_dict("records")
-    return out
+    scores = res.scores.assign(params=[params_key(p) for p in res.scores.params])
+    tables: dict[Table, pd.DataFrame] = {"scores": scores, "probes": res.probes, "model_scores": res.model_scores}
+    return Measured(rec.suite_id, versions, rec.libraries,
+                    {t: frame[[*TABLES[t], VALUE[t]]] if not frame.empty else frame for t, frame in tables.items()})
 
 
-def write_baseline(run_dir: Path, path: Path, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
-    """Freeze a run folder's scores into `path`: one score per line, so a deliberate update diffs readably."""
-    run = read_run(run_dir)
-    doc = {"format": FORMAT, "suite": run["suite"],
+def write_baseline(run: Measured, path: Path, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
+    """Freeze a run's scores into `path`: one score per line, so a deliberate update diffs readably."""
+    doc = {"format": FORMAT, "suite": run.suite,
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "tolerance": tolerance or DEFAULT_TOLERANCE, "tolerances": DEFAULT_TABLE_TOLERANCES,
-           "versions": run["versions"], "libraries": run["libraries"]}
+           "versions": run.versions, "libraries": run.libraries}
     lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}," for k, v in doc.items()]
     for n, table in enumerate(TABLES):
-        rows = [f"    {json.dumps(r)}" for r in run[table]]
+        rows = [f"    {json.dumps(r)}" for r in run.tables[table].to_dict("records")]
         end = "" if n == len(TABLES) - 1 else ","
         lines += [f"  {json.dumps(table)}: [", ",\n".join(rows), f"  ]{end}"] if rows else [f"  {json.dumps(table)}: []{end}"]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +133,7 @@ class Baseline(_Strict):
     suite: Name
     created: str = ""
     tolerance: Tolerance
-    tolerances: dict[Literal["scores", "probes", "model_scores"], Tolerance] = {}
+    tolerances: dict[Table, Tolerance] = {}
     versions: Versions
     libraries: dict[Name, Annotated[str, Field(strict=True)]] = {}
     scores: list[ScoreRow]
@@ -144,7 +152,7 @@ class Baseline(_Strict):
         return self
 
 
-def read_baseline(path: Path) -> dict[str, Any]:
+def read_baseline(path: Path) -> Baseline:
     """A baseline file, checked against its schema (format 1 files have one tolerance for all tables)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -155,19 +163,19 @@ def read_baseline(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BadInput(f"{path}: not a prh-bench baseline (expected a JSON object, got {type(doc).__name__})")
     try:
-        return Baseline.model_validate(doc).model_dump()
+        return Baseline.model_validate(doc)
     except ValidationError as exc:
         problems = [f"field '{'.'.join(map(str, e['loc'])) or '(top level)'}': {e['msg']}"
                     + (f", got {e['input']!r}"[:200] if e["type"] != "missing" else "") for e in exc.errors()[:10]]
         raise BadInput(f"{path}: not a valid prh-bench baseline:\n  " + "\n  ".join(problems)) from None
 
 
-def tolerances(baseline: dict[str, Any], atol: float | None = None, rtol: float | None = None) -> dict[str, dict[str, float]]:
+def tolerances(baseline: Baseline, atol: float | None = None, rtol: float | None = None) -> dict[str, dict[str, float]]:
     """Per table, the tolerance the check uses: the baseline's (its per-table entries over its default), with
     --atol / --rtol overriding every table."""
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for table in TABLES:
-        tol = dict(baseline.get("tolerances", {}).get(table) or baseline["tolerance"])
+        tol = (baseline.tolerances.get(table) or baseline.tolerance).model_dump()
         tol["atol"] = tol["atol"] if atol is None else atol
         tol["rtol"] = tol["rtol"] if rtol is None else rtol
         out[table] = tol
@@ -196,21 +204,22 @@ def _diff_versions(old: Any, new: Any, where: str, out: list[str]) -> None:
         out.append(f"{where}: baseline {old!r}, run {new!r}")
 
 
-def _frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
-    cols = TABLES[table] + [VALUE[table]]
-    frame = pd.DataFrame(rows, columns=cols)
+def _frame(frame: pd.DataFrame, table: Table) -> pd.Series:
+    """A table's values indexed by their key columns (as text)."""
+    frame = frame.reindex(columns=TABLES[table] + [VALUE[table]])
     return frame.astype({c: str for c in TABLES[table]}).set_index(TABLES[table])[VALUE[table]].astype(float)
 
 
-def compare(baseline: dict[str, Any], run: dict[str, Any], tol: dict[str, dict[str, float]]) -> CheckResult:
+def compare(baseline: Baseline, run: Measured, tol: dict[str, dict[str, float]]) -> CheckResult:
     """The run against the baseline, each table within its tolerance (see `tolerances`)."""
     res = CheckResult()
-    if baseline["suite"] != run["suite"]:
-        res.versions.append(f"suite: baseline {baseline['suite']!r}, run {run['suite']!r}")
-    _diff_versions(baseline["versions"], run["versions"], "versions", res.versions)
-    _diff_versions(baseline.get("libraries", {}), run["libraries"], "libraries", res.libraries)
+    if baseline.suite != run.suite:
+        res.versions.append(f"suite: baseline {baseline.suite!r}, run {run.suite!r}")
+    _diff_versions(baseline.versions.model_dump(), run.versions, "versions", res.versions)
+    _diff_versions(baseline.libraries, run.libraries, "libraries", res.libraries)
     for table, keys in TABLES.items():
-        old, new = _frame(baseline[table], table), _frame(run[table], table)
+        old = _frame(pd.DataFrame([r.model_dump() for r in getattr(baseline, table)]), table)
+        new = _frame(run.tables[table], table)
         both = old.index.intersection(new.index)
         res.missing += [dict(zip(keys, k)) | {"table": table} for k in old.index.difference(new.index)]
         res.unexpected += [dict(zip(keys, k)) | {"table": table} for k in new.index.difference(old.index)]

@@ -13,6 +13,7 @@ from ..errors import BadInput
 from ..features import FeatureCache
 from ..lazy import np, pd
 from .leaderboard import Leaderboard
+from .results import Results
 
 #: panels beyond the reference (three rows of four): the best-ranked models, and the last-ranked (a control, usually)
 PANELS = 11
@@ -38,27 +39,22 @@ def aligned(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
     return min((umeyama(z, target, reflect) for reflect in (False, True)), key=lambda pair: pair[1])
 
 
-def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
-    """Write colorspace.png/svg for a leaderboard whose reference is a 3-D colour space whose coordinates are
-    CIELAB (a suite's `figures: [colors]`)."""
+def color_figure(lb: Leaderboard, res: Results, cache: FeatureCache, out: Path) -> list[Path]:
+    """Write colorspace.png/svg for a leaderboard (of the run `res`) whose reference is a 3-D colour space whose
+    coordinates are CIELAB (a suite's `figures: [colors]`)."""
     from skimage.color import lab2rgb
 
     from ..align import prepare
-    from .publish import _save, classical_mds
-    from .report import pyplot
-    from .run_folder import read_run_record, read_run_table
+    from .figures import classical_mds, pyplot, save
 
-    run = Path(lb.meta["run"])
-    side = read_run_record(run)
-    scores = read_run_table(run, "scores", side)
-    if scores is None or lb.reference is None:
-        raise BadInput(f"{run}: the colour figure needs the run's scores and a reference colour space")
-    scores = scores[(scores.metric == lb.metric) & (scores.condition == lb.condition)]
+    if lb.reference is None:
+        raise BadInput(f"{res.source}: the colour figure needs a reference colour space")
+    scores = res.scores[(res.scores.metric == lb.metric) & (res.scores.condition == lb.condition)]
     prep = lb.suite.prepare
 
     def features(model: str, layer: str | None) -> np.ndarray:
-        runs = [r for r in side.models[model].runs if r.condition == lb.condition and r.cache_key]
-        feats = cache.load(model, runs[0].cache_key) if runs else None
+        run = res.record.models[model].run_under(lb.condition)
+        feats = cache.load(model, run.cache_key) if run is not None and run.cache_key else None
         if feats is None:
             raise BadInput(f"the features of '{model}' are no longer in the cache {cache.root}; run the suite again")
         i = feats.layer_names.index(layer) if layer is not None else 0
@@ -102,4 +98,4 @@ def color_figure(lb: Leaderboard, cache: FeatureCache, out: Path) -> list[Path]:
                  f"{lb.reference} by rotation/reflection, scale and shift); each point in its own colour",
                  fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title above the first row's panel titles
-    return _save(fig, out / "colorspace")
+    return save(fig, out / "colorspace")

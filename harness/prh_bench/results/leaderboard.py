@@ -4,26 +4,70 @@ each downstream score (Pearson and Spearman, bootstrap 95% intervals, permutatio
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from .. import __version__
 from ..errors import BadInput
-from ..manifest import NO_WEIGHTS_LABEL, SuiteManifest
+from ..manifest import NO_WEIGHTS_LABEL, DatasetManifest, SuiteManifest
 from ..registry import Registry
 from ..samples import group_codes
-from .report import alignment_matrix, best_pairs, best_partner, chance_level
-from .run_folder import RunRecord, read_run_record, read_run_table
+from .matrices import alignment_matrix, best_partner, chance_level
+from .results import Results
+from .run_record import ModelEntry, RunRecord
 from .uncertainty import ALPHA, adjacent_tests, rank_intervals
 from .uncertainty import RESAMPLES as UNCERTAINTY_RESAMPLES
 
 RESAMPLES = 2000
+
+
+class NullSettings(BaseModel):
+    """The permutation nulls behind the p-values and calibrated scores."""
+
+    permutations: int
+    alpha: float
+    exchange: str  # what the shuffles exchanged: free, or within_groups
+
+
+class UncertaintySettings(BaseModel):
+    """How the intervals and tiers were resampled (results/uncertainty.py)."""
+
+    resamples: int
+    samples: int
+    groups: int
+    alpha: float
+    test_floor: float  # the smallest p a test of this many resamples can give
+    tiers: int
+    grouped_by: str
+
+
+class LeaderboardMeta(BaseModel):
+    """What a leaderboard was built from and how: written into leaderboard.json, read by its page."""
+
+    harness: str  # prh-bench's version
+    suite: str
+    suite_version: int
+    metric: str
+    metric_params: dict[str, Any]
+    reference: str | None
+    n_samples: int
+    chance_level: float
+    chance_source: str
+    calibration: NullSettings | None
+    condition: str
+    source: str  # the run folder, or the results store
+    created: str | None  # when the run (or the load of the store) happened
+    manifest_versions: dict[str, int]
+    dataset: DatasetManifest
+    libraries: dict[str, str]
+    scores_sources: dict[str, str]  # per downstream score, where its numbers come from
+    solved_rule: str
+    uncertainty: UncertaintySettings | None
 
 
 @dataclass
@@ -36,7 +80,7 @@ class Leaderboard:
     matrix: pd.DataFrame  # model x model best scores
     correlations: pd.DataFrame  # one row per (alignment measure, downstream score, statistic)
     binned: pd.DataFrame  # models binned by tasks solved (with probes), mean alignment and standard error
-    meta: dict[str, Any]
+    meta: LeaderboardMeta
     consistency: pd.DataFrame  # with several conditions: how alike their matrices and rankings are
 
 
@@ -81,13 +125,13 @@ def model_kind(weights: object) -> str:
     return "parameter-free" if weights == NO_WEIGHTS_LABEL else "trained"
 
 
-def model_size(side: RunRecord, condition: str, table: pd.DataFrame) -> dict[str, list[float]]:
+def model_size(record: RunRecord, condition: str, table: pd.DataFrame) -> dict[str, list[float]]:
     """Per model of the table: log10 of its parameter count (manifest), its depth (layers extracted) and log2 of
     its widest layer (features), from the run record under `condition`; NaN where unknown."""
     out: dict[str, list[float]] = {c: [] for c in SIZE_COLUMNS}
     for mid, params in zip(table.model, table.params, strict=True):
-        entry = side.models.get(mid)
-        run = next((r for r in entry.runs if r.condition == condition), None) if entry else None
+        entry = record.models.get(mid)
+        run = entry.run_under(condition) if entry else None
         out["log10_params"].append(math.log10(params) if pd.notna(params) and params > 0 else math.nan)
         out["depth"].append(float(run.layers) if run and run.layers else math.nan)
         out["log2_width"].append(math.log2(max(run.widths)) if run and run.widths else math.nan)
@@ -146,39 +190,33 @@ def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[
     return out
 
 
-def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | None = None,
+def build(registry: Registry, suite_id: str, res: Results, reference: str | None = None,
           metric: str | None = None, verification: dict[str, str] | None = None) -> Leaderboard:
-    """The leaderboard of a run folder's first condition; `verification`: per model, how its results were checked
-    (a results store's ledger, verify.verification_labels), shown as a column."""
+    """The leaderboard of a run's (or a store's) first condition; `verification`: per model, how its results
+    were checked (a results store's ledger, verify.verification_labels), shown as a column."""
     suite = registry.get(suite_id, SuiteManifest)
-    side = read_run_record(run_dir)
-    scores = read_run_table(run_dir, "scores", side, registry.plugins.metrics)
-    if scores is None:
-        raise BadInput(f"{run_dir}: no scores table; give a folder written by `prh-bench run`")
-    if (got := side.suite_id) != suite_id:
-        raise BadInput(f"{run_dir} is a run of suite '{got}', not '{suite_id}'; give a run of '{suite_id}'")
+    if (got := res.suite) != suite_id:
+        raise BadInput(f"{res.source} is a run of suite '{got}', not '{suite_id}'; give a run of '{suite_id}'")
     metric = metric or suite.metrics[0].name
-    if metric not in set(scores.metric):
-        raise BadInput(f"{run_dir}: no '{metric}' scores; it has {sorted(set(scores.metric))}")
-    condition = scores.condition.iloc[0]
-    best = best_pairs(scores[(scores.metric == metric) & (scores.condition == condition)])
-    models = list(side.models)
+    if metric not in res.metrics:
+        raise BadInput(f"{res.source}: no '{metric}' scores; it has {sorted(res.metrics)}")
+    condition = res.scores.condition.iloc[0]
+    best = res.best(metric, condition)
+    models = list(res.record.models)
     done = [m for m in models if m in set(best.model_x) | set(best.model_y)]
     mat = alignment_matrix(best, metric, done)
     reference = reference or suite.reference
     if reference is not None and reference not in mat.index:
-        raise BadInput(f"reference '{reference}' has no results in {run_dir}; models with results: {', '.join(done)}")
-    downstream = downstream_scores(registry, suite, run_dir, condition)
-    nulls = calibration_of(run_dir, metric, condition)
-    n = side.n_samples(condition)
-    if n is None:
-        raise BadInput(f"{run_dir}: run.json gives no sample count of condition '{condition}'; run the suite again")
-    params = json.loads(best.params.iloc[0]) if not best.empty else {}
+        raise BadInput(f"reference '{reference}' has no results in {res.source}; models with results: {', '.join(done)}")
+    downstream = downstream_scores(registry, suite, res, condition)
+    cal = res.calibration
+    nulls = cal[(cal.metric == metric) & (cal.condition == condition)] if not cal.empty else cal
+    n = res.n_samples(condition)
+    params = res.params(metric)
     chance, chance_source = chance_level(registry.plugins.metrics.get(metric), metric, params, n, nulls)
     rows = []
     for mid in models:
-        entry = side.models[mid]
-        status = [r.status for r in entry.runs]
+        entry = res.record.models[mid]
         manifest = registry.entries.get(entry.manifest_id or mid)
         row: dict[str, Any] = {"model": mid, "weights": entry.weights, "params": getattr(manifest, "params", None),
                                "family": getattr(manifest, "family", None)}
@@ -192,20 +230,17 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
             if (partner := best_partner(mat, best, mid)) is not None:
                 row |= {"mean_alignment": partner.mean_alignment, "best_partner": partner.model,
                         "best_layer_pair": partner.layer_pair}
-        else:
-            row["status"] = "failed"
         for name, values in downstream.items():
             row[name] = values.get(mid, math.nan)
-        row.setdefault("status", "failed" if "failed" in status else "ok")
+        row["status"] = model_status(entry, mid in mat.index)
         rows.append(row)
     key = "alignment_to_reference" if reference else "mean_alignment"
     table = pd.DataFrame(rows)
     is_ref = table.model == reference
     table = pd.concat([table[is_ref], table[~is_ref].sort_values(key, ascending=False, na_position="last", kind="stable")])
     table.insert(0, "rank", ["reference"] * int(is_ref.sum()) + [str(i) for i in range(1, int((~is_ref).sum()) + 1)])
-    table, meta_uncertainty = with_uncertainty(table, read_run_table(run_dir, "sample_terms", side), metric, condition,
-                                               reference, run_dir)
-    table = table.assign(kind=table.weights.map(model_kind), **model_size(side, condition, table))
+    table, uncertainty = with_uncertainty(table, res, metric, condition, reference)
+    table = table.assign(kind=table.weights.map(model_kind), **model_size(res.record, condition, table))
     corr = []
     for name in downstream:
         direction = "higher is better" if score_higher_is_better(registry, name) else "lower is better"
@@ -214,31 +249,39 @@ def build(registry: Registry, suite_id: str, run_dir: Path, reference: str | Non
                 corr += [{"alignment": measure, "score": name, "score_direction": direction, **c}
                          for c in grouped_correlations(table, measure, name)]
     binned = binned_view(table, key) if "tasks_solved" in table else pd.DataFrame()
-    meta = {"harness": __version__, "suite": suite.id, "suite_version": suite.version, "metric": metric,
-            "metric_params": params, "reference": reference, "n_samples": n,
-            "chance_level": chance, "chance_source": chance_source,
-            "calibration": ({"permutations": int(nulls.permutations.iloc[0]), "alpha": float(nulls.alpha.iloc[0]),
-                             "exchange": str(nulls.exchange.iloc[0]) if "exchange" in nulls else "free"}
-                            if not nulls.empty else None),
-            "condition": condition, "run": str(run_dir), "run_created": side.created,
-            "manifest_versions": {m: side.models[m].manifest_version for m in models},
-            "dataset": side.conditions[0].dataset, "libraries": side.libraries,
-            "scores_sources": {n: getattr(registry.score_table(n), "source", "computed by this harness from the run")
-                               for n in downstream},
-            "solved_rule": f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models",
-            "uncertainty": meta_uncertainty}
-    path = run_dir / f"consistency_{metric}.csv"
+    meta = LeaderboardMeta(
+        harness=__version__, suite=suite.id, suite_version=suite.version, metric=metric, metric_params=params,
+        reference=reference, n_samples=n, chance_level=chance, chance_source=chance_source,
+        calibration=NullSettings(permutations=int(nulls.permutations.iloc[0]), alpha=float(nulls.alpha.iloc[0]),
+                                 exchange=str(nulls.exchange.iloc[0]) if "exchange" in nulls else "free")
+        if not nulls.empty else None,
+        condition=condition, source=str(res.source), created=res.record.created,
+        manifest_versions={m: res.record.models[m].manifest_version for m in models},
+        dataset=res.record.conditions[0].dataset, libraries=res.record.libraries,
+        scores_sources={n: getattr(registry.score_table(n), "source", "computed by this harness from the run")
+                        for n in downstream},
+        solved_rule=f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models",
+        uncertainty=uncertainty)
     return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
-                       binned, meta, pd.read_csv(path) if path.exists() else pd.DataFrame())
+                       binned, meta, res.consistency(metric))
 
 
-def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: str, condition: str,
-                     reference: str | None, run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+def model_status(entry: ModelEntry, scored: bool) -> str:
+    """'ok' for a model with scores, 'failed' when its run failed, 'no results' when nothing ran it (a store
+    without its records)."""
+    if scored and all(r.status != "failed" for r in entry.runs):
+        return "ok"
+    return "failed" if any(r.status == "failed" for r in entry.runs) else "no results"
+
+
+def with_uncertainty(table: pd.DataFrame, res: Results, metric: str, condition: str,
+                     reference: str | None) -> tuple[pd.DataFrame, UncertaintySettings | None]:
     """The ranked table with each model's interval of alignment to the reference and of rank, its tier (adjacent
     ranks the paired tests cannot separate share one) and the Holm-adjusted p of the test against the next rank
     (results/uncertainty.py), from the run's per-sample terms; and what was done, for the page. Unchanged, with
     None, where the run has no terms (no reference, or a metric that is not a mean over samples)."""
-    if terms is None or reference is None:
+    terms = res.sample_terms
+    if terms.empty or reference is None:
         return table, None
     part = terms[(terms.metric == metric) & (terms.condition.astype(str) == condition)]
     aligned = table.set_index("model").alignment_to_reference
@@ -248,7 +291,7 @@ def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: st
     values = part[ranked].to_numpy(dtype=float)
     score = aligned.reindex(ranked).to_numpy(dtype=float)
     if not np.allclose(values.mean(axis=0), score, rtol=0, atol=1e-9):
-        raise BadInput(f"{run_dir}: sample_terms table: the mean terms of {metric} under {condition!r} are not the "
+        raise BadInput(f"{res.source}: sample_terms table: the mean terms of {metric} under {condition!r} are not the "
                        "scores of the scores table; the run folder is mixed or edited: run the suite again")
     codes = group_codes(part["group"].tolist())
     intervals = rank_intervals(values, codes)
@@ -257,9 +300,10 @@ def with_uncertainty(table: pd.DataFrame, terms: pd.DataFrame | None, metric: st
     extra = extra.rename(columns={"score_low": "ci_low", "score_high": "ci_high", "p_next_holm": "p_vs_next"})
     table = table.merge(extra, on="model", how="left").astype({"rank_low": "Int64", "rank_high": "Int64", "tier": "Int64"})
     groups = int(codes.max()) + 1
-    return table, {"resamples": UNCERTAINTY_RESAMPLES, "samples": len(part), "groups": groups, "alpha": ALPHA,
-                   "test_floor": 1 / (UNCERTAINTY_RESAMPLES + 1), "tiers": int(tests.tier.max()),
-                   "grouped_by": "the samples' groups (Sample.group)" if groups < len(part) else "none: each sample alone"}
+    return table, UncertaintySettings(
+        resamples=UNCERTAINTY_RESAMPLES, samples=len(part), groups=groups, alpha=ALPHA,
+        test_floor=1 / (UNCERTAINTY_RESAMPLES + 1), tiers=int(tests.tier.max()),
+        grouped_by="the samples' groups (Sample.group)" if groups < len(part) else "none: each sample alone")
 
 
 def score_higher_is_better(registry: Registry, name: str) -> bool:
@@ -272,18 +316,6 @@ def score_higher_is_better(registry: Registry, name: str) -> bool:
         return task.higher_is_better
     table = registry.score_table(name)
     return table.higher_is_better if table is not None else True
-
-
-def calibration_of(run_dir: Path, metric: str, condition: str) -> pd.DataFrame:
-    """The run's permutation nulls of one metric under one condition (empty when the suite asked for none)."""
-    path = run_dir / "calibration.csv"
-    if not path.exists():
-        return pd.DataFrame()
-    cal = pd.read_csv(path)
-    if "alpha" not in cal:  # written before the calibrated score followed calibrated-similarity: not comparable
-        raise BadInput(f"{path}: permutation nulls without the calibrated-similarity score (an older run); "
-                       "run the suite again")
-    return cal[(cal.metric == metric) & (cal.condition == condition)]
 
 
 def null_of(nulls: pd.DataFrame, model: str, reference: str) -> dict[str, Any]:
@@ -311,12 +343,11 @@ def binned_view(table: pd.DataFrame, measure: str) -> pd.DataFrame:
 SOLVED_FRACTION = 0.8
 
 
-def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, condition: str) -> dict[str, dict[str, float]]:
+def downstream_scores(registry: Registry, suite: SuiteManifest, res: Results, condition: str) -> dict[str, dict[str, float]]:
     """Per score name, model -> value: from score tables, per-sample scores (bits per byte) and probe tasks from
     the run itself, and, with probes, the number of tasks each model solves."""
     out: dict[str, dict[str, float]] = {}
-    path = run_dir / "probes.csv"
-    probes = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["task", "dataset", "model", "score"])
+    probes = res.probes if not res.probes.empty else pd.DataFrame(columns=["task", "dataset", "model", "score"])
     solved: dict[str, float] = {}
     for (task, dataset), part in probes.groupby(["task", "dataset"], sort=False):
         out[f"{task}:{dataset}"] = dict(zip(part.model, part.score))
@@ -329,8 +360,8 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, run_dir: Path, c
         out["tasks_solved"] = solved
     for name in suite.scores:
         if name in registry.plugins.sample_scores():
-            path = run_dir / "model_scores.csv"
-            ms = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["condition", "model", "score", "mean"])
+            ms = res.model_scores if not res.model_scores.empty else \
+                pd.DataFrame(columns=["condition", "model", "score", "mean"])
             sub = ms[(ms.score == name) & (ms.condition == condition)]
             out[name] = dict(zip(sub.model, sub["mean"]))
         else:

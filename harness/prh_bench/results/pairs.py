@@ -10,44 +10,25 @@ y layer)) and the pair's permutation null when the run computed one.
 
 `prh-bench run` writes its records under RUN/results; `prh-bench merge` folds run folders or other stores into
 one store (merge.py), refusing (and writing nothing) when two records of the same pair, condition, metric and
-parameters disagree on any version, checksum, score or null; `prh-bench leaderboard --results STORE` ranks a
-suite's models from a store.
+parameters disagree on any version, checksum, score or null; a store loads into Results (store_results.py),
+from which `prh-bench leaderboard --results STORE` ranks a suite's models.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
-from ..manifest import SuiteManifest
-from ..registry import Registry
+from .documents import Finite, first_problem, parse_json, read_json
 from .journal import locked, pending
-from .ledger import verified_models
-from .run_folder import (
-    RESULTS_DIR,
-    RUN_RECORD,
-    ConditionEntry,
-    Finite,
-    ModelEntry,
-    ModelRun,
-    RunRecord,
-    first_problem,
-    parse_json,
-    read_json,
-    slug,
-    write_run_record,
-    write_table,
-)
+from .matrices import params_key
+from .run_folder import RESULTS_DIR, RUN_RECORD, slug
 
 if TYPE_CHECKING:
     from ..context import Condition
@@ -159,7 +140,7 @@ class PairRecord(_Record):
     def identity(self) -> tuple[str, ...]:
         """What names a record: two records with it describe the same measurement."""
         return (self.condition.label, self.condition.dataset, self.model_x.id, self.model_y.id, self.metric,
-                json.dumps(self.params, sort_keys=True), json.dumps(self.prepare, sort_keys=True))
+                params_key(self.params), params_key(self.prepare))
 
     def provenance(self) -> dict[str, Any]:
         """Everything two records of one measurement must share to be the same result."""
@@ -264,7 +245,7 @@ def _get(doc: dict[str, Any], field: str) -> Any:
 
 
 def describe(rec: PairRecord) -> str:
-    return (f"{rec.model_x.id} x {rec.model_y.id}, {rec.metric} {json.dumps(rec.params, sort_keys=True)}, "
+    return (f"{rec.model_x.id} x {rec.model_y.id}, {rec.metric} {params_key(rec.params)}, "
             f"condition '{rec.condition.label}'")
 
 
@@ -290,66 +271,3 @@ def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, Mo
                        scores=scores.pair(a.id, b.id).tolist(),
                        calibration=CalibrationRef.model_validate(nulls[(a.id, b.id)]) if (a.id, b.id) in nulls else None)
             for a, b in job.pairs()]
-
-
-def run_folder_from_store(registry: Registry, suite: SuiteManifest, store: Path, dest: Path,
-                          extra: Iterable[str] = ()) -> Path:
-    """The suite's first condition as a run folder (scores, nulls, run.json) built from a store's records, so
-    that a leaderboard is built from merged results exactly as from one run. Its models are the suite's, those
-    verifications added to it (the store's ledger) and the `extra` ones."""
-    from ..context import suite_conditions
-
-    cond = suite_conditions(registry, suite)[0]
-    models = {m.id: m for m in registry.suite_models(suite, [*verified_models(store, suite.id), *extra])}
-    wanted = {}
-    for use in suite.metrics:
-        metric, params = registry.metric(use.name, use.params)
-        wanted[(metric.name, json.dumps(params, sort_keys=True))] = registry.get(use.name).version
-    prepare = json.dumps(suite.prepare.model_dump(mode="json"), sort_keys=True)
-    rows, nulls, seen = [], [], dict[str, ModelRef]()
-    n_samples = None
-    for rec, path in scan(store).values():
-        key = (rec.metric, json.dumps(rec.params, sort_keys=True))
-        if (rec.condition.label != cond.label or rec.condition.dataset != cond.dataset.id or key not in wanted
-                or json.dumps(rec.prepare, sort_keys=True) != prepare or not {rec.model_x.id, rec.model_y.id} <= set(models)):
-            continue
-        if rec.metric_version != wanted[key]:
-            raise BadInput(f"{path}: {rec.metric} version {rec.metric_version}, but the registry's is {wanted[key]}")
-        if rec.condition.dataset_version != cond.dataset.version:
-            raise BadInput(f"{path}: dataset {cond.dataset.id} version {rec.condition.dataset_version}, but the "
-                           f"registry's is {cond.dataset.version}")
-        for ref in (rec.model_x, rec.model_y):
-            if (old := seen.setdefault(ref.id, ref)) != ref:
-                raise BadInput(f"{store} holds results of '{ref.id}' from different features or manifest versions "
-                               f"({old.features_sha256[:12]} v{old.manifest_version} vs {ref.features_sha256[:12]} "
-                               f"v{ref.manifest_version}); merge results of one version only")
-            if ref.manifest_version != models[ref.id].version:
-                raise BadInput(f"{path}: '{ref.id}' manifest version {ref.manifest_version}, but the registry's is "
-                               f"{models[ref.id].version}")
-        n_samples = rec.condition.n_samples
-        for i, lx in enumerate(rec.model_x.layers):
-            for j, ly in enumerate(rec.model_y.layers):
-                rows.append({"condition": cond.label, "model_x": rec.model_x.id, "model_y": rec.model_y.id, "layer_x": lx,
-                             "layer_y": ly, "metric": rec.metric, "params": key[1], "score": rec.scores[i][j]})
-        if rec.calibration is not None:
-            nulls.append({**rec.calibration.model_dump(), "condition": cond.label})
-    if not rows:
-        raise BadInput(f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
-                       "preparation and models)")
-    if dest.exists():  # ours, rebuilt whole: a previous store's nulls must not survive beside these scores
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    write_table(pd.DataFrame(rows), dest, "scores")
-    if nulls:
-        pd.DataFrame(nulls).to_csv(dest / "calibration.csv", index=False)
-    record = RunRecord(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=str(store),
-        suite=suite.model_dump(mode="json"),
-        conditions=[ConditionEntry(label=cond.label, dataset=cond.dataset.model_dump(mode="json"), n_samples=n_samples)],
-        models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
-                                weights=m.weights_label,
-                                runs=[ModelRun(condition=cond.label, status="cached" if mid in seen else "failed")])
-                for mid, m in models.items()},
-        metrics={u.name: {"version": registry.get(u.name).version} for u in suite.metrics})
-    write_run_record(dest, record)
-    return dest

@@ -1,4 +1,6 @@
-"""A run's results as one object of pandas tables: what `prh_bench.run` and `prh_bench.load` return.
+"""One run's results as one typed object of pandas tables: what a run writes, what a run folder and a results
+store load into, and what the leaderboard, baselines, report and figures read. It is also the Python front
+door's return value (`prh_bench.run`, `prh_bench.load`):
 
     import prh_bench
     res = prh_bench.run("pocket")               # or prh_bench.load("prh-runs/pocket/<time>")
@@ -12,31 +14,81 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..errors import BadInput
-from .report import alignment_matrix, best_pairs
-from .run_folder import RUN_RECORD, RunRecord, read_run_record, read_run_table
+from .consistency import consistency
+from .matrices import alignment_matrix, best_pairs, params_key
+from .run_folder import read_table, write_table
+from .run_record import RunRecord, read_run_record, write_run_record
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..align.metric import Metric
+
+#: the tables of a run folder, each NAME.csv (or NAME.parquet when long); `scores` is always written
+TABLES = ("scores", "calibration", "model_scores", "probes", "sample_terms")
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame()
+
 
 @dataclass(frozen=True)
 class Results:
-    """The tables of one run folder, read once and checked against its record (run.json)."""
+    """A run's record (run.json) and tables. `source` is the run folder, or the results store they were read
+    from (then `record.source` names it too)."""
 
-    folder: Path
+    source: Path
     record: RunRecord
-    scores: pd.DataFrame  # condition, metric, params (a dict), model_x, model_y, layer_x, layer_y, score
-    calibration: pd.DataFrame  # per condition, metric and model pair: the permutation null, when the suite has one
-    model_scores: pd.DataFrame  # per condition and model: means of per-sample scores (bits per byte)
-    probes: pd.DataFrame  # per probe task and model: its score
+    #: condition, model_x, model_y, layer_x, layer_y, metric, params (a dict: one object per metric and
+    #: parameters, shared by its rows), score
+    scores: pd.DataFrame
+    #: per condition, metric and model pair: its permutation null (empty unless the suite asks for them)
+    calibration: pd.DataFrame = field(default_factory=_empty)
+    model_scores: pd.DataFrame = field(default_factory=_empty)  # per condition and model: per-sample score means
+    probes: pd.DataFrame = field(default_factory=_empty)  # per probe task, data set and model: its score
+    #: per condition, metric and sample: each model's term of its score with the reference (uncertainty.py)
+    sample_terms: pd.DataFrame = field(default_factory=_empty)
+
+    @classmethod
+    def read(cls, folder: str | Path, metrics: Mapping[str, Metric] | None = None) -> Results:
+        """A run folder's results, each table checked against its record: conditions with their sample counts,
+        and each metric's parameters a JSON object its plugin (in `metrics`, when given) accepts. A table from
+        another run or edited by hand is bad input here, not a traceback in a reader."""
+        folder = Path(folder)
+        record = read_run_record(folder)
+        tables = {name: _read_checked(folder, name, record) for name in TABLES}
+        scores = tables.pop("scores")
+        if scores is None:
+            raise BadInput(f"{folder}: no scores table; give a folder written by `prh-bench run`")
+        cal = tables["calibration"]
+        if cal is not None and not cal.empty and "alpha" not in cal:
+            # written before the calibrated score followed calibrated-similarity: not comparable
+            raise BadInput(f"{folder}: permutation nulls without the calibrated-similarity score (an older run); "
+                           "run the suite again")
+        scores = scores.assign(params=_parsed_params(folder, scores, metrics))
+        return cls(folder, record, scores, **{k: _empty() if v is None else v for k, v in tables.items()})
+
+    def write(self, folder: Path) -> dict[str, str]:
+        """The run folder's tables and run.json (parameters written as canonical JSON text); their paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name in TABLES:
+            table = getattr(self, name)
+            if name == "scores":
+                table = table.assign(params=[params_key(p) for p in table.params])
+            elif table.empty:
+                continue
+            files[name] = str(write_table(table, folder, name))
+        files["sidecar"] = str(write_run_record(folder, self.record))
+        return files
 
     @property
     def suite(self) -> str:
@@ -50,6 +102,18 @@ class Results:
     def conditions(self) -> list[str]:
         return [c.label for c in self.record.conditions]
 
+    def n_samples(self, condition: str) -> int:
+        n = self.record.n_samples(condition)
+        if n is None:
+            raise BadInput(f"{self.source}: run.json gives no sample count of condition '{condition}'; run the suite "
+                           "again")
+        return n
+
+    def params(self, metric: str) -> dict[str, Any]:
+        """The parameters `metric` was scored with."""
+        rows = self.scores.params[self.scores.metric == metric]
+        return dict(rows.iloc[0]) if len(rows) else {}
+
     @property
     def models(self) -> pd.DataFrame:
         """One row per model and condition: weights, manifest version, status, layers, widest layer, seconds."""
@@ -58,19 +122,34 @@ class Results:
                               "widest": max(r.widths) if r.widths else None, "seconds": r.seconds, "error": r.error}
                              for mid, m in self.record.models.items() for r in m.runs])
 
+    def best(self, metric: str | None = None, condition: str | None = None) -> pd.DataFrame:
+        """Per model pair: its best layer pair and score (every metric and condition unless named)."""
+        rows = self.scores
+        if metric is not None or condition is not None:
+            rows = self._scores(metric, condition)
+        return best_pairs(rows)
+
     def _scores(self, metric: str | None, condition: str | None) -> pd.DataFrame:
         metric = metric or self.metrics[0]
         condition = condition or self.conditions[0]
         for name, value, known in (("metric", metric, self.metrics), ("condition", condition, self.conditions)):
             if value not in known:
-                raise BadInput(f"{self.folder}: no {name} {value!r}; it has {known}")
+                raise BadInput(f"{self.source}: no {name} {value!r}; it has {known}")
         return self.scores[(self.scores.metric == metric) & (self.scores.condition == condition)]
 
-    def matrix(self, metric: str | None = None, condition: str | None = None) -> pd.DataFrame:
+    def matrix(self, metric: str | None = None, condition: str | None = None,
+               models: list[str] | None = None) -> pd.DataFrame:
         """Model x model: each pair's best score over layer pairs (entry [a, b] is metric(b, a), the PRH code's
-        orientation); the first metric and condition unless named."""
-        return alignment_matrix(best_pairs(self._scores(metric, condition)), metric or self.metrics[0],
-                                list(self.record.models))
+        orientation); the first metric and condition unless named, every model of the run unless `models`."""
+        return alignment_matrix(self.best(metric or self.metrics[0], condition), metric or self.metrics[0],
+                                list(self.record.models) if models is None else models)
+
+    def consistency(self, metric: str) -> pd.DataFrame:
+        """With several conditions: how alike each one's matrix and ranking is to the first's and the previous
+        one's (consistency.py); empty with one condition."""
+        if len(self.conditions) < 2:
+            return pd.DataFrame()
+        return consistency({c: self.matrix(metric, c) for c in self.conditions}, metric, self.record.suite.reference)
 
     def layers(self, x: str, y: str, metric: str | None = None, condition: str | None = None) -> pd.DataFrame:
         """x's layers (rows, in network order) x y's layers (columns): metric(x layer, y layer). A symmetric
@@ -81,7 +160,7 @@ class Results:
         if swapped:
             pair = table[(table.model_x == y) & (table.model_y == x)]
         if pair.empty:
-            raise BadInput(f"{self.folder}: no scores of {x} x {y}; models with scores: "
+            raise BadInput(f"{self.source}: no scores of {x} x {y}; models with scores: "
                            f"{sorted(set(table.model_x) | set(table.model_y))}")
         grid = pair.pivot(index="layer_x", columns="layer_y", values="score")
         grid = grid.loc[list(dict.fromkeys(pair.layer_x)), list(dict.fromkeys(pair.layer_y))]
@@ -101,67 +180,41 @@ class Results:
     def plot_layers(self, x: str, y: str, metric: str | None = None, condition: str | None = None) -> Figure:
         """The pair's layer x layer heatmap beside its alignment by depth of x (a matplotlib Figure, made without
         pyplot: a notebook shows it, `fig.savefig(path)` writes it, no backend is switched)."""
-        from matplotlib.figure import Figure
+        from .figures import layer_pair_figure
 
-        grid, depth = self.layers(x, y, metric, condition), self.by_depth(x, y, metric, condition)
-        fig = Figure(figsize=(11, 4.5), layout="tight")
-        left, right = fig.subplots(1, 2)
-        image = left.imshow(grid.to_numpy(float), aspect="auto", cmap="viridis")
-        fig.colorbar(image, ax=left)
-        left.set_yticks(range(len(grid)), grid.index, fontsize=6)
-        left.set_xticks(range(len(grid.columns)), grid.columns, fontsize=6, rotation=90)
-        left.set_ylabel(x)
-        left.set_xlabel(y)
-        right.plot(depth.depth, depth.best_score, marker="o")
-        right.set_xlabel(f"relative depth in {x}")
-        right.set_ylabel(f"best {metric or self.metrics[0]} over {y}'s layers")
-        fig.suptitle(f"{self.suite}: {x} x {y}, {metric or self.metrics[0]} on {condition or self.conditions[0]}")
-        return fig
+        metric, condition = metric or self.metrics[0], condition or self.conditions[0]
+        return layer_pair_figure(self.layers(x, y, metric, condition), self.by_depth(x, y, metric, condition),
+                                 f"{self.suite}: {x} x {y}, {metric} on {condition}", metric)
 
 
-def load(source: str | Path, suite: str | None = None, registry_dirs: tuple[str | Path, ...] = ()) -> Results:
-    """A run folder's results; or a results store's (`prh-bench merge`) for `suite`: its first condition, the
-    suite's models and those verifications added to it."""
-    source = Path(source)
-    if not (source / RUN_RECORD).is_file():
-        if suite is None:
-            raise BadInput(f"{source}: not a run folder (no {RUN_RECORD}); a results store needs suite=...")
-        from ..manager import load_plugins
-        from ..manifest import SuiteManifest
-        from ..registry import Registry
-        from .pairs import run_folder_from_store
-
-        registry = Registry.load(load_plugins(), [Path(d) for d in registry_dirs])
-        source = run_folder_from_store(registry, registry.get(suite, SuiteManifest), source,
-                                       Path(tempfile.mkdtemp(prefix="prh-results-")) / suite)
-    record = read_run_record(source)
-    tables = {}
-    for name in ("scores", "model_scores", "probes"):
-        table = read_run_table(source, name, record)
-        tables[name] = pd.DataFrame() if table is None else table
-    if "params" in tables["scores"]:
-        tables["scores"]["params"] = [json.loads(p) for p in tables["scores"]["params"]]
-    calibration = source / "calibration.csv"
-    return Results(source, record, tables["scores"],
-                   pd.read_csv(calibration) if calibration.exists() else pd.DataFrame(), tables["model_scores"],
-                   tables["probes"])
+def _read_checked(folder: Path, name: str, record: RunRecord) -> pd.DataFrame | None:
+    """A table of the folder whose conditions are all run.json's (with a sample count); None when absent."""
+    table = read_table(folder, name)
+    if table is None or "condition" not in table:
+        return table
+    known = {c.label for c in record.conditions if c.n_samples is not None}
+    if unknown := sorted(set(table.condition.astype(str)) - known):
+        raise BadInput(f"{folder / 'run.json'}: field 'conditions': no entry with n_samples for condition "
+                       f"{unknown[0]!r} of the {name} table (it lists {sorted(known)}); the run folder is incomplete "
+                       "or mixed: run the suite again")
+    return table
 
 
-def run(suite: str, *, registry_dirs: tuple[str | Path, ...] = (), cache: str | Path | None = None,
-        out: str | Path | None = None, progress: bool = False, **options: Any) -> Results:
-    """Run a suite as `prh-bench run` does (features from the cache or extracted, every pair scored), write its
-    run folder (`out`, default prh-runs/SUITE/TIME) and return its results. `options`: device, max_samples,
-    force, budget_gib, extra_models (models beside the suite's own)."""
-    from ..features import FeatureCache, cache_root
-    from ..manager import load_plugins
-    from ..registry import Registry
-    from ..runner import run_suite
-    from .report import write_run
-    from .run_folder import new_run_dir, suite_runs
-
-    dirs = tuple(Path(d) for d in registry_dirs)
-    result = run_suite(Registry.load(load_plugins(), dirs), suite, FeatureCache(Path(cache) if cache else cache_root()),
-                       progress=progress, registry_dirs=dirs, **options)
-    folder = Path(out) if out is not None else new_run_dir(suite_runs(suite))
-    write_run(result, folder)
-    return load(folder)
+def _parsed_params(folder: Path, scores: pd.DataFrame, metrics: Mapping[str, Metric] | None) -> list[dict[str, Any]]:
+    """The scores table's parameter column as dicts, each text parsed once and checked by its metric."""
+    parsed: dict[tuple[str, str], dict[str, Any]] = {}
+    for metric, text in scores[["metric", "params"]].drop_duplicates().itertuples(index=False):
+        where = f"{folder}: scores table, field 'params' of metric '{metric}'"
+        try:
+            params = json.loads(text)
+        except (TypeError, ValueError, RecursionError):
+            params = None
+        if not isinstance(params, dict):
+            raise BadInput(f"{where}: expected a JSON object of parameters, got {str(text)[:80]!r}")
+        if metrics is not None and metric in metrics:
+            try:
+                metrics[metric].params(**params)
+            except BadInput as exc:
+                raise BadInput(f"{where}: {exc}") from None
+        parsed[(metric, text)] = params
+    return [parsed[key] for key in zip(scores.metric, scores.params, strict=True)]

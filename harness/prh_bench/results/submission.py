@@ -27,8 +27,9 @@ from ..file_hash import sha256_of
 from ..manifest import ModelManifest
 from ..registry import Registry
 from ..store import CorruptEntry, atomic_file, read_header
+from .documents import first_problem
 from .pairs import PairRecord, record_path, scan
-from .run_folder import first_problem, read_run_record
+from .run_record import read_run_record
 
 SUBMISSION_FORMAT: Literal[1] = 1
 CLAIM = "submission.json"
@@ -134,7 +135,7 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
         by_file.setdefault(name, []).append(rec.model_dump(mode="json"))
     members |= {name: json.dumps(recs, indent=1).encode() for name, recs in by_file.items()}
     files = [MemberFile(path=name, sha256=_sha256(data), bytes=_size(data)) for name, data in sorted(members.items())]
-    claim = Submission(format=SUBMISSION_FORMAT, suite=run.suite_id, suite_version=run.suite.get("version", 0),
+    claim = Submission(format=SUBMISSION_FORMAT, suite=run.suite_id, suite_version=run.suite.version,
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), prh_bench=__version__,
                        max_samples=run.max_samples, models=claimed, features=features, files=files)
     with atomic_file(out, ".zip", SUBMISSION_FILE) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
