@@ -104,7 +104,7 @@ def test_score_keys_cover_the_preparation_and_calibration_code(monkeypatch: pyte
         score_job.metric_code_digest(type(get_metric("cknna")))
     finally:
         score_job.metric_code_digest.cache_clear()
-    assert {"prepare.py", "calibrate.py", "kernels.py", "knn.py", "metric.py", "subspace.py"} <= {p.name for p in seen}
+    assert {"prepare.py", "calibrate.py", "kernels.py", "knn.py", "metric.py", "folds.py", "procrustes.py"} <= {p.name for p in seen}
 
 
 def test_changing_the_clamp_mode_rescores_from_a_warm_cache(tmp_path: Path) -> None:

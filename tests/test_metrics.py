@@ -322,7 +322,7 @@ def test_in_sample_fits_match_reference(name: str, ref) -> None:
 def ref_gcv_alpha(a, b):
     """GCV of a ridge fit with intercept, from the explicit hat matrix, over the grid relative to the mean
     nonzero eigenvalue of Xc^T Xc; ties to the larger penalty."""
-    from prh_bench.align.subspace import GCV_GRID
+    from prh_bench.align.regression import GCV_GRID
 
     n = len(a)
     xc = a - a.mean(0)

@@ -18,8 +18,11 @@ from .kernels import CKA, CKNNA, UnbiasedCKA
 from .knn import LCSKNN, CycleKNN, EditDistanceKNN, MutualKNN
 from .metric import Metric
 from .prepare import Layers, as_tensors, prepare
+from .procrustes import Procrustes
+from .regression import LinearRegression
 from .rsa import RSA
-from .subspace import SVCCA, LinearRegression, Permutation, Procrustes, SoftMatching
+from .svcca import SVCCA
+from .unit_matching import Permutation, SoftMatching
 
 _BUILTIN: dict[str, Metric] = {
     m.name: m
