@@ -30,7 +30,7 @@ from fresh_process import in_fresh_process
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Prepare
-from prh_bench.pair_store import PairStore
+from prh_bench.pair_cache import PairCache
 from prh_bench.score_job import Member, ScoreJob
 from prh_bench.scoring import JobScores, run_tiles
 
@@ -56,7 +56,7 @@ def scoring_run(root: str, store: str, metric: str, n_models: int, budget: float
     job = ScoreJob(m, params, 1, Prepare(), None, members, int(budget * 2**30))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    done = JobScores(job, run_tiles(job, PairStore(Path(store)), lambda mem: cache.load(mem.id, mem.key), job.tiles()))
+    done = JobScores(job, run_tiles(job, PairCache(Path(store)), lambda mem: cache.load(mem.id, mem.key), job.tiles()))
     seconds = time.perf_counter() - t0
     checksum = float(sum(done.pair(a.id, b.id).sum() for a, b in job.pairs()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from prh_bench.store import read_entry
+from prh_bench.cache_files import read_entry
 
 from .conftest import write_yaml
 from .test_cache import TINY
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spaw
 WRITER = """
 import sys, torch
 from pathlib import Path
-from prh_bench.store import write_entry
+from prh_bench.cache_files import write_entry
 folder, who, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 for i in range(count):
     write_entry(folder / f"w{who}-{i}.safetensors", {"x": torch.full((64,), float(who * 10_000 + i))}, {"who": str(who)})

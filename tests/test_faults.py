@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
+from prh_bench.cache_files import CorruptEntry, read_entry, write_entry
 from prh_bench.features import FeatureCache, Features
-from prh_bench.store import CorruptEntry, read_entry, write_entry
 
 from .conftest import cli, write_yaml
 
@@ -117,7 +117,7 @@ def test_kill_during_a_cache_write_leaves_no_corrupt_entry(tmp_path: Path) -> No
     """A writer SIGKILLed while its file is half written: the final name never exists, and the next write in
     that folder removes the orphan."""
     target = tmp_path / "features" / "m" / "entry.safetensors"
-    script = ("import sys, torch; from pathlib import Path; from prh_bench.store import write_entry;"
+    script = ("import sys, torch; from pathlib import Path; from prh_bench.cache_files import write_entry;"
               "write_entry(Path(sys.argv[1]), {'x': torch.randn(150_000_000)}, {})")
     proc = subprocess.Popen([sys.executable, "-c", script, str(target)])
     deadline = time.monotonic() + 120

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from prh_bench.cache_files import WRITERS_LOCK, CorruptEntry, read_entry, sweep_temporaries, write_entry
 from prh_bench.errors import BadInput, PrhBenchError
 from prh_bench.features import FeatureCache, Features, feature_key
-from prh_bench.store import WRITERS_LOCK, CorruptEntry, read_entry, sweep_temporaries, write_entry
 
 from .conftest import cli, write_yaml
 from .test_cache import tiny_registry
@@ -145,7 +145,7 @@ def test_temporary_files_of_live_writers_survive_the_sweep_whatever_their_name(t
 
 def test_a_lock_held_by_a_stopped_run_ends_in_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    from prh_bench.store import entry_lock
+    from prh_bench.cache_files import entry_lock
 
     target = tmp_path / "features" / "m" / "entry.safetensors"
     target.parent.mkdir(parents=True)
@@ -234,7 +234,7 @@ def test_a_full_disk_or_unwritable_cache_is_a_clear_error(tmp_path: Path, monkey
 
     import safetensors.torch
 
-    from prh_bench.store import CacheUnwritable
+    from prh_bench.cache_files import CacheUnwritable
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -248,7 +248,7 @@ def test_a_full_disk_or_unwritable_cache_is_a_clear_error(tmp_path: Path, monkey
 def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only cache (a shared, published one) serves stored entries: reading takes no lock file."""
     import prh_bench.executors as executors
-    import prh_bench.pair_store as pair_store
+    import prh_bench.pair_cache as pair_cache
 
     reg = tiny_registry(tmp_path / "reg")
     assert cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r1").exit_code == 0
@@ -257,7 +257,7 @@ def test_a_warm_cache_is_read_without_taking_locks(tmp_path: Path, monkeypatch: 
         raise AssertionError("a lock was taken to read a stored entry")
 
     monkeypatch.setattr(FeatureCache, "lock", no_locks)
-    monkeypatch.setattr(pair_store.PairStore, "lock", no_locks)
+    monkeypatch.setattr(pair_cache.PairCache, "lock", no_locks)
     second = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "r2")
     assert second.exit_code == 0, second.output
     assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()
@@ -306,7 +306,7 @@ def test_huge_numbers_in_manifests_are_refused_by_validate(tmp_path: Path, field
 def test_a_one_element_slice_with_a_non_unit_stride_is_stored_and_digested(tmp_path: Path) -> None:
     """Two one-layer models' scores taken from a transposed slice: a 1 x 1 tensor with stride (1, 2), which
     `contiguous()` leaves alone and `view(torch.uint8)` refuses (it crashed the pair store in pocket-colors)."""
-    from prh_bench.store import tensors_digest
+    from prh_bench.cache_files import tensors_digest
 
     score = torch.arange(6.0).reshape(3, 2).t()[:1, :1]
     assert score.stride() == (1, 2) and score.is_contiguous()

@@ -92,12 +92,12 @@ def test_the_built_in_plugins_import_only_the_plugin_api() -> None:
 
 def test_the_changelog_records_every_data_format_version() -> None:
     """Each file format the harness writes has its current version in CHANGELOG.md's table."""
-    from prh_bench import features, score_job, store
-    from prh_bench.results import baseline, pairs, run_record, submission
+    from prh_bench import cache_files, features, score_job
+    from prh_bench.results import baseline, pair_records, run_record, submission
 
     table = (Path(__file__).parents[1] / "CHANGELOG.md").read_text(encoding="utf-8")
-    for constant, value in (("features.CACHE_FORMAT", features.CACHE_FORMAT), ("store.STORE_FORMAT", store.STORE_FORMAT),
-                            ("score_job.PAIR_FORMAT", score_job.PAIR_FORMAT), ("results.pairs.RESULTS_FORMAT", pairs.RESULTS_FORMAT),
+    for constant, value in (("features.CACHE_FORMAT", features.CACHE_FORMAT), ("cache_files.STORE_FORMAT", cache_files.STORE_FORMAT),
+                            ("score_job.PAIR_FORMAT", score_job.PAIR_FORMAT), ("results.pair_records.RESULTS_FORMAT", pair_records.RESULTS_FORMAT),
                             ("results.run_record.RUN_FORMAT", run_record.RUN_FORMAT),
                             ("results.baseline.FORMAT", baseline.FORMAT),
                             ("results.submission.SUBMISSION_FORMAT", submission.SUBMISSION_FORMAT)):

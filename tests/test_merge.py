@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from prh_bench.cache_files import CacheUnwritable
 from prh_bench.errors import BadInput
 from prh_bench.results.journal import JOURNAL
 from prh_bench.results.merge import merge
-from prh_bench.results.pairs import record_path, scan
-from prh_bench.store import CacheUnwritable
+from prh_bench.results.pair_records import record_path, scan
 
 from .conftest import cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prh_bench.results.pairs import disagreement, read_records
+from prh_bench.results.pair_records import disagreement, read_records
 from prh_bench.results.run_folder import PARQUET_ROWS, read_table, write_table
 
 from .conftest import cli, write_yaml

@@ -15,7 +15,7 @@ import torch
 from prh_bench.align import METRICS, get_metric
 from prh_bench.features import FeatureCache, Features
 from prh_bench.manifest import Calibration, Prepare
-from prh_bench.pair_store import PairStore
+from prh_bench.pair_cache import PairCache
 from prh_bench.score_job import Member, ScoreJob
 from prh_bench.scoring import collect, run_tiles
 
@@ -70,7 +70,7 @@ def test_scores_in_many_small_groups_equal_those_of_one_group(tmp_path: Path, na
     loads = {}
     for budget in (2**30, 1):  # one group of five; five groups of one
         job = ScoreJob(metric, params, 1, Prepare(), Calibration(permutations=5), tuple(members), budget)
-        store = PairStore(tmp_path / f"b{budget}")
+        store = PairCache(tmp_path / f"b{budget}")
         loads[budget] = []
         done = run_tiles(job, store, lambda m, seen=loads[budget]: seen.append(m.id) or cache.load(m.id, m.key), job.tiles())
         assert done.computed == 10
@@ -106,8 +106,8 @@ def test_a_model_added_to_a_scored_suite_costs_its_own_pairs_only(tmp_path: Path
 
     def run(models: list[Member], root: Path, budget: int = 2**30) -> tuple[ScoreJob, object, object]:
         job = ScoreJob(metric, params, 1, Prepare(), nulls, tuple(models), budget)
-        done = run_tiles(job, PairStore(root), lambda m: cache.load(m.id, m.key), job.tiles())
-        return job, done, collect(job, PairStore(root))
+        done = run_tiles(job, PairCache(root), lambda m: cache.load(m.id, m.key), job.tiles())
+        return job, done, collect(job, PairCache(root))
 
     _, first, _ = run(members[:12], tmp_path / "grown")
     assert first.computed == 66

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from prh_bench.cache_files import read_entry, write_entry
 from prh_bench.errors import BadInput
 from prh_bench.results.submission import CLAIM, unpack
 from prh_bench.results.verify import pass_probability
-from prh_bench.store import read_entry, write_entry
 
 from .conftest import cli, cli_json, write_yaml
 

@@ -617,8 +617,8 @@ def score(obj: Ctx, metric: str, files: tuple[Path, Path] | None, suite: str | N
     """Score every layer pair of two models' features with one metric; print JSON."""
     from .align import prepare, score_layers
     from .align.prepare import CONCAT, Clamp
+    from .cache_files import CorruptEntry
     from .features import read_features
-    from .store import CorruptEntry
 
     reg = obj.registry
     chosen, params = reg.metric(metric, _parse_params(param_pairs))

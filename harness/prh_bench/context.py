@@ -20,7 +20,7 @@ from .backend import resolve_dtype
 from .errors import BadInput, PrhBenchError
 from .features import FeatureCache, Features
 from .manifest import DatasetManifest, ModelManifest, SuiteManifest
-from .pair_store import PairStore
+from .pair_cache import PairCache
 from .registry import Registry
 from .samples import SampleSet
 from .score_job import DEFAULT_BUDGET_GIB, Member
@@ -183,7 +183,7 @@ class RunContext:
                                                  for m in self.registry.suite_models(suite, spec.extra_models)}
         self.conditions = suite_conditions(self.registry, suite)
         self.cache = FeatureCache(Path(spec.cache_root))
-        self.pairs = PairStore(Path(spec.cache_root))
+        self.pairs = PairCache(Path(spec.cache_root))
         self._data: dict[tuple[str, int | None], SampleSet] = {}
         self._last: tuple[Target, tuple[DatasetManifest, SampleSet, str]] | None = None
 

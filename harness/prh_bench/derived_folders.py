@@ -17,8 +17,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .cache_files import TEMP_PREFIX, entry_lock, sync_tree
 from .file_hash import file_sha256, sha256_of
-from .store import TEMP_PREFIX, entry_lock, sync_tree
 
 LISTING = ".prh-files.json"  # relative path -> sha256 of every file of the folder
 log = logging.getLogger(__name__)

@@ -109,7 +109,7 @@ class Executor(Protocol):
         """Each model's features on the target's samples, in the cache; their outcomes in model order."""
 
     def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> JobScores:
-        """Every pair of the job, read from the pair store or computed and stored, and returned."""
+        """Every pair of the job, read from the pair cache or computed and stored, and returned."""
 
 
 class LocalExecutor:

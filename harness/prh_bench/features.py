@@ -3,7 +3,7 @@
 A cache entry is keyed by everything that changes features: the model manifest's feature fields (backend,
 source, revision, layers, pooling, weights, preprocessing, dtype, version), the dataset manifest and the ids
 and content digest of the samples, and the versions of the backend's libraries. Entries are checksummed safetensors
-files written atomically (see store.py); an entry whose stored key differs, that cannot be read or that
+files written atomically (see cache_files.py); an entry whose stored key differs, that cannot be read or that
 fails its checksum is never used.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 from tqdm import tqdm
 
 from .backend import FeatureExtractor, ModelBackend
+from .cache_files import CHECKSUM_FIELD, entry_lock, inside, read_entry, read_header, read_valid, write_entry
 from .code_digest import code_digest
 from .errors import ExtractionFailed
 from .lazy import torch
 from .manifest import DatasetManifest, ModelManifest
 from .samples import SampleSet
-from .store import CHECKSUM_FIELD, entry_lock, inside, read_entry, read_header, read_valid, write_entry
 from .weights import adapt_state_dict, local_source_sha256, unpinned_checkpoint_sha256
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ import importlib.metadata
 import zipfile
 from pathlib import Path
 
+from .cache_files import atomic_file, entry_lock
 from .derived_folders import LISTING, derived_folder
 from .errors import BadInput, WeightsUnavailable
 from .file_hash import file_sha256
 from .manifest import DistFile, PartsWeights
-from .store import atomic_file, entry_lock
 
 
 def _distribution(name: str, who: str) -> importlib.metadata.Distribution:

@@ -1,4 +1,4 @@
-"""What a job's neighbour lists say beyond its scores, read back from the summary store after scoring:
+"""What a job's neighbour lists say beyond its scores, read back from the summary cache after scoring:
 
 - with an approximate search (`search: ivf`), what it cost: each layer's recall on the rows its summary searched
   exactly, and each pair's score at its best layer pair on those rows, from the approximate and the exact lists
@@ -19,7 +19,7 @@ import pandas as pd
 from .align import LayerScores
 from .align.knn import KNNMetric
 from .features import Features
-from .pair_store import SummaryStore
+from .pair_cache import SummaryCache
 from .score_job import Member
 from .scoring import JobScores, Summaries
 
@@ -35,7 +35,7 @@ class PairDetails:
 def pair_details(scores: JobScores, root: Path, load: Callable[[Member], Features], names: dict[str, list[str]],
                  condition: str, sample_ids: list[str], groups: list[str | None]) -> PairDetails:
     """The details of one job (empty unless its metric is of the k-NN family). Summaries are read from the
-    summary store under `root` (computed there if gone), tile by tile as the scoring read them: at most two
+    summary cache under `root` (computed there if gone), tile by tile as the scoring read them: at most two
     groups' at a time."""
     job, out = scores.job, PairDetails()
     if not isinstance(job.metric, KNNMetric):
@@ -44,7 +44,7 @@ def pair_details(scores: JobScores, root: Path, load: Callable[[Member], Feature
     ref = job.reference if job.metric.row_mean and job.reference in {m.id for m in job.members} else None
     if not approximate and ref is None:
         return out
-    summaries = Summaries(job, load, SummaryStore(root))
+    summaries = Summaries(job, load, SummaryCache(root))
     head = {"condition": condition, "metric": job.metric.name}
     terms: dict[str, list[float]] = {}
     for i, j in job.tiles():

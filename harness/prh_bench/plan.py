@@ -1,6 +1,6 @@
 """What a suite would do, without running it: per model and condition, cached or to extract, whether its
 weights can be had here, and how much feature storage it needs; per condition and metric, how many model
-pairs (and permutation nulls) the pair store already holds, how many are left to compute, and an estimate of
+pairs (and permutation nulls) the pair cache already holds, how many are left to compute, and an estimate of
 their time and memory."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .errors import BadInput, PrhBenchError
 from .features import EntryInfo, FeatureCache, model_feature_key
 from .lazy import torch
 from .manifest import ModelManifest, SuiteManifest
-from .pair_store import PairStore
+from .pair_cache import PairCache
 from .registry import Registry
 from .score_job import DEFAULT_BUDGET_GIB, Member, ScoreJob
 
@@ -93,7 +93,7 @@ def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers:
                  grown(small.null, large.null) * pairs)
 
 
-def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, cond: Condition, n: int,
+def scoring_work(registry: Registry, suite: SuiteManifest, cache: PairCache, cond: Condition, n: int,
                  members: list[Member], pending: dict[str, list[int] | None], budget: int,
                  groups: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
     """Per metric: the pairs (and nulls) stored and to compute among `members` (models with cached features)
@@ -108,9 +108,9 @@ def scoring_work(registry: Registry, suite: SuiteManifest, store: PairStore, con
         cached = {m.id for m in members}
         pairs = job.unordered_pairs()
         todo = [(a, b) for a, b in pairs
-                if not ({a.id, b.id} <= cached and store.scores_path(job, a, b).exists())]
+                if not ({a.id, b.id} <= cached and cache.scores_path(job, a, b).exists())]
         nulls = job.null_pairs(pairs)
-        nulls_todo = [(a, b) for a, b in nulls if not ({a.id, b.id} <= cached and store.null_path(job, a, b).exists())]
+        nulls_todo = [(a, b) for a, b in nulls if not ({a.id, b.id} <= cached and cache.null_path(job, a, b).exists())]
         involved = {m.id: m for p in todo + nulls_todo for m in p}
         row = {"condition": cond.label, "metric": use.name, "pairs": len(pairs), "pairs_cached": len(pairs) - len(todo),
                "pairs_to_compute": len(todo), "nulls": len(nulls), "nulls_to_compute": len(nulls_todo),
@@ -145,7 +145,7 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
     models = [resolve_dtype(m, device) for m in registry.suite_models(suite)]
     weights = {m.id: weights_status(registry, m) for m in models}
     widths = {m.id: feature_widths(registry, m) for m in models}
-    store = PairStore(cache.root)
+    pair_cache = PairCache(cache.root)
     rows, work = [], []
     conditions = suite_conditions(registry, suite)
     for index, cond in enumerate(conditions):
@@ -177,6 +177,6 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
             rows.append({"condition": cond.label, "model": m.id, "status": status, "weights": weights[m.id],
                          "layers": len(w) if w else None, "feature_MiB": mb, "note": data_note})
         if samples is not None:
-            work += scoring_work(registry, suite, store, cond, len(samples), members, pending,
+            work += scoring_work(registry, suite, pair_cache, cond, len(samples), members, pending,
                                  int(budget_gib * 2**30), samples.group_codes)
     return pd.DataFrame(rows), pd.DataFrame(work)

@@ -35,18 +35,18 @@ from .align.calibrate import calibrate_summaries
 from .align.pair_batches import score_pairs
 from .errors import PrhBenchError
 from .features import Features
-from .pair_store import PairStore, SummaryStore
+from .pair_cache import PairCache, SummaryCache
 from .score_job import Member, Pair, ScoreJob
 
 
 class Summaries:
-    """Per-layer summaries of the members of groups, read from the summary store or computed on demand from
+    """Per-layer summaries of the members of groups, read from the summary cache or computed on demand from
     features read one model at a time; at most two groups' are held. The group asked for with keep=True stays
     (the row of tiles being computed); of the others only the last one stays, since it may be the next row's
     group."""
 
-    def __init__(self, job: ScoreJob, load: Callable[[Member], Features], store: SummaryStore):
-        self.job, self.load, self.store = job, load, store
+    def __init__(self, job: ScoreJob, load: Callable[[Member], Features], cache: SummaryCache):
+        self.job, self.load, self.cache = job, load, cache
         self.row: tuple[int, dict[str, list[Any]]] | None = None
         self.last: tuple[int, dict[str, list[Any]]] | None = None
 
@@ -62,11 +62,11 @@ class Summaries:
         prep, out = self.job.prepare, held[1]
         for m in self.job.groups[g]:
             if m.id in models and m.id not in out:
-                if (found := self.store.load(self.job, m)) is None:
+                if (found := self.cache.load(self.job, m)) is None:
                     feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers,
                                     prep.clamp, prep.precision)
                     found = summarize_layers(self.job.metric, feats, **self.job.params)
-                    self.store.save(self.job, m, found)
+                    self.cache.save(self.job, m, found)
                 out[m.id] = found
         return out
 
@@ -81,44 +81,44 @@ class TileResult:
     nulls_computed: int = 0
 
 
-def _read(job: ScoreJob, store: PairStore, pairs: list[tuple[Member, Member]], nulls: list[tuple[Member, Member]],
+def _read(job: ScoreJob, cache: PairCache, pairs: list[tuple[Member, Member]], nulls: list[tuple[Member, Member]],
           out: TileResult) -> tuple[list[tuple[Member, Member]], list[tuple[Member, Member]]]:
     """Read what is stored into `out`; return the pairs and the nulls still missing."""
     missing = []
     for a, b in pairs:
         if (a.id, b.id) not in out.scores:
-            if (found := store.load_scores(job, a, b)) is None:
+            if (found := cache.load_scores(job, a, b)) is None:
                 missing.append((a, b))
             else:
                 out.scores |= found
     missing_nulls = []
     for a, b in nulls:
         if (a.id, b.id) not in out.nulls:
-            if (row := store.load_null(job, a, b)) is None:
+            if (row := cache.load_null(job, a, b)) is None:
                 missing_nulls.append((a, b))
             else:
                 out.nulls[(a.id, b.id)] = row
     return missing, missing_nulls
 
 
-def run_tile(job: ScoreJob, store: PairStore, summaries: Summaries, i: int, j: int, out: TileResult) -> None:
-    """A tile's pairs and nulls, read from the store or computed and stored. Stored entries are read without
+def run_tile(job: ScoreJob, cache: PairCache, summaries: Summaries, i: int, j: int, out: TileResult) -> None:
+    """A tile's pairs and nulls, read from the cache or computed and stored. Stored entries are read without
     a lock (a read-only cache works); missing ones are computed under a lock on exactly that set of entries,
     which a second run sharing the cache waits on and then finds stored."""
     pairs = job.tile_pairs(i, j)
     nulls = job.null_pairs(pairs)
-    missing, missing_nulls = _read(job, store, pairs, nulls, out)
+    missing, missing_nulls = _read(job, cache, pairs, nulls, out)
     if not missing and not missing_nulls:
         return
     keys = [job.pair_key(a, b) for a, b in missing] + [job.null_key(a, b) for a, b in missing_nulls]
-    with store.lock(job, keys):
-        missing, missing_nulls = _read(job, store, missing, missing_nulls, out)
+    with cache.lock(job, keys):
+        missing, missing_nulls = _read(job, cache, missing, missing_nulls, out)
         involved = {m.id for p in missing + missing_nulls for m in p}
         both = summaries.of(i, involved, keep=True)
         both = both | (summaries.of(j, involved) if j != i else {})
         computed = score_pairs(job.metric, both, [(a.id, b.id) for a, b in missing], job.params)
         for a, b in missing:
-            store.save_scores(job, a, b, computed)
+            cache.save_scores(job, a, b, computed)
         out.scores |= computed
         out.computed += len(missing)
         for a, b in missing_nulls:
@@ -129,7 +129,7 @@ def run_tile(job: ScoreJob, store: PairStore, summaries: Summaries, i: int, j: i
                                       job.calibrate.alpha, job.sample_groups if job.exchange == "within_groups" else None)
             row = {"model_x": a.id, "model_y": b.id, "metric": job.metric.name, **cal.as_dict(),
                    "exchange": job.exchange}
-            store.save_null(job, a, b, row, cal.null)
+            cache.save_null(job, a, b, row, cal.null)
             out.nulls[(a.id, b.id)] = row
         out.nulls_computed += len(missing_nulls)
 
@@ -154,23 +154,23 @@ class JobScores:
                 for a, b in self.job.pairs() if (a.id, b.id) in nulls]
 
 
-def run_tiles(job: ScoreJob, store: PairStore, load: Callable[[Member], Features], tiles: list[tuple[int, int]],
+def run_tiles(job: ScoreJob, cache: PairCache, load: Callable[[Member], Features], tiles: list[tuple[int, int]],
               on_done: Callable[[], None] = lambda: None) -> TileResult:
     """The given tiles in order (rows of tiles share their group's summaries)."""
-    summaries, out = Summaries(job, load, SummaryStore(store.root)), TileResult()
+    summaries, out = Summaries(job, load, SummaryCache(cache.root)), TileResult()
     for i, j in tiles:
-        run_tile(job, store, summaries, i, j, out)
+        run_tile(job, cache, summaries, i, j, out)
         on_done()
     return out
 
 
-def collect(job: ScoreJob, store: PairStore, computed: int = 0, nulls_computed: int = 0) -> JobScores:
-    """Every pair and null of a job from the store, once other processes have computed them."""
+def collect(job: ScoreJob, cache: PairCache, computed: int = 0, nulls_computed: int = 0) -> JobScores:
+    """Every pair and null of a job from the cache, once other processes have computed them."""
     out = TileResult(computed=computed, nulls_computed=nulls_computed)
     pairs = job.unordered_pairs()
-    missing, missing_nulls = _read(job, store, pairs, job.null_pairs(pairs), out)
+    missing, missing_nulls = _read(job, cache, pairs, job.null_pairs(pairs), out)
     if missing or missing_nulls:
         a, b = (missing or missing_nulls)[0]
-        raise PrhBenchError(f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {store.root} after "
+        raise PrhBenchError(f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {cache.root} after "
                             "scoring (a Ray node that does not share the cache folder?)")
     return JobScores(job, out)

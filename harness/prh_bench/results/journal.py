@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..cache_files import CacheUnwritable, atomic_file, entry_lock
 from ..errors import BadInput, PrhBenchError
-from ..store import CacheUnwritable, atomic_file, entry_lock
 from ..textfile import read_text
 
 JOURNAL = ".merge-journal.json"

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import BadInput
 from ..textfile import read_text
 from .journal import check_target, commit, locked
-from .pairs import RESULTS_FILE, PairRecord, describe, disagreement, read_records, record_path, scan
+from .pair_records import RESULTS_FILE, PairRecord, describe, disagreement, read_records, record_path, scan
 from .run_folder import RUN_RECORD
 
 

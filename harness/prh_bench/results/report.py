@@ -22,7 +22,7 @@ from ..runner import SuiteRun
 from .figures import heatmap, pyplot, sweep_figure
 from .matrices import alignment_matrix, best_partner, chance_level, params_key
 from .merge import write_records
-from .pairs import job_records
+from .pair_records import job_records
 from .results import Results
 from .run_folder import RESULTS_DIR, slug
 from .run_record import (

@@ -12,7 +12,7 @@ from ..lazy import pd
 RUNS_ROOT = Path("prh-runs")  # run folders: RUNS_ROOT/SUITE/UTC-TIME
 LEADERBOARDS_ROOT = Path("leaderboards")  # bundles: LEADERBOARDS_ROOT/SUITE, baselines: LEADERBOARDS_ROOT/baselines
 RUN_RECORD = "run.json"  # the run's typed record (run_record.py)
-RESULTS_DIR = "results"  # per-pair records inside a run folder (pairs.py)
+RESULTS_DIR = "results"  # per-pair records inside a run folder (pair_records.py)
 BUNDLE_INDEX = "index.html"
 #: a long table with more rows than this is written as Parquet (a vision78 run has about 1.2 million per metric)
 PARQUET_ROWS = 200_000

@@ -16,7 +16,7 @@ from ..manifest import SuiteManifest
 from ..registry import Registry
 from .ledger import verified_models
 from .matrices import params_key
-from .pairs import ModelRef, scan
+from .pair_records import ModelRef, scan
 from .results import Results
 from .run_record import ConditionEntry, MetricEntry, ModelEntry, RunRecord
 

@@ -1,7 +1,7 @@
 """A submission: what a contributor ran for the models they add, packed as one zip file that claims what it holds.
 
     submission.json                            # the claim: suite, models, and every file with its sha256
-    results/CONDITION/MODEL_X/MODEL_Y.json     # the run's pair records (pairs.py) of every pair with a claimed model
+    results/CONDITION/MODEL_X/MODEL_Y.json     # the run's pair records (pair_records.py) of every pair with a claimed model
     features/MODEL/KEY.safetensors             # optional: the claimed models' cache entries the records name
     manifests/MODEL.yaml                       # the claimed models' manifests, as the run read them
 
@@ -22,13 +22,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
+from ..cache_files import CorruptEntry, atomic_file, read_header
 from ..errors import BadInput
 from ..file_hash import sha256_of
 from ..manifest import ModelManifest
 from ..registry import Registry
-from ..store import CorruptEntry, atomic_file, read_header
 from .documents import first_problem
-from .pairs import PairRecord, record_path, scan
+from .pair_records import PairRecord, record_path, scan
 from .run_record import read_run_record
 
 SUBMISSION_FORMAT: Literal[1] = 1

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..cache_files import CorruptEntry
 from ..errors import BadInput
 from ..file_hash import sha256_of
 from ..manifest import ModelManifest, SuiteManifest
 from ..registry import Registry
-from ..store import CorruptEntry
 from .ledger import read_ledger
-from .pairs import PairRecord, describe, scan
+from .pair_records import PairRecord, describe, scan
 from .submission import Submission, fields_digest, manifest_digest, submitted_records, unpack
 
 DEFAULT_SAMPLE = 20

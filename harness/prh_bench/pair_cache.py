@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
+from .cache_files import entry_lock, inside, read_valid, write_entry
 from .errors import PrhBenchError
 from .score_job import Member, Pair, ScoreJob, doc_sha256
-from .store import entry_lock, inside, read_valid, write_entry
 
 
-class PairStore:
+class PairCache:
     """Pair entries under CACHE/pairs/METRIC/KEY.safetensors, nulls under CACHE/nulls/METRIC/KEY.safetensors,
-    written atomically with a checksum (store.py)."""
+    written atomically with a checksum (cache_files.py)."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -66,7 +66,7 @@ class PairStore:
                      "calibrate": job.calibrate.model_dump_json()})
 
 
-class SummaryStore:
+class SummaryCache:
     """A model's summaries under CACHE/summaries/METRIC/KEY.safetensors, for metrics whose summaries are small
     (`Metric.summaries_to_tensors`): a model's later pairs then read them instead of its features."""
 
