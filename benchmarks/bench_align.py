@@ -169,7 +169,7 @@ def main() -> None:
         loop_s *= len(all_pairs) / len(idx) * directions(metric)
         prep_s, eng_s, mats = best_engine_matrix(metric, [x, y], args.repeat)
         flat = mats[(0, 1)].flatten()
-        diff = max(abs(flat[i].item() - s) for i, s in zip(idx, loop_scores))
+        diff = max(abs(flat[i].item() - s) for i, s in zip(idx, loop_scores, strict=True))
         # Errors against the same loop run in float64 on 20 pairs: the reference for both.
         ref = {i: LOOPS[metric](all_pairs[i][0].double(), all_pairs[i][1].double()) for i in list(idx)[:: max(1, len(idx) // 20)]}
         eng_err = max(abs(flat[i].item() - v) for i, v in ref.items())

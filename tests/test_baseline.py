@@ -133,7 +133,7 @@ def test_a_probe_moved_by_one_test_sample_passes_and_a_changed_probe_fails(froze
     from prh_bench.results.baseline import ProbeRow, compare, measured, read_baseline, tolerances
     from prh_bench.results.results import Results
 
-    reg, run, base = frozen
+    _reg, run, base = frozen
     doc, got = read_baseline(base), measured(Results.read(run))
     probe = {"task": "linear_probe", "dataset": "d", "model": "f-lite0"}
     got.tables["probes"] = pd.DataFrame([probe | {"score": 0.547}])

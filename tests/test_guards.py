@@ -156,9 +156,9 @@ def test_a_lock_held_by_a_stopped_run_ends_in_a_clear_error(tmp_path: Path, monk
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setenv("PRH_BENCH_LOCK_TIMEOUT", "6")
         start = time.monotonic()
-        with pytest.raises(PrhBenchError, match="gave up after 6 s waiting for .*entry.safetensors.lock"):
-            with entry_lock(target):
-                pass
+        with pytest.raises(PrhBenchError, match=r"gave up after 6 s waiting for .*entry.safetensors.lock"), \
+                entry_lock(target):
+            pass
         assert 5 < time.monotonic() - start < 30
         assert "waiting for" in caplog.text and "another prh-bench run" in caplog.text
     finally:
@@ -191,7 +191,7 @@ revisions: ["../../../../x"]
 
 def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for prev, name in zip("abcdefgh", "bcdefghi"):
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
         lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
     bomb = write_yaml(tmp_path / "bomb.yaml", "\n".join(lines) + "\nkind: suite\n")
     assert bomb.stat().st_size < 1000
@@ -330,7 +330,7 @@ def test_outputs_never_mix_with_an_earlier_runs(tmp_path: Path) -> None:
     both.mkdir()
     pd.DataFrame({"score": [0.5]}).to_csv(both / "scores.csv", index=False)
     pd.DataFrame({"score": [0.7]}).to_parquet(both / "scores.parquet")
-    with pytest.raises(BadInput, match="holds both scores.csv and scores.parquet"):
+    with pytest.raises(BadInput, match=r"holds both scores.csv and scores.parquet"):
         read_table(both, "scores")
     (both / "scores.csv").unlink()
     data = (both / "scores.parquet").read_bytes()

@@ -48,7 +48,7 @@ def test_the_engine_imports_have_no_cycle() -> None:
         path.append(m)
         for d in graph[m]:
             if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(d):], d]))
             if d not in state:
                 visit(d)
         path.pop()

@@ -81,8 +81,8 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     probes = pd.read_csv(tmp_path / "runs" / "tiny-board" / "20260101-000000" / "probes.csv")
     assert len(probes) == 4 and probes.score.between(0, 1).all()
     best = probes.score.max()
-    solved = dict(zip(board.model, board.tasks_solved))
-    assert solved == {m: float(s >= 0.8 * best) for m, s in zip(probes.model, probes.score)}
+    solved = dict(zip(board.model, board.tasks_solved, strict=True))
+    assert solved == {m: float(s >= 0.8 * best) for m, s in zip(probes.model, probes.score, strict=True)}
     binned = pd.read_csv(tmp_path / "board" / "binned.csv")
     assert binned.models.sum() == 3  # the reference has no alignment to itself
     meta = json.loads((tmp_path / "board" / "leaderboard.json").read_text())["meta"]

@@ -272,5 +272,5 @@ def test_plugin_options_are_declared_and_checked(tmp_path: Path) -> None:
 
     photos = DatasetManifest(kind="dataset", id="p", version=1, loader="photo_crops", modality="vision",
                              options={"sise": 1})
-    with pytest.raises(BadInput, match="dataset 'p': field 'options.sise': not an option of loader 'photo_crops'"):
+    with pytest.raises(BadInput, match=r"dataset 'p': field 'options.sise': not an option of loader 'photo_crops'"):
         plugins.loaders["photo_crops"](photos)

@@ -44,7 +44,7 @@ def source(root: Path, *records: dict) -> Path:
         path = record_path(root, rec["condition"]["label"], rec["model_x"]["id"], rec["model_y"]["id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(old + [rec]))
+        path.write_text(json.dumps([*old, rec]))
     return root
 
 
@@ -168,7 +168,7 @@ def test_permutation_nulls_are_compared_validated_and_added(tmp_path: Path) -> N
     with pytest.raises(BadInput, match="field 'calibration': the cka null of x x z in a cka record of x x y"):
         merge([source(tmp_path / "wrong-pair", record(calibration=null(y="z")))], tmp_path / "s2")
     partial = {k: v for k, v in null().items() if k != "tau"}
-    with pytest.raises(BadInput, match="field 'calibration.tau': Field required"):
+    with pytest.raises(BadInput, match=r"field 'calibration.tau': Field required"):
         merge([source(tmp_path / "partial", record(calibration=partial))], tmp_path / "s3")
 
 

@@ -27,7 +27,7 @@ def ref_knn(x: np.ndarray, k: int) -> list[list[int]]:
 
 def ref_mutual_knn(a, b, k):
     na, nb = ref_knn(a, k), ref_knn(b, k)
-    return np.mean([len(set(p) & set(q)) / k for p, q in zip(na, nb)])
+    return np.mean([len(set(p) & set(q)) / k for p, q in zip(na, nb, strict=True)])
 
 
 def ref_cycle_knn(a, b, k):
@@ -53,11 +53,11 @@ def ref_levenshtein(p, q):
 
 
 def ref_lcs_knn(a, b, k):
-    return np.mean([ref_lcs(p, q) for p, q in zip(ref_knn(a, k), ref_knn(b, k))]) / k
+    return np.mean([ref_lcs(p, q) for p, q in zip(ref_knn(a, k), ref_knn(b, k), strict=True)]) / k
 
 
 def ref_edit_knn(a, b, k):
-    return 1 - np.mean([ref_levenshtein(p, q) for p, q in zip(ref_knn(a, k), ref_knn(b, k))]) / k
+    return 1 - np.mean([ref_levenshtein(p, q) for p, q in zip(ref_knn(a, k), ref_knn(b, k), strict=True)]) / k
 
 
 def hsic_biased(K, L):
@@ -119,7 +119,7 @@ def ref_svcca(a, b, dims):
     """Top singular directions of standardised data, then CCA from covariance matrices."""
     def reduce(x):
         x = (x - x.mean(0)) / x.std(0, ddof=1)
-        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        _u, _s, vt = np.linalg.svd(x, full_matrices=False)
         return x @ vt[:dims].T
 
     ra, rb = reduce(a), reduce(b)
@@ -408,7 +408,7 @@ def test_clamp_modes_match_their_definitions() -> None:
     }
     for mode, want in expected.items():
         got = prepare(layers, clamp_quantile=q, l2_normalize=False, clamp=mode)
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-7, rtol=0, msg=mode)
         normed = prepare(layers, clamp_quantile=q, clamp=mode)
         torch.testing.assert_close(normed[2], torch.nn.functional.normalize(want[2], dim=-1), atol=1e-7, rtol=0)
@@ -416,7 +416,7 @@ def test_clamp_modes_match_their_definitions() -> None:
     ragged = [layers[0], layers[1][:, :7]]
     for mode in ("paper", "paper_exact"):
         got = prepare(ragged, clamp_quantile=q, l2_normalize=False, clamp=mode)
-        for a, x in zip(got, ragged):
+        for a, x in zip(got, ragged, strict=True):
             t = (torch.quantile(x.abs(), q, dim=1).mean() if mode == "paper"
                  else x.flatten().abs().sort().values[int(q * x.numel())])
             torch.testing.assert_close(a, x.clamp(-t, t), atol=1e-7, rtol=0, msg=mode)
@@ -738,7 +738,7 @@ def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
     small_cknna.chunk = 2
     p = cknna.params(k=5)
     sx, sy = [cknna.summarize(a, **p) for a in x], [cknna.summarize(b, **p) for b in y]
-    for got, want in zip(small_cknna.pair_scores_both(sx, sy, **p), cknna.pair_scores_both(sx, sy, **p)):
+    for got, want in zip(small_cknna.pair_scores_both(sx, sy, **p), cknna.pair_scores_both(sx, sy, **p), strict=True):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     xy, yx = cknna.pair_scores_both(sx, sy, **p)
     torch.testing.assert_close(xy[1, 2], torch.tensor(ref_cknna(x[1].numpy(), y[2].numpy(), 5), dtype=torch.float64),
@@ -761,5 +761,5 @@ def test_tf32_precision_rounds_the_prepared_features_as_a_tf32_matmul_reads_them
     assert np.array_equal(to_tf32(x).double().numpy(), reference)
     feats = [torch.randn(40, 16), torch.randn(40, 8)]
     plain, tf32 = prepare(feats), prepare(feats, precision="tf32")
-    assert all(torch.equal(to_tf32(a), b) for a, b in zip(plain, tf32)) and not torch.equal(plain[0], tf32[0])
+    assert all(torch.equal(to_tf32(a), b) for a, b in zip(plain, tf32, strict=True)) and not torch.equal(plain[0], tf32[0])
     assert (plain[0] - tf32[0]).abs().max() <= 2**-11

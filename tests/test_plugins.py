@@ -249,5 +249,5 @@ def test_a_plugin_object_that_is_no_backend_is_refused_naming_the_plugin() -> No
         def prh_model_backends(self):
             return {"loose": object()}
 
-    with pytest.raises(BadInput, match="backend 'loose' of plugin .* is a object, not a prh_bench.backend.ModelBackend"):
+    with pytest.raises(BadInput, match=r"backend 'loose' of plugin .* is a object, not a prh_bench.backend.ModelBackend"):
         load_plugins((Loose(),))

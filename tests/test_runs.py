@@ -236,7 +236,7 @@ max_samples: 60
     out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "many-metrics", "--out", tmp_path / "run")
     long = pd.read_csv(tmp_path / "run" / "scores.csv")
     cyc = long[long.metric == "cycle_knn"]
-    assert set(zip(cyc.model_x, cyc.model_y)) == {("minilm-l6", "glove-6b-50d"), ("glove-6b-50d", "minilm-l6")}
+    assert set(zip(cyc.model_x, cyc.model_y, strict=True)) == {("minilm-l6", "glove-6b-50d"), ("glove-6b-50d", "minilm-l6")}
     assert "all_layers" in set(long.layer_x) and len(long[long.metric == "cknna"]) == 8 * 2 * 2  # both ways
     cal = pd.read_csv(out["files"]["calibration"])
     assert len(cal) == 2 + 2 + 2 and cal.permutations.eq(20).all()
@@ -269,7 +269,7 @@ def test_score_verb_on_cached_files_and_on_suite_models(tmp_path: Path, isolated
 
 def test_cross_modal_suite_on_image_caption_pairs(tmp_path: Path) -> None:
     """Each model reads its own modality of the same samples: photos for the CNN, captions for the text model."""
-    pairs, lines = caption_pairs(tmp_path, 8)
+    _pairs, lines = caption_pairs(tmp_path, 8)
     write_yaml(tmp_path / "reg" / "pairs.yaml", f"""\
 kind: dataset
 id: tiny-pairs

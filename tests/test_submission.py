@@ -227,7 +227,7 @@ def test_an_archive_that_is_no_honest_submission_is_refused_before_anything_is_r
     with pytest.raises(BadInput, match="holds more than the 10 bytes"):  # a bomb stops at its declared size
         unpack(archive(claim, {"results/d/m/y.json": body}), dest)
     claim["files"][0]["path"] = "results/../../evil.json"
-    with pytest.raises(BadInput, match="field 'files.0.path'"):
+    with pytest.raises(BadInput, match=r"field 'files.0.path'"):
         unpack(archive(claim, {}), dest)
     claim["files"][0] |= {"path": "results/d/m/y.json", "bytes": len(body)}
     _, problems = unpack(archive(claim, {"results/d/m/y.json": body, "../outside.json": b"{}"}), dest)

@@ -227,7 +227,7 @@ def test_captions_of_one_image_are_a_group_and_singletons_are_no_structure(tmp_p
     from prh_bench.samples import Sample, SampleSet
 
     for name in ("a", "b"):
-        Image.new("RGB", (8, 8), name == "a" and "red" or "blue").save(tmp_path / f"{name}.png")
+        Image.new("RGB", (8, 8), (name == "a" and "red") or "blue").save(tmp_path / f"{name}.png")
     rows = [("1", "a", "a red square"), ("2", "a", "red"), ("3", "b", "a blue square"), ("4", "a", "scarlet")]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"id": i, "image": f"{im}.png", "text": t}) for i, im, t in rows))
     ds = DatasetManifest(kind="dataset", id="caps", version=1, loader="image_captions", modality="vision",

@@ -94,7 +94,7 @@ def test_torchvision_resnet_and_moco_checkpoint_adapter(registry: Registry, tmp_
                  weights={"path": str(tmp_path / "moco.pth.tar"), "sha256": sha256_of(tmp_path / "moco.pth.tar"),
                           "strip_prefix": "module.encoder_q.", "drop": ["fc.*"]})
     got = run_extract(registry, moco, samples)
-    assert all(torch.equal(a, b) for a, b in zip(got.tensors, ref.tensors))
+    assert all(torch.equal(a, b) for a, b in zip(got.tensors, ref.tensors, strict=True))
     wrong = model(backend="torchvision", source="resnet18", modality="vision",
                   weights={"path": str(tmp_path / "moco.pth.tar"), "strip_prefix": "module.encoder_k."})
     with pytest.raises(BadInput, match="does not fit the architecture: missing"):
@@ -226,11 +226,11 @@ def test_paper_padding_gives_the_paper_codes_bf16_features_bitwise(registry: Reg
     for layer, t in enumerate(paper.tensors):
         assert torch.equal(t, reference[:, layer].float()), layer
     batch = run_extract(registry, m.model_copy(update={"preprocess": {}}), samples)
-    gap = max((a - b).abs().max().item() for a, b in zip(batch.tensors[1:], paper.tensors[1:]))
+    gap = max((a - b).abs().max().item() for a, b in zip(batch.tensors[1:], paper.tensors[1:], strict=True))
     assert 0 < gap < 0.1  # bf16 rounding, not another computation
     fp32 = m.model_copy(update={"dtype": "float32"})
     for a, b in zip(run_extract(registry, fp32, samples).tensors,
-                    run_extract(registry, fp32.model_copy(update={"preprocess": {}}), samples).tensors):
+                    run_extract(registry, fp32.model_copy(update={"preprocess": {}}), samples).tensors, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # No truncation in the paper's mode: a text beyond the model's context is an error, not silently cut.
     long = SampleSet((Sample(id="long", text="word " * 200),))
@@ -292,7 +292,7 @@ def test_llm_vision_on_the_papers_wit_layout_gives_the_paper_pipelines_score(tmp
     data = tmp_path / "wit"
     data.mkdir()
     with open(data / "metadata.jsonl", "w") as f:
-        for name, caption in zip(names, CAPTIONS):
+        for name, caption in zip(names, CAPTIONS, strict=True):
             Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(data / f"{name}.png")
             f.write(json.dumps({"file_name": f"{name}.png", "text": [caption, f"a page about {name}", "a section"]})
                     + "\n")
@@ -454,7 +454,7 @@ def test_image_folder_and_noise_loaders(tmp_path: Path, monkeypatch: pytest.Monk
     a, b = image_folder(ds), image_folder(ds)
     assert len(a) == 4 and a.ids == b.ids and a.ids == sorted(a.ids)
     missing = ds.model_copy(update={"options": {"path": "${NOT_SET_ANYWHERE}", "how_to_get": "Set it."}})
-    with pytest.raises(BadInput, match="field 'options.path': no folder at .*Set it."):
+    with pytest.raises(BadInput, match=r"field 'options.path': no folder at .*Set it."):
         image_folder(missing)
     n = noise_images(DatasetManifest(kind="dataset", id="n", version=1, loader="noise_images", modality="vision",
                                      options={"count": 3, "size": 16}))

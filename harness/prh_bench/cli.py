@@ -709,7 +709,7 @@ def smoke(obj: Ctx, model: str, n: int, random_weights: bool, dataset: str | Non
     feats = extract(reg.plugins.backends[m.backend].load(m, on), samples, m.batch_size,
                     desc=m.id, progress=obj.progress)
     took = time.perf_counter() - t0
-    rows = [{"layer": name, "shape": tuple(t.shape), "std": float(t.std())} for name, t in zip(feats.layer_names, feats.tensors)]
+    rows = [{"layer": name, "shape": tuple(t.shape), "std": float(t.std())} for name, t in zip(feats.layer_names, feats.tensors, strict=True)]
     click.echo(tabulate(rows, headers="keys"))
     prepared = prepare(feats.tensors)
     self_score = score_layers("mutual_knn", prepared, prepared, k=min(3, n - 1)).matrix.diagonal().min().item()

@@ -205,15 +205,15 @@ def extract(
                 raise ExtractionFailed(f"{desc}: extractor returned {len(outs)} outputs, expected {len(names)}")
             if not tensors:
                 tensors = [torch.empty((len(samples), *out.shape[1:]), dtype=torch.float32) for out in outs]
-            for name, store, out in zip(names, tensors, outs):
+            for name, store, out in zip(names, tensors, outs, strict=True):
                 if out.shape[0] != len(batch) or out.shape[1:] != store.shape[1:]:
                     raise ExtractionFailed(f"{desc}: '{name}' gave shape {tuple(out.shape)} for a batch of "
                                            f"{len(batch)}, expected {(len(batch), *store.shape[1:])}")
                 store[done : done + len(batch)] = out
             done += len(batch)
             bar.update(len(batch))
-    for name, t in zip(names, tensors):
+    for name, t in zip(names, tensors, strict=True):
         if not torch.isfinite(t).all():
             raise ExtractionFailed(f"{desc}: '{name}' has NaN or infinite values")
     n_layers = len(extractor.layer_names)
-    return Features(names[:n_layers], tensors[:n_layers], dict(zip(names[n_layers:], tensors[n_layers:])))
+    return Features(names[:n_layers], tensors[:n_layers], dict(zip(names[n_layers:], tensors[n_layers:], strict=True)))

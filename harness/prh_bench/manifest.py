@@ -7,7 +7,7 @@ manifest_reader.py's.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator
 
@@ -81,14 +81,7 @@ def _weights_kind(value: Any) -> str | None:
 
 
 Weights = Annotated[
-    Union[
-        Annotated[Literal["pretrained"], Tag("pretrained")],
-        Annotated[Literal["none"], Tag("none")],
-        Annotated[RandomWeights, Tag("random")],
-        Annotated[PathWeights, Tag("path")],
-        Annotated[UrlWeights, Tag("url")],
-        Annotated[PartsWeights, Tag("parts")],
-    ],
+    Annotated[Literal["pretrained"], Tag("pretrained")] | Annotated[Literal["none"], Tag("none")] | Annotated[RandomWeights, Tag("random")] | Annotated[PathWeights, Tag("path")] | Annotated[UrlWeights, Tag("url")] | Annotated[PartsWeights, Tag("parts")],
     Discriminator(
         _weights_kind,
         custom_error_type="weights_kind",
@@ -363,6 +356,6 @@ class SuiteManifest(ManifestBase):
 
 
 Manifest = Annotated[
-    Union[ModelManifest, DatasetManifest, MetricManifest, SuiteManifest, ScoresManifest], Field(discriminator="kind")
+    ModelManifest | DatasetManifest | MetricManifest | SuiteManifest | ScoresManifest, Field(discriminator="kind")
 ]
 KINDS = ("model", "dataset", "metric", "suite", "scores")

@@ -43,7 +43,7 @@ class PairCache:
         tensors, meta = entry
         x, y = (a, b) if meta["x"] == a.info.digest else (b, a)
         xy = tensors["xy"]
-        yx = tensors["yx"] if "yx" in tensors else xy.T
+        yx = tensors.get("yx", xy.T)
         if tuple(xy.shape) != (job.layers(x), job.layers(y)) or tuple(yx.shape) != (job.layers(y), job.layers(x)):
             raise PrhBenchError(f"pair entry {path} holds {tuple(xy.shape)} scores for models of {job.layers(x)} and "
                                 f"{job.layers(y)} layers; delete it and run again")

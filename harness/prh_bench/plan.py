@@ -35,7 +35,7 @@ def weights_status(registry: Registry, m: ModelManifest) -> str:
 def feature_widths(registry: Registry, m: ModelManifest) -> list[int] | None:
     try:
         return registry.plugins.backends[m.backend].feature_widths(m)
-    except Exception:  # a width estimate must never break a plan
+    except Exception:  # noqa: BLE001 (a width estimate must never break a plan)
         return None
 
 

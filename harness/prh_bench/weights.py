@@ -234,7 +234,7 @@ def adapt_state_dict(
     if len(src) != len(dst):
         raise BadInput(f"model '{model_id}': key_map by_order needs equal tensor counts, got {len(src)} vs {len(dst)}")
     out = {}
-    for (sk, sv), dk in zip(src, dst):
+    for (sk, sv), dk in zip(src, dst, strict=True):
         if tuple(sv.shape) != tuple(target[dk].shape):
             raise BadInput(
                 f"model '{model_id}': key_map by_order: checkpoint tensor '{sk}' {tuple(sv.shape)} "

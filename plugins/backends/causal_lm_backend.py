@@ -143,7 +143,7 @@ class CausalLMExtractor(FeatureExtractor):
             (torch.nn.functional.cross_entropy(out.logits[i, :-1].float(), target[i], reduction="none") * scored[i]).sum()
             for i in range(target.shape[0])]) / math.log(2)
         scored = torch.tensor(nbytes, dtype=torch.float32)
-        return feats + [bits.float().cpu() / scored, scored]
+        return [*feats, bits.float().cpu() / scored, scored]
 
     def kept_bytes(self, texts: list[str], kept: torch.Tensor) -> list[int]:
         """UTF-8 bytes of each text's part that survived truncation at max_length: bits per byte divides the

@@ -52,7 +52,7 @@ def prompt_templates(m: ModelManifest, default: str = "{text}") -> list[str]:
 
 def mean_over_templates(outs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     """Per output (layer or extra), the mean over templates of one batch's tensors."""
-    return [torch.stack(parts).mean(0) for parts in zip(*outs)]
+    return [torch.stack(parts).mean(0) for parts in zip(*outs, strict=True)]
 
 
 def hub_kwargs(m: ModelManifest) -> dict[str, str]:

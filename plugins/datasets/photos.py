@@ -41,7 +41,7 @@ def load_photo(ref: str) -> Image.Image:
         arr = SOURCES[src](name)
     except (AttributeError, ImportError, OSError, ValueError) as exc:  # unknown, or a download (pooch) offline
         raise BadInput(f"photo '{ref}' is not available offline ({type(exc).__name__}: {exc})") from None
-    if not (arr.ndim == 2 or arr.ndim == 3 and arr.shape[-1] in (3, 4)):
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
         raise BadInput(f"photo '{ref}' is an array of shape {arr.shape}, not a grey or colour image")
     if arr.dtype != np.uint8:
         arr = (arr.astype(np.float64) / max(arr.max(), 1) * 255).astype(np.uint8)
@@ -53,7 +53,7 @@ def crop_boxes(width: int, height: int, scales: list[float], grids: list[int]) -
     boxes = []
     short = min(width, height)
     for s, g in zip(scales, grids, strict=True):
-        side = int(round(s * short))
+        side = round(s * short)
         for r in range(g):
             for c in range(g):
                 left = 0 if g == 1 else round(c * (width - side) / (g - 1))

@@ -60,7 +60,7 @@ def get_metric(metric: str | Metric) -> Metric:
 
 def _layers(feats: Layers) -> list[torch.Tensor]:
     if hasattr(feats, "ndim") and feats.ndim not in (2, 3):
-        raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {tuple(getattr(feats, 'shape'))}")
+        raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {tuple(feats.shape)}")
     layers = as_tensors(feats)
     if not layers:
         raise BadInput("no layers given")

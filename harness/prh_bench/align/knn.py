@@ -69,7 +69,7 @@ def stack_idx(summaries: Sequence[Neighbours]) -> torch.Tensor:
 def _counts_by_table(sx: Sequence[Neighbours], sy: Sequence[Neighbours]) -> torch.Tensor:
     """Membership of all x layers as a table of rows x N x Lx booleans, filled for a block of rows at a time
     (at most TABLE_BYTES); each y position (i, j) reads all x layers in one lookup."""
-    n, k = sy[0].idx.shape
+    n, _k = sy[0].idx.shape
     lx = len(sx)
     rows = max(1, min(n, TABLE_BYTES // (n * lx)))
     counts = torch.zeros(len(sy), lx, dtype=torch.int64, device=sy[0].idx.device)

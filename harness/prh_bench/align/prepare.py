@@ -104,7 +104,7 @@ def prepare(
     tf32`; the input is left untouched."""
     layers = [x if x.dtype == torch.float64 else x.float() for x in as_tensors(feats)]
     if clamp_quantile is not None and clamp_quantile < 1:
-        layers = [x.clamp(-t, t) for x, t in zip(layers, clamp_thresholds(layers, clamp_quantile, clamp))]
+        layers = [x.clamp(-t, t) for x, t in zip(layers, clamp_thresholds(layers, clamp_quantile, clamp), strict=True)]
     if concat_layers:
         layers.append(torch.cat(layers, dim=1))
     if l2_normalize:

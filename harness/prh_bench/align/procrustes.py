@@ -71,7 +71,7 @@ class Procrustes(FittedMetric):
             for b, y in enumerate(sy):
                 if isinstance(x, FoldBases):
                     assert isinstance(y, FoldBases)  # one fit for every layer of a run
-                    out[a, b] = sum((_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces)), 0.0) / len(x.folds)
+                    out[a, b] = sum((_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces, strict=True)), 0.0) / len(x.folds)
                 else:
                     out[a, b] = torch.linalg.svdvals(x.x.T @ y.x).sum()
         return out

@@ -16,6 +16,8 @@ to the lower index when two lists merge.
 
 from __future__ import annotations
 
+import itertools
+
 from ..errors import BadInput
 from ..lazy import torch
 
@@ -156,7 +158,7 @@ def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch
     if b >= n:  # one block: the Gram matrix's upper block triangle, mirrored (5/8 of the products), at once
         return _nearest_first(*_best_of_block(gram(x).fill_diagonal_(-torch.inf), 0, k))
     edges = [*range(0, n, b), n]
-    spans = list(zip(edges[:-1], edges[1:], strict=True))
+    spans = list(itertools.pairwise(edges))
     best = [(x.new_empty(r1 - r0, 0), x.new_empty(r1 - r0, 0, dtype=torch.long)) for r0, r1 in spans]
     buffer = x.new_empty(b * b)  # written in place: a fresh block each time would fault in its pages again
     for i, (r0, r1) in enumerate(spans):

@@ -46,7 +46,7 @@ class UnitMatching(FittedMetric):
             return float((self.plan(corr) * corr).sum())
         assert isinstance(x, UnitFolds) and isinstance(y, UnitFolds)
         total = 0.0
-        for (xtr, xte), (ytr, yte) in zip(x.pieces, y.pieces):
+        for (xtr, xte), (ytr, yte) in zip(x.pieces, y.pieces, strict=True):
             total += float((self.plan((xtr.T @ ytr).numpy()) * (xte.T @ yte).numpy()).sum())
         return total / len(x.folds)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -68,7 +68,7 @@ def measured(res: Results) -> Measured:
 def write_baseline(run: Measured, path: Path, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
     """Freeze a run's scores into `path`: one score per line, so a deliberate update diffs readably."""
     doc = {"format": FORMAT, "suite": run.suite,
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "created": datetime.now(UTC).isoformat(timespec="seconds"),
            "tolerance": tolerance or DEFAULT_TOLERANCE, "tolerances": DEFAULT_TABLE_TOLERANCES,
            "versions": run.versions, "libraries": run.libraries}
     lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}," for k, v in doc.items()]
@@ -147,7 +147,7 @@ class Baseline(_Strict):
             for i, row in enumerate(getattr(self, table)):
                 key = tuple(getattr(row, k) for k in keys)
                 if key in seen:
-                    raise ValueError(f"{table}.{i} repeats the row {dict(zip(keys, key))}")
+                    raise ValueError(f"{table}.{i} repeats the row {dict(zip(keys, key, strict=True))}")
                 seen.add(key)
         return self
 
@@ -207,7 +207,7 @@ def _diff_versions(old: Any, new: Any, where: str, out: list[str]) -> None:
 def _frame(frame: pd.DataFrame, table: Table) -> pd.Series:
     """A table's values indexed by their key columns (as text)."""
     frame = frame.reindex(columns=TABLES[table] + [VALUE[table]])
-    return frame.astype({c: str for c in TABLES[table]}).set_index(TABLES[table])[VALUE[table]].astype(float)
+    return frame.astype(dict.fromkeys(TABLES[table], str)).set_index(TABLES[table])[VALUE[table]].astype(float)
 
 
 def compare(baseline: Baseline, run: Measured, tol: dict[str, dict[str, float]]) -> CheckResult:
@@ -221,8 +221,8 @@ def compare(baseline: Baseline, run: Measured, tol: dict[str, dict[str, float]])
         old = _frame(pd.DataFrame([r.model_dump() for r in getattr(baseline, table)]), table)
         new = _frame(run.tables[table], table)
         both = old.index.intersection(new.index)
-        res.missing += [dict(zip(keys, k)) | {"table": table} for k in old.index.difference(new.index)]
-        res.unexpected += [dict(zip(keys, k)) | {"table": table} for k in new.index.difference(old.index)]
+        res.missing += [dict(zip(keys, k, strict=True)) | {"table": table} for k in old.index.difference(new.index)]
+        res.unexpected += [dict(zip(keys, k, strict=True)) | {"table": table} for k in new.index.difference(old.index)]
         res.compared += len(both)
         a, b = old.loc[both], new.loc[both]
         atol, rtol = tol[table]["atol"], tol[table]["rtol"]
@@ -234,7 +234,7 @@ def compare(baseline: Baseline, run: Measured, tol: dict[str, dict[str, float]])
         group = [c for c in keys if c not in ("layer_x", "layer_y")]
         for key, part in diffs.groupby(group, sort=False):
             worst = part.loc[part["diff"].abs().idxmax()]
-            res.moved.append(dict(zip(group, key)) | {"table": table, "count": len(part),
+            res.moved.append(dict(zip(group, key, strict=True)) | {"table": table, "count": len(part),
                              "baseline": float(worst.baseline), "run": float(worst.run), "diff": float(worst["diff"])}
                              | ({"layers": f"{worst.layer_x} / {worst.layer_y}"} if table == "scores" else {}))
     return res

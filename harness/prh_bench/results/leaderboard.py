@@ -350,11 +350,11 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, res: Results, co
     probes = res.probes if not res.probes.empty else pd.DataFrame(columns=["task", "dataset", "model", "score"])
     solved: dict[str, float] = {}
     for (task, dataset), part in probes.groupby(["task", "dataset"], sort=False):
-        out[f"{task}:{dataset}"] = dict(zip(part.model, part.score))
+        out[f"{task}:{dataset}"] = dict(zip(part.model, part.score, strict=True))
         if not score_higher_is_better(registry, f"{task}:{dataset}"):
             continue  # "solved at 80% of the best" is the paper's rule for accuracies, not for bits per byte
         best = part.score.max()
-        for model, score in zip(part.model, part.score):
+        for model, score in zip(part.model, part.score, strict=True):
             solved[model] = solved.get(model, 0) + float(score >= SOLVED_FRACTION * best)
     if solved:
         out["tasks_solved"] = solved
@@ -363,9 +363,9 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, res: Results, co
             ms = res.model_scores if not res.model_scores.empty else \
                 pd.DataFrame(columns=["condition", "model", "score", "mean"])
             sub = ms[(ms.score == name) & (ms.condition == condition)]
-            out[name] = dict(zip(sub.model, sub["mean"]))
+            out[name] = dict(zip(sub.model, sub["mean"], strict=True))
         else:
             table = registry.score_table(name)
             assert table is not None
-            out[name] = {m: v for m, v in table.values.items()}
+            out[name] = dict(table.values.items())
     return out

@@ -221,9 +221,9 @@ def disagreement(a: PairRecord, b: PairRecord) -> str:
 
 
 def _numbers_differ(xs: list[float], ys: list[float]) -> str:
-    if any(math.isnan(x) != math.isnan(y) for x, y in zip(xs, ys)):
+    if any(math.isnan(x) != math.isnan(y) for x, y in zip(xs, ys, strict=True)):
         return "a NaN on one side only"
-    worst = max((abs(x - y) for x, y in zip(xs, ys) if not math.isnan(x)), default=0.0)
+    worst = max((abs(x - y) for x, y in zip(xs, ys, strict=True) if not math.isnan(x)), default=0.0)
     if not worst <= SCORE_ATOL:
         return f"differ by up to {worst:.3g} (beyond rounding, {SCORE_ATOL:g})"
     return ""

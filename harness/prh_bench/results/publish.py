@@ -134,7 +134,7 @@ def limits(lb: Leaderboard) -> list[str]:
         out.append(f"{u.samples} samples in {u.groups} groups (photographs or concepts): the independent units "
                    f"are nearer {u.groups} than {u.samples}, and every interval and test here counts groups.")
     measure = "alignment_to_reference" if lb.reference else "mean_alignment"
-    kinds = {k: part for k, part in t.dropna(subset=[measure]).groupby("kind")} if "kind" in t else {}
+    kinds = dict(t.dropna(subset=[measure]).groupby("kind")) if "kind" in t else {}
     if "random" in kinds and "trained" in kinds:
         rnd, trn = kinds["random"], kinds["trained"]
         text = (f"Random-initialised controls score {rnd[measure].min():.3f}-{rnd[measure].max():.3f} against "

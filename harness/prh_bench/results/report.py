@@ -8,7 +8,7 @@ import platform
 import re
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ def results_of(run: SuiteRun, run_dir: Path) -> Results:
         harness=HarnessEntry(prh_bench=__version__, python=sys.version.split()[0], platform=platform.platform(),
                              torch_threads=torch.get_num_threads()),
         libraries=library_versions(LIBRARIES),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), max_samples=run.max_samples,
+        created=datetime.now(UTC).isoformat(timespec="seconds"), max_samples=run.max_samples,
         suite=run.suite,
         conditions=[ConditionEntry(label=c.label, dataset=c.dataset, transform=c.transform, level=c.level, k=c.k,
                                    samples=c.samples, n_samples=run.n_samples[c.label]) for c in run.conditions],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BadInput, PrhBenchError
@@ -33,7 +33,7 @@ def baseline_file(suite: str, root: Path = LEADERBOARDS_ROOT) -> Path:
 def new_run_dir(folder: Path) -> Path:
     """A new folder named by the UTC time to the microsecond, created here: two runs started at once (in one
     process or several) never write into the same folder."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     folder.mkdir(parents=True, exist_ok=True)
     for n in range(1000):
         path = folder / (stamp if n == 0 else f"{stamp}-{n}")

@@ -5,7 +5,7 @@ against the registry's versions. Nothing is written: the leaderboard reads them 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def store_results(registry: Registry, suite: SuiteManifest, store: Path, extra: 
         raise BadInput(f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
                        "preparation and models)")
     record = RunRecord(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=str(store), suite=suite,
+        created=datetime.now(UTC).isoformat(timespec="seconds"), source=str(store), suite=suite,
         conditions=[ConditionEntry(label=cond.label, dataset=cond.dataset, n_samples=n_samples)],
         models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
                                 weights=m.weights_label) for mid, m in models.items()},

@@ -15,7 +15,7 @@ import hashlib
 import json
 import shutil
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -136,7 +136,7 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
     members |= {name: json.dumps(recs, indent=1).encode() for name, recs in by_file.items()}
     files = [MemberFile(path=name, sha256=_sha256(data), bytes=_size(data)) for name, data in sorted(members.items())]
     claim = Submission(format=SUBMISSION_FORMAT, suite=run.suite_id, suite_version=run.suite.version,
-                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"), prh_bench=__version__,
+                       created=datetime.now(UTC).isoformat(timespec="seconds"), prh_bench=__version__,
                        max_samples=run.max_samples, models=claimed, features=features, files=files)
     with atomic_file(out, ".zip", SUBMISSION_FILE) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(CLAIM, claim.model_dump_json(indent=1))

@@ -88,5 +88,5 @@ def adjacent_tests(terms: np.ndarray, codes: np.ndarray, resamples: int = RESAMP
     separable = adj < alpha
     tier = np.concatenate([[1], 1 + np.cumsum(separable)]).astype(int)
     return pd.DataFrame({"difference_to_next": [float(d.mean()) for d in diffs] + [np.nan],
-                         "p_next": p + [np.nan], "p_next_holm": list(adj) + [np.nan],
-                         "separable_from_next": list(separable) + [pd.NA], "tier": tier})
+                         "p_next": [*p, np.nan], "p_next_holm": [*list(adj), np.nan],
+                         "separable_from_next": [*list(separable), pd.NA], "tier": tier})

@@ -21,7 +21,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ class Verification:
         return {"submission_sha256": self.submission_sha256, "suite": self.suite, "models": self.models,
                 "features": self.features, "records": self.records, "recomputed": self.recomputed, "seed": self.seed,
                 "max_deviation": self.max_deviation, "tolerance": self.tolerance, "prh_bench": __version__,
-                "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "verified_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def pass_probability(records: int, sampled: int, tampered: int) -> float:
