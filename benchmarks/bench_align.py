@@ -32,6 +32,7 @@ METRICS = {"mutual_knn": {"k": K}, "cka": {}, "cknna": {"k": K}}
 
 # ---- the baseline: every pair from scratch, as the paper's code does -------------------------------------
 
+
 def _normalize(x):
     return torch.nn.functional.normalize(x, p=2, dim=-1)
 
@@ -84,17 +85,24 @@ def loop_cknna(a, b, k):
     return (sim(kk, ll) / torch.sqrt(sim(kk, kk) * sim(ll, ll))).item()
 
 
-LOOPS = {"mutual_knn": lambda a, b: loop_mutual_knn(a, b, K), "cka": loop_cka, "cknna": lambda a, b: loop_cknna(a, b, K)}
+LOOPS = {
+    "mutual_knn": lambda a, b: loop_mutual_knn(a, b, K),
+    "cka": loop_cka,
+    "cknna": lambda a, b: loop_cknna(a, b, K),
+}
 
 
 # ---- data and the engine ----------------------------------------------------------------------------------
+
 
 def model(seed: int, layers: int, width: int) -> list[torch.Tensor]:
     """Layers that share structure (a common latent seen through random maps, plus noise), like real nets."""
     g = torch.Generator().manual_seed(seed)
     latent = torch.randn(N, 64, generator=torch.Generator().manual_seed(0))
-    return [torch.relu(latent @ torch.randn(64, width, generator=g) + torch.randn(N, width, generator=g))
-            for _ in range(layers)]
+    return [
+        torch.relu(latent @ torch.randn(64, width, generator=g) + torch.randn(N, width, generator=g))
+        for _ in range(layers)
+    ]
 
 
 def engine_matrix(metric: str, models: list[list[torch.Tensor]]) -> tuple[float, float, dict]:
@@ -160,8 +168,10 @@ def main() -> None:
     x, y = model(1, 13, 768), model(2, 25, 1024)
     floor1 = gram_floor([x, y], args.repeat)
     print(f"case 1: 13 x 768 vs 25 x 1024, 325 layer pairs; Gram floor (38 Gram matrices) {floor1:.2f} s")
-    print(f"{'metric':12s} {'loop s':>9s} {'prep s':>7s} {'engine s':>9s} {'speedup':>8s} {'x floor':>8s} "
-          f"{'Gram share':>10s} {'vs loop':>9s} {'eng err':>9s} {'loop err':>9s}")
+    print(
+        f"{'metric':12s} {'loop s':>9s} {'prep s':>7s} {'engine s':>9s} {'speedup':>8s} {'x floor':>8s} "
+        f"{'Gram share':>10s} {'vs loop':>9s} {'eng err':>9s} {'loop err':>9s}"
+    )
     all_pairs = [(a, b) for a in x for b in y]
     for metric in METRICS:
         idx = list(range(0, len(all_pairs), len(all_pairs) // 40))[:40] if args.quick else range(len(all_pairs))
@@ -171,25 +181,36 @@ def main() -> None:
         flat = mats[(0, 1)].flatten()
         diff = max(abs(flat[i].item() - s) for i, s in zip(idx, loop_scores, strict=True))
         # Errors against the same loop run in float64 on 20 pairs: the reference for both.
-        ref = {i: LOOPS[metric](all_pairs[i][0].double(), all_pairs[i][1].double()) for i in list(idx)[:: max(1, len(idx) // 20)]}
+        ref = {
+            i: LOOPS[metric](all_pairs[i][0].double(), all_pairs[i][1].double())
+            for i in list(idx)[:: max(1, len(idx) // 20)]
+        }
         eng_err = max(abs(flat[i].item() - v) for i, v in ref.items())
         loop_err = max(abs(loop_scores[list(idx).index(i)] - v) for i, v in ref.items())
-        print(f"{metric:12s} {loop_s:9.2f} {prep_s:7.3f} {eng_s:9.3f} {loop_s / (prep_s + eng_s):7.0f}x "
-              f"{eng_s / floor1:7.2f}x {min(floor1 / eng_s, 1):9.0%} {diff:9.1e} {eng_err:9.1e} {loop_err:9.1e}")
+        print(
+            f"{metric:12s} {loop_s:9.2f} {prep_s:7.3f} {eng_s:9.3f} {loop_s / (prep_s + eng_s):7.0f}x "
+            f"{eng_s / floor1:7.2f}x {min(floor1 / eng_s, 1):9.0%} {diff:9.1e} {eng_err:9.1e} {loop_err:9.1e}"
+        )
 
-    print(f"\ncase 2: 10 models x 13 layers x 768, 45 model pairs, 7,605 layer pairs "
-          f"(baseline: {args.case2_sample} pairs timed, extrapolated)")
+    print(
+        f"\ncase 2: 10 models x 13 layers x 768, 45 model pairs, 7,605 layer pairs "
+        f"(baseline: {args.case2_sample} pairs timed, extrapolated)"
+    )
     models = [model(s, 13, 768) for s in range(10)]
     floor2 = gram_floor(models, args.repeat)
     print(f"Gram floor (130 Gram matrices) {floor2:.2f} s")
-    print(f"{'metric':12s} {'loop s':>9s} {'engine s':>9s} {'speedup':>8s} {'x floor':>8s} {'peak MB':>8s} {'(base MB)':>9s}")
+    print(
+        f"{'metric':12s} {'loop s':>9s} {'engine s':>9s} {'speedup':>8s} {'x floor':>8s} {'peak MB':>8s} {'(base MB)':>9s}"
+    )
     sample = [(models[i % 10][i % 13], models[(i + 3) % 10][(i * 7) % 13]) for i in range(args.case2_sample)]
     for metric in METRICS:
         loop_s, _ = loop_time(metric, sample)
         loop_s *= 7605 / len(sample) * directions(metric)
         eng_s, base_mb, peak_mb = in_fresh_process(engine_run, metric, 10, args.repeat)
-        print(f"{metric:12s} {loop_s:9.1f} {eng_s:9.3f} {loop_s / eng_s:7.0f}x {eng_s / floor2:7.2f}x "
-              f"{peak_mb:8.0f} {base_mb:9.0f}")
+        print(
+            f"{metric:12s} {loop_s:9.1f} {eng_s:9.3f} {loop_s / eng_s:7.0f}x {eng_s / floor2:7.2f}x "
+            f"{peak_mb:8.0f} {base_mb:9.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,15 @@ def layers(n: int) -> list[list[torch.Tensor]]:
 
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(n, 32, generator=g)
-    return [prepare([torch.relu(latent @ torch.randn(32, WIDTH, generator=g) + torch.randn(n, WIDTH, generator=g))
-                     for _ in range(LAYERS)]) for _ in range(2)]
+    return [
+        prepare(
+            [
+                torch.relu(latent @ torch.randn(32, WIDTH, generator=g) + torch.randn(n, WIDTH, generator=g))
+                for _ in range(LAYERS)
+            ]
+        )
+        for _ in range(2)
+    ]
 
 
 def measured(work: Callable[[], Any]) -> dict:
@@ -136,36 +143,50 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=N_DEFAULT, help="N of the comparison with faiss (0: skip it)")
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000, 16000, 64000], help="N of the growth table")
-    ap.add_argument("--approx", type=int, nargs="*", default=[], help="N of runs with search: ivf (e.g. 100000 1000000)")
+    ap.add_argument(
+        "--approx", type=int, nargs="*", default=[], help="N of runs with search: ivf (e.g. 100000 1000000)"
+    )
     ap.add_argument("--nprobe", type=int, default=32, help="cells scanned per query by search: ivf")
     args = ap.parse_args()
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
     if args.n:
         ours, flat = in_fresh_process(engine, args.n), in_fresh_process(faiss_flat, args.n)
-        print(f"\nN = {args.n:,}: mutual_knn (k = {K}) through the engine vs faiss IndexFlatIP (k + 1) on the same layers")
+        print(
+            f"\nN = {args.n:,}: mutual_knn (k = {K}) through the engine vs faiss IndexFlatIP (k + 1) on the same layers"
+        )
         print("| | seconds | peak MiB of the process | of which the work |\n|---|---|---|---|")
         for name, r in (("engine (summaries + pair stage)", ours), ("faiss exact search alone", flat)):
             print(f"| {name} | {r['seconds']:.1f} | {r['peak_MiB']:.0f} | {r['work_MiB']:.0f} |")
         print(f"| engine / faiss | {ours['seconds'] / flat['seconds']:.2f}x | | |  (score {ours['best']:.4f})")
     if args.approx:
-        print(f"\nsearch: ivf (faiss IndexIVFFlat, 4 sqrt(N) cells, nprobe {args.nprobe}), mutual_knn k = {K}, 2 models x {LAYERS} x {WIDTH}\n"
-              "| N | seconds | peak MiB of the process | of which the work | mean recall | score | on 1,000 rows: "
-              "approximate | exact |\n|---|---|---|---|---|---|---|---|")
+        print(
+            f"\nsearch: ivf (faiss IndexIVFFlat, 4 sqrt(N) cells, nprobe {args.nprobe}), mutual_knn k = {K}, 2 models x {LAYERS} x {WIDTH}\n"
+            "| N | seconds | peak MiB of the process | of which the work | mean recall | score | on 1,000 rows: "
+            "approximate | exact |\n|---|---|---|---|---|---|---|---|"
+        )
         for n in args.approx:
             r = in_fresh_process(approximate, n, args.nprobe)
-            print(f"| {n:,} | {r['seconds']:.1f} | {r['peak_MiB']:.0f} | {r['work_MiB']:.0f} | {r['recall']:.4f} | "
-                  f"{r['best']:.4f} | {r['probe_approx']:.4f} | {r['probe_exact']:.4f} |")
+            print(
+                f"| {n:,} | {r['seconds']:.1f} | {r['peak_MiB']:.0f} | {r['work_MiB']:.0f} | {r['recall']:.4f} | "
+                f"{r['best']:.4f} | {r['probe_approx']:.4f} | {r['probe_exact']:.4f} |"
+            )
     if args.sizes:
         rows = [{"n": n, **in_fresh_process(engine, n)} for n in args.sizes]
-        print(f"\ngrowth: mutual_knn, 2 models x {LAYERS} x {WIDTH}, exact\n"
-              "| N | seconds | peak MiB of the process | of which the work | score |\n|---|---|---|---|---|")
+        print(
+            f"\ngrowth: mutual_knn, 2 models x {LAYERS} x {WIDTH}, exact\n"
+            "| N | seconds | peak MiB of the process | of which the work | score |\n|---|---|---|---|---|"
+        )
         for r in rows:
             print(f"| {r['n']:,} | {r['seconds']:.2f} | {r['peak_MiB']:.0f} | {r['work_MiB']:.0f} | {r['best']:.4f} |")
         big = [r for r in rows if r["work_MiB"] > 64]
         if len(big) >= 2:
-            slope = (math.log(big[-1]["work_MiB"]) - math.log(big[0]["work_MiB"])) / math.log(big[-1]["n"] / big[0]["n"])
+            slope = (math.log(big[-1]["work_MiB"]) - math.log(big[0]["work_MiB"])) / math.log(
+                big[-1]["n"] / big[0]["n"]
+            )
             print(f"slope of the work's memory against N (log-log, N >= {big[0]['n']:,}): {slope:.2f}")
-        t_slope = (math.log(rows[-1]["seconds"]) - math.log(rows[-2]["seconds"])) / math.log(rows[-1]["n"] / rows[-2]["n"])
+        t_slope = (math.log(rows[-1]["seconds"]) - math.log(rows[-2]["seconds"])) / math.log(
+            rows[-1]["n"] / rows[-2]["n"]
+        )
         print(f"time slope over the last two sizes: {t_slope:.2f} (exact search is N^2 D work)")
         out = Path("prh-runs") / "bench_any_n.png"
         growth_plot(rows, out)

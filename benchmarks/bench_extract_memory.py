@@ -41,12 +41,17 @@ def main() -> None:
     for model in args.models:
         rows = []
         for n in args.sizes:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(n), model], env=env, check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(n), model], env=env, check=True, capture_output=True, text=True
+            ).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"{model}, N = {n}: {rows[-1]['seconds']:.1f} s, peak memory grew by {rows[-1]['growth_mib']:.0f} MiB")
-        print(f"{model}: N x{args.sizes[1] / args.sizes[0]:.0f} -> time x{rows[1]['seconds'] / rows[0]['seconds']:.2f}, "
-              f"memory growth x{rows[1]['growth_mib'] / max(rows[0]['growth_mib'], 1):.2f}")
+            print(
+                f"{model}, N = {n}: {rows[-1]['seconds']:.1f} s, peak memory grew by {rows[-1]['growth_mib']:.0f} MiB"
+            )
+        print(
+            f"{model}: N x{args.sizes[1] / args.sizes[0]:.0f} -> time x{rows[1]['seconds'] / rows[0]['seconds']:.2f}, "
+            f"memory growth x{rows[1]['growth_mib'] / max(rows[0]['growth_mib'], 1):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def fill_cache(root: Path, n_models: int) -> None:
     cache = FeatureCache(root)
     for i in range(n_models):
         g = torch.Generator().manual_seed(i + 1)
-        layers = [torch.relu(latent @ torch.randn(64, WIDTH, generator=g) + torch.randn(N, WIDTH, generator=g))
-                  for _ in range(LAYERS)]
+        layers = [
+            torch.relu(latent @ torch.randn(64, WIDTH, generator=g) + torch.randn(N, WIDTH, generator=g))
+            for _ in range(LAYERS)
+        ]
         cache.save(f"m{i:02d}", f"{i:064d}", Features([f"l{j}" for j in range(LAYERS)], layers), {})
 
 
@@ -74,22 +76,33 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=2.0, help="GiB of summaries the budgeted runs may hold")
     args = ap.parse_args()
     small, large = (4, 16) if args.quick else (10, 40)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models of {LAYERS} layers x {WIDTH}, N={N}; "
-          f"features {N * WIDTH * LAYERS * 4 / 2**20:.0f} MiB per model\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; models of {LAYERS} layers x {WIDTH}, N={N}; "
+        f"features {N * WIDTH * LAYERS * 4 / 2**20:.0f} MiB per model\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fill_cache(root, large)
-        print(f"{'metric':11s} {'models':>6s} {'mode':10s} {'groups':>6s} {'seconds':>8s} {'peak MiB':>9s} "
-              f"{'(base MiB)':>10s}  same scores")
+        print(
+            f"{'metric':11s} {'models':>6s} {'mode':10s} {'groups':>6s} {'seconds':>8s} {'peak MiB':>9s} "
+            f"{'(base MiB)':>10s}  same scores"
+        )
         for metric in ("cka", "mutual_knn"):
             for n in (small, large):
-                rows = {mode: measure(root, metric, n, budget) for mode, budget in
-                        (("budgeted", args.budget), ("one group", 1e6))}
-                same = rows["budgeted"][4] == rows["one group"][4] or abs(rows["budgeted"][4] - rows["one group"][4]) < 1e-6
+                rows = {
+                    mode: measure(root, metric, n, budget)
+                    for mode, budget in (("budgeted", args.budget), ("one group", 1e6))
+                }
+                same = (
+                    rows["budgeted"][4] == rows["one group"][4]
+                    or abs(rows["budgeted"][4] - rows["one group"][4]) < 1e-6
+                )
                 for mode, (groups, secs, peak, base, _) in rows.items():
                     print(f"{metric:11s} {n:6d} {mode:10s} {groups:6d} {secs:8.1f} {peak:9.0f} {base:10.0f}  {same}")
-        print(f"\nbudget {args.budget} GiB: a budgeted run holds at most two groups of summaries (each at most half the"
-              " budget) and one model's features.")
+        print(
+            f"\nbudget {args.budget} GiB: a budgeted run holds at most two groups of summaries (each at most half the"
+            " budget) and one model's features."
+        )
 
 
 if __name__ == "__main__":

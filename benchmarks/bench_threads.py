@@ -65,7 +65,9 @@ SETTINGS = {
 def python(code: str, args: list[str], env: dict[str, str]) -> float:
     """The seconds a fresh process reports, under `env` (torch reads OpenMP settings once, at import)."""
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    done = subprocess.run([sys.executable, "-c", code, *args], env=base | env, check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=base | env, check=True, capture_output=True, text=True
+    )
     return float(done.stdout.split()[-1])
 
 
@@ -111,8 +113,11 @@ def main() -> None:
             h.start()
         time.sleep(0.5)
         try:
-            rows += [(case, load, name, min(measure(env) for _ in range(1 if case.startswith("pocket") else repeat)))
-                     for case, measure in cases.items() for name, env in SETTINGS.items()]
+            rows += [
+                (case, load, name, min(measure(env) for _ in range(1 if case.startswith("pocket") else repeat)))
+                for case, measure in cases.items()
+                for name, env in SETTINGS.items()
+            ]
         finally:
             for h in hogs:
                 h.terminate()

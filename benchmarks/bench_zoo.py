@@ -52,16 +52,21 @@ def write_registry(root: Path, widths: list[list[int]], n: int) -> None:
     """Manifests of the synthetic zoo: a noise data set of n samples, one model per width list (random weights:
     nothing is ever loaded, the features are in the cache), and the suites of the first 78 and of all."""
     root.mkdir(parents=True)
-    (root / "data.yaml").write_text(f"kind: dataset\nid: zoo-noise\nversion: 1\nloader: noise_images\nmodality: vision\n"
-                                    f"options: {{count: {n}, size: 8, seed: 0}}\n")
+    (root / "data.yaml").write_text(
+        f"kind: dataset\nid: zoo-noise\nversion: 1\nloader: noise_images\nmodality: vision\n"
+        f"options: {{count: {n}, size: 8, seed: 0}}\n"
+    )
     for i in range(len(widths)):
         tag = "[zoo-all]" if i == len(widths) - 1 else "[zoo-all, zoo-first]"
-        (root / f"z{i:02d}.yaml").write_text(f"kind: model\nid: z{i:02d}\nversion: 1\nbackend: timm\nsource: resnet18\n"
-                                            f"modality: vision\nweights: {{random: {i}}}\ntags: {tag}\n")
+        (root / f"z{i:02d}.yaml").write_text(
+            f"kind: model\nid: z{i:02d}\nversion: 1\nbackend: timm\nsource: resnet18\n"
+            f"modality: vision\nweights: {{random: {i}}}\ntags: {tag}\n"
+        )
     for suite, tag in (("zoo-first", "zoo-first"), ("zoo-all", "zoo-all")):
         (root / f"{suite}.yaml").write_text(
             f"kind: suite\nid: {suite}\nversion: 1\ndataset: zoo-noise\nmodels: {{tags: [{tag}]}}\n"
-            "metrics: [{name: mutual_knn, k: 10}]\nreference: z00\ncalibrate: {permutations: 20, pairs: reference}\n")
+            "metrics: [{name: mutual_knn, k: 10}]\nreference: z00\ncalibrate: {permutations: 20, pairs: reference}\n"
+        )
 
 
 def write_features(registry_dir: Path, cache_root: Path, widths: list[list[int]]) -> None:
@@ -108,8 +113,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed_matrix(feats: dict[str, list[torch.Tensor]], metric: str, clock: Callable[[], float] = time.perf_counter
-                 ) -> dict[str, float]:
+def timed_matrix(
+    feats: dict[str, list[torch.Tensor]], metric: str, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     """Seconds of preparation, summaries and pair stage of every model pair through the engine's API, features
     in memory (`clock` synchronises a GPU first where there is one)."""
     from prh_bench.align import get_metric, prepare, summarize_layers
@@ -150,9 +156,11 @@ def main() -> None:
     if args.quick:
         widths, n = widths[::4][:20], 500
     zoo = [*widths, ADDED]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(widths)} models with vision78's layer "
-          f"widths ({sum(map(len, widths))} layers, {sum(map(sum, widths)) * n * 4 / 2**30:.2f} GiB of float32 "
-          f"features at N = {n}), then model {len(zoo)} ({len(ADDED)} x {ADDED[0]})\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(widths)} models with vision78's layer "
+        f"widths ({sum(map(len, widths))} layers, {sum(map(sum, widths)) * n * 4 / 2**30:.2f} GiB of float32 "
+        f"features at N = {n}), then model {len(zoo)} ({len(ADDED)} x {ADDED[0]})\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         reg, cache = root / "registry", root / "cache"
@@ -160,10 +168,15 @@ def main() -> None:
         t0 = time.perf_counter()
         write_features(reg, cache, zoo)
         print(f"features written to the cache in {time.perf_counter() - t0:.0f} s\n")
-        steps = [("full matrix, 78 models", ["run", "--suite", "zoo-first", "--out", str(root / "run78")], root / "run78"),
-                 ("add model 79", ["run", "--suite", "zoo-all", "--out", str(root / "run79")], root / "run79"),
-                 ("leaderboard and page", ["leaderboard", "--suite", "zoo-all", "--run", str(root / "run79"),
-                                           "--out", str(root / "board")], None)]
+        steps = [
+            ("full matrix, 78 models", ["run", "--suite", "zoo-first", "--out", str(root / "run78")], root / "run78"),
+            ("add model 79", ["run", "--suite", "zoo-all", "--out", str(root / "run79")], root / "run79"),
+            (
+                "leaderboard and page",
+                ["leaderboard", "--suite", "zoo-all", "--run", str(root / "run79"), "--out", str(root / "board")],
+                None,
+            ),
+        ]
         rows = []
         for name, cmd, run_dir in steps:
             seconds, peak = in_fresh_process(cli_step, str(reg), str(cache), cmd)
@@ -171,22 +184,31 @@ def main() -> None:
             if run_dir is not None:
                 side = json.loads((run_dir / "run.json").read_text())
                 w, t = side["pair_work"][0], side["seconds"]
-                work = (f"{w['pairs_computed']} of {w['pairs']} pairs, {w['nulls_computed']} of {w['nulls']} nulls "
-                        "computed")
-                split = (f"data {t['load_data']:.1f}, features {t['features']:.1f}, scoring {t['scoring']:.1f}, rest "
-                         f"(imports, run folder) {seconds - sum(t.values()):.1f}")
+                work = (
+                    f"{w['pairs_computed']} of {w['pairs']} pairs, {w['nulls_computed']} of {w['nulls']} nulls computed"
+                )
+                split = (
+                    f"data {t['load_data']:.1f}, features {t['features']:.1f}, scoring {t['scoring']:.1f}, rest "
+                    f"(imports, run folder) {seconds - sum(t.values()):.1f}"
+                )
             rows.append((name, seconds, peak, work, split))
         print(f"{'step':26s} {'seconds':>8s} {'peak MiB':>9s}  work")
         for name, seconds, peak, work, split in rows:
             print(f"{name:26s} {seconds:8.1f} {peak:9.0f}  {work}" + (f"\n{'':46s}seconds: {split}" if split else ""))
-        print(f"\nadd one model / full matrix: {rows[1][1] / rows[0][1]:.3f} (1/{rows[0][1] / rows[1][1]:.0f}) end to end")
+        print(
+            f"\nadd one model / full matrix: {rows[1][1] / rows[0][1]:.3f} (1/{rows[0][1] / rows[1][1]:.0f}) end to end"
+        )
         page = root / "board" / "index.html"
-        print(f"page: {page.stat().st_size / 1024:.0f} KiB; figures: "
-              + ", ".join(f"{p.name} {p.stat().st_size / 1024:.0f} KiB" for p in sorted((root / "board").glob("*.png"))))
+        print(
+            f"page: {page.stat().st_size / 1024:.0f} KiB; figures: "
+            + ", ".join(f"{p.name} {p.stat().st_size / 1024:.0f} KiB" for p in sorted((root / "board").glob("*.png")))
+        )
         split = in_fresh_process(engine_split, str(reg), str(cache), len(widths))
         total = sum(split.values())
-        print(f"\nfull matrix through the engine's API, features in memory: {total:.1f} s = "
-              + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in split.items()))
+        print(
+            f"\nfull matrix through the engine's API, features in memory: {total:.1f} s = "
+            + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in split.items())
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,14 @@ from tabulate import tabulate
 
 from prh_bench.align import METRICS, prepare, score_layers
 
-PARAMS = {"mutual_knn": {"k": 10}, "cycle_knn": {"k": 10}, "lcs_knn": {"k": 10}, "edit_distance_knn": {"k": 10},
-          "cknna": {"k": 10}, "svcca": {"dims": 10}}
+PARAMS = {
+    "mutual_knn": {"k": 10},
+    "cycle_knn": {"k": 10},
+    "lcs_knn": {"k": 10},
+    "edit_distance_knn": {"k": 10},
+    "cknna": {"k": 10},
+    "svcca": {"dims": 10},
+}
 FITTED = ("procrustes", "permutation", "soft_matching")
 
 
@@ -53,18 +59,30 @@ def main() -> None:
         row["linear_regression alpha=0"] = score("linear_regression", args.fitted_n, d, args.seeds, alpha=0.0)[0]
         row["linear_regression gcv"] = score("linear_regression", args.fitted_n, d, args.seeds)[0]
         rows.append(row)
-    print(f"\nFitted metrics on independent Gaussians, N={args.fitted_n} (5 folds: 256 training rows), {args.seeds} seeds")
+    print(
+        f"\nFitted metrics on independent Gaussians, N={args.fitted_n} (5 folds: 256 training rows), {args.seeds} seeds"
+    )
     print(tabulate(rows, headers="keys", floatfmt=".3f"))
     eps_rows = []
     for name, params in (("cka", {}), ("unbiased_cka", {}), ("cknna", {"k": 10})):
         for n in (args.n, 512):
             x, y = gaussians(n, args.width, 0)
-            related = prepare([torch.tanh(x[0] @ torch.randn(args.width, args.width, generator=torch.Generator().manual_seed(1)))])
+            related = prepare(
+                [torch.tanh(x[0] @ torch.randn(args.width, args.width, generator=torch.Generator().manual_seed(1)))]
+            )
             for label, other in (("independent", y), ("related", related)):
                 exact = score_layers(name, x, other, **params).best
                 paper = score_layers(name, x, other, eps=1e-6, **params).best
-                eps_rows.append({"metric": name, "N": n, "pair": label, "exact": exact, "eps=1e-6": paper,
-                                 "difference": exact - paper})
+                eps_rows.append(
+                    {
+                        "metric": name,
+                        "N": n,
+                        "pair": label,
+                        "exact": exact,
+                        "eps=1e-6": paper,
+                        "difference": exact - paper,
+                    }
+                )
     print(f"\nThe PRH code's epsilon (1e-6 added to the denominator) against the exact ratio, width {args.width}")
     print(tabulate(eps_rows, headers="keys", floatfmt=".6f"))
 

@@ -35,8 +35,10 @@ def main() -> None:
         t0 = time.perf_counter()
         feats = extract(lm, samples, m.batch_size, progress=False)
         nbytes = sum(len(s.text.encode("utf-8")) for s in samples.samples)
-        print(f"  passages <= {cap:>5} bytes: {len(samples.samples):>4} passages, {nbytes} bytes, "
-              f"{task.evaluate(feats, samples):.4f} bits per byte ({time.perf_counter() - t0:.0f} s)")
+        print(
+            f"  passages <= {cap:>5} bytes: {len(samples.samples):>4} passages, {nbytes} bytes, "
+            f"{task.evaluate(feats, samples):.4f} bits per byte ({time.perf_counter() - t0:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

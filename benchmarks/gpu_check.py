@@ -34,8 +34,16 @@ def extraction(batch: int = 32, batches: int = 8) -> None:
     from prh_bench.plugins.backends.timm_backend import TimmExtractor
 
     model = timm.create_model("vit_giant_patch14_dinov2", pretrained=False, img_size=224).cuda().eval().half()
-    m = ModelManifest(kind="model", id="dinov2-g14-random", version=1, backend="timm",
-                      source="vit_giant_patch14_dinov2", modality="vision", weights={"random": 0}, dtype="float16")
+    m = ModelManifest(
+        kind="model",
+        id="dinov2-g14-random",
+        version=1,
+        backend="timm",
+        source="vit_giant_patch14_dinov2",
+        modality="vision",
+        weights={"random": 0},
+        dtype="float16",
+    )
     ext = TimmExtractor(m, model, torch.device("cuda"))
     x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.float16)
     with torch.inference_mode():
@@ -49,8 +57,10 @@ def extraction(batch: int = 32, batches: int = 8) -> None:
             ext.forward(x)
         ours = synced() - t0
     n = batch * batches
-    print(f"extraction, ViT-g/14 fp16, {n} images: plain timm {n / plain:.0f} img/s, prh-bench {n / ours:.0f} img/s "
-          f"(ratio {plain / ours:.2f})")
+    print(
+        f"extraction, ViT-g/14 fp16, {n} images: plain timm {n / plain:.0f} img/s, prh-bench {n / ours:.0f} img/s "
+        f"(ratio {plain / ours:.2f})"
+    )
 
 
 def zoo(widths: list[list[int]], n: int, device: str, metric: str) -> dict[str, float]:
@@ -59,8 +69,9 @@ def zoo(widths: list[list[int]], n: int, device: str, metric: str) -> dict[str, 
     feats = {}
     for i, ws in enumerate(widths):
         g = torch.Generator().manual_seed(i + 1)
-        feats[str(i)] = [torch.relu(latent @ torch.randn(64, w, generator=g) + torch.randn(n, w, generator=g)).to(device)
-                         for w in ws]
+        feats[str(i)] = [
+            torch.relu(latent @ torch.randn(64, w, generator=g) + torch.randn(n, w, generator=g)).to(device) for w in ws
+        ]
     split = timed_matrix(feats, metric, synced if device == "cuda" else time.perf_counter)
     return split | {"total": sum(split.values())}
 
@@ -73,8 +84,10 @@ def main() -> None:
     ten = [[768] * 13] * 10
     for metric in ("mutual_knn", "cka"):
         cpu, gpu = zoo(ten, 1000, "cpu", metric), zoo(ten, 1000, "cuda", metric)
-        print(f"engine, 10 models x 13 x 768, N = 1000, {metric}: CPU {cpu['total']:.2f} s, GPU {gpu['total']:.2f} s "
-              f"(speedup {cpu['total'] / gpu['total']:.1f}x)")
+        print(
+            f"engine, 10 models x 13 x 768, N = 1000, {metric}: CPU {cpu['total']:.2f} s, GPU {gpu['total']:.2f} s "
+            f"(speedup {cpu['total'] / gpu['total']:.1f}x)"
+        )
     split = zoo(list(vision78_widths().values()), 1000, "cuda", "mutual_knn")
     print("78-model matrix on GPU, mutual_knn, N = 1000: " + ", ".join(f"{k} {v:.2f} s" for k, v in split.items()))
     million()
@@ -85,16 +98,26 @@ def million(n: int = 1_000_000) -> None:
 
     g = torch.Generator(device="cuda").manual_seed(0)
     latent = torch.randn(n, 32, device="cuda", generator=g)
-    x, y = ([torch.relu(latent @ torch.randn(32, 256, device="cuda", generator=g)
-                        + torch.randn(n, 256, device="cuda", generator=g)) for _ in range(2)] for _ in range(2))
+    x, y = (
+        [
+            torch.relu(
+                latent @ torch.randn(32, 256, device="cuda", generator=g)
+                + torch.randn(n, 256, device="cuda", generator=g)
+            )
+            for _ in range(2)
+        ]
+        for _ in range(2)
+    )
     x, y = prepare(x), prepare(y)
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     t0 = synced()
     best = score_layers("mutual_knn", x, y, k=10).best
     seconds = synced() - t0
-    print(f"exact mutual_knn at N = {n:,}, 2 models x 2 x 256, on the GPU: {seconds:.1f} s, peak GPU memory "
-          f"{(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB above the features, score {best:.4f}")
+    print(
+        f"exact mutual_knn at N = {n:,}, 2 models x 2 x 256, on the GPU: {seconds:.1f} s, peak GPU memory "
+        f"{(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB above the features, score {best:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,22 +25,46 @@ def main() -> None:
     reg = Registry.load(load_plugins())
     folder = tiny_llama(Path(tempfile.mkdtemp()) / "llama")
     samples = SampleSet(tuple(Sample(id=f"t{i}", text=t) for i, t in enumerate(CAPTIONS)))
-    m = model(backend="transformers-causal-lm", source=str(folder), modality="text", weights="pretrained",
-              layers={"pool": "mean"}, dtype="bfloat16", preprocess={"padding": "paper"})
-    runs = {(dtype, padding): run_extract(reg, m.model_copy(update={"dtype": dtype, "preprocess": {"padding": padding}}),
-                                          samples) for dtype in ("bfloat16", "float32") for padding in ("paper", "batch")}
+    m = model(
+        backend="transformers-causal-lm",
+        source=str(folder),
+        modality="text",
+        weights="pretrained",
+        layers={"pool": "mean"},
+        dtype="bfloat16",
+        preprocess={"padding": "paper"},
+    )
+    runs = {
+        (dtype, padding): run_extract(
+            reg, m.model_copy(update={"dtype": dtype, "preprocess": {"padding": padding}}), samples
+        )
+        for dtype in ("bfloat16", "float32")
+        for padding in ("paper", "batch")
+    }
     reference = paper_llm_features(folder, CAPTIONS, torch.bfloat16)
     same = all(torch.equal(t, reference[:, i].float()) for i, t in enumerate(runs["bfloat16", "paper"].tensors))
     print(f"bfloat16, padding paper vs the paper code's features: {'bitwise equal' if same else 'DIFFERENT'}")
     for i, (a, b) in enumerate(zip(runs["bfloat16", "batch"].tensors, runs["bfloat16", "paper"].tensors, strict=True)):
         d = (a - b).abs()
-        print(f"bfloat16, layer {i}: batch vs paper padding differ in {(d > 0).float().mean():.0%} of elements, "
-              f"by at most {d.max():.2g}")
-    fp32 = [(a - b).abs().max().item() for a, b in zip(runs["float32", "batch"].tensors, runs["float32", "paper"].tensors, strict=True)]
-    bits = runs["float32", "batch"].sample_scores["bits_per_byte"] - runs["float32", "paper"].sample_scores["bits_per_byte"]
-    print(f"float32: batch vs paper padding, features at most {max(fp32):.2g} apart, bits per byte {bits.abs().max():.2g}")
-    rel = max(((a - b).abs().max() / a.abs().max()).item()
-              for a, b in zip(runs["float32", "paper"].tensors, runs["bfloat16", "paper"].tensors, strict=True))
+        print(
+            f"bfloat16, layer {i}: batch vs paper padding differ in {(d > 0).float().mean():.0%} of elements, "
+            f"by at most {d.max():.2g}"
+        )
+    fp32 = [
+        (a - b).abs().max().item()
+        for a, b in zip(runs["float32", "batch"].tensors, runs["float32", "paper"].tensors, strict=True)
+    ]
+    bits = (
+        runs["float32", "batch"].sample_scores["bits_per_byte"]
+        - runs["float32", "paper"].sample_scores["bits_per_byte"]
+    )
+    print(
+        f"float32: batch vs paper padding, features at most {max(fp32):.2g} apart, bits per byte {bits.abs().max():.2g}"
+    )
+    rel = max(
+        ((a - b).abs().max() / a.abs().max()).item()
+        for a, b in zip(runs["float32", "paper"].tensors, runs["bfloat16", "paper"].tensors, strict=True)
+    )
     print(f"bfloat16 vs float32 (padding paper): at most {rel:.2g} of the largest value")
 
 

@@ -39,8 +39,15 @@ def main() -> None:
     rows = []
     for cond in best.columns:
         t, r = best.loc[trained, cond], best.loc[random, cond]
-        rows.append({"condition": cond, "trained (mean)": t.mean(), "random (mean)": r.mean(),
-                     "margin": t.mean() - r.mean(), "worst trained - best random": t.min() - r.max()})
+        rows.append(
+            {
+                "condition": cond,
+                "trained (mean)": t.mean(),
+                "random (mean)": r.mean(),
+                "margin": t.mean() - r.mean(),
+                "worst trained - best random": t.min() - r.max(),
+            }
+        )
     print(pd.DataFrame(rows).round(3).to_string(index=False))
 
 

@@ -21,8 +21,15 @@ def main(page: Path, out: Path, width: int = 1400, height: int = 3200) -> None:
         sys.exit("needs Chromium or Chrome and chromedriver on PATH")
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        f"--window-size={width},{height}",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:

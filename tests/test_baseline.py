@@ -66,8 +66,9 @@ def test_a_changed_manifest_fails_the_check_and_passes_after_revert(frozen: tupl
 
 def test_missing_models_and_version_changes_are_listed(frozen: tuple[Path, Path, Path], tmp_path: Path) -> None:
     reg, _, base = frozen
-    (reg / "f-resnet18.yaml").write_text(MODEL.format(id="f-resnet18", source="resnet18", weights="{random: 0}")
-                                         .replace("version: 1", "version: 2"))
+    (reg / "f-resnet18.yaml").write_text(
+        MODEL.format(id="f-resnet18", source="resnet18", weights="{random: 0}").replace("version: 1", "version: 2")
+    )
     (reg / "f-lite0.yaml").unlink()
     (reg / "f-resnet10.yaml").write_text(MODEL.format(id="f-resnet10", source="resnet10t", weights="{random: 2}"))
     result = cli("--registry", reg, "check", "--baseline", base, "--json")
@@ -76,19 +77,30 @@ def test_missing_models_and_version_changes_are_listed(frozen: tuple[Path, Path,
     assert not out["ok"] and out["compared"] == 0
     both_ways = {("f-lite0", "f-resnet18"), ("f-resnet18", "f-lite0")}  # cknna scores each pair both ways
     assert {(r["model_x"], r["model_y"]) for r in out["missing"]} == both_ways
-    assert {(r["model_x"], r["model_y"]) for r in out["unexpected"]} == {("f-resnet10", "f-resnet18"),
-                                                                         ("f-resnet18", "f-resnet10")}
+    assert {(r["model_x"], r["model_y"]) for r in out["unexpected"]} == {
+        ("f-resnet10", "f-resnet18"),
+        ("f-resnet18", "f-resnet10"),
+    }
     assert "versions.models.f-resnet18: baseline 1, run 2" in out["versions"]
     assert "versions.models.f-lite0: baseline 1, run None" in out["versions"]
 
 
-@pytest.mark.parametrize("content,message", [("{not json", "cannot read the baseline"),
-                                             ('{"format": 1}', "field 'suite': Field required"),
-                                             ("[1, 2]", "expected a JSON object, got list"),
-                                             ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-                                             (('{"format": 9, "suite": "s", "tolerance": {}, "versions": {}, '
-                                               '"scores": [], "probes": [], "model_scores": []}'),
-                                              "field 'format': Input should be 1 or 2, got 9")])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "cannot read the baseline"),
+        ('{"format": 1}', "field 'suite': Field required"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            (
+                '{"format": 9, "suite": "s", "tolerance": {}, "versions": {}, '
+                '"scores": [], "probes": [], "model_scores": []}'
+            ),
+            "field 'format': Input should be 1 or 2, got 9",
+        ),
+    ],
+)
 def test_bad_baseline_file_is_bad_input(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "b.json"
     path.write_text(content)
@@ -96,18 +108,30 @@ def test_bad_baseline_file_is_bad_input(tmp_path: Path, content: str, message: s
     assert result.exit_code == 2 and message in result.stderr
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d["tolerance"].update(atol=float("nan")), "field 'tolerance.atol'"),
-    (lambda d: d["tolerance"].update(atol=-1), "field 'tolerance.atol': Input should be greater than or equal to 0"),
-    (lambda d: d["tolerance"].update(atol="0.5"), "field 'tolerance.atol': Input should be a valid number"),
-    (lambda d: d.update(tolerance={}), "field 'tolerance.atol': Field required"),
-    (lambda d: d.update(tolerances={"probes": {"atol": float("inf"), "rtol": 0}}), "field 'tolerances.probes.atol'"),
-    (lambda d: d["scores"][0].update(score="0.5"), "field 'scores.0.score': Input should be a valid number"),
-    (lambda d: d["scores"][0].update(score=float("nan")), "field 'scores.0.score'"),
-    (lambda d: d["scores"].append(dict(d["scores"][0])), "repeats the row"),
-    (lambda d: d["scores"][0].update(extra={"a": [[[[1]]]]}), "field 'scores.0.extra': Extra inputs are not permitted"),
-    (lambda d: d["versions"].update(suite="1"), "field 'versions.suite': Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["tolerance"].update(atol=float("nan")), "field 'tolerance.atol'"),
+        (
+            lambda d: d["tolerance"].update(atol=-1),
+            "field 'tolerance.atol': Input should be greater than or equal to 0",
+        ),
+        (lambda d: d["tolerance"].update(atol="0.5"), "field 'tolerance.atol': Input should be a valid number"),
+        (lambda d: d.update(tolerance={}), "field 'tolerance.atol': Field required"),
+        (
+            lambda d: d.update(tolerances={"probes": {"atol": float("inf"), "rtol": 0}}),
+            "field 'tolerances.probes.atol'",
+        ),
+        (lambda d: d["scores"][0].update(score="0.5"), "field 'scores.0.score': Input should be a valid number"),
+        (lambda d: d["scores"][0].update(score=float("nan")), "field 'scores.0.score'"),
+        (lambda d: d["scores"].append(dict(d["scores"][0])), "repeats the row"),
+        (
+            lambda d: d["scores"][0].update(extra={"a": [[[[1]]]]}),
+            "field 'scores.0.extra': Extra inputs are not permitted",
+        ),
+        (lambda d: d["versions"].update(suite="1"), "field 'versions.suite': Input should be a valid integer"),
+    ],
+)
 def test_ill_typed_baselines_are_bad_input_never_a_pass(frozen: tuple[Path, Path, Path], change, message: str) -> None:
     reg, run, base = frozen
     doc = json.loads(base.read_text())
@@ -186,21 +210,34 @@ def _word_for_k(run: Path) -> None:
     scores.write_text(scores.read_text().replace('""k"": 5', '""k"": ""five""'))
 
 
-@pytest.mark.parametrize(("damage", "commands", "message"), [
-    (_drop_conditions, ("leaderboard", "baseline", "check"),
-     "run.json: field 'conditions': no entry with n_samples for condition 'pocket-photos' of the scores table"),
-    (_word_for_k, ("leaderboard",),
-     "scores table, field 'params' of metric 'mutual_knn': mutual_knn: parameter 'k' must be an integer"),
-])
-def test_a_run_folder_edited_or_mixed_is_bad_input(frozen: tuple[Path, Path, Path], damage, commands, message: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "commands", "message"),
+    [
+        (
+            _drop_conditions,
+            ("leaderboard", "baseline", "check"),
+            "run.json: field 'conditions': no entry with n_samples for condition 'pocket-photos' of the scores table",
+        ),
+        (
+            _word_for_k,
+            ("leaderboard",),
+            "scores table, field 'params' of metric 'mutual_knn': mutual_knn: parameter 'k' must be an integer",
+        ),
+    ],
+)
+def test_a_run_folder_edited_or_mixed_is_bad_input(
+    frozen: tuple[Path, Path, Path], damage, commands, message: str
+) -> None:
     """A condition missing from run.json (a TypeError in the chance level, and a baseline its check refused)
     and a non-numeric k in the scores (a TypeError) are errors naming the file and field."""
     reg, run, base = frozen
     assert '""k"": 5' in (run / "scores.csv").read_text()
     damage(run)
-    args = {"leaderboard": ("leaderboard", "--suite", "faulty", "--run", run, "--out", run.parent / "lb"),
-            "baseline": ("baseline", "--suite", "faulty", "--run", run, "--out", run.parent / "again.json"),
-            "check": ("check", "--baseline", base, "--run", run)}
+    args = {
+        "leaderboard": ("leaderboard", "--suite", "faulty", "--run", run, "--out", run.parent / "lb"),
+        "baseline": ("baseline", "--suite", "faulty", "--run", run, "--out", run.parent / "again.json"),
+        "check": ("check", "--baseline", base, "--run", run),
+    }
     for command in commands:
         result = cli("--registry", reg, *args[command])
         assert result.exit_code == 2 and message in result.stderr, (command, result.output)

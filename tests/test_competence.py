@@ -92,10 +92,20 @@ def test_bad_passage_bytes_is_refused(registry: Registry, tmp_path: Path, cap: o
 
 
 def causal_lm(folder: Path, **preprocess: object) -> ModelManifest:
-    return ModelManifest.model_validate({
-        "kind": "model", "id": "tiny-llama", "version": 1, "backend": "transformers-causal-lm", "source": str(folder),
-        "modality": "text", "weights": "pretrained", "dtype": "float32", "layers": {"pool": "mean"},
-        "preprocess": preprocess})
+    return ModelManifest.model_validate(
+        {
+            "kind": "model",
+            "id": "tiny-llama",
+            "version": 1,
+            "backend": "transformers-causal-lm",
+            "source": str(folder),
+            "modality": "text",
+            "weights": "pretrained",
+            "dtype": "float32",
+            "layers": {"pool": "mean"},
+            "preprocess": preprocess,
+        }
+    )
 
 
 def plain_bits(folder: Path, ids: list[int]) -> float:
@@ -137,8 +147,12 @@ def test_a_text_cut_at_max_length_divides_its_bits_by_the_bytes_it_kept(registry
     folder = tiny_llama(tmp_path / "llama")
     text = "the quick brown fox jumps over the lazy dog and runs far away"
     lm = causal_lm(folder, max_length=8)
-    feats = extract(registry.plugins.backends[lm.backend].load(lm, torch.device("cpu")),
-                    SampleSet((Sample(id="t", text=text), Sample(id="s", text="a dog"))), 2, progress=False)
+    feats = extract(
+        registry.plugins.backends[lm.backend].load(lm, torch.device("cpu")),
+        SampleSet((Sample(id="t", text=text), Sample(id="s", text="a dog"))),
+        2,
+        progress=False,
+    )
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
@@ -155,7 +169,9 @@ def test_the_task_refuses_features_without_bits_per_byte(registry: Registry) -> 
 
     feats = Features(["l0"], [torch.zeros(2, 3)])
     samples = SampleSet((Sample(id="a", text="x"), Sample(id="b", text="y")))
-    with pytest.raises(BadInput, match=r"no per-sample bits per byte and bytes scored .* only causal language models compute them"):
+    with pytest.raises(
+        BadInput, match=r"no per-sample bits per byte and bytes scored .* only causal language models compute them"
+    ):
         registry.plugins.tasks["bits_per_byte"].evaluate(feats, samples)
 
 
@@ -168,32 +184,55 @@ def test_a_suite_correlates_alignment_with_corpus_bits_per_byte_lower_is_better(
     caption_pairs(tmp_path, 10)
     owt = owt_copy(tmp_path / "owt")
     reg = tmp_path / "reg"
-    write_yaml(reg / "pairs.yaml", f"kind: dataset\nid: pairs\nversion: 1\nloader: image_captions\n"
-                                   f"modality: vision-text\noptions: {{path: {tmp_path / 'pairs.jsonl'}}}\n")
-    write_yaml(reg / "owt.yaml", f"kind: dataset\nid: local-owt\nversion: 1\nloader: hf_dataset\nmodality: text\n"
-                                 f"options: {{path: {owt}, data_files: plain_text/train-00000-of-00080.parquet, "
-                                 "text_column: text, passage_bytes: 300}\n")
+    write_yaml(
+        reg / "pairs.yaml",
+        f"kind: dataset\nid: pairs\nversion: 1\nloader: image_captions\n"
+        f"modality: vision-text\noptions: {{path: {tmp_path / 'pairs.jsonl'}}}\n",
+    )
+    write_yaml(
+        reg / "owt.yaml",
+        f"kind: dataset\nid: local-owt\nversion: 1\nloader: hf_dataset\nmodality: text\n"
+        f"options: {{path: {owt}, data_files: plain_text/train-00000-of-00080.parquet, "
+        "text_column: text, passage_bytes: 300}\n",
+    )
     for seed in (1, 2, 3):
-        write_yaml(reg / f"lm{seed}.yaml", f"kind: model\nid: llama-{seed}\nversion: 1\nbackend: transformers-causal-lm\n"
-                                           f"source: {folder}\nmodality: text\nweights: {{random: {seed}}}\n"
-                                           "layers: {pool: mean}\n")
-    write_yaml(reg / "suite.yaml", "kind: suite\nid: corpus-competence\nversion: 1\ndataset: pairs\n"
-               "models: [llama-1, llama-2, llama-3, vit-tiny-random]\nmetrics: [{name: mutual_knn, k: 3}]\n"
-               "reference: vit-tiny-random\nprobes: [{dataset: local-owt, task: bits_per_byte}]\n")
+        write_yaml(
+            reg / f"lm{seed}.yaml",
+            f"kind: model\nid: llama-{seed}\nversion: 1\nbackend: transformers-causal-lm\n"
+            f"source: {folder}\nmodality: text\nweights: {{random: {seed}}}\n"
+            "layers: {pool: mean}\n",
+        )
+    write_yaml(
+        reg / "suite.yaml",
+        "kind: suite\nid: corpus-competence\nversion: 1\ndataset: pairs\n"
+        "models: [llama-1, llama-2, llama-3, vit-tiny-random]\nmetrics: [{name: mutual_knn, k: 3}]\n"
+        "reference: vit-tiny-random\nprobes: [{dataset: local-owt, task: bits_per_byte}]\n",
+    )
     result = cli("--registry", reg, "run", "--suite", "corpus-competence", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     probes = pd.read_csv(tmp_path / "run" / "probes.csv")
     assert sorted(probes.model) == ["llama-1", "llama-2", "llama-3"]  # the ViT reads no text; no bits per byte
     assert (probes.task == "bits_per_byte").all() and probes.score.between(1, 30).all()
     assert probes.score.nunique() == 3
-    result = cli("--registry", reg, "leaderboard", "--suite", "corpus-competence", "--run", tmp_path / "run", "--out",
-                 tmp_path / "lb")
+    result = cli(
+        "--registry",
+        reg,
+        "leaderboard",
+        "--suite",
+        "corpus-competence",
+        "--run",
+        tmp_path / "run",
+        "--out",
+        tmp_path / "lb",
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(next((tmp_path / "lb").rglob("leaderboard.csv")))
     assert "tasks_solved" not in table
     col = table.set_index("model")["bits_per_byte:local-owt"]
-    assert col.drop("vit-tiny-random").round(6).tolist() == probes.set_index("model").score.loc[
-        col.drop("vit-tiny-random").index].round(6).tolist()
+    assert (
+        col.drop("vit-tiny-random").round(6).tolist()
+        == probes.set_index("model").score.loc[col.drop("vit-tiny-random").index].round(6).tolist()
+    )
     corr = pd.read_csv(next((tmp_path / "lb").rglob("correlations.csv")))
     row = corr[corr.score == "bits_per_byte:local-owt"]
     assert len(row) and (row.score_direction == "lower is better").all()

@@ -36,8 +36,12 @@ def test_concurrent_writers_into_one_folder_all_succeed(tmp_path: Path) -> None:
     """Each writer's temporary file is replaced by safetensors (a new inode); no writer's sweep may delete
     another's. Before the fix, 6 x 400 writes lost 1715."""
     procs, count = 4, 150
-    runs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(w), str(count)],
-                             stderr=subprocess.PIPE, text=True) for w in range(procs)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(w), str(count)], stderr=subprocess.PIPE, text=True
+        )
+        for w in range(procs)
+    ]
     errors = [p.communicate(timeout=600)[1] for p in runs]
     assert [p.returncode for p in runs] == [0] * procs, "\n".join(e[-2000:] for e in errors)
     entries = sorted(tmp_path.glob("w*.safetensors"))
@@ -50,19 +54,38 @@ def test_concurrent_writers_into_one_folder_all_succeed(tmp_path: Path) -> None:
 
 
 def two_suite_registry(root: Path) -> Path:
-    for mid, source in [("tiny-a", "resnet18"), ("tiny-b", "tf_efficientnet_lite0"), ("tiny-c", "mobilenetv3_small_050")]:
+    for mid, source in [
+        ("tiny-a", "resnet18"),
+        ("tiny-b", "tf_efficientnet_lite0"),
+        ("tiny-c", "mobilenetv3_small_050"),
+    ]:
         write_yaml(root / f"{mid}.yaml", TINY.format(id=mid, source=source, size=64))
     for suite, models in [("suite-ab", "[tiny-a, tiny-b]"), ("suite-abc", "[tiny-a, tiny-b, tiny-c]")]:
-        write_yaml(root / f"{suite}.yaml", f"kind: suite\nid: {suite}\nversion: 1\ndataset: pocket-photos\n"
-                   f"models: {models}\nmetrics: [{{name: mutual_knn, k: 3}}, {{name: cka}}]\nmax_samples: 24\n"
-                   "calibrate: {permutations: 20}\n")
+        write_yaml(
+            root / f"{suite}.yaml",
+            f"kind: suite\nid: {suite}\nversion: 1\ndataset: pocket-photos\n"
+            f"models: {models}\nmetrics: [{{name: mutual_knn, k: 3}}, {{name: cka}}]\nmax_samples: 24\n"
+            "calibrate: {permutations: 20}\n",
+        )
     return root
 
 
 def cli_process(reg: Path, cache: Path, suite: str, out: Path, *extra: str) -> subprocess.Popen:
     env = os.environ | {"PRH_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    cmd = [sys.executable, "-m", "prh_bench", "--quiet", "--registry", str(reg), "run", "--suite", suite,
-           "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prh_bench",
+        "--quiet",
+        "--registry",
+        str(reg),
+        "run",
+        "--suite",
+        suite,
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -93,8 +116,7 @@ def test_two_runs_of_different_suites_on_one_warm_cache(tmp_path: Path) -> None:
         finish(cli_process(reg, serial, suite, tmp_path / f"serial-{suite}"))
     for attempt in range(2):
         shutil.rmtree(cache / "pairs")  # features warm, every pair and null to compute by both runs at once
-        procs = {s: cli_process(reg, cache, s, tmp_path / f"{s}-{attempt}")
-                 for s in ("suite-ab", "suite-abc")}
+        procs = {s: cli_process(reg, cache, s, tmp_path / f"{s}-{attempt}") for s in ("suite-ab", "suite-abc")}
         for proc in procs.values():
             finish(proc)
         for suite in procs:

@@ -63,13 +63,21 @@ def test_vtab_splits_are_read_from_their_folders_and_the_probe_fits_train_scores
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(count):
                 Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
-    ds = DatasetManifest(kind="dataset", id="vt", version=1, loader="image_folder", modality="vision",
-                         options={"path": str(tmp_path), "labels": "folder", "splits": ["train", "val"], "limit": 5})
+    ds = DatasetManifest(
+        kind="dataset",
+        id="vt",
+        version=1,
+        loader="image_folder",
+        modality="vision",
+        options={"path": str(tmp_path), "labels": "folder", "splits": ["train", "val"], "limit": 5},
+    )
     s = image_folder(ds)
     assert [x.split for x in s.samples].count("train") == 5 and [x.split for x in s.samples].count("val") == 4
     assert s.samples[0].id.startswith("train/") and s.samples[-1].id.startswith("val/dog/")
     assert {(x.id.split("/")[1], x.label) for x in s.samples} == {("cat", 0), ("dog", 1)}
-    assert s.digest != image_folder(ds.model_copy(update={"options": {**ds.options, "splits": ["val", "train"]}})).digest
+    assert (
+        s.digest != image_folder(ds.model_copy(update={"options": {**ds.options, "splits": ["val", "train"]}})).digest
+    )
     # Features: +1 or -1 by label on train, mirrored on val.
     sign = np.array([(1 if x.label else -1) * (1 if x.split == "train" else -1) for x in s.samples], dtype=np.float32)
     rng = np.random.default_rng(0)

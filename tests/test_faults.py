@@ -56,8 +56,23 @@ def registry(root: Path, models: dict[str, str] = SOURCES) -> Path:
 def command(reg: Path, out: Path, *extra: str) -> list[str]:
     # A budget of 247 KB holds two models' CKA kernels (110 KB each) but puts each in its own CKA group: 6 tiles for
     # CKA, one for the smaller kNN and CKNNA summaries; 3 pair entries per metric, 9 in all.
-    return [sys.executable, "-c", "from prh_bench.cli import main; main()", "--quiet", "--registry", str(reg),
-            "run", "--suite", "faulty", "--out", str(out), "--memory-budget", "2.3e-4", "--json", *extra]
+    return [
+        sys.executable,
+        "-c",
+        "from prh_bench.cli import main; main()",
+        "--quiet",
+        "--registry",
+        str(reg),
+        "run",
+        "--suite",
+        "faulty",
+        "--out",
+        str(out),
+        "--memory-budget",
+        "2.3e-4",
+        "--json",
+        *extra,
+    ]
 
 
 def run_to_end(reg: Path, out: Path, cache: Path, *extra: str) -> dict:
@@ -82,8 +97,11 @@ def run_and_kill(reg: Path, out: Path, cache: Path, when: str) -> None:
 
 def entries(cache: Path) -> dict[str, tuple[int, int]]:
     """Every finished cache file with its inode and mtime: a recomputed entry is a new file (atomic rename)."""
-    return {str(p.relative_to(cache)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*/*/*.safetensors")
-            if not p.name.startswith(".tmp-")}  # a file being written when the kill came is not finished
+    return {
+        str(p.relative_to(cache)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in cache.glob("*/*/*.safetensors")
+        if not p.name.startswith(".tmp-")
+    }  # a file being written when the kill came is not finished
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +135,10 @@ def test_kill_during_a_cache_write_leaves_no_corrupt_entry(tmp_path: Path) -> No
     """A writer SIGKILLed while its file is half written: the final name never exists, and the next write in
     that folder removes the orphan."""
     target = tmp_path / "features" / "m" / "entry.safetensors"
-    script = ("import sys, torch; from pathlib import Path; from prh_bench.cache_files import write_entry;"
-              "write_entry(Path(sys.argv[1]), {'x': torch.randn(150_000_000)}, {})")
+    script = (
+        "import sys, torch; from pathlib import Path; from prh_bench.cache_files import write_entry;"
+        "write_entry(Path(sys.argv[1]), {'x': torch.randn(150_000_000)}, {})"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script, str(target)])
     deadline = time.monotonic() + 120
     # safetensors 0.8 writes into a temporary file of its own (.tmpXXXXXX) and renames it onto ours (.tmp-...)
@@ -169,8 +189,11 @@ def test_corrupt_entry_in_a_run_is_recomputed_with_identical_scores(tmp_path: Pa
     pairs = sorted((tmp_path / "cache" / "pairs").rglob("*.safetensors"))
     pairs[0].write_bytes(pairs[0].read_bytes()[:-10])  # a truncated pair entry too
     second = run_to_end(reg, tmp_path / "r2", tmp_path / "cache")
-    assert {o["model"]: o["status"] for o in second["runs"]} == {"f-resnet18": "cached", "f-lite0": "extracted",
-                                                                  "f-resnet10": "cached"}
+    assert {o["model"]: o["status"] for o in second["runs"]} == {
+        "f-resnet18": "cached",
+        "f-lite0": "extracted",
+        "f-resnet10": "cached",
+    }
     assert (tmp_path / "r1" / "scores.csv").read_text() == (tmp_path / "r2" / "scores.csv").read_text()
     assert first["best"] == second["best"]
 
@@ -178,8 +201,12 @@ def test_corrupt_entry_in_a_run_is_recomputed_with_identical_scores(tmp_path: Pa
 def test_two_runs_sharing_a_cache_extract_each_model_once(tmp_path: Path) -> None:
     reg = registry(tmp_path / "reg")
     env = os.environ | {"PRH_BENCH_CACHE": str(tmp_path / "cache")}
-    procs = [subprocess.Popen(command(reg, tmp_path / f"r{i}"), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            command(reg, tmp_path / f"r{i}"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
     runs = [json.loads(o) for o, _ in outs]
@@ -204,15 +231,18 @@ def test_nan_features_fail_one_model_and_the_leaderboard_marks_it(tmp_path: Path
     torch.save(state, ckpt)
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     reg = registry(tmp_path / "reg", {"f-resnet18": "resnet18", "f-lite0": "tf_efficientnet_lite0"})
-    write_yaml(reg / "nan.yaml", MODEL.format(id="f-nan", source="resnet10t",
-                                              weights=f"{{path: {ckpt}, sha256: {digest}}}"))
+    write_yaml(
+        reg / "nan.yaml", MODEL.format(id="f-nan", source="resnet10t", weights=f"{{path: {ckpt}, sha256: {digest}}}")
+    )
     result = cli("--registry", reg, "run", "--suite", "faulty", "--out", tmp_path / "run")
     assert result.exit_code == 1 and "1 failed: f-nan" in result.stderr
     assert "NaN or infinite" in result.stdout
     scores = pd.read_csv(tmp_path / "run" / "scores.csv")
     assert set(scores.model_x) | set(scores.model_y) == {"f-resnet18", "f-lite0"}
     assert "**failed**: f-nan" in (tmp_path / "run" / "ranking_mutual_knn.md").read_text()
-    board = cli("--registry", reg, "leaderboard", "--suite", "faulty", "--run", tmp_path / "run", "--out", tmp_path / "lb")
+    board = cli(
+        "--registry", reg, "leaderboard", "--suite", "faulty", "--run", tmp_path / "run", "--out", tmp_path / "lb"
+    )
     assert board.exit_code == 0, board.output
     table = pd.read_csv(tmp_path / "lb" / "leaderboard.csv").set_index("model")
     assert table.loc["f-nan", "status"] == "failed" and (table.drop("f-nan").status == "ok").all()
@@ -258,8 +288,11 @@ def test_a_refused_open_clip_checkpoint_fails_that_model_not_the_run(tmp_path: P
 
     torch.save({"evil": Evil()}, tmp_path / "clip.pt")
     reg = registry(tmp_path / "reg", {"f-resnet18": "resnet18", "f-lite0": "tf_efficientnet_lite0"})
-    write_yaml(reg / "clip.yaml", "kind: model\nid: f-clip\nversion: 1\nbackend: open_clip\nsource: ViT-B-32\n"
-               f"modality: vision\nweights: {{path: {tmp_path / 'clip.pt'}}}\ntags: [faulty]\n")
+    write_yaml(
+        reg / "clip.yaml",
+        "kind: model\nid: f-clip\nversion: 1\nbackend: open_clip\nsource: ViT-B-32\n"
+        f"modality: vision\nweights: {{path: {tmp_path / 'clip.pt'}}}\ntags: [faulty]\n",
+    )
     result = cli("--registry", reg, "run", "--suite", "faulty", "--out", tmp_path / "run", "--max-samples", "12")
     assert result.exit_code == 1 and "1 failed: f-clip" in result.stderr, result.output
     assert "clip.pt holds Python objects besides tensors, refused" in result.stdout + result.stderr

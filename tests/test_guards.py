@@ -41,9 +41,11 @@ def rewrite_metadata(path: Path, change) -> None:
 def test_edited_metadata_is_never_read(tmp_path: Path, edit: str, caplog: pytest.LogCaptureFixture) -> None:
     cache = FeatureCache(tmp_path)
     path = cache.save("m", "k" * 64, features(), {})
-    change = {"swap layer names": lambda m: m.update(layers='["b", "a"]'),
-              "invalid json": lambda m: m.update(layers="[not json"),
-              "drop the checksum": lambda m: m.pop("sha256")}[edit]
+    change = {
+        "swap layer names": lambda m: m.update(layers='["b", "a"]'),
+        "invalid json": lambda m: m.update(layers="[not json"),
+        "drop the checksum": lambda m: m.pop("sha256"),
+    }[edit]
     rewrite_metadata(path, change)
     with pytest.raises(CorruptEntry):
         read_entry(path)
@@ -104,7 +106,9 @@ def test_score_keys_cover_the_preparation_and_calibration_code(monkeypatch: pyte
         score_job.metric_code_digest(type(get_metric("cknna")))
     finally:
         score_job.metric_code_digest.cache_clear()
-    assert {"prepare.py", "calibrate.py", "kernels.py", "knn.py", "metric.py", "folds.py", "procrustes.py"} <= {p.name for p in seen}
+    assert {"prepare.py", "calibrate.py", "kernels.py", "knn.py", "metric.py", "folds.py", "procrustes.py"} <= {
+        p.name for p in seen
+    }
 
 
 def test_changing_the_clamp_mode_rescores_from_a_warm_cache(tmp_path: Path) -> None:
@@ -129,9 +133,18 @@ def test_temporary_files_of_live_writers_survive_the_sweep_whatever_their_name(t
     theirs = tmp_path / ".tmpX1y2Z3"  # safetensors' own temporary name
     held.write_bytes(b"x")
     theirs.write_bytes(b"x")
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
-                               "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); "
-                               "time.sleep(60)", str(tmp_path / WRITERS_LOCK)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+            "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); "
+            "time.sleep(60)",
+            str(tmp_path / WRITERS_LOCK),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert not sweep_temporaries(tmp_path)
@@ -143,21 +156,32 @@ def test_temporary_files_of_live_writers_survive_the_sweep_whatever_their_name(t
     assert not held.exists() and not theirs.exists()
 
 
-def test_a_lock_held_by_a_stopped_run_ends_in_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_lock_held_by_a_stopped_run_ends_in_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from prh_bench.cache_files import entry_lock
 
     target = tmp_path / "features" / "m" / "entry.safetensors"
     target.parent.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
-                               "l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(60)",
-                               str(target) + ".lock"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; "
+            "l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(60)",
+            str(target) + ".lock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setenv("PRH_BENCH_LOCK_TIMEOUT", "6")
         start = time.monotonic()
-        with pytest.raises(PrhBenchError, match=r"gave up after 6 s waiting for .*entry.safetensors.lock"), \
-                entry_lock(target):
+        with (
+            pytest.raises(PrhBenchError, match=r"gave up after 6 s waiting for .*entry.safetensors.lock"),
+            entry_lock(target),
+        ):
             pass
         assert 5 < time.monotonic() - start < 30
         assert "waiting for" in caplog.text and "another prh-bench run" in caplog.text
@@ -176,7 +200,9 @@ def test_paths_from_manifests_stay_inside_their_roots(tmp_path: Path) -> None:
         resolve_path("pkg://numpy/../../../etc/passwd", "m")
     with pytest.raises(BadInput, match="would lead outside the cache folder"):
         FeatureCache(tmp_path).path("../../x", "k" * 64)
-    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        """\
 kind: suite
 id: escape
 version: 1
@@ -184,7 +210,8 @@ dataset: pocket-photos
 models: [resnet18-random]
 metrics: [{name: mutual_knn}]
 revisions: ["../../../../x"]
-""")
+""",
+    )
     result = cli("validate", tmp_path / "reg")
     assert result.exit_code == 2 and "field 'revisions.0'" in result.stderr and "should match pattern" in result.stderr
 
@@ -201,18 +228,23 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     assert time.monotonic() - start < 30
 
 
-@pytest.mark.parametrize(("metric", "message"), [
-    ("{name: mutual_knn, kk: 10}", "unknown parameter 'kk' (did you mean 'k'?)"),
-    ('{name: mutual_knn, k: "5"}', "parameter 'k' must be an integer"),
-    ("{name: mutual_knn, k: 5.5}", "parameter 'k' must be an integer"),
-    ("{name: mutual_knn, k: -1}", "parameter 'k' must be an integer in [1, "),
-    ("{name: mutual_knn, k: 99999999999999999999999}", "parameter 'k' must be an integer in [1, "),
-    ("{name: mutual_knn, k: 16}", "k must be in [1, N-1] = [1, 15], got k=16"),
-    ("{name: mutual_knm}", "unknown metric 'mutual_knm'"),
-])
+@pytest.mark.parametrize(
+    ("metric", "message"),
+    [
+        ("{name: mutual_knn, kk: 10}", "unknown parameter 'kk' (did you mean 'k'?)"),
+        ('{name: mutual_knn, k: "5"}', "parameter 'k' must be an integer"),
+        ("{name: mutual_knn, k: 5.5}", "parameter 'k' must be an integer"),
+        ("{name: mutual_knn, k: -1}", "parameter 'k' must be an integer in [1, "),
+        ("{name: mutual_knn, k: 99999999999999999999999}", "parameter 'k' must be an integer in [1, "),
+        ("{name: mutual_knn, k: 16}", "k must be in [1, N-1] = [1, 15], got k=16"),
+        ("{name: mutual_knm}", "unknown metric 'mutual_knm'"),
+    ],
+)
 def test_bad_metric_parameters_are_refused_before_any_work(tmp_path: Path, metric: str, message: str) -> None:
     reg = tiny_registry(tmp_path / "reg")
-    write_yaml(reg / "suite.yaml", (reg / "suite.yaml").read_text().replace("[{name: mutual_knn, k: 3}]", f"[{metric}]"))
+    write_yaml(
+        reg / "suite.yaml", (reg / "suite.yaml").read_text().replace("[{name: mutual_knn, k: 3}]", f"[{metric}]")
+    )
     checked = cli("validate", reg)
     assert checked.exit_code == 2 and message in checked.stderr and "field 'metrics.0" in checked.stderr
     ran = cli("--registry", reg, "run", "--suite", "tiny-suite", "--out", tmp_path / "run")
@@ -221,8 +253,9 @@ def test_bad_metric_parameters_are_refused_before_any_work(tmp_path: Path, metri
     assert not list(Path(__import__("os").environ["PRH_BENCH_CACHE"]).rglob("*.safetensors"))  # nothing extracted
 
 
-@pytest.mark.parametrize(("device", "message"), [("gpu", "expected auto, cpu, cuda, cuda:N or mps"),
-                                                 ("cuda:7", "CUDA device")])
+@pytest.mark.parametrize(
+    ("device", "message"), [("gpu", "expected auto, cpu, cuda, cuda:N or mps"), ("cuda:7", "CUDA device")]
+)
 def test_an_unusable_device_is_refused_before_any_work(tmp_path: Path, device: str, message: str) -> None:
     reg = tiny_registry(tmp_path / "reg")
     ran = cli("--registry", reg, "run", "--suite", "tiny-suite", "--device", device, "--out", tmp_path / "run")
@@ -288,14 +321,22 @@ def test_a_truncated_image_in_an_image_folder_is_named(tmp_path: Path) -> None:
     data = (tmp_path / "good.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.jpg").write_text("hello")
-    m = DatasetManifest(kind="dataset", id="folder", version=1, loader="image_folder", modality="vision",
-                        options={"path": str(tmp_path)})
+    m = DatasetManifest(
+        kind="dataset",
+        id="folder",
+        version=1,
+        loader="image_folder",
+        modality="vision",
+        options={"path": str(tmp_path)},
+    )
     with pytest.raises(BadInput, match=r"dataset 'folder': .*(cut\.png|text\.jpg) is not a readable image"):
         image_folder(m)
 
 
-@pytest.mark.parametrize(("field", "value"), [("batch_size", 10**30), ("version", 10**30), ("params", "inf"),
-                                              ("weights", "{random: 99999999999999999999999}")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 10**30), ("version", 10**30), ("params", "inf"), ("weights", "{random: 99999999999999999999999}")],
+)
 def test_huge_numbers_in_manifests_are_refused_by_validate(tmp_path: Path, field: str, value: object) -> None:
     text = f"kind: model\nid: big\nversion: 1\nbackend: timm\nsource: resnet18\nmodality: vision\n{field}: {value}\n"
     path = write_yaml(tmp_path / "big.yaml", text.replace("version: 1\n", "") if field == "version" else text)
@@ -347,8 +388,17 @@ def test_a_url_checkpoint_is_local_exactly_where_download_keeps_it(tmp_path: Pat
     from prh_bench.weights import checkpoint_status, download_path
 
     url = "https://example.org/ckpt/model.pth"
-    m = ModelManifest.model_validate({"kind": "model", "id": "u", "version": 1, "backend": "timm", "source": "resnet18",
-                                      "modality": "vision", "weights": {"url": url}})
+    m = ModelManifest.model_validate(
+        {
+            "kind": "model",
+            "id": "u",
+            "version": 1,
+            "backend": "timm",
+            "source": "resnet18",
+            "modality": "vision",
+            "weights": {"url": url},
+        }
+    )
     elsewhere = tmp_path / "weights" / ("0" * 64) / "model.pth"  # another URL's file of the same name
     elsewhere.parent.mkdir(parents=True)
     elsewhere.write_bytes(b"x")

@@ -48,7 +48,7 @@ def test_the_engine_imports_have_no_cycle() -> None:
         path.append(m)
         for d in graph[m]:
             if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(d):], d]))
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(d) :], d]))
             if d not in state:
                 visit(d)
         path.pop()
@@ -65,8 +65,12 @@ def test_only_the_front_doors_read_the_results_package() -> None:
     imports them (so a change there cannot alter a score). The command line and the Python front door
     (`prh_bench.run`, `prh_bench.load` in the package's __init__) do."""
     files = {module_name(p): p for p in HARNESS.rglob("*.py")}
-    users = {m for m, p in files.items() if not m.startswith("prh_bench.results")
-             and any(i == "prh_bench.results" or i.startswith("prh_bench.results.") for i in imports(p))}
+    users = {
+        m
+        for m, p in files.items()
+        if not m.startswith("prh_bench.results")
+        and any(i == "prh_bench.results" or i.startswith("prh_bench.results.") for i in imports(p))
+    }
     assert users == {"prh_bench.cli", "prh_bench"}
 
 
@@ -79,10 +83,19 @@ def test_the_built_in_plugins_import_only_the_plugin_api() -> None:
     seen = {}
     for path in PLUGINS.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
-                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             for name in names:
-                if name.startswith("prh_bench") and name != "prh_bench.plugin" and not name.startswith("prh_bench.plugins"):
+                if (
+                    name.startswith("prh_bench")
+                    and name != "prh_bench.plugin"
+                    and not name.startswith("prh_bench.plugins")
+                ):
                     seen[f"{path.relative_to(PLUGINS)}:{node.lineno}"] = name
     assert seen == {}
     import prh_bench.plugin as api
@@ -96,11 +109,15 @@ def test_the_changelog_records_every_data_format_version() -> None:
     from prh_bench.results import baseline, pair_records, run_record, submission
 
     table = (Path(__file__).parents[1] / "CHANGELOG.md").read_text(encoding="utf-8")
-    for constant, value in (("features.CACHE_FORMAT", features.CACHE_FORMAT), ("cache_files.STORE_FORMAT", cache_files.STORE_FORMAT),
-                            ("score_job.PAIR_FORMAT", score_job.PAIR_FORMAT), ("results.pair_records.RESULTS_FORMAT", pair_records.RESULTS_FORMAT),
-                            ("results.run_record.RUN_FORMAT", run_record.RUN_FORMAT),
-                            ("results.baseline.FORMAT", baseline.FORMAT),
-                            ("results.submission.SUBMISSION_FORMAT", submission.SUBMISSION_FORMAT)):
+    for constant, value in (
+        ("features.CACHE_FORMAT", features.CACHE_FORMAT),
+        ("cache_files.STORE_FORMAT", cache_files.STORE_FORMAT),
+        ("score_job.PAIR_FORMAT", score_job.PAIR_FORMAT),
+        ("results.pair_records.RESULTS_FORMAT", pair_records.RESULTS_FORMAT),
+        ("results.run_record.RUN_FORMAT", run_record.RUN_FORMAT),
+        ("results.baseline.FORMAT", baseline.FORMAT),
+        ("results.submission.SUBMISSION_FORMAT", submission.SUBMISSION_FORMAT),
+    ):
         row = next((line for line in table.splitlines() if line.startswith(f"| `{constant}` |")), None)
         assert row is not None, constant
         assert f"{value}: " in row.split("|")[3], (constant, value)

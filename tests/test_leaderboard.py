@@ -60,11 +60,22 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     missing = cli(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs")
     assert missing.exit_code == 2 and "no stored results of suite 'tiny-board'" in missing.stderr
     cli(*reg, "run", "--suite", "tiny-board", "--out", tmp_path / "runs" / "tiny-board" / "20260101-000000")
-    out = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--out", tmp_path / "board")
+    out = cli_json(
+        *reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--out", tmp_path / "board"
+    )
     board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
-    assert list(board.model) == ["efficientnet-lite2", "efficientnet-lite1", "efficientnet-lite0", "efficientnet-lite0-random"]
+    assert list(board.model) == [
+        "efficientnet-lite2",
+        "efficientnet-lite1",
+        "efficientnet-lite0",
+        "efficientnet-lite0-random",
+    ]
     assert board["rank"].tolist() == ["reference", "1", "2", "3"]
-    assert board.alignment_to_reference.iloc[1] >= board.alignment_to_reference.iloc[2] > board.alignment_to_reference.iloc[3]
+    assert (
+        board.alignment_to_reference.iloc[1]
+        >= board.alignment_to_reference.iloc[2]
+        > board.alignment_to_reference.iloc[3]
+    )
     assert board.imagenet_top1.tolist() == [0.776, 0.767, 0.751, 0.001]
     # Each model's permutation p-value and calibrated score to the reference, read from the run's nulls.
     nulls = pd.read_csv(tmp_path / "runs" / "tiny-board" / "20260101-000000" / "calibration.csv")
@@ -86,14 +97,24 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     binned = pd.read_csv(tmp_path / "board" / "binned.csv")
     assert binned.models.sum() == 3  # the reference has no alignment to itself
     meta = json.loads((tmp_path / "board" / "leaderboard.json").read_text())["meta"]
-    assert meta["chance_level"] == pytest.approx(5 / 23) and meta["calibration"] == {"permutations": 19, "alpha": 0.05, "exchange": "within_groups"}
-    assert "Chance level of mutual_knn at N = 24: 0.2174 (k/(N-1) = 5/23)" in (tmp_path / "board" / "leaderboard.md").read_text()
+    assert meta["chance_level"] == pytest.approx(5 / 23) and meta["calibration"] == {
+        "permutations": 19,
+        "alpha": 0.05,
+        "exchange": "within_groups",
+    }
+    assert (
+        "Chance level of mutual_knn at N = 24: 0.2174 (k/(N-1) = 5/23)"
+        in (tmp_path / "board" / "leaderboard.md").read_text()
+    )
     assert meta["metric"] == "mutual_knn" and meta["metric_params"] == {"k": 5} and meta["harness"]
-    assert meta["manifest_versions"]["efficientnet-lite0"] == 1 and "tensorflow/tpu" in meta["scores_sources"]["imagenet_top1"]
+    assert (
+        meta["manifest_versions"]["efficientnet-lite0"] == 1
+        and "tensorflow/tpu" in meta["scores_sources"]["imagenet_top1"]
+    )
     for name in ("heatmap.png", "heatmap.svg", "embedding.png", "embedding.svg", "scatter_imagenet_top1.svg"):
         assert (tmp_path / "board" / name).stat().st_size > 0
     page = (tmp_path / "board" / "index.html").read_text()
-    assert len(re.findall(r"<tr><td>", page)) == 4 and "onclick=\"sortBy(" in page
+    assert len(re.findall(r"<tr><td>", page)) == 4 and 'onclick="sortBy(' in page
     assert "Chance level of mutual_knn at N = 24: 0.2174" in page and "alpha = 0.05" in page
     # heatmap, embedding, and one scatter per downstream score (ImageNet top-1, the probe, tasks solved)
     assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<h2>Sources")[0]
@@ -105,9 +126,15 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     terms = pd.read_csv(run_dir / "sample_terms.csv")
     assert len(terms) == 24 and sorted(terms.group.value_counts()) == [1] * 16 + [2] * 4
     ranked = board.iloc[1:]
-    assert terms[list(ranked.model)].mean().to_numpy() == pytest.approx(ranked.alignment_to_reference.to_numpy(), abs=1e-12)
-    assert (ranked.ci_low <= ranked.alignment_to_reference).all() and (ranked.alignment_to_reference <= ranked.ci_high).all()
-    assert (ranked.rank_low <= ranked["rank"].astype(int)).all() and (ranked["rank"].astype(int) <= ranked.rank_high).all()
+    assert terms[list(ranked.model)].mean().to_numpy() == pytest.approx(
+        ranked.alignment_to_reference.to_numpy(), abs=1e-12
+    )
+    assert (ranked.ci_low <= ranked.alignment_to_reference).all() and (
+        ranked.alignment_to_reference <= ranked.ci_high
+    ).all()
+    assert (ranked.rank_low <= ranked["rank"].astype(int)).all() and (
+        ranked["rank"].astype(int) <= ranked.rank_high
+    ).all()
     assert meta["uncertainty"]["groups"] == 20 and meta["uncertainty"]["samples"] == 24
     assert ranked.tier.iloc[0] == 1 and ranked.tier.diff().dropna().isin([0, 1]).all()
     md = (tmp_path / "board" / "leaderboard.md").read_text()
@@ -126,8 +153,18 @@ def test_leaderboard_from_stored_results(tmp_path: Path) -> None:
     (run_dir / "sample_terms.csv").unlink()  # a run without terms (an older one) still has a leaderboard
     older = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--run", run_dir, "--out", tmp_path / "board-old")
     assert "ci_low" not in pd.read_csv(Path(older["files"]["leaderboard.csv"]))
-    by_cka = cli_json(*reg, "leaderboard", "--suite", "tiny-board", "--runs", tmp_path / "runs", "--metric", "cka",
-                      "--out", tmp_path / "board-cka")
+    by_cka = cli_json(
+        *reg,
+        "leaderboard",
+        "--suite",
+        "tiny-board",
+        "--runs",
+        tmp_path / "runs",
+        "--metric",
+        "cka",
+        "--out",
+        tmp_path / "board-cka",
+    )
     assert Path(by_cka["files"]["leaderboard.md"]).read_text().count("cka") >= 1
     published = cli("publish", "--suite", "tiny-board", "--from", tmp_path, "--to", tmp_path / "site")
     assert published.exit_code == 2  # no tmp_path/tiny-board bundle: clear error
@@ -167,7 +204,9 @@ def test_markdown_tables_escape_text_columns_of_every_dtype() -> None:
     from prh_bench.results.report import md_table
 
     for dtype in (object, "str", "string"):
-        table = pd.DataFrame({"model": pd.Series(["<img src=x onerror=alert(1)>", "a|b"], dtype=dtype), "score": [0.5, 0.25]})
+        table = pd.DataFrame(
+            {"model": pd.Series(["<img src=x onerror=alert(1)>", "a|b"], dtype=dtype), "score": [0.5, 0.25]}
+        )
         md = md_table(table)
         assert not re.search(r"(?<!\\)[<|]img", md) and r"\<img" in md and r"a\|b" in md and md.count("\n") == 3
 

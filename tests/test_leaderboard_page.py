@@ -13,13 +13,17 @@ from .conftest import cli, write_yaml
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 DRIVER = shutil.which("chromedriver")
-pytestmark = [pytest.mark.slow,  # a headless browser
-              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium or Chrome and chromedriver")]
+pytestmark = [
+    pytest.mark.slow,  # a headless browser
+    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium or Chrome and chromedriver"),
+]
 
 
 @pytest.fixture
 def board(tmp_path: Path) -> Path:
-    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        """\
 kind: suite
 id: page-board
 version: 1
@@ -29,11 +33,28 @@ metrics: [{name: mutual_knn, k: 5}]
 reference: efficientnet-lite2
 scores: [imagenet_top1]
 max_samples: 24
-""")
+""",
+    )
     reg = ["--registry", str(tmp_path / "reg")]
-    assert cli(*reg, "run", "--suite", "page-board", "--out", tmp_path / "runs" / "page-board" / "20260101-000000").exit_code == 0
-    assert cli(*reg, "leaderboard", "--suite", "page-board", "--runs", tmp_path / "runs",
-               "--out", tmp_path / "runs" / "page-board" / "20260101-000000" / "leaderboard").exit_code == 0
+    assert (
+        cli(
+            *reg, "run", "--suite", "page-board", "--out", tmp_path / "runs" / "page-board" / "20260101-000000"
+        ).exit_code
+        == 0
+    )
+    assert (
+        cli(
+            *reg,
+            "leaderboard",
+            "--suite",
+            "page-board",
+            "--runs",
+            tmp_path / "runs",
+            "--out",
+            tmp_path / "runs" / "page-board" / "20260101-000000" / "leaderboard",
+        ).exit_code
+        == 0
+    )
     return tmp_path / "runs" / "page-board" / "20260101-000000"
 
 
@@ -44,9 +65,17 @@ def test_page_sorts_and_shows_figures(board: Path) -> None:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,2400"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,2400",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
@@ -57,7 +86,10 @@ def test_page_sorts_and_shows_figures(board: Path) -> None:
         col = headers.index("model")
 
         def models() -> list[str]:
-            return [r.find_elements(By.TAG_NAME, "td")[col].text for r in driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")]
+            return [
+                r.find_elements(By.TAG_NAME, "td")[col].text
+                for r in driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")
+            ]
 
         before = models()
         driver.find_elements(By.CSS_SELECTOR, "#board thead th")[col].click()
@@ -69,7 +101,10 @@ def test_page_sorts_and_shows_figures(board: Path) -> None:
         assert driver.find_elements(By.CSS_SELECTOR, "#board thead th")[col].text == "model \u25b2"
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 3
-        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
+        assert all(
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+            for img in images
+        )
         shot = board / "leaderboard-screenshot.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:

@@ -58,21 +58,31 @@ def test_three_mistakes_give_three_clear_errors_and_exit_2(tmp_path: Path) -> No
         ("[1, 2]", "expected a mapping"),
         ("id: x\nversion: 1\n", "field 'kind': required field is missing"),
         ("kind: modle\nid: x\nversion: 1\n", "expected kind to be one of model, dataset, metric, suite"),
-        ("kind: model\nid: x\nversion: 1\nbackend: timm\nsource: r\nmodality: vision\nweights: {random: a}\n",
-         "field 'weights.random'"),
-        ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: []\nmetrics: [{name: mutual_knn}]\n",
-         "a suite needs at least one model"),
+        (
+            "kind: model\nid: x\nversion: 1\nbackend: timm\nsource: r\nmodality: vision\nweights: {random: a}\n",
+            "field 'weights.random'",
+        ),
+        (
+            "kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: []\nmetrics: [{name: mutual_knn}]\n",
+            "a suite needs at least one model",
+        ),
         ("kind: model\nid: x\n  bad: [\n", "not valid YAML"),
         # The id names files: 300 characters passed validation, then the run died with "File name too long".
-        ("kind: model\nid: " + "m" * 300 + "\nversion: 1\nbackend: timm\nsource: r\nmodality: vision\n",
-         "field 'id': String should have at most 100 characters"),
+        (
+            "kind: model\nid: " + "m" * 300 + "\nversion: 1\nbackend: timm\nsource: r\nmodality: vision\n",
+            "field 'id': String should have at most 100 characters",
+        ),
         # A repeated sweep entry would run twice and be kept once (the records are keyed by condition).
-        ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: [m]\nmetrics: [{name: mutual_knn}]\n"
-         "sweep: {transform: gaussian_noise, levels: [0.1, 0.2, 0.1]}\n", "field 'sweep.levels': Value error, each "
-         "entry must be distinct; repeated: 0.1"),
-        ("kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: [m]\nmetrics: [{name: mutual_knn}]\n"
-         "sweep: {datasets: [a, b, a]}\n", "field 'sweep.datasets': Value error, each entry must be distinct; "
-         "repeated: a"),
+        (
+            "kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: [m]\nmetrics: [{name: mutual_knn}]\n"
+            "sweep: {transform: gaussian_noise, levels: [0.1, 0.2, 0.1]}\n",
+            "field 'sweep.levels': Value error, each entry must be distinct; repeated: 0.1",
+        ),
+        (
+            "kind: suite\nid: s\nversion: 1\ndataset: d\nmodels: [m]\nmetrics: [{name: mutual_knn}]\n"
+            "sweep: {datasets: [a, b, a]}\n",
+            "field 'sweep.datasets': Value error, each entry must be distinct; repeated: a",
+        ),
     ],
 )
 def test_schema_errors_name_file_and_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -83,7 +93,9 @@ def test_schema_errors_name_file_and_field(tmp_path: Path, text: str, expected: 
 
 
 def test_suite_references_are_checked(tmp_path: Path) -> None:
-    write_yaml(tmp_path / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "suite.yaml",
+        """\
 kind: suite
 id: broken-suite
 version: 1
@@ -91,11 +103,16 @@ dataset: no-such-dataset
 models: [efficientnet-lite0, no-such-model]
 metrics: [{name: mutual_knn, k: 5}, {name: ckaa}]
 reference: resnet18-random
-""")
+""",
+    )
     result = cli("validate", tmp_path)
     assert result.exit_code == 2
-    for needle in ("field 'dataset': unknown dataset 'no-such-dataset'", "field 'models.1': unknown model 'no-such-model'",
-                   "field 'metrics.1.name': unknown metric 'ckaa'; did you mean 'cka'?", "field 'reference': 'resnet18-random' is not one"):
+    for needle in (
+        "field 'dataset': unknown dataset 'no-such-dataset'",
+        "field 'models.1': unknown model 'no-such-model'",
+        "field 'metrics.1.name': unknown metric 'ckaa'; did you mean 'cka'?",
+        "field 'reference': 'resnet18-random' is not one",
+    ):
         assert needle in result.stderr
 
 
@@ -104,9 +121,14 @@ def test_an_invalid_manifest_is_set_aside_and_named_where_it_is_needed(tmp_path:
     a model that failed validation was told "unknown model". Now it is skipped with a warning, and a command
     that needs it says which manifest is invalid and why."""
     write_yaml(tmp_path / "dup.yaml", GOOD_MODEL.replace("id: tiny-resnet", "id: efficientnet-lite0"))
-    write_yaml(tmp_path / "typo.yaml", GOOD_MODEL.replace("id: tiny-resnet", "id: my-net").replace("modality", "modalty"))
-    write_yaml(tmp_path / "uses.yaml", "kind: suite\nid: uses-mine\nversion: 1\ndataset: pocket-photos\n"
-               "models: [my-net, resnet18-random]\nmetrics: [{name: mutual_knn}]\n")
+    write_yaml(
+        tmp_path / "typo.yaml", GOOD_MODEL.replace("id: tiny-resnet", "id: my-net").replace("modality", "modalty")
+    )
+    write_yaml(
+        tmp_path / "uses.yaml",
+        "kind: suite\nid: uses-mine\nversion: 1\ndataset: pocket-photos\n"
+        "models: [my-net, resnet18-random]\nmetrics: [{name: mutual_knn}]\n",
+    )
     listed = cli("--registry", tmp_path, "ls", "models")
     assert listed.exit_code == 0 and "resnet18-random" in listed.output and "my-net" not in listed.stdout
     # The duplicate makes every manifest that names efficientnet-lite0 ambiguous: its suites and score table too.
@@ -114,16 +136,23 @@ def test_an_invalid_manifest_is_set_aside_and_named_where_it_is_needed(tmp_path:
     assert "uses-mine (prh-bench validate shows why)" in listed.stderr
     assert cli("--registry", tmp_path, "ls", "plugins").exit_code == 0
     for args, needle in (
-            (("show", "efficientnet-lite0"), "invalid model 'efficientnet-lite0': "),
-            (("show", "my-net"), "invalid model 'my-net': "),
-            (("run", "--suite", "uses-mine"), "invalid suite 'uses-mine': "),
-            (("run", "--suite", "pocket"), "invalid suite 'pocket': ")):
+        (("show", "efficientnet-lite0"), "invalid model 'efficientnet-lite0': "),
+        (("show", "my-net"), "invalid model 'my-net': "),
+        (("run", "--suite", "uses-mine"), "invalid suite 'uses-mine': "),
+        (("run", "--suite", "pocket"), "invalid suite 'pocket': "),
+    ):
         result = cli("--registry", tmp_path, *args)
         assert result.exit_code == 2 and needle in result.stderr, (args, result.output)
-    assert "field 'models.0': invalid model 'efficientnet-lite0' (" in cli("--registry", tmp_path, "show", "pocket").stderr
+    assert (
+        "field 'models.0': invalid model 'efficientnet-lite0' (" in cli("--registry", tmp_path, "show", "pocket").stderr
+    )
     shown = cli("--registry", tmp_path, "show", "uses-mine").stderr
-    assert "field 'models.0': invalid model 'my-net' (" in shown and "typo.yaml: field 'modality': required field" in shown
-    assert "'efficientnet-lite0' is already defined in" in cli("--registry", tmp_path, "show", "efficientnet-lite0").stderr
+    assert (
+        "field 'models.0': invalid model 'my-net' (" in shown and "typo.yaml: field 'modality': required field" in shown
+    )
+    assert (
+        "'efficientnet-lite0' is already defined in" in cli("--registry", tmp_path, "show", "efficientnet-lite0").stderr
+    )
     checked = cli("--registry", tmp_path, "validate")
     assert checked.exit_code == 2 and "typo.yaml: field 'modalty'" in checked.stderr and "dup.yaml" in checked.stderr
 
@@ -145,17 +174,28 @@ def test_registry_lookup_by_kind() -> None:
 
     reg = Registry.load(load_plugins())
     assert {"pocket", "pocket-text"} <= set(reg.of_kind(type(reg.get("pocket"))))
-    assert [m.id for m in reg.suite_models(reg.get("pocket-text"))] == ["glove-6b-50d", "minilm-l6-random", "minilm-l6",
-                                                                          "smollm2-135m-q4"]
+    assert [m.id for m in reg.suite_models(reg.get("pocket-text"))] == [
+        "glove-6b-50d",
+        "minilm-l6-random",
+        "minilm-l6",
+        "smollm2-135m-q4",
+    ]
 
 
 def test_one_file_with_all_three_mistakes_reports_each(tmp_path: Path) -> None:
-    bad = write_yaml(tmp_path / "bad.yaml", GOOD_MODEL.replace("version: 1", "version: one")
-                     .replace("backend: timm", "backend: timmm").replace("modality:", "modalty:"))
+    bad = write_yaml(
+        tmp_path / "bad.yaml",
+        GOOD_MODEL.replace("version: 1", "version: one")
+        .replace("backend: timm", "backend: timmm")
+        .replace("modality:", "modalty:"),
+    )
     result = cli("validate", bad)
     assert result.exit_code == 2
     lines = [ln.strip() for ln in result.stderr.splitlines()[1:]]
-    assert f"{bad}: field 'version': Input should be a valid integer, unable to parse string as an integer, got 'one'" in lines
+    assert (
+        f"{bad}: field 'version': Input should be a valid integer, unable to parse string as an integer, got 'one'"
+        in lines
+    )
     assert f"{bad}: field 'modalty': unknown field (misspelled?)" in lines
     assert f"{bad}: field 'backend': unknown backend 'timmm'; did you mean 'timm'?" in lines
 
@@ -173,8 +213,11 @@ def test_manifests_include_a_shared_fragment_and_cannot_escape_their_folder(tmp_
     from prh_bench.errors import ManifestError
     from prh_bench.manifest_reader import load_manifest
 
-    write_yaml(tmp_path / "_base.yaml", "kind: model\nversion: 1\nbackend: timm\nsource: resnet18\nmodality: vision\n"
-               "weights: {path: /w.pth, sha256: null}\ntags: [a]\n")
+    write_yaml(
+        tmp_path / "_base.yaml",
+        "kind: model\nversion: 1\nbackend: timm\nsource: resnet18\nmodality: vision\n"
+        "weights: {path: /w.pth, sha256: null}\ntags: [a]\n",
+    )
     one = write_yaml(tmp_path / "one.yaml", "include: _base.yaml\nid: one\nweights: {path: /other.pth}\ntags: [b]\n")
     m = load_manifest(one)
     assert (m.id, m.source, str(m.weights.path), m.tags) == ("one", "resnet18", "/other.pth", ["b"])
@@ -199,7 +242,9 @@ def test_the_contributor_docs_name_every_installed_backend() -> None:
         assert name in backend_line and f"`{name}`" in guide, name
 
 
-def test_a_relative_checkpoint_path_is_relative_to_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_checkpoint_path_is_relative_to_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """It resolved against the working directory, so a contributor's manifest beside its checkpoint broke when
     run from anywhere else."""
     from prh_bench.weights import resolve_path
@@ -207,8 +252,11 @@ def test_a_relative_checkpoint_path_is_relative_to_the_manifest(tmp_path: Path, 
     folder = tmp_path / "my-models"
     (folder / "ckpt").mkdir(parents=True)
     (folder / "ckpt" / "model.pth").write_bytes(b"x")
-    path = write_yaml(folder / "m.yaml", "kind: model\nid: mine\nversion: 1\nbackend: timm\nsource: resnet18\n"
-                      "modality: vision\nweights: {path: ckpt/model.pth}\n")
+    path = write_yaml(
+        folder / "m.yaml",
+        "kind: model\nid: mine\nversion: 1\nbackend: timm\nsource: resnet18\n"
+        "modality: vision\nweights: {path: ckpt/model.pth}\n",
+    )
     monkeypatch.chdir(tmp_path)
     m = load_manifest(path)
     assert m.weights.path == str((folder / "ckpt" / "model.pth").resolve())
@@ -227,11 +275,16 @@ def test_a_parameter_free_model_says_weights_none_and_is_no_random_control(tmp_p
     base = "kind: model\nversion: 1\nmodality: vision\n"
     write_yaml(tmp_path / "lab.yaml", base + "id: my-lab\nbackend: colorspace\nsource: cielab\nweights: none\n")
     m = load_manifest(tmp_path / "lab.yaml")
-    assert (m.weights, m.params, m.weights_label, model_kind(m.weights_label)) == \
-        ("none", None, NO_WEIGHTS_LABEL, "parameter-free")
+    assert (m.weights, m.params, m.weights_label, model_kind(m.weights_label)) == (
+        "none",
+        None,
+        NO_WEIGHTS_LABEL,
+        "parameter-free",
+    )
     assert cli("--registry", tmp_path, "validate", tmp_path).exit_code == 0
-    ok = cli("--registry", tmp_path, "smoke", "my-lab", "--random-weights", "--samples", "6",
-             "--dataset", "xkcd-colors")
+    ok = cli(
+        "--registry", tmp_path, "smoke", "my-lab", "--random-weights", "--samples", "6", "--dataset", "xkcd-colors"
+    )
     assert ok.exit_code == 0 and "gave 1 layers" in ok.output, ok.output
     assert model_kind("random (seed 3)") == "random" and model_kind("pretrained") == "trained"
     # Each side refuses the other: a model with weights cannot claim none, a fixed space cannot claim weights.
@@ -239,7 +292,10 @@ def test_a_parameter_free_model_says_weights_none_and_is_no_random_control(tmp_p
     write_yaml(tmp_path / "net.yaml", base + "id: my-net\nbackend: timm\nsource: resnet18\nweights: none\n")
     bad = cli("validate", tmp_path)
     assert bad.exit_code == 2
-    assert "lab.yaml: field 'weights': backend 'colorspace' builds parameter-free models: set `weights: none`" in bad.output
+    assert (
+        "lab.yaml: field 'weights': backend 'colorspace' builds parameter-free models: set `weights: none`"
+        in bad.output
+    )
     assert "net.yaml: field 'weights': 'none' declares a parameter-free model, but backend 'timm'" in bad.output
     typo = write_yaml(tmp_path / "typo.yaml", base + "id: t\nbackend: timm\nsource: resnet18\nweights: nothing\n")
     with pytest.raises(ManifestError, match="expected 'pretrained', 'none' \\(a parameter-free model\\)"):
@@ -254,12 +310,19 @@ def test_plugin_options_are_declared_and_checked(tmp_path: Path) -> None:
 
     plugins = load_plugins()
     assert all(getattr(loader, "option_names", None) is not None for loader in plugins.loaders.values())
-    write_yaml(tmp_path / "d.yaml", "kind: dataset\nid: my-photos\nversion: 1\nloader: photo_crops\n"
-               "modality: vision\noptions: {sise: 128}\n")
+    write_yaml(
+        tmp_path / "d.yaml",
+        "kind: dataset\nid: my-photos\nversion: 1\nloader: photo_crops\nmodality: vision\noptions: {sise: 128}\n",
+    )
     model = "kind: model\nid: m-{b}\nversion: 1\nbackend: {b}\nsource: {s}\nmodality: {mod}\npreprocess: {{{key}: 1}}\n"
-    for backend, source, modality in (("timm", "resnet18", "vision"), ("torchvision", "resnet18", "vision"),
-                                      ("open_clip", "ViT-B-32", "vision"), ("transformers-encoder", "x", "text"),
-                                      ("transformers-causal-lm", "x", "text"), ("glove", "x", "text")):
+    for backend, source, modality in (
+        ("timm", "resnet18", "vision"),
+        ("torchvision", "resnet18", "vision"),
+        ("open_clip", "ViT-B-32", "vision"),
+        ("transformers-encoder", "x", "text"),
+        ("transformers-causal-lm", "x", "text"),
+        ("glove", "x", "text"),
+    ):
         write_yaml(tmp_path / f"{backend}.yaml", model.format(b=backend, s=source, mod=modality, key="max_lenght"))
     result = cli("--registry", tmp_path, "validate")
     assert result.exit_code == 2
@@ -270,7 +333,8 @@ def test_plugin_options_are_declared_and_checked(tmp_path: Path) -> None:
     from prh_bench.errors import BadInput
     from prh_bench.manifest import DatasetManifest
 
-    photos = DatasetManifest(kind="dataset", id="p", version=1, loader="photo_crops", modality="vision",
-                             options={"sise": 1})
+    photos = DatasetManifest(
+        kind="dataset", id="p", version=1, loader="photo_crops", modality="vision", options={"sise": 1}
+    )
     with pytest.raises(BadInput, match=r"dataset 'p': field 'options.sise': not an option of loader 'photo_crops'"):
         plugins.loaders["photo_crops"](photos)

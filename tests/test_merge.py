@@ -23,19 +23,53 @@ from .conftest import cli
 
 
 def record(x: str = "x", y: str = "y", label: str = "d", score: float = 0.25, **extra) -> dict:
-    return {"format": 1, "condition": {"label": label, "dataset": "d", "dataset_version": 1, "dataset_revision": None,
-                                       "transform": None, "level": None, "n_samples": 10},
-            "metric": "cka", "params": {}, "metric_version": 1, "prepare": {}, "code_sha256": "c", "torch": "t",
-            "prh_bench": "v", "scores": [[score, 0.5]],
-            "model_x": {"id": x, "revision": None, "manifest_version": 1, "features_sha256": "a" * 64, "layers": ["l"]},
-            "model_y": {"id": y, "revision": None, "manifest_version": 1, "features_sha256": "b" * 64,
-                        "layers": ["l1", "l2"]}, **extra}
+    return {
+        "format": 1,
+        "condition": {
+            "label": label,
+            "dataset": "d",
+            "dataset_version": 1,
+            "dataset_revision": None,
+            "transform": None,
+            "level": None,
+            "n_samples": 10,
+        },
+        "metric": "cka",
+        "params": {},
+        "metric_version": 1,
+        "prepare": {},
+        "code_sha256": "c",
+        "torch": "t",
+        "prh_bench": "v",
+        "scores": [[score, 0.5]],
+        "model_x": {"id": x, "revision": None, "manifest_version": 1, "features_sha256": "a" * 64, "layers": ["l"]},
+        "model_y": {
+            "id": y,
+            "revision": None,
+            "manifest_version": 1,
+            "features_sha256": "b" * 64,
+            "layers": ["l1", "l2"],
+        },
+        **extra,
+    }
 
 
 def null(x: str = "x", y: str = "y", p: float = 0.1) -> dict:
-    return {"model_x": x, "model_y": y, "metric": "cka", "observed": 0.5, "p_value": p, "calibrated": 0.3, "tau": 0.2,
-            "alpha": 0.05, "null_normalized": 0.4, "null_mean": 0.1, "null_std": 0.01, "null_q95": 0.19,
-            "permutations": 9}
+    return {
+        "model_x": x,
+        "model_y": y,
+        "metric": "cka",
+        "observed": 0.5,
+        "p_value": p,
+        "calibrated": 0.3,
+        "tau": 0.2,
+        "alpha": 0.05,
+        "null_normalized": 0.4,
+        "null_mean": 0.1,
+        "null_std": 0.01,
+        "null_q95": 0.19,
+        "permutations": 9,
+    }
 
 
 def source(root: Path, *records: dict) -> Path:
@@ -49,16 +83,21 @@ def source(root: Path, *records: dict) -> Path:
 
 
 def files(store: Path) -> dict[str, bytes]:
-    return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()
-            and not p.name.startswith(".")}
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def many(prefix: str, n: int, score: float = 0.25) -> list[dict]:
     return [record(f"{prefix}{i}", f"y{i}", score=score) for i in range(n)]
 
 
-MERGER = "import sys; from pathlib import Path; from prh_bench.results.merge import merge; " \
-         "print(merge([Path(sys.argv[1])], Path(sys.argv[2])))"
+MERGER = (
+    "import sys; from pathlib import Path; from prh_bench.results.merge import merge; "
+    "print(merge([Path(sys.argv[1])], Path(sys.argv[2])))"
+)
 
 
 def test_two_merges_into_one_store_at_once_lose_nothing_and_refuse_a_conflict(tmp_path: Path) -> None:
@@ -66,8 +105,15 @@ def test_two_merges_into_one_store_at_once_lose_nothing_and_refuse_a_conflict(tm
     a = source(tmp_path / "a", *many("a", 200), record("x", "y", score=0.25))
     b = source(tmp_path / "b", *many("b", 200), record("x", "y", score=0.75))
     store = tmp_path / "store"
-    procs = [subprocess.Popen([sys.executable, "-c", MERGER, str(s), str(store)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for s in (a, b)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MERGER, str(s), str(store)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in (a, b)
+    ]
     outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     assert sorted(rc for rc, _, _ in outs) == [0, 1]  # one merged, the other found the conflict
     refused = next(err for rc, _, err in outs if rc)
@@ -172,12 +218,15 @@ def test_permutation_nulls_are_compared_validated_and_added(tmp_path: Path) -> N
         merge([source(tmp_path / "partial", record(calibration=partial))], tmp_path / "s3")
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r["scores"][0].__setitem__(0, float("inf")), "an infinite score is no measurement"),
-    (lambda r: r.update(params={"k": json.loads("[" * 600 + "]" * 600)}), "nested deeper than 4 levels"),
-    (lambda r: r["model_x"]["layers"].__setitem__(0, "l\ud800"), "a lone surrogate"),
-    (lambda r: r["condition"].update(label="d\x1b[2J"), "control characters"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["scores"][0].__setitem__(0, float("inf")), "an infinite score is no measurement"),
+        (lambda r: r.update(params={"k": json.loads("[" * 600 + "]" * 600)}), "nested deeper than 4 levels"),
+        (lambda r: r["model_x"]["layers"].__setitem__(0, "l\ud800"), "a lone surrogate"),
+        (lambda r: r["condition"].update(label="d\x1b[2J"), "control characters"),
+    ],
+)
 def test_hostile_records_are_refused_before_anything_is_written(tmp_path: Path, change, message: str) -> None:
     rec = copy.deepcopy(record())
     change(rec)

@@ -72,8 +72,7 @@ def hsic_unbiased(K, L):
     Kt, Lt = K.copy(), L.copy()
     np.fill_diagonal(Kt, 0)
     np.fill_diagonal(Lt, 0)
-    value = (np.sum(Kt * Lt.T) + Kt.sum() * Lt.sum() / ((m - 1) * (m - 2))
-             - 2 * np.sum(Kt @ Lt) / (m - 2))
+    value = np.sum(Kt * Lt.T) + Kt.sum() * Lt.sum() / ((m - 1) * (m - 2)) - 2 * np.sum(Kt @ Lt) / (m - 2)
     return value / (m * (m - 3))
 
 
@@ -117,6 +116,7 @@ def ref_cknna(a, b, k, eps=0.0):
 
 def ref_svcca(a, b, dims):
     """Top singular directions of standardised data, then CCA from covariance matrices."""
+
     def reduce(x):
         x = (x - x.mean(0)) / x.std(0, ddof=1)
         _u, _s, vt = np.linalg.svd(x, full_matrices=False)
@@ -191,7 +191,9 @@ def ref_matching(c):
     """The best one-to-one matching of a unit-correlation matrix by enumeration: (rows, columns)."""
     flip = c.shape[0] > c.shape[1]
     c = c.T if flip else c
-    best = max(itertools.permutations(range(c.shape[1]), c.shape[0]), key=lambda p: sum(c[i, p[i]] for i in range(len(p))))
+    best = max(
+        itertools.permutations(range(c.shape[1]), c.shape[0]), key=lambda p: sum(c[i, p[i]] for i in range(len(p)))
+    )
     rows, cols = list(range(len(best))), list(best)
     return (cols, rows) if flip else (rows, cols)
 
@@ -207,7 +209,7 @@ def ref_soft_plan(c):
     dx, dy = c.shape
     a_eq = np.zeros((dx + dy, dx * dy))
     for i in range(dx):
-        a_eq[i, i * dy:(i + 1) * dy] = 1
+        a_eq[i, i * dy : (i + 1) * dy] = 1
     for j in range(dy):
         a_eq[dx + j, j::dy] = 1
     b_eq = np.concatenate([np.full(dx, 1 / dx), np.full(dy, 1 / dy)])
@@ -269,11 +271,16 @@ def feature_sets(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     n = 24
     latent = torch.randn(n, 3, generator=g, dtype=torch.float64)
     clusters = torch.randn(4, 5, generator=g, dtype=torch.float64)[torch.arange(n) % 4]
-    x = [torch.randn(n, 5, generator=g, dtype=torch.float64),
-         latent @ torch.randn(3, 6, generator=g, dtype=torch.float64) + 0.1 * torch.randn(n, 6, generator=g, dtype=torch.float64)]
-    y = [torch.tanh(latent @ torch.randn(3, 4, generator=g, dtype=torch.float64)),
-         clusters + 0.3 * torch.randn(n, 5, generator=g, dtype=torch.float64),
-         torch.randn(n, 3, generator=g, dtype=torch.float64)]
+    x = [
+        torch.randn(n, 5, generator=g, dtype=torch.float64),
+        latent @ torch.randn(3, 6, generator=g, dtype=torch.float64)
+        + 0.1 * torch.randn(n, 6, generator=g, dtype=torch.float64),
+    ]
+    y = [
+        torch.tanh(latent @ torch.randn(3, 4, generator=g, dtype=torch.float64)),
+        clusters + 0.3 * torch.randn(n, 5, generator=g, dtype=torch.float64),
+        torch.randn(n, 3, generator=g, dtype=torch.float64),
+    ]
     return x, y
 
 
@@ -309,8 +316,10 @@ def test_ridge_regression_matches_sklearn() -> None:
     assert got[1, 0].item() == pytest.approx(ref_regression(x[1].numpy(), y[0].numpy(), **params), abs=1e-6)
 
 
-@pytest.mark.parametrize(("name", "ref"), [("procrustes", ref_procrustes), ("permutation", ref_permutation),
-                                         ("soft_matching", ref_soft_matching)])
+@pytest.mark.parametrize(
+    ("name", "ref"),
+    [("procrustes", ref_procrustes), ("permutation", ref_permutation), ("soft_matching", ref_soft_matching)],
+)
 def test_in_sample_fits_match_reference(name: str, ref) -> None:
     x, y = feature_sets(3)
     got = score_layers(name, x, y, fit="in_sample").matrix
@@ -356,8 +365,10 @@ def test_gcv_regression_equals_sklearn_ridge_at_the_gcv_penalty() -> None:
             assert got[i, j].item() == pytest.approx(1 - sse / sst, abs=1e-6), (i, j)
 
 
-@pytest.mark.parametrize(("name", "params"), [("cka", {}), ("cka", {"kernel": "rbf", "sigma": 2.0}),
-                                              ("unbiased_cka", {}), ("cknna", {"k": 5})])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("cka", {}), ("cka", {"kernel": "rbf", "sigma": 2.0}), ("unbiased_cka", {}), ("cknna", {"k": 5})],
+)
 def test_paper_epsilon_gives_the_paper_codes_values(name: str, params: dict) -> None:
     x, y = feature_sets(19)
     x = [a * 0.01 for a in x]  # small kernels, where the epsilon matters
@@ -417,8 +428,11 @@ def test_clamp_modes_match_their_definitions() -> None:
     for mode in ("paper", "paper_exact"):
         got = prepare(ragged, clamp_quantile=q, l2_normalize=False, clamp=mode)
         for a, x in zip(got, ragged, strict=True):
-            t = (torch.quantile(x.abs(), q, dim=1).mean() if mode == "paper"
-                 else x.flatten().abs().sort().values[int(q * x.numel())])
+            t = (
+                torch.quantile(x.abs(), q, dim=1).mean()
+                if mode == "paper"
+                else x.flatten().abs().sort().values[int(q * x.numel())]
+            )
             torch.testing.assert_close(a, x.clamp(-t, t), atol=1e-7, rtol=0, msg=mode)
     with pytest.raises(ValueError, match="clamp must be one of"):
         prepare(layers, clamp="global")
@@ -437,8 +451,9 @@ def test_calibrated_score_is_the_calibrated_similarity_definition() -> None:
     null = torch.arange(1, 20, dtype=torch.float64) / 40  # 0.025 .. 0.475
     assert calibrated_score(0.9, null, alpha=0.05) == pytest.approx((0.475, (0.9 - 0.475) / 0.525), abs=1e-12)
     # lower is better: the order flips, and so does the way to the maximum (here 0)
-    assert calibrated_score(0.1, torch.tensor([0.5, 0.6, 0.7, 0.8]), alpha=0.2, maximum=0.0,
-                            higher_is_better=False) == pytest.approx((0.5, 0.8), abs=1e-12)
+    assert calibrated_score(
+        0.1, torch.tensor([0.5, 0.6, 0.7, 0.8]), alpha=0.2, maximum=0.0, higher_is_better=False
+    ) == pytest.approx((0.5, 0.8), abs=1e-12)
 
 
 def test_float32_features_agree_with_float64() -> None:
@@ -458,8 +473,10 @@ def rotation(d: int, seed: int) -> torch.Tensor:
     return q
 
 
-@pytest.mark.parametrize("name, params", [("cka", {}), ("unbiased_cka", {}), ("mutual_knn", {"k": 5}),
-                                          ("cknna", {"k": 5}), ("procrustes", {})])
+@pytest.mark.parametrize(
+    "name, params",
+    [("cka", {}), ("unbiased_cka", {}), ("mutual_knn", {"k": 5}), ("cknna", {"k": 5}), ("procrustes", {})],
+)
 def test_invariant_to_rotation_and_isotropic_scaling(name: str, params: dict) -> None:
     x, y = feature_sets(5)
     base = score_layers(name, x, y, **params).matrix
@@ -496,8 +513,12 @@ def test_identical_inputs_give_the_maximum(name: str) -> None:
 def test_mutual_knn_near_chance_for_independent_features() -> None:
     g = torch.Generator().manual_seed(0)
     n, k = 400, 10
-    scores = [score_layers("mutual_knn", prepare([torch.randn(n, 64, generator=g)]),
-                           prepare([torch.randn(n, 64, generator=g)]), k=k).best for _ in range(5)]
+    scores = [
+        score_layers(
+            "mutual_knn", prepare([torch.randn(n, 64, generator=g)]), prepare([torch.randn(n, 64, generator=g)]), k=k
+        ).best
+        for _ in range(5)
+    ]
     chance = k / (n - 1)
     assert abs(np.mean(scores) - chance) < 0.01
 
@@ -545,7 +566,13 @@ def test_ties_break_to_lower_index() -> None:
         ("cknna", torch.randn(3, 4), torch.randn(3, 4), {"k": 2}, "needs at least 4 samples"),
         ("mutual_knn", torch.randn(6, 3), torch.randn(6, 3), {"k": 6}, "k must be in \\[1, N-1\\]"),
         ("cknna", torch.randn(8, 3), torch.randn(8, 3), {"k": 1}, "parameter 'k' must be an integer in \\[2, "),
-        ("mutual_knn", torch.randn(8, 3), torch.randn(8, 3), {"kk": 3}, "unknown parameter 'kk' \\(did you mean 'k'\\?\\)"),
+        (
+            "mutual_knn",
+            torch.randn(8, 3),
+            torch.randn(8, 3),
+            {"kk": 3},
+            "unknown parameter 'kk' \\(did you mean 'k'\\?\\)",
+        ),
         ("mutual_knn", torch.randn(8, 3), torch.randn(8, 3), {"k": "5"}, "parameter 'k' must be an integer"),
         ("mutual_knn", torch.randn(8, 3), torch.randn(8, 3), {"k": 5.5}, "parameter 'k' must be an integer"),
         ("mutual_knn", torch.randn(8, 3), torch.randn(8, 3), {"k": -1}, "parameter 'k' must be an integer in \\[1, "),
@@ -554,14 +581,26 @@ def test_ties_break_to_lower_index() -> None:
         ("cka", torch.randn(8, 3), torch.randn(8, 3), {"eps": float("nan")}, "parameter 'eps' must be a number >= 0"),
         ("cka", torch.randn(8, 3), torch.randn(8, 3), {"sigma": 0}, "parameter 'sigma' must be a number > 0"),
         ("linear_regression", torch.randn(8, 3), torch.randn(8, 3), {"alpha": "loo"}, "'gcv' or a number >= 0"),
-        ("procrustes", torch.randn(8, 3), torch.randn(8, 3), {"fit": "in-sample"}, "one of 'cross_validated', 'in_sample'"),
+        (
+            "procrustes",
+            torch.randn(8, 3),
+            torch.randn(8, 3),
+            {"fit": "in-sample"},
+            "one of 'cross_validated', 'in_sample'",
+        ),
         ("procrustes", torch.randn(8, 3), torch.randn(8, 3), {"folds": 5}, "folds must be in \\[2, N/2\\]"),
         ("cka", torch.ones(6, 3), torch.randn(6, 3), {}, "constant across samples"),
         ("rsa", torch.randn(6, 3), torch.full((6, 3), float("inf")), {}, "NaN or infinite"),
         ("cka", torch.randn(6, 3), torch.randn(7, 3), {}, "different sample counts \\(6 vs 7\\)"),
         ("svcca", torch.randn(6, 3), torch.randn(6, 3), {"dims": 5}, "exceeds the rank"),
         ("linear_regression", torch.randn(6, 3), torch.randn(6, 3), {"folds": 4}, "folds must be in"),
-        ("cka", torch.randn(6, 3), torch.randn(6, 3), {"kernel": "poly"}, "parameter 'kernel' must be one of 'linear', 'rbf'"),
+        (
+            "cka",
+            torch.randn(6, 3),
+            torch.randn(6, 3),
+            {"kernel": "poly"},
+            "parameter 'kernel' must be one of 'linear', 'rbf'",
+        ),
     ],
 )
 def test_degenerate_input_is_a_clear_error(name, x, y, params, message) -> None:
@@ -611,11 +650,14 @@ def test_calibration_reuses_summaries_and_separates_signal_from_chance() -> None
     assert cal.p_value == pytest.approx(1 / 201)
     mean = cal.null.mean().item()
     assert cal.null_normalized == pytest.approx((related.best - mean) / (1 - mean))
-    tau = torch.cat([torch.tensor([related.best], dtype=torch.float64), cal.null]).sort().values[191 - 1]  # ceil(.95*201)
+    tau = (
+        torch.cat([torch.tensor([related.best], dtype=torch.float64), cal.null]).sort().values[191 - 1]
+    )  # ceil(.95*201)
     assert cal.tau == tau.item() and cal.calibrated == pytest.approx((related.best - tau.item()) / (1 - tau.item()))
     g = torch.Generator().manual_seed(11)
-    noise = score_layers("mutual_knn", [torch.randn(40, 8, generator=g)], [torch.randn(40, 8, generator=g)],
-                         k=5, permutations=200)
+    noise = score_layers(
+        "mutual_knn", [torch.randn(40, 8, generator=g)], [torch.randn(40, 8, generator=g)], k=5, permutations=200
+    )
     assert noise.calibration.p_value > 0.05 and noise.calibration.calibrated == 0.0
     assert abs(noise.calibration.null_normalized) < 0.1
 
@@ -650,8 +692,12 @@ def test_many_pairs_at_once_equal_pairwise_scores(name: str) -> None:
     models = {"x": x, "y": y, "z": z[:1]}
     # The zoo from each model's summaries laid out together, the pairs from layers summarized one by one.
     summaries = {k: [m.summarize(t, **params) for t in v] for k, v in models.items()}
-    zoo = score_pairs(m, {k: summarize_layers(m, v, **params) for k, v in models.items()},
-                      [("x", "y"), ("x", "z"), ("y", "z")], params)
+    zoo = score_pairs(
+        m,
+        {k: summarize_layers(m, v, **params) for k, v in models.items()},
+        [("x", "y"), ("x", "z"), ("y", "z")],
+        params,
+    )
     assert len(zoo) == 6  # both orders of each pair
     for a in models:
         for b in models:
@@ -672,11 +718,13 @@ def test_blocked_gram_on_larger_inputs() -> None:
     y = torch.tanh(x[:, :5] @ torch.randn(5, 8, generator=g, dtype=torch.float64))
     assert score_layers("cka", [x], [y]).best == pytest.approx(ref_cka(x.numpy(), y.numpy()), abs=1e-9)
     assert score_layers("mutual_knn", [x], [y], k=10).best == pytest.approx(
-        ref_mutual_knn(x.numpy(), y.numpy(), 10), abs=1e-12)
+        ref_mutual_knn(x.numpy(), y.numpy(), 10), abs=1e-12
+    )
 
 
-@pytest.mark.parametrize(("name", "params"), [("cka", {}), ("cka", {"kernel": "rbf", "sigma": 2.0}),
-                                              ("unbiased_cka", {})])
+@pytest.mark.parametrize(
+    ("name", "params"), [("cka", {}), ("cka", {"kernel": "rbf", "sigma": 2.0}), ("unbiased_cka", {})]
+)
 def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     """From N = 256 on, kernels are kept as the blocks of their upper triangle and a model's layers as one
     stack: scores, permuted summaries and zoo blocks must still be those of the definition."""
@@ -686,8 +734,10 @@ def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     g = torch.Generator().manual_seed(16)
     n = 301  # blocks of unequal size
     x = [torch.randn(n, 6, generator=g, dtype=torch.float64) for _ in range(2)]
-    y = [torch.tanh(x[0][:, :3] @ torch.randn(3, 5, generator=g, dtype=torch.float64)),
-         torch.randn(n, 4, generator=g, dtype=torch.float64)]
+    y = [
+        torch.tanh(x[0][:, :3] @ torch.randn(3, 5, generator=g, dtype=torch.float64)),
+        torch.randn(n, 4, generator=g, dtype=torch.float64),
+    ]
     m = get_metric(name)
     p = m.params(**params)
     ref = REFERENCES[name][0]
@@ -699,8 +749,12 @@ def test_kernel_blocks_at_n_of_at_least_256(name: str, params: dict) -> None:
     via_summary = m.pair_scores(sx, [m.permute(s, perm) for s in summarize_layers(m, y, **p)], **p)
     direct = m.pair_scores(sx, summarize_layers(m, [b[perm] for b in y], **p), **p)
     torch.testing.assert_close(via_summary, direct, atol=1e-12, rtol=0)
-    zoo = score_pairs(m, {"x": sx, "y": summarize_layers(m, y, **p), "z": summarize_layers(m, x[:1], **p)},
-                      [("x", "y"), ("z", "x"), ("y", "z")], p)
+    zoo = score_pairs(
+        m,
+        {"x": sx, "y": summarize_layers(m, y, **p), "z": summarize_layers(m, x[:1], **p)},
+        [("x", "y"), ("z", "x"), ("y", "z")],
+        p,
+    )
     torch.testing.assert_close(zoo[("x", "y")], got, atol=1e-12, rtol=0)
     torch.testing.assert_close(zoo[("z", "x")][0, 0], torch.tensor(1.0, dtype=torch.float64), atol=1e-12, rtol=0)
 
@@ -711,7 +765,9 @@ def test_half_precision_features_are_scored_as_their_float32_values(dtype: torch
     score like the same values given in float32."""
     g = torch.Generator().manual_seed(17)
     latent = torch.randn(64, 4, generator=g)
-    x = [torch.tanh(latent @ torch.randn(4, 12, generator=g)) + 0.1 * torch.randn(64, 12, generator=g) for _ in range(2)]
+    x = [
+        torch.tanh(latent @ torch.randn(4, 12, generator=g)) + 0.1 * torch.randn(64, 12, generator=g) for _ in range(2)
+    ]
     y = [torch.relu(latent @ torch.randn(4, 10, generator=g)) + 0.1 * torch.randn(64, 10, generator=g)]
     hx, hy = [a.to(dtype) for a in x], [b.to(dtype) for b in y]
     for name in METRICS:
@@ -732,8 +788,9 @@ def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
     small_cka, cka = CKA(), CKA()
     small_cka.stack_bytes = 8 * 24 * 24  # one kernel per stack
     sx, sy = [cka.summarize(a, **cka.params()) for a in x], [cka.summarize(b, **cka.params()) for b in y]
-    torch.testing.assert_close(small_cka.cross_scores(sx, sy, **cka.params()), cka.cross_scores(sx, sy, **cka.params()),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        small_cka.cross_scores(sx, sy, **cka.params()), cka.cross_scores(sx, sy, **cka.params()), atol=1e-12, rtol=0
+    )
     small_cknna, cknna = CKNNA(), CKNNA()
     small_cknna.chunk = 2
     p = cknna.params(k=5)
@@ -741,10 +798,12 @@ def test_pair_stages_in_small_chunks_equal_one_batch() -> None:
     for got, want in zip(small_cknna.pair_scores_both(sx, sy, **p), cknna.pair_scores_both(sx, sy, **p), strict=True):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     xy, yx = cknna.pair_scores_both(sx, sy, **p)
-    torch.testing.assert_close(xy[1, 2], torch.tensor(ref_cknna(x[1].numpy(), y[2].numpy(), 5), dtype=torch.float64),
-                               atol=1e-9, rtol=0)
-    torch.testing.assert_close(yx[2, 1], torch.tensor(ref_cknna(y[2].numpy(), x[1].numpy(), 5), dtype=torch.float64),
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        xy[1, 2], torch.tensor(ref_cknna(x[1].numpy(), y[2].numpy(), 5), dtype=torch.float64), atol=1e-9, rtol=0
+    )
+    torch.testing.assert_close(
+        yx[2, 1], torch.tensor(ref_cknna(y[2].numpy(), x[1].numpy(), 5), dtype=torch.float64), atol=1e-9, rtol=0
+    )
 
 
 def test_tf32_precision_rounds_the_prepared_features_as_a_tf32_matmul_reads_them() -> None:
@@ -761,5 +820,7 @@ def test_tf32_precision_rounds_the_prepared_features_as_a_tf32_matmul_reads_them
     assert np.array_equal(to_tf32(x).double().numpy(), reference)
     feats = [torch.randn(40, 16), torch.randn(40, 8)]
     plain, tf32 = prepare(feats), prepare(feats, precision="tf32")
-    assert all(torch.equal(to_tf32(a), b) for a, b in zip(plain, tf32, strict=True)) and not torch.equal(plain[0], tf32[0])
+    assert all(torch.equal(to_tf32(a), b) for a, b in zip(plain, tf32, strict=True)) and not torch.equal(
+        plain[0], tf32[0]
+    )
     assert (plain[0] - tf32[0]).abs().max() <= 2**-11

@@ -122,7 +122,9 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny installed-looking package: module, manifests and a dist-info with an entry point."""
     pkg = tmp_path / "prh_pixels"
     write_yaml(pkg / "__init__.py", PLUGIN_CODE)
-    write_yaml(pkg / "manifests" / "pixel-thumbs.yaml", textwrap.dedent("""\
+    write_yaml(
+        pkg / "manifests" / "pixel-thumbs.yaml",
+        textwrap.dedent("""\
         kind: model
         id: pixel-thumbs
         version: 1
@@ -131,8 +133,11 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         modality: vision
         weights: {random: 0}
         citation: "test plugin"
-        """))
-    write_yaml(pkg / "manifests" / "pixels-suite.yaml", textwrap.dedent("""\
+        """),
+    )
+    write_yaml(
+        pkg / "manifests" / "pixels-suite.yaml",
+        textwrap.dedent("""\
         kind: suite
         id: pixels-suite
         version: 1
@@ -140,22 +145,31 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         models: [pixel-thumbs, efficientnet-lite0-random]
         metrics: [{name: mutual_knn, k: 3}]
         max_samples: 20
-        """))
-    write_yaml(pkg / "manifests" / "stripes-40.yaml", textwrap.dedent("""\
+        """),
+    )
+    write_yaml(
+        pkg / "manifests" / "stripes-40.yaml",
+        textwrap.dedent("""\
         kind: dataset
         id: stripes-40
         version: 1
         loader: stripes
         modality: vision
         options: {count: 40}
-        """))
-    write_yaml(pkg / "manifests" / "plain-cka.yaml", textwrap.dedent("""\
+        """),
+    )
+    write_yaml(
+        pkg / "manifests" / "plain-cka.yaml",
+        textwrap.dedent("""\
         kind: metric
         id: plain_cka
         version: 1
         name: plain_cka
-        """))
-    write_yaml(pkg / "manifests" / "stripes-suite.yaml", textwrap.dedent("""\
+        """),
+    )
+    write_yaml(
+        pkg / "manifests" / "stripes-suite.yaml",
+        textwrap.dedent("""\
         kind: suite
         id: stripes-suite
         version: 1
@@ -164,7 +178,8 @@ def external_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         metrics: [{name: plain_cka}, {name: cka}]
         prepare: {clamp_quantile: null, l2_normalize: false}
         probes: [{dataset: stripes-40, task: nearest_centroid}]
-        """))
+        """),
+    )
     info = tmp_path / "prh_pixels-0.1.dist-info"
     write_yaml(info / "METADATA", "Metadata-Version: 2.1\nName: prh-pixels\nVersion: 0.1\n")
     write_yaml(info / "entry_points.txt", "[prh_bench]\npixels = prh_pixels\n")
@@ -206,13 +221,17 @@ def test_an_outside_plugin_serves_all_five_hooks(external_plugin: Path, tmp_path
     loader, metric and task run too, through the plugin API alone, and give the numbers their definitions do."""
     plugins = cli_json("ls", "plugins")
     row = next(r for r in plugins if r["plugin"] == "pixels")
-    assert (row["distribution"], row["provides"]) == \
-        ("prh-pixels", "backend:pixels, loader:stripes, metric:plain_cka, task:nearest_centroid")
+    assert (row["distribution"], row["provides"]) == (
+        "prh-pixels",
+        "backend:pixels, loader:stripes, metric:plain_cka, task:nearest_centroid",
+    )
     out = cli_json("run", "--suite", "stripes-suite", "--out", tmp_path / "run")
     assert {r["status"] for r in out["runs"]} == {"extracted", "cached"}  # the probe reads the alignment features
     scores = pd.read_csv(tmp_path / "run" / "scores.csv")
-    mine, builtin = (scores[scores.metric == m].set_index(["model_x", "model_y", "layer_x", "layer_y"]).score
-                     for m in ("plain_cka", "cka"))
+    mine, builtin = (
+        scores[scores.metric == m].set_index(["model_x", "model_y", "layer_x", "layer_y"]).score
+        for m in ("plain_cka", "cka")
+    )
     # Its CKA is linear CKA: equal to the built-in within float32 rounding (the built-in multiplies float32 features).
     assert len(mine) == 2 * 6 and (mine - builtin.loc[mine.index]).abs().max() < 1e-6
     probes = pd.read_csv(tmp_path / "run" / "probes.csv").set_index("model").score
@@ -249,5 +268,7 @@ def test_a_plugin_object_that_is_no_backend_is_refused_naming_the_plugin() -> No
         def prh_model_backends(self):
             return {"loose": object()}
 
-    with pytest.raises(BadInput, match=r"backend 'loose' of plugin .* is a object, not a prh_bench.backend.ModelBackend"):
+    with pytest.raises(
+        BadInput, match=r"backend 'loose' of plugin .* is a object, not a prh_bench.backend.ModelBackend"
+    ):
         load_plugins((Loose(),))

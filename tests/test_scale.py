@@ -54,7 +54,9 @@ def synthetic_cache(root: Path, layers: list[int]) -> tuple[FeatureCache, list[M
     g = torch.Generator().manual_seed(1)
     base = torch.randn(50, 12, generator=g)
     for i, count in enumerate(layers):
-        tensors = [base @ torch.randn(12, 16, generator=g) + 0.5 * torch.randn(50, 16, generator=g) for _ in range(count)]
+        tensors = [
+            base @ torch.randn(12, 16, generator=g) + 0.5 * torch.randn(50, 16, generator=g) for _ in range(count)
+        ]
         key = f"{i:064d}"
         cache.save(f"m{i}", key, Features([f"l{j}" for j in range(count)], tensors), {})
         members.append(Member(f"m{i}", key, cache.info(f"m{i}", key)))
@@ -72,7 +74,9 @@ def test_scores_in_many_small_groups_equal_those_of_one_group(tmp_path: Path, na
         job = ScoreJob(metric, params, 1, Prepare(), Calibration(permutations=5), tuple(members), budget)
         store = PairCache(tmp_path / f"b{budget}")
         loads[budget] = []
-        done = run_tiles(job, store, lambda m, seen=loads[budget]: seen.append(m.id) or cache.load(m.id, m.key), job.tiles())
+        done = run_tiles(
+            job, store, lambda m, seen=loads[budget]: seen.append(m.id) or cache.load(m.id, m.key), job.tiles()
+        )
         assert done.computed == 10
         jobs[budget] = (job, collect(job, store))
     (one, big), (many, small) = jobs[2**30], jobs[1]
@@ -147,11 +151,29 @@ def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
     reg = registry(tmp_path / "reg")
     outs = {}
     for executor in ("local", "ray"):
-        env = os.environ | {"PRH_BENCH_CACHE": str(tmp_path / f"cache-{executor}"), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-                            "OMP_NUM_THREADS": "1"}
+        env = os.environ | {
+            "PRH_BENCH_CACHE": str(tmp_path / f"cache-{executor}"),
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "OMP_NUM_THREADS": "1",
+        }
         out = tmp_path / executor
-        cmd = [sys.executable, "-c", "from prh_bench.cli import main; main()", "--quiet", "--registry", str(reg),
-               "run", "--suite", "faulty", "--out", str(out), "--executor", executor, "--memory-budget", "2.3e-4"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from prh_bench.cli import main; main()",
+            "--quiet",
+            "--registry",
+            str(reg),
+            "run",
+            "--suite",
+            "faulty",
+            "--out",
+            str(out),
+            "--executor",
+            executor,
+            "--memory-budget",
+            "2.3e-4",
+        ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr
         outs[executor] = (out / "scores.csv").read_text()
@@ -174,18 +196,25 @@ def test_pair_keys_change_with_everything_a_score_depends_on(tmp_path: Path) -> 
         pass
 
     other_features = dataclasses.replace(members[1], info=dataclasses.replace(members[1].info, digest="0" * 64))
-    variants = [dataclasses.replace(job, params=knn.params(k=6)), dataclasses.replace(job, version=2),
-                dataclasses.replace(job, prepare=Prepare(clamp_quantile=0.9)),
-                dataclasses.replace(job, prepare=Prepare(clamp="paper")),
-                dataclasses.replace(job, prepare=Prepare(clamp="paper_exact")),
-                dataclasses.replace(job, metric=EditedKNN())]
+    variants = [
+        dataclasses.replace(job, params=knn.params(k=6)),
+        dataclasses.replace(job, version=2),
+        dataclasses.replace(job, prepare=Prepare(clamp_quantile=0.9)),
+        dataclasses.replace(job, prepare=Prepare(clamp="paper")),
+        dataclasses.replace(job, prepare=Prepare(clamp="paper_exact")),
+        dataclasses.replace(job, metric=EditedKNN()),
+    ]
     assert dataclasses.replace(job).pair_key(a, b) == key
     assert dataclasses.replace(job, reference="m0", calibrate=Calibration(permutations=3)).pair_key(a, b) == key
     keys = [v.pair_key(a, b) for v in variants] + [job.pair_key(a, other_features), key]
     assert len(set(keys)) == len(keys)
     calibrated = dataclasses.replace(job, calibrate=Calibration(permutations=3))
-    null_keys = [calibrated.null_key(a, b), calibrated.null_key(b, a), calibrated.null_key(a, other_features),
-                 dataclasses.replace(calibrated, calibrate=Calibration(permutations=3, alpha=0.1)).null_key(a, b),
-                 dataclasses.replace(calibrated, calibrate=Calibration(permutations=4)).null_key(a, b),
-                 dataclasses.replace(calibrated, params=knn.params(k=6)).null_key(a, b)]
+    null_keys = [
+        calibrated.null_key(a, b),
+        calibrated.null_key(b, a),
+        calibrated.null_key(a, other_features),
+        dataclasses.replace(calibrated, calibrate=Calibration(permutations=3, alpha=0.1)).null_key(a, b),
+        dataclasses.replace(calibrated, calibrate=Calibration(permutations=4)).null_key(a, b),
+        dataclasses.replace(calibrated, params=knn.params(k=6)).null_key(a, b),
+    ]
     assert len(set(null_keys)) == len(null_keys)

@@ -122,8 +122,11 @@ def test_an_honest_submission_passes_and_tampered_ones_are_caught(contribution: 
         _, meta = read_entry(mine)
         theirs, _ = read_entry(feature_entry("efficientnet-lite0-random"))
         layers = json.loads(meta["layers"])  # my-net's layer names over the other model's features
-        write_entry(forged, {f"layer{i:03d}": theirs["layer000"].clone() for i in range(len(layers))},
-                    {k: meta[k] for k in ("key", "layers", "extras", "key_doc")})
+        write_entry(
+            forged,
+            {f"layer{i:03d}": theirs["layer000"].clone() for i in range(len(layers))},
+            {k: meta[k] for k in ("key", "layers", "extras", "key_doc")},
+        )
         return forged.read_bytes()
 
     rc, result = verify(c, tampered(c["sub"], c["tmp"] / "swap.zip", swap))
@@ -161,7 +164,9 @@ def feature_entry(model: str) -> Path:
 
 def rename_checksums(data: bytes, name: str, c: dict[str, Path]) -> bytes:
     """The feature checksum of my-net in its records and the claim replaced by the swapped entry's."""
-    new = read_entry(next((c["tmp"] / "swap").glob("*.safetensors")))[1]["sha256"]  # written first: features/ < results/
+    new = read_entry(next((c["tmp"] / "swap").glob("*.safetensors")))[1][
+        "sha256"
+    ]  # written first: features/ < results/
     with zipfile.ZipFile(c["sub"]) as zf:
         old = json.loads(zf.read(CLAIM))["features"][0]["features_sha256"]
     return data.replace(old.encode(), new.encode()) if records_of(name) or name == CLAIM else data
@@ -172,14 +177,36 @@ def test_the_sample_bounds_what_a_tampered_submission_gets_past(contribution: di
     assert pass_probability(4, 1, 1) == pytest.approx(3 / 4)
     assert pass_probability(4, 2, 1) == pytest.approx(3 / 6)
     assert pass_probability(4, 4, 1) == 0.0 and pass_probability(100, 20, 5) == pytest.approx(
-        1 * 0.8 * 0.7979798 * 0.7959184 * 0.7938144 * 0.7916667, rel=1e-6)
-    result = cli_json("--registry", contribution["zoo"], "--registry", contribution["mine"], "verify",
-                      contribution["sub"], "--sample", "2", "--seed", "3")
+        1 * 0.8 * 0.7979798 * 0.7959184 * 0.7938144 * 0.7916667, rel=1e-6
+    )
+    result = cli_json(
+        "--registry",
+        contribution["zoo"],
+        "--registry",
+        contribution["mine"],
+        "verify",
+        contribution["sub"],
+        "--sample",
+        "2",
+        "--seed",
+        "3",
+    )
     assert result["passed"] and result["recomputed"] == 2 and result["seed"] == 3
     assert result["pass_probability"] == [{"tampered": 1, "pass_probability": 0.5}]
     # Unless given, the seed is drawn anew: a submitter cannot know which records will be recomputed.
-    seeds = {cli_json("--registry", contribution["zoo"], "--registry", contribution["mine"], "verify",
-                      contribution["sub"], "--sample", "2")["seed"] for _ in range(2)}
+    seeds = {
+        cli_json(
+            "--registry",
+            contribution["zoo"],
+            "--registry",
+            contribution["mine"],
+            "verify",
+            contribution["sub"],
+            "--sample",
+            "2",
+        )["seed"]
+        for _ in range(2)
+    }
     assert len(seeds) == 2
 
 
@@ -189,19 +216,35 @@ def test_the_contributor_path_ends_in_verified_and_unverified_rows(contribution:
     ran = cli("--registry", c["zoo"], "run", "--suite", "mini", "--out", c["tmp"] / "zoo-run")
     assert ran.exit_code == 0, ran.output
     assert cli("merge", c["tmp"] / "zoo-run", "--into", store).exit_code == 0  # the maintainers' own run
-    bad = tampered(c["sub"], c["tmp"] / "bad.zip", lambda n, d: d.replace(b'"manifest_version": 1', b'"manifest_version": 3'))
+    bad = tampered(
+        c["sub"], c["tmp"] / "bad.zip", lambda n, d: d.replace(b'"manifest_version": 1', b'"manifest_version": 3')
+    )
     refused = cli("--registry", c["zoo"], "--registry", c["mine"], "verify", bad, "--into", store)
     assert refused.exit_code == 1 and "NOT verified" in refused.output and not (store / "verifications.jsonl").exists()
     done = cli("--registry", c["zoo"], "--registry", c["mine"], "verify", c["sub"], "--into", store)
     assert done.exit_code == 0 and "4 records added" in done.output, done.output
     ledger = [json.loads(x) for x in (store / "verifications.jsonl").read_text().splitlines()]
     assert [e["models"] for e in ledger] == [["my-net"]] and ledger[0]["recomputed"] == 4
-    shown = cli("--registry", c["zoo"], "--registry", c["mine"], "leaderboard", "--suite", "mini", "--results", store,
-                "--out", board)
+    shown = cli(
+        "--registry",
+        c["zoo"],
+        "--registry",
+        c["mine"],
+        "leaderboard",
+        "--suite",
+        "mini",
+        "--results",
+        store,
+        "--out",
+        board,
+    )
     assert shown.exit_code == 0, shown.output
     table = pd.read_csv(board / "leaderboard.csv").set_index("model")
-    assert table.verification.to_dict() == {"resnet18-random": "unverified", "efficientnet-lite0-random": "unverified",
-                                            "my-net": "verified (4 of 4 records recomputed)"}
+    assert table.verification.to_dict() == {
+        "resnet18-random": "unverified",
+        "efficientnet-lite0-random": "unverified",
+        "my-net": "verified (4 of 4 records recomputed)",
+    }
     page = (board / "index.html").read_text()
     assert "<td>verified (4 of 4 records recomputed)</td>" in page and "<td>unverified</td>" in page
     assert "recomputed s of its M pair records from the features within tolerance" in page
@@ -219,9 +262,17 @@ def test_an_archive_that_is_no_honest_submission_is_refused_before_anything_is_r
         return path
 
     body = b"x" * 100_000
-    claim = {"format": 1, "suite": "s", "suite_version": 1, "created": "now", "prh_bench": "0", "max_samples": None,
-             "models": [{"id": "m", "manifest_version": 1, "manifest_sha256": "0" * 64}], "features": [],
-             "files": [{"path": "results/d/m/y.json", "sha256": hashlib.sha256(body).hexdigest(), "bytes": 10}]}
+    claim = {
+        "format": 1,
+        "suite": "s",
+        "suite_version": 1,
+        "created": "now",
+        "prh_bench": "0",
+        "max_samples": None,
+        "models": [{"id": "m", "manifest_version": 1, "manifest_sha256": "0" * 64}],
+        "features": [],
+        "files": [{"path": "results/d/m/y.json", "sha256": hashlib.sha256(body).hexdigest(), "bytes": 10}],
+    }
     dest = tmp_path / "out"
     dest.mkdir()
     with pytest.raises(BadInput, match="holds more than the 10 bytes"):  # a bomb stops at its declared size
@@ -245,8 +296,9 @@ def test_the_python_front_door_reads_the_run_and_the_store(contribution: dict[st
     res = prh_bench.load(str(c["run"]))
     assert (res.suite, res.metrics, res.conditions) == ("mini", ["mutual_knn", "cka"], ["pocket-photos"])
     assert res.scores.params.iloc[0] == {"k": 5}  # parameters as data
-    scores = res.scores[(res.scores.metric == "cka") & (res.scores.model_x == "resnet18-random")
-                        & (res.scores.model_y == "my-net")]
+    scores = res.scores[
+        (res.scores.metric == "cka") & (res.scores.model_x == "resnet18-random") & (res.scores.model_y == "my-net")
+    ]
     grid = res.layers("resnet18-random", "my-net", metric="cka")
     assert grid.shape == (scores.layer_x.nunique(), scores.layer_y.nunique())
     for r in scores.itertuples():  # every cell is its row of the long table
@@ -291,18 +343,27 @@ def test_features_of_a_model_the_submission_does_not_claim_are_refused(contribut
         members = {n: zf.read(n) for n in zf.namelist()}
     members[member] = zoo_entry.read_bytes()
     claim = json.loads(members[CLAIM])
-    claim["features"].append({**claim["features"][0], "model": "efficientnet-lite0-random", "path": member,
-                              "features_sha256": read_entry(zoo_entry)[1]["sha256"]})
-    claim["files"].append({"path": member, "sha256": hashlib.sha256(members[member]).hexdigest(),
-                           "bytes": len(members[member])})
+    claim["features"].append(
+        {
+            **claim["features"][0],
+            "model": "efficientnet-lite0-random",
+            "path": member,
+            "features_sha256": read_entry(zoo_entry)[1]["sha256"],
+        }
+    )
+    claim["files"].append(
+        {"path": member, "sha256": hashlib.sha256(members[member]).hexdigest(), "bytes": len(members[member])}
+    )
     members[CLAIM] = json.dumps(claim).encode()
     forged = c["tmp"] / "zoo-features.zip"
     with zipfile.ZipFile(forged, "w") as zf:
         for n, d in members.items():
             zf.writestr(n, d)
     rc, result = verify(c, forged)
-    assert rc == 1 and "features of 'efficientnet-lite0-random', which the submission does not claim" in \
-        failed(result)["features"]
+    assert (
+        rc == 1
+        and "features of 'efficientnet-lite0-random', which the submission does not claim" in failed(result)["features"]
+    )
     # And one without records claims nothing.
     empty = tampered(c["sub"], c["tmp"] / "empty.zip", lambda n, d: b"[]" if n.startswith("results/") else d)
     rc, result = verify(c, empty)
@@ -314,8 +375,19 @@ def test_without_submitted_features_verify_extracts_the_model_here(contribution:
     extracts the claimed model itself; --reextract does so even when features were sent, and compares them."""
     c = contribution
     bare = c["tmp"] / "bare.zip"
-    packed = cli("--registry", c["zoo"], "--registry", c["mine"], "submit", c["run"], "--model", "my-net", "--out", bare,
-                 "--no-features")
+    packed = cli(
+        "--registry",
+        c["zoo"],
+        "--registry",
+        c["mine"],
+        "submit",
+        c["run"],
+        "--model",
+        "my-net",
+        "--out",
+        bare,
+        "--no-features",
+    )
     assert packed.exit_code == 0 and "0 feature files" in packed.output
     with zipfile.ZipFile(bare) as zf:
         assert not [n for n in zf.namelist() if n.startswith("features/")]

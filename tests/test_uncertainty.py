@@ -63,8 +63,14 @@ def test_adjacent_ranks_that_are_and_are_not_separable() -> None:
     only), C is lower by 0.2, D lower again by 0.2. A and B share a tier and rank interval; C and D are apart."""
     rng = np.random.default_rng(3)
     base = rng.random(200)
-    terms = np.column_stack([base + rng.normal(0, 0.05, 200), base + rng.normal(0, 0.05, 200),
-                             base - 0.2 + rng.normal(0, 0.05, 200), base - 0.4 + rng.normal(0, 0.05, 200)])
+    terms = np.column_stack(
+        [
+            base + rng.normal(0, 0.05, 200),
+            base + rng.normal(0, 0.05, 200),
+            base - 0.2 + rng.normal(0, 0.05, 200),
+            base - 0.4 + rng.normal(0, 0.05, 200),
+        ]
+    )
     order = np.argsort(-terms.mean(axis=0), kind="stable")
     terms = terms[:, order]
     codes = np.repeat(np.arange(40), 5)
@@ -86,7 +92,9 @@ def test_sample_terms_average_to_the_score(name: str) -> None:
     p = m.params(k=6)
     sx, sy = summarize_layers(m, [x], **p), summarize_layers(m, [y], **p)
     terms = m.sample_terms(sx[0].idx, sy[0].idx, **p)
-    assert terms.shape == (300,) and float(terms.mean()) == pytest.approx(float(m.pair_scores(sx, sy, **p)[0, 0]), abs=1e-12)
+    assert terms.shape == (300,) and float(terms.mean()) == pytest.approx(
+        float(m.pair_scores(sx, sy, **p)[0, 0]), abs=1e-12
+    )
     with pytest.raises(NotImplementedError):
         get_metric("cycle_knn").sample_terms(sx[0].idx, sy[0].idx, **p)
 
@@ -97,8 +105,16 @@ def test_a_two_cluster_correlation_is_reported_within_the_trained_cluster() -> N
     acc = np.concatenate([np.linspace(0.7, 0.8, 12), np.full(6, 0.001)])
     wobble = np.tile([1, -1, -1, 1], 3)  # orthogonal to the accuracy ramp: r = 0 within the trained models
     align = np.concatenate([0.8 + 0.02 * wobble, 0.4 + 0.02 * np.array([1, -1, 0.5, -0.5, 0, 0.2])])
-    table = pd.DataFrame({"a": align, "s": acc, "kind": ["trained"] * 12 + ["random"] * 6,
-                          "log10_params": np.nan, "depth": np.nan, "log2_width": np.nan})
+    table = pd.DataFrame(
+        {
+            "a": align,
+            "s": acc,
+            "kind": ["trained"] * 12 + ["random"] * 6,
+            "log10_params": np.nan,
+            "depth": np.nan,
+            "log2_width": np.nan,
+        }
+    )
     rows = {(r["models"], r["statistic"]): r for r in grouped_correlations(table, "a", "s")}
     assert rows["all", "pearson"]["r"] > 0.95 and rows["all", "pearson"]["p_value"] < 0.01
     assert abs(rows["trained", "pearson"]["r"]) < 1e-12 and rows["trained", "pearson"]["p_value"] > 0.5
@@ -176,8 +192,12 @@ def test_the_mantel_test_matches_a_plain_enumeration_of_relabellings() -> None:
     b = (b + b.T) / 2
     rho, p = mantel(a, b, permutations=4000)
     assert rho == pytest.approx(spearmanr(entries(a), entries(b)).statistic, abs=1e-12)
-    exact = np.mean([spearmanr(entries(a), entries(b[np.ix_(q, q)])).statistic >= rho - 1e-12
-                     for q in map(list, itertools.permutations(range(6)))])
+    exact = np.mean(
+        [
+            spearmanr(entries(a), entries(b[np.ix_(q, q)])).statistic >= rho - 1e-12
+            for q in map(list, itertools.permutations(range(6)))
+        ]
+    )
     assert p == pytest.approx(exact, abs=0.01) and p < 0.05
     unrelated = rng.random((6, 6))
     assert mantel(a, (unrelated + unrelated.T) / 2)[1] > 0.05
@@ -210,9 +230,16 @@ def test_few_models_get_no_bootstrap_interval_and_few_controls() -> None:
     x, y = np.array([0.1, 0.5, 0.3, 0.9]), np.array([1.0, 2.0, 2.5, 4.0])
     assert all(np.isnan(r["ci_low"]) and np.isnan(r["ci_high"]) for r in correlate(x, y))
     assert all(not np.isnan(r["ci_low"]) for r in correlate(np.append(x, 0.7), np.append(y, 3.0)))
-    table = pd.DataFrame({"a": np.linspace(0, 1, 7), "s": np.linspace(0, 1, 7) ** 2, "kind": "trained",
-                          "log10_params": [6, 7, 6.5, 8, 7.2, 6.1, 7.7], "depth": [10, 20, 12, 30, 8, 9, 15],
-                          "log2_width": [8, 9, 10, 8, 9, 10, 11]})
+    table = pd.DataFrame(
+        {
+            "a": np.linspace(0, 1, 7),
+            "s": np.linspace(0, 1, 7) ** 2,
+            "kind": "trained",
+            "log10_params": [6, 7, 6.5, 8, 7.2, 6.1, 7.7],
+            "depth": [10, 20, 12, 30, 8, 9, 15],
+            "log2_width": [8, 9, 10, 8, 9, 10, 11],
+        }
+    )
     partial = [r for r in grouped_correlations(table, "a", "s") if r["statistic"] == "partial pearson"]
     assert [r["controls"] for r in partial] == ["log10_params"] * 2  # 7 models: n - 2 - 4 = 1 control
 
@@ -229,9 +256,17 @@ def test_captions_of_one_image_are_a_group_and_singletons_are_no_structure(tmp_p
     for name in ("a", "b"):
         Image.new("RGB", (8, 8), (name == "a" and "red") or "blue").save(tmp_path / f"{name}.png")
     rows = [("1", "a", "a red square"), ("2", "a", "red"), ("3", "b", "a blue square"), ("4", "a", "scarlet")]
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"id": i, "image": f"{im}.png", "text": t}) for i, im, t in rows))
-    ds = DatasetManifest(kind="dataset", id="caps", version=1, loader="image_captions", modality="vision",
-                         options={"path": str(tmp_path / "c.jsonl")})
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(json.dumps({"id": i, "image": f"{im}.png", "text": t}) for i, im, t in rows)
+    )
+    ds = DatasetManifest(
+        kind="dataset",
+        id="caps",
+        version=1,
+        loader="image_captions",
+        modality="vision",
+        options={"path": str(tmp_path / "c.jsonl")},
+    )
     assert image_captions(ds).group_codes == (0, 0, 1, 0)
     assert SampleSet(tuple(Sample(id=str(i), group=str(i)) for i in range(4))).group_codes is None
     assert SampleSet(tuple(Sample(id=str(i)) for i in range(4))).group_codes is None
@@ -240,10 +275,20 @@ def test_captions_of_one_image_are_a_group_and_singletons_are_no_structure(tmp_p
 def test_correlations_within_each_family_of_three_or_more() -> None:
     """Two families whose sizes run opposite ways: within each, alignment tracks the score exactly; pooled over
     the trained models it does not. A family of two gets no row."""
-    table = pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.5, 0.4], "s": [1, 2, 3, 1, 2, 3, 9, 8.0],
-                          "kind": "trained", "family": ["f"] * 3 + ["g"] * 3 + ["h"] * 2,
-                          "log10_params": np.nan, "depth": np.nan, "log2_width": np.nan})
+    table = pd.DataFrame(
+        {
+            "a": [0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.5, 0.4],
+            "s": [1, 2, 3, 1, 2, 3, 9, 8.0],
+            "kind": "trained",
+            "family": ["f"] * 3 + ["g"] * 3 + ["h"] * 2,
+            "log10_params": np.nan,
+            "depth": np.nan,
+            "log2_width": np.nan,
+        }
+    )
     rows = {(r["models"], r["statistic"]): r for r in grouped_correlations(table, "a", "s")}
-    assert rows["family f", "pearson"]["r"] == pytest.approx(1.0) and rows["family g", "pearson"]["r"] == pytest.approx(-1.0)
+    assert rows["family f", "pearson"]["r"] == pytest.approx(1.0) and rows["family g", "pearson"]["r"] == pytest.approx(
+        -1.0
+    )
     assert rows["family f", "pearson"]["n"] == 3 and ("family h", "pearson") not in rows
     assert abs(rows["trained", "pearson"]["r"]) < 0.5

@@ -91,8 +91,9 @@ class ModelBackend(ABC):
         return None
 
 
-def option_problems(where: str, fieldname: str, given: Mapping[str, Any], known: Iterable[str] | None,
-                    owner: str) -> list[str]:
+def option_problems(
+    where: str, fieldname: str, given: Mapping[str, Any], known: Iterable[str] | None, owner: str
+) -> list[str]:
     """The keys of `given` that its plugin does not declare (none when it declares nothing), each with the
     closest declared one: "WHERE: field 'options.colour': not an option of loader 'x'; did you mean ...?"."""
     if known is None:
@@ -102,7 +103,9 @@ def option_problems(where: str, fieldname: str, given: Mapping[str, Any], known:
     for key in sorted(set(given) - set(known)):
         near = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        out.append(f"{where}: field '{fieldname}.{key}': not an option of {owner}{hint} (known: {', '.join(known) or 'none'})")
+        out.append(
+            f"{where}: field '{fieldname}.{key}': not an option of {owner}{hint} (known: {', '.join(known) or 'none'})"
+        )
     return out
 
 

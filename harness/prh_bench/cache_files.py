@@ -51,7 +51,9 @@ class CacheUnwritable(PrhBenchError):
 def inside(root: Path, *parts: str) -> Path:
     """root/parts..., refused when it would leave root (a name with '..' or a path separator)."""
     path = root.joinpath(*parts)
-    if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts) or not path.resolve().is_relative_to(root.resolve()):
+    if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts) or not path.resolve().is_relative_to(
+        root.resolve()
+    ):
         raise BadInput(f"{'/'.join(parts)!r} would lead outside the cache folder {root}")
     return path
 
@@ -129,9 +131,13 @@ CACHE_FILE = ("cache entry", "point PRH_BENCH_CACHE at a writable folder")
 
 def _unwritable(path: Path, exc: OSError, kind: tuple[str, str] = CACHE_FILE) -> CacheUnwritable:
     what, elsewhere = kind
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.ENOENT: "its folder vanished (was the cache deleted during the run?)"}.get(exc.errno or 0, exc.strerror)
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOENT: "its folder vanished (was the cache deleted during the run?)",
+    }.get(exc.errno or 0, exc.strerror)
     return CacheUnwritable(f"cannot write the {what} {path}: {reason}. Free space, fix the permissions, or {elsewhere}")
 
 
@@ -186,8 +192,9 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
         with atomic_file(path, ".safetensors") as tmp:
             save_file(tensors, tmp, metadata=meta)
     except SafetensorError as exc:  # safetensors reports a failed write (e.g. ENOSPC) as its own error
-        raise CacheUnwritable(f"cannot write the cache entry {path}: {exc}. Free space or point PRH_BENCH_CACHE "
-                              "at another folder") from None
+        raise CacheUnwritable(
+            f"cannot write the cache entry {path}: {exc}. Free space or point PRH_BENCH_CACHE at another folder"
+        ) from None
 
 
 def _check_meta(path: Path, meta: dict[str, str]) -> None:
@@ -264,15 +271,17 @@ def entry_lock(path: Path) -> Iterator[None]:
             lock.acquire(timeout=_ANNOUNCE_AFTER_S)
         except Timeout:
             limit = lock_timeout()
-            log.warning("waiting for %s: another prh-bench run is computing this entry (giving up after %g s)",
-                        lock_path, limit)
+            log.warning(
+                "waiting for %s: another prh-bench run is computing this entry (giving up after %g s)", lock_path, limit
+            )
             try:
                 lock.acquire(timeout=max(0.0, limit - _ANNOUNCE_AFTER_S))
             except Timeout:
                 raise PrhBenchError(
                     f"gave up after {limit:g} s waiting for {lock_path}: another process holds it (a run still "
                     f"computing this entry, or a stopped one). Let it finish or end it; set {ENV_LOCK_TIMEOUT} to "
-                    "wait longer") from None
+                    "wait longer"
+                ) from None
     except OSError as exc:
         raise _unwritable(lock_path, exc) from None
     try:

@@ -17,8 +17,11 @@ def _module_of(obj: object) -> ModuleType | None:
 
 
 def _ours(module: ModuleType | None, package: str) -> bool:
-    return module is not None and getattr(module, "__file__", None) is not None and (
-        module.__name__ == package or module.__name__.startswith(package + "."))
+    return (
+        module is not None
+        and getattr(module, "__file__", None) is not None
+        and (module.__name__ == package or module.__name__.startswith(package + "."))
+    )
 
 
 @functools.cache

@@ -90,8 +90,17 @@ def suite_conditions(registry: Registry, suite: SuiteManifest) -> list[Condition
         manifest = registry.get(ds, DatasetManifest)
         for level in levels:
             for n in sizes:
-                out.extend(Condition(manifest, sweep.transform if sweep and level is not None else None, level,
-                                     sweep.seed if sweep else 0, n, k) for k in ks)
+                out.extend(
+                    Condition(
+                        manifest,
+                        sweep.transform if sweep and level is not None else None,
+                        level,
+                        sweep.seed if sweep else 0,
+                        n,
+                        k,
+                    )
+                    for k in ks
+                )
     return out
 
 
@@ -102,8 +111,12 @@ def enclosing(conditions: list[Condition], index: int) -> int | None:
     cond = conditions[index]
     if cond.samples is None:
         return None
-    same = [(c.samples, i) for i, c in enumerate(conditions) if c.samples is not None and
-            (c.dataset.id, c.transform, c.level, c.seed) == (cond.dataset.id, cond.transform, cond.level, cond.seed)]
+    same = [
+        (c.samples, i)
+        for i, c in enumerate(conditions)
+        if c.samples is not None
+        and (c.dataset.id, c.transform, c.level, c.seed) == (cond.dataset.id, cond.transform, cond.level, cond.seed)
+    ]
     n, outer = max(same)
     return outer if n > cond.samples else None
 
@@ -113,8 +126,10 @@ def condition_samples(samples: SampleSet, cond: Condition) -> SampleSet:
     every N, so the smaller sets nest in the larger), then transformed."""
     if cond.samples is not None:
         if cond.samples > len(samples.samples):
-            raise BadInput(f"sweep.samples: N={cond.samples} exceeds the {len(samples.samples)} samples of data set "
-                           f"'{cond.dataset.id}' (after the suite's max_samples)")
+            raise BadInput(
+                f"sweep.samples: N={cond.samples} exceeds the {len(samples.samples)} samples of data set "
+                f"'{cond.dataset.id}' (after the suite's max_samples)"
+            )
         order = np.random.default_rng(cond.seed).permutation(len(samples.samples))[: cond.samples]
         samples = SampleSet(tuple(samples.samples[i] for i in order))
     return apply_transform(samples, cond)
@@ -179,8 +194,9 @@ class RunContext:
         self.registry = registry or Registry.load(load_plugins(), [Path(d) for d in spec.registry_dirs])
         suite = self.registry.get(spec.suite, SuiteManifest)
         self.suite = suite
-        self.models: dict[str, ModelManifest] = {m.id: resolve_dtype(m, self.device)
-                                                 for m in self.registry.suite_models(suite, spec.extra_models)}
+        self.models: dict[str, ModelManifest] = {
+            m.id: resolve_dtype(m, self.device) for m in self.registry.suite_models(suite, spec.extra_models)
+        }
         self.conditions = suite_conditions(self.registry, suite)
         self.cache = FeatureCache(Path(spec.cache_root))
         self.pairs = PairCache(Path(spec.cache_root))
@@ -220,11 +236,11 @@ class RunContext:
     def features(self, model_id: str, key: str) -> Features:
         feats = self.cache.load(model_id, key)
         if feats is None:
-            raise PrhBenchError(f"features of '{model_id}' vanished from (or were damaged in) the cache "
-                                f"{self.cache.root} during the run; run again to extract them anew")
+            raise PrhBenchError(
+                f"features of '{model_id}' vanished from (or were damaged in) the cache "
+                f"{self.cache.root} during the run; run again to extract them anew"
+            )
         return feats
 
     def member_features(self, m: Member) -> Features:
         return self.features(m.id, m.key)
-
-

@@ -55,7 +55,11 @@ def intact(folder: Path, memo: Path) -> bool:
     try:
         files = json.loads((folder / LISTING).read_text())
         present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {LISTING}
-        return (isinstance(files, dict) and bool(files) and present == set(files)
-                and all(file_sha256(folder / rel, memo) == sha for rel, sha in files.items()))
+        return (
+            isinstance(files, dict)
+            and bool(files)
+            and present == set(files)
+            and all(file_sha256(folder / rel, memo) == sha for rel, sha in files.items())
+        )
     except (OSError, ValueError):
         return False

@@ -59,9 +59,11 @@ def check_offline(backend: ModelBackend, m: ModelManifest) -> None:
         return
     status = backend.weights_status(m)
     if status == "download":
-        raise WeightsUnavailable(f"model '{m.id}': its weights are not on this machine and --offline forbids "
-                                 "fetching them; run once with the network (they are then cached), or set a local "
-                                 "checkpoint in the manifest's `weights`")
+        raise WeightsUnavailable(
+            f"model '{m.id}': its weights are not on this machine and --offline forbids "
+            "fetching them; run once with the network (they are then cached), or set a local "
+            "checkpoint in the manifest's `weights`"
+        )
     if status.startswith("unavailable"):
         why = status.removeprefix("unavailable: ")
         raise WeightsUnavailable(why if why.startswith(f"model '{m.id}'") else f"model '{m.id}': {why}")
@@ -77,8 +79,15 @@ def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool =
     start = time.perf_counter()
 
     def done(status: Status, feats: Features) -> ModelOutcome:
-        return ModelOutcome(m.id, status, time.perf_counter() - start, key=key, layers=len(feats.layer_names),
-                            condition=label, model_scores={k: float(v.mean()) for k, v in feats.sample_scores.items()})
+        return ModelOutcome(
+            m.id,
+            status,
+            time.perf_counter() - start,
+            key=key,
+            layers=len(feats.layer_names),
+            condition=label,
+            model_scores={k: float(v.mean()) for k, v in feats.sample_scores.items()},
+        )
 
     if not ctx.spec.force and (feats := ctx.cache.load(m.id, key)) is not None:
         return done("cached", feats)  # no lock needed to read a stored entry (a read-only cache works)
@@ -99,8 +108,9 @@ def extract_one(ctx: RunContext, model_id: str, target: Target, progress: bool =
             feats = extract(backend.load(m, ctx.device), samples, m.batch_size, desc=m.id, progress=progress)
             ctx.cache.save(m.id, key, feats, doc)
         except (PrhBenchError, RuntimeError, OSError, ValueError) as exc:  # the run's summary gives the reason
-            return ModelOutcome(m.id, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", key,
-                                condition=label)
+            return ModelOutcome(
+                m.id, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", key, condition=label
+            )
     return done("extracted", feats)
 
 
@@ -189,8 +199,15 @@ class RayExecutor:
             options = {"num_cpus": self.threads, "num_gpus": self._gpus(ctx, m)}
             if (memory := m.memory_bytes()) is not None:
                 if memory > self.node_memory:
-                    refs.append(ModelOutcome(mid, "failed", error=f"needs {memory / 2**30:.1f} GiB of memory; the "
-                                             f"largest Ray node has {self.node_memory / 2**30:.1f} GiB", condition=label))
+                    refs.append(
+                        ModelOutcome(
+                            mid,
+                            "failed",
+                            error=f"needs {memory / 2**30:.1f} GiB of memory; the "
+                            f"largest Ray node has {self.node_memory / 2**30:.1f} GiB",
+                            condition=label,
+                        )
+                    )
                     continue
                 options["memory"] = memory
             refs.append(task.options(**options).remote(self._spec(ctx), mid, target))
@@ -199,10 +216,14 @@ class RayExecutor:
 
     def score(self, ctx: RunContext, job: ScoreJob, progress: bool) -> JobScores:
         if job.budget > self.node_memory:
-            raise BadInput(f"--memory-budget {job.budget / 2**30:g} GiB exceeds the memory of the largest Ray node "
-                           f"({self.node_memory / 2**30:.1f} GiB)")
+            raise BadInput(
+                f"--memory-budget {job.budget / 2**30:g} GiB exceeds the memory of the largest Ray node "
+                f"({self.node_memory / 2**30:.1f} GiB)"
+            )
         task = self.ray.remote(_ray_score).options(num_cpus=self.threads, memory=job.budget)
-        done = self._gather([task.remote(self._spec(ctx), job, i, j) for i, j in job.tiles()], job.metric.name, progress)
+        done = self._gather(
+            [task.remote(self._spec(ctx), job, i, j) for i, j in job.tiles()], job.metric.name, progress
+        )
         return collect(job, ctx.pairs, sum(c for c, _ in done), sum(n for _, n in done))
 
     def _gather(self, refs: list[Any], desc: str, progress: bool, each: Callable[[Any], None] | None = None) -> list:

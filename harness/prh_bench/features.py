@@ -56,8 +56,13 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def feature_key(
-    model: ModelManifest, libraries: tuple[str, ...], dataset: DatasetManifest, samples: SampleSet,
-    code: str = "", weights: str | None = None, source: str | None = None,
+    model: ModelManifest,
+    libraries: tuple[str, ...],
+    dataset: DatasetManifest,
+    samples: SampleSet,
+    code: str = "",
+    weights: str | None = None,
+    source: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The cache key (sha256 hex) and the document it hashes. `code`: the digest of the extraction code (the
     backend's module and the helpers it uses, see code_digest); `weights`: the sha256 of a checkpoint file the
@@ -78,15 +83,22 @@ def feature_key(
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
 
 
-def model_feature_key(backend: ModelBackend, model: ModelManifest, dataset: DatasetManifest,
-                      samples: SampleSet) -> tuple[str, dict[str, Any]]:
+def model_feature_key(
+    backend: ModelBackend, model: ModelManifest, dataset: DatasetManifest, samples: SampleSet
+) -> tuple[str, dict[str, Any]]:
     """`feature_key` of a model as its backend extracts it: with the digest of the extraction code (the
     backend's module and the pooling and hook helpers it uses, `extract`, and the checkpoint adaptation of
     weights.py), of an unpinned checkpoint file and of a local source."""
     memo = cache_root() / "digests"  # file sha256s by path and stat, so large local files are hashed once
-    return feature_key(model, backend.libraries, dataset, samples, code_digest(type(backend), extract, adapt_state_dict),
-                       unpinned_checkpoint_sha256(model.weights, model.id, memo),
-                       local_source_sha256(model.source, model.id, memo))
+    return feature_key(
+        model,
+        backend.libraries,
+        dataset,
+        samples,
+        code_digest(type(backend), extract, adapt_state_dict),
+        unpinned_checkpoint_sha256(model.weights, model.id, memo),
+        local_source_sha256(model.source, model.id, memo),
+    )
 
 
 @dataclass(frozen=True)
@@ -104,15 +116,21 @@ class Features:
 
     def head(self, n: int) -> Features:
         """The first n samples' features (copies: a stored slice must not carry the whole tensor)."""
-        return Features(self.layer_names, [t[:n].clone() for t in self.tensors],
-                        {name: t[:n].clone() for name, t in self.sample_scores.items()})
+        return Features(
+            self.layer_names,
+            [t[:n].clone() for t in self.tensors],
+            {name: t[:n].clone() for name, t in self.sample_scores.items()},
+        )
 
 
 def _features_of(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Features:
     layers = json.loads(meta["layers"])
     extras = json.loads(meta.get("extras", "[]"))
-    return Features(layers, [tensors[f"layer{i:03d}"] for i in range(len(layers))],
-                    {name: tensors[f"extra.{name}"] for name in extras})
+    return Features(
+        layers,
+        [tensors[f"layer{i:03d}"] for i in range(len(layers))],
+        {name: tensors[f"extra.{name}"] for name in extras},
+    )
 
 
 def read_features(path: Path) -> tuple[Features, dict[str, str]]:
@@ -170,8 +188,16 @@ class FeatureCache:
         tensors = {f"layer{i:03d}": t for i, t in enumerate(feats.tensors)}
         # stored as 'extra.NAME' tensors listed under 'extras' (the names of cache format 3)
         tensors |= {f"extra.{name}": t for name, t in feats.sample_scores.items()}
-        write_entry(path, tensors, {"key": key, "layers": json.dumps(feats.layer_names),
-                                    "extras": json.dumps(list(feats.sample_scores)), "key_doc": json.dumps(doc, sort_keys=True)})
+        write_entry(
+            path,
+            tensors,
+            {
+                "key": key,
+                "layers": json.dumps(feats.layer_names),
+                "extras": json.dumps(list(feats.sample_scores)),
+                "key_doc": json.dumps(doc, sort_keys=True),
+            },
+        )
         return path
 
 
@@ -188,7 +214,10 @@ def extract(
     tensors: list[torch.Tensor] = []
     extractor.prepare(samples)
     done, size = 0, batch_size
-    with torch.inference_mode(), tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample", leave=False) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample", leave=False) as bar,
+    ):
         while done < len(samples):
             batch = samples.samples[done : done + size]
             try:
@@ -207,8 +236,10 @@ def extract(
                 tensors = [torch.empty((len(samples), *out.shape[1:]), dtype=torch.float32) for out in outs]
             for name, store, out in zip(names, tensors, outs, strict=True):
                 if out.shape[0] != len(batch) or out.shape[1:] != store.shape[1:]:
-                    raise ExtractionFailed(f"{desc}: '{name}' gave shape {tuple(out.shape)} for a batch of "
-                                           f"{len(batch)}, expected {(len(batch), *store.shape[1:])}")
+                    raise ExtractionFailed(
+                        f"{desc}: '{name}' gave shape {tuple(out.shape)} for a batch of "
+                        f"{len(batch)}, expected {(len(batch), *store.shape[1:])}"
+                    )
                 store[done : done + len(batch)] = out
             done += len(batch)
             bar.update(len(batch))

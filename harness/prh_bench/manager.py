@@ -59,8 +59,12 @@ def build_plugin_manager(extra: tuple[object, ...] = ()) -> pluggy.PluginManager
     else:
         available = {ep.name for ep in entry_points(group=hookspecs.PROJECT)}
         for name in sorted(allowed - available):
-            log.warning("%s names '%s', but no installed package has a prh_bench entry point of that name%s",
-                        ENV_ALLOW, name, f" (installed: {', '.join(sorted(available))})" if available else "")
+            log.warning(
+                "%s names '%s', but no installed package has a prh_bench entry point of that name%s",
+                ENV_ALLOW,
+                name,
+                f" (installed: {', '.join(sorted(available))})" if available else "",
+            )
         for name in sorted(allowed & available):
             pm.load_setuptools_entrypoints(hookspecs.PROJECT, name=name)
     for plugin in extra:
@@ -110,8 +114,10 @@ class Plugins:
             for name, obj in target.items():  # after the duplicates: a name claimed twice is the clearer error
                 if not (isinstance(obj, base) if base else callable(obj)):
                     want = f"a {base.__module__}.{base.__name__} (subclass it)" if base else "a function"
-                    raise BadInput(f"{kind} '{name}' of plugin {self.provider[(kind, name)]} is a {type(obj).__name__}, "
-                                   f"not {want}; see CONTRIBUTING.md")
+                    raise BadInput(
+                        f"{kind} '{name}' of plugin {self.provider[(kind, name)]} is a {type(obj).__name__}, "
+                        f"not {want}; see CONTRIBUTING.md"
+                    )
         for impl in reversed(pm.hook.prh_manifest_dirs.get_hookimpls()):
             folders = cast(list[Path], impl.function() or [])
             self.manifest_dirs.extend(Path(p) for p in folders)

@@ -24,8 +24,10 @@ class RandomWeights(_Strict):
 
 class _Checkpoint(_Strict):
     key_map: Literal["by_name", "by_order", "dinov2_hf_to_timm"] = Field(
-        default="by_name", description="by_name, by_order (tensors paired in order, shapes checked), or a named "
-        "map from one architecture's names to another's (see prh_bench.onnx_state.KEY_MAPS)")
+        default="by_name",
+        description="by_name, by_order (tensors paired in order, shapes checked), or a named "
+        "map from one architecture's names to another's (see prh_bench.onnx_state.KEY_MAPS)",
+    )
     strip_prefix: str | None = Field(
         default=None, description="keep only checkpoint keys with this prefix, without it (MoCo: 'module.encoder_q.')"
     )
@@ -55,8 +57,11 @@ class PartsWeights(_Checkpoint):
     cache, and used only when the joined file's sha256 is `sha256`."""
 
     parts: list[DistFile] = Field(min_length=1)
-    file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200,
-                      description="the joined file's name (its suffix says its format: .gguf, .onnx, .safetensors)")
+    file: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=200,
+        description="the joined file's name (its suffix says its format: .gguf, .onnx, .safetensors)",
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the joined file")
 
 
@@ -81,7 +86,12 @@ def _weights_kind(value: Any) -> str | None:
 
 
 Weights = Annotated[
-    Annotated[Literal["pretrained"], Tag("pretrained")] | Annotated[Literal["none"], Tag("none")] | Annotated[RandomWeights, Tag("random")] | Annotated[PathWeights, Tag("path")] | Annotated[UrlWeights, Tag("url")] | Annotated[PartsWeights, Tag("parts")],
+    Annotated[Literal["pretrained"], Tag("pretrained")]
+    | Annotated[Literal["none"], Tag("none")]
+    | Annotated[RandomWeights, Tag("random")]
+    | Annotated[PathWeights, Tag("path")]
+    | Annotated[UrlWeights, Tag("url")]
+    | Annotated[PartsWeights, Tag("parts")],
     Discriminator(
         _weights_kind,
         custom_error_type="weights_kind",
@@ -120,8 +130,9 @@ class Resources(_Strict):
     """What one extraction of the model needs on a worker (used by the Ray executor)."""
 
     gpus: float = Field(default=1, ge=0, le=1024, description="GPUs per extraction, when the run uses GPUs")
-    memory_gb: float | None = Field(default=None, gt=0, le=2**20,
-                                    description="host memory per extraction (default: from params)")
+    memory_gb: float | None = Field(
+        default=None, gt=0, le=2**20, description="host memory per extraction (default: from params)"
+    )
 
 
 class ModelManifest(ManifestBase):
@@ -131,19 +142,31 @@ class ModelManifest(ManifestBase):
     revision: str | None = Field(default=None, pattern=REVISION, max_length=100)
     modality: Literal["vision", "text"]
     layers: LayerSpec = LayerSpec()
-    weights: Weights = Field(default="pretrained", description="'pretrained' (the library's or hub's), 'none' (a "
-                             "parameter-free model: a fixed colour space, raw pixels), {random: SEED}, or a checkpoint")
+    weights: Weights = Field(
+        default="pretrained",
+        description="'pretrained' (the library's or hub's), 'none' (a "
+        "parameter-free model: a fixed colour space, raw pixels), {random: SEED}, or a checkpoint",
+    )
     preprocess: dict[str, Any] = Field(default={}, description="overrides of the backend's own preprocessing")
-    options: dict[str, Any] = Field(default={}, description="the backend's own options for building the model "
-                                    "(timm: keyword arguments of create_model, e.g. img_size)")
+    options: dict[str, Any] = Field(
+        default={},
+        description="the backend's own options for building the model "
+        "(timm: keyword arguments of create_model, e.g. img_size)",
+    )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        default="float32", description="'auto': bfloat16 on a CUDA device of compute capability >= 7, else float32 "
-        "(the PRH code's rule)")
+        default="float32",
+        description="'auto': bfloat16 on a CUDA device of compute capability >= 7, else float32 (the PRH code's rule)",
+    )
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     params: float | None = Field(default=None, gt=0, le=1e15, description="parameter count")
-    family: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=60, description="one "
-                               "architecture and training recipe at several sizes: the leaderboard correlates "
-                               "alignment with downstream scores within each family of three or more trained models")
+    family: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        max_length=60,
+        description="one "
+        "architecture and training recipe at several sizes: the leaderboard correlates "
+        "alignment with downstream scores within each family of three or more trained models",
+    )
     license: str = ""
     resources: Resources = Resources()
 
@@ -203,7 +226,8 @@ class MetricManifest(ManifestBase):
     name: str
     params: dict[str, Any] = {}
     higher_is_better: bool | None = Field(
-        default=None, description="documents the metric's direction; validate refuses a value its code contradicts")
+        default=None, description="documents the metric's direction; validate refuses a value its code contradicts"
+    )
 
 
 class ScoresManifest(ManifestBase):
@@ -212,10 +236,13 @@ class ScoresManifest(ManifestBase):
     kind: Literal["scores"]
     name: str = Field(description="the score's name, as suites list it (e.g. hellaswag)")
     higher_is_better: bool = Field(
-        default=True, description="competence goes with higher values; leaderboards report each correlation's "
-        "direction from it")
+        default=True,
+        description="competence goes with higher values; leaderboards report each correlation's direction from it",
+    )
     source: str = Field(min_length=1, description="where the numbers come from")
-    values: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, description="model id -> score")
+    values: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        min_length=1, description="model id -> score"
+    )
 
 
 class TagQuery(_Strict):
@@ -251,14 +278,18 @@ class Prepare(_Strict):
 
     clamp_quantile: float | None = Field(default=0.95, gt=0, le=1)
     clamp: Literal["per_layer", "paper", "paper_exact"] = Field(
-        default="per_layer", description="per_layer: each layer at its own quantile; paper: the PRH pipeline's "
+        default="per_layer",
+        description="per_layer: each layer at its own quantile; paper: the PRH pipeline's "
         "default (mean over samples of each sample's quantile over the whole layer stack); paper_exact: its "
-        "--precise order statistic of the whole stack")
+        "--precise order statistic of the whole stack",
+    )
     l2_normalize: bool = True
     concat_layers: bool = Field(default=False, description="append all layers concatenated as one more layer")
     precision: Literal["float32", "tf32"] = Field(
-        default="float32", description="tf32: the prepared features rounded to TF32, as the PRH code's measuring "
-        "step (without --precise) reads them in TF32 matmuls on a GPU; on any device, part of the score key")
+        default="float32",
+        description="tf32: the prepared features rounded to TF32, as the PRH code's measuring "
+        "step (without --precise) reads them in TF32 matmuls on a GPU; on any device, part of the score key",
+    )
 
 
 class Calibration(_Strict):
@@ -268,12 +299,16 @@ class Calibration(_Strict):
     seed: int = Field(default=0, ge=0, lt=2**63)
     alpha: float = Field(default=0.05, gt=0, lt=1, description="level of the calibrated score's critical value tau")
     pairs: Literal["all", "reference"] = Field(
-        default="all", description="null of every model pair, or only of the pairs with the suite's reference (what "
-        "the leaderboard shows; R shuffles of the later model's samples per pair, so list a one-layer reference last)")
+        default="all",
+        description="null of every model pair, or only of the pairs with the suite's reference (what "
+        "the leaderboard shows; R shuffles of the later model's samples per pair, so list a one-layer reference last)",
+    )
     exchange: Literal["auto", "free", "within_groups"] = Field(
-        default="auto", description="what a shuffle may exchange: 'within_groups' moves a sample only within its "
+        default="auto",
+        description="what a shuffle may exchange: 'within_groups' moves a sample only within its "
         "group (crops of one photograph: the null keeps what any model finds by telling photographs apart), "
-        "'free' any sample with any; 'auto' is within_groups when the data set's samples carry groups")
+        "'free' any sample with any; 'auto' is within_groups when the data set's samples carry groups",
+    )
 
 
 class Sweep(_Strict):
@@ -284,10 +319,14 @@ class Sweep(_Strict):
     transform: Literal["gaussian_noise", "blend_noise"] | None = None
     levels: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(default=None, min_length=1)
     samples: list[Annotated[int, Field(ge=4, le=100_000_000)]] | None = Field(
-        default=None, min_length=1, description="numbers of samples N: each the first N of one order of the data "
-        "set shuffled with `seed`, so that every smaller set lies inside the larger ones")
+        default=None,
+        min_length=1,
+        description="numbers of samples N: each the first N of one order of the data "
+        "set shuffled with `seed`, so that every smaller set lies inside the larger ones",
+    )
     k: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, min_length=1, description="values of the metrics' parameter k (neighbours), one condition each")
+        default=None, min_length=1, description="values of the metrics' parameter k (neighbours), one condition each"
+    )
     seed: int = Field(default=0, ge=0, lt=2**63)
 
     @field_validator("levels")
@@ -321,21 +360,29 @@ class SuiteManifest(ManifestBase):
     metrics: list[MetricUse] = Field(min_length=1)
     prepare: Prepare = Prepare()
     reference: str | None = None
-    max_samples: int | None = Field(default=None, ge=4, le=100_000_000, description="N samples drawn with a fixed "
-                                    "seed across the data set (SampleSet.subset: each group its share), not the first N")
+    max_samples: int | None = Field(
+        default=None,
+        ge=4,
+        le=100_000_000,
+        description="N samples drawn with a fixed "
+        "seed across the data set (SampleSet.subset: each group its share), not the first N",
+    )
     calibrate: Calibration | None = None
     revisions: list[Annotated[str, Field(pattern=REVISION, max_length=100)]] | None = Field(
         default=None, min_length=1, description="every model at each of these hub revisions (training checkpoints)"
     )
     sweep: Sweep | None = None
     scores: list[str] = Field(
-        default=[], description="downstream scores to correlate alignment with: names of scores manifests, or of "
-        "per-sample scores a backend computes during extraction (bits_per_byte)"
+        default=[],
+        description="downstream scores to correlate alignment with: names of scores manifests, or of "
+        "per-sample scores a backend computes during extraction (bits_per_byte)",
     )
     probes: list[Probe] = Field(default=[], description="tasks whose scores count as downstream scores too")
     figures: list[Literal["colors"]] = Field(
-        default=[], description="leaderboard figures beyond the standard ones: 'colors', every model's colours in "
-        "3-D, painted by a CIELAB reference (the colour study)")
+        default=[],
+        description="leaderboard figures beyond the standard ones: 'colors', every model's colours in "
+        "3-D, painted by a CIELAB reference (the colour study)",
+    )
 
     @field_validator("models")
     @classmethod
@@ -350,8 +397,10 @@ class SuiteManifest(ManifestBase):
         # Results (matrices, leaderboards, baselines) are keyed by metric name: a second use would overwrite the first.
         names = [u.name for u in v]
         if repeated := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"each metric may appear once; repeated: {', '.join(repeated)} (to compare values of k, "
-                             "sweep them: sweep: {k: [5, 10, 20]})")
+            raise ValueError(
+                f"each metric may appear once; repeated: {', '.join(repeated)} (to compare values of k, "
+                "sweep them: sweep: {k: [5, 10, 20]})"
+            )
         return v
 
 

@@ -27,8 +27,11 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files.extend(f for f in sorted(p.rglob("*.y*ml"))
-                         if "templates" not in f.relative_to(p).parts and not f.name.startswith("_"))
+            files.extend(
+                f
+                for f in sorted(p.rglob("*.y*ml"))
+                if "templates" not in f.relative_to(p).parts and not f.name.startswith("_")
+            )
         else:
             files.append(p)
     return files
@@ -102,8 +105,12 @@ def safe_yaml(text: str, path: Path) -> Any:
         if node is None:
             return None
         if expanded_nodes(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
-            raise ManifestError([f"{path}: its aliases expand to more than {MAX_EXPANDED_NODES:,} nodes; a manifest "
-                                 "is a small document (is this a YAML alias bomb?)"])
+            raise ManifestError(
+                [
+                    f"{path}: its aliases expand to more than {MAX_EXPANDED_NODES:,} nodes; a manifest "
+                    "is a small document (is this a YAML alias bomb?)"
+                ]
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -146,8 +153,9 @@ def resolve_includes(data: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
     name = data[INCLUDE]
     target = (path.parent / name).resolve() if isinstance(name, str) else None
     if target is None or not target.is_relative_to(path.parent.resolve()):
-        raise ManifestError([f"{path}: field '{INCLUDE}': expected a file name inside this manifest's folder, "
-                             f"got {name!r}"])
+        raise ManifestError(
+            [f"{path}: field '{INCLUDE}': expected a file name inside this manifest's folder, got {name!r}"]
+        )
     if target in seen:
         raise ManifestError([f"{path}: field '{INCLUDE}': includes itself through {' -> '.join(p.name for p in seen)}"])
     base = resolve_includes(read_yaml(target), target, (*seen, path.resolve()))

@@ -21,8 +21,10 @@ def onnx_state_dict(path: Path) -> dict[str, torch.Tensor]:
         import onnx
         from onnx import numpy_helper
     except ModuleNotFoundError:
-        raise BadInput(f"checkpoint {path} is an ONNX file: reading it needs the `onnx` package (pip install onnx, "
-                       "or prh-bench[zoo])") from None
+        raise BadInput(
+            f"checkpoint {path} is an ONNX file: reading it needs the `onnx` package (pip install onnx, "
+            "or prh-bench[zoo])"
+        ) from None
     try:
         graph = onnx.load(str(path)).graph
     except Exception as exc:  # noqa: BLE001 (protobuf raises its own DecodeError, among others)
@@ -43,11 +45,15 @@ def onnx_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _name_of_anonymous(name: str, value: torch.Tensor, readers: dict[str, list], path: Path) -> tuple[str, torch.Tensor]:
+def _name_of_anonymous(
+    name: str, value: torch.Tensor, readers: dict[str, list], path: Path
+) -> tuple[str, torch.Tensor]:
     users = readers.get(name, [])
     if len(users) != 1:
-        raise BadInput(f"checkpoint {path}: the anonymous initialiser '{name}' is read by {len(users)} nodes; "
-                       "it cannot be named by its reader")
+        raise BadInput(
+            f"checkpoint {path}: the anonymous initialiser '{name}' is read by {len(users)} nodes; "
+            "it cannot be named by its reader"
+        )
     node = users[0]
     if node.op_type == "MatMul" and value.ndim == 2:
         adds = [n for n in readers.get(node.output[0], []) if n.op_type == "Add"]
@@ -64,12 +70,19 @@ def dinov2_hf_to_timm(state: dict[str, torch.Tensor], target: dict[str, torch.Te
     joined and, when the target's grid differs, resampled as Hugging Face does at inference (bicubic, no
     antialiasing), so the timm model computes what the exported graph computes at the target's size."""
     out: dict[str, torch.Tensor] = {}
-    rename = {"norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj", "mlp.fc1": "mlp.fc1",
-              "mlp.fc2": "mlp.fc2", "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma"}
+    rename = {
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "attention.output.dense": "attn.proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+        "layer_scale1.lambda1": "ls1.gamma",
+        "layer_scale2.lambda1": "ls2.gamma",
+    }
     for key, value in state.items():
         if not key.startswith("encoder.layer."):
             continue
-        i, rest = key[len("encoder.layer."):].split(".", 1)
+        i, rest = key[len("encoder.layer.") :].split(".", 1)
         if rest.startswith("attention.attention."):
             continue  # fused below
         module, _, leaf = rest.rpartition(".")
@@ -93,8 +106,10 @@ def dinov2_hf_to_timm(state: dict[str, torch.Tensor], target: dict[str, torch.Te
         cls_pos = [v for k, v in state.items() if k.startswith("embeddings.Concat")]
         grid_pos = [v for k, v in state.items() if k.startswith("embeddings.Reshape")]
         if len(cls_pos) != 1 or len(grid_pos) != 1:
-            raise BadInput("dinov2_hf_to_timm: expected the position embeddings as embeddings.position_embeddings, "
-                           "or as one class part and one patch grid of an ONNX export")
+            raise BadInput(
+                "dinov2_hf_to_timm: expected the position embeddings as embeddings.position_embeddings, "
+                "or as one class part and one patch grid of an ONNX export"
+            )
         pos = torch.cat([cls_pos[0].reshape(1, 1, -1), grid_pos[0].reshape(1, -1, cls_pos[0].shape[-1])], dim=1)
     out["pos_embed"] = resample_grid(pos, target["pos_embed"].shape[1] - 1)
     return out
@@ -105,8 +120,9 @@ def resample_grid(pos: torch.Tensor, patches: int) -> torch.Tensor:
     Hugging Face's Dinov2 interpolate_pos_encoding (the class position kept as it is)."""
     n, m = round((pos.shape[1] - 1) ** 0.5), round(patches**0.5)
     if n * n != pos.shape[1] - 1 or m * m != patches:
-        raise BadInput(f"position embeddings of {pos.shape[1] - 1} patches do not form a square grid to resample "
-                       f"to {patches}")
+        raise BadInput(
+            f"position embeddings of {pos.shape[1] - 1} patches do not form a square grid to resample to {patches}"
+        )
     if n == m:
         return pos
     grid = pos[:, 1:].reshape(1, n, n, -1).permute(0, 3, 1, 2).float()

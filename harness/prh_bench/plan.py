@@ -89,13 +89,24 @@ def measured_rates(metric: Metric, params_json: str, n: int, width: int, layers:
         return t2 * (n / MEASURED_MAX_N) ** power
 
     pairs = (layers / few) ** 2
-    return Rates(grown(small.summary, large.summary), grown(small.pair, large.pair) * pairs,
-                 grown(small.null, large.null) * pairs)
+    return Rates(
+        grown(small.summary, large.summary),
+        grown(small.pair, large.pair) * pairs,
+        grown(small.null, large.null) * pairs,
+    )
 
 
-def scoring_work(registry: Registry, suite: SuiteManifest, cache: PairCache, cond: Condition, n: int,
-                 members: list[Member], pending: dict[str, list[int] | None], budget: int,
-                 groups: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+def scoring_work(
+    registry: Registry,
+    suite: SuiteManifest,
+    cache: PairCache,
+    cond: Condition,
+    n: int,
+    members: list[Member],
+    pending: dict[str, list[int] | None],
+    budget: int,
+    groups: tuple[int, ...] | None = None,
+) -> list[dict[str, Any]]:
     """Per metric: the pairs (and nulls) stored and to compute among `members` (models with cached features)
     and `pending` (models still to extract, with their estimated widths), and an estimate of the work."""
     rows = []
@@ -103,18 +114,35 @@ def scoring_work(registry: Registry, suite: SuiteManifest, cache: PairCache, con
     stand_ins = [Member(mid, "", EntryInfo(n, [], w or [], f"pending:{mid}")) for mid, w in pending.items()]
     for use in suite.metrics:
         metric, params = registry.metric(use.name, cond.metric_params(use.params))
-        job = ScoreJob(metric, params, registry.get(use.name).version, suite.prepare, suite.calibrate,
-                       tuple(members) + tuple(stand_ins), budget, suite.reference, groups)
+        job = ScoreJob(
+            metric,
+            params,
+            registry.get(use.name).version,
+            suite.prepare,
+            suite.calibrate,
+            tuple(members) + tuple(stand_ins),
+            budget,
+            suite.reference,
+            groups,
+        )
         cached = {m.id for m in members}
         pairs = job.unordered_pairs()
-        todo = [(a, b) for a, b in pairs
-                if not ({a.id, b.id} <= cached and cache.scores_path(job, a, b).exists())]
+        todo = [(a, b) for a, b in pairs if not ({a.id, b.id} <= cached and cache.scores_path(job, a, b).exists())]
         nulls = job.null_pairs(pairs)
         nulls_todo = [(a, b) for a, b in nulls if not ({a.id, b.id} <= cached and cache.null_path(job, a, b).exists())]
         involved = {m.id: m for p in todo + nulls_todo for m in p}
-        row = {"condition": cond.label, "metric": use.name, "pairs": len(pairs), "pairs_cached": len(pairs) - len(todo),
-               "pairs_to_compute": len(todo), "nulls": len(nulls), "nulls_to_compute": len(nulls_todo),
-               "est_seconds": None, "est_memory_MiB": None, "note": ""}
+        row = {
+            "condition": cond.label,
+            "metric": use.name,
+            "pairs": len(pairs),
+            "pairs_cached": len(pairs) - len(todo),
+            "pairs_to_compute": len(todo),
+            "nulls": len(nulls),
+            "nulls_to_compute": len(nulls_todo),
+            "est_seconds": None,
+            "est_memory_MiB": None,
+            "note": "",
+        }
         if involved and not (unknown and set(unknown) & set(involved)):
             held = sorted((sum(job.summary_nbytes(m) for m in g if m.id in involved) for g in job.groups), reverse=True)
             row["est_memory_MiB"] = max(min(sum(held[:2]), budget), job.least_nbytes()) / 2**20
@@ -126,19 +154,28 @@ def scoring_work(registry: Registry, suite: SuiteManifest, cache: PairCache, con
                 continue
             widths = sorted(d for m in involved.values() for d in m.info.widths)
             depth = sorted(job.layers(m) for m in involved.values())[len(involved) // 2]
-            rates = measured_rates(metric, json.dumps(params, sort_keys=True), n, int(widths[len(widths) // 2]),
-                                   max(1, min(depth, 24)))
+            rates = measured_rates(
+                metric, json.dumps(params, sort_keys=True), n, int(widths[len(widths) // 2]), max(1, min(depth, 24))
+            )
             perms = suite.calibrate.permutations if suite.calibrate else 0
-            row["est_seconds"] = (rates.summary * sum(job.layers(m) for m in involved.values())
-                                  + rates.pair * len(todo) * (2 - metric.symmetric) + rates.null * perms * len(nulls_todo))
+            row["est_seconds"] = (
+                rates.summary * sum(job.layers(m) for m in involved.values())
+                + rates.pair * len(todo) * (2 - metric.symmetric)
+                + rates.null * perms * len(nulls_todo)
+            )
         elif involved:
             row["note"] = f"layer widths unknown for {', '.join(sorted(set(unknown) & set(involved)))}"
         rows.append(row)
     return rows
 
 
-def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_samples: int | None = None,
-               budget_gib: float = DEFAULT_BUDGET_GIB) -> tuple[pd.DataFrame, pd.DataFrame]:
+def plan_suite(
+    registry: Registry,
+    suite_id: str,
+    cache: FeatureCache,
+    max_samples: int | None = None,
+    budget_gib: float = DEFAULT_BUDGET_GIB,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per condition and model: its extraction; one row per condition and metric: its pair work)."""
     suite = registry.get(suite_id, SuiteManifest)
     device = resolve_device("auto")  # the keys of a run with the default device (`dtype: auto` depends on it)
@@ -162,8 +199,11 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
             if samples is not None:
                 key, _ = model_feature_key(registry.plugins.backends[m.backend], m, cond.dataset, samples)
                 cached = cache.path(m.id, key).exists()
-                status = "cached" if cached else ("to extract" if not weights[m.id].startswith("unavailable")
-                                                  else "weights unavailable here")
+                status = (
+                    "cached"
+                    if cached
+                    else ("to extract" if not weights[m.id].startswith("unavailable") else "weights unavailable here")
+                )
                 if cached:
                     members.append(Member(m.id, key, cache.info(m.id, key)))
                 elif status == "to extract":
@@ -174,9 +214,27 @@ def plan_suite(registry: Registry, suite_id: str, cache: FeatureCache, max_sampl
                 status = "dataset unavailable"
             w = widths[m.id]
             mb = n * sum(w) * 4 / 2**20 if (w and n) else None
-            rows.append({"condition": cond.label, "model": m.id, "status": status, "weights": weights[m.id],
-                         "layers": len(w) if w else None, "feature_MiB": mb, "note": data_note})
+            rows.append(
+                {
+                    "condition": cond.label,
+                    "model": m.id,
+                    "status": status,
+                    "weights": weights[m.id],
+                    "layers": len(w) if w else None,
+                    "feature_MiB": mb,
+                    "note": data_note,
+                }
+            )
         if samples is not None:
-            work += scoring_work(registry, suite, pair_cache, cond, len(samples), members, pending,
-                                 int(budget_gib * 2**30), samples.group_codes)
+            work += scoring_work(
+                registry,
+                suite,
+                pair_cache,
+                cond,
+                len(samples),
+                members,
+                pending,
+                int(budget_gib * 2**30),
+                samples.group_codes,
+            )
     return pd.DataFrame(rows), pd.DataFrame(work)

@@ -53,11 +53,15 @@ class Registry:
             except ManifestError as exc:
                 data = exc.data if isinstance(exc.data, dict) else {}
                 key = data["id"] if isinstance(data.get("id"), str) else str(path)
-                self._set_aside(key, str(data.get("kind") or "manifest"), exc.problems + self.plugin_problems(data, path))
+                self._set_aside(
+                    key, str(data.get("kind") or "manifest"), exc.problems + self.plugin_problems(data, path)
+                )
                 continue
             if m.id in self.entries or m.id in self.invalid:
                 first = self.paths.get(m.id)
-                self._set_aside(m.id, m.kind, [f"{path}: field 'id': '{m.id}' is already defined in {first or 'another file'}"])
+                self._set_aside(
+                    m.id, m.kind, [f"{path}: field 'id': '{m.id}' is already defined in {first or 'another file'}"]
+                )
                 continue
             self.entries[m.id] = m
             self.paths[m.id] = path
@@ -108,8 +112,12 @@ class Registry:
 
             if isinstance(m, (ModelManifest, DatasetManifest, MetricManifest)):
                 out.extend(self.plugin_problems(m.model_dump(), path))
-            if isinstance(m, ModelManifest) and m.options and m.backend in self.plugins.backends and \
-                    not self.plugins.backends[m.backend].takes_options:
+            if (
+                isinstance(m, ModelManifest)
+                and m.options
+                and m.backend in self.plugins.backends
+                and not self.plugins.backends[m.backend].takes_options
+            ):
                 out.append(f"{path}: field 'options': backend '{m.backend}' takes no options (remove them)")
             if isinstance(m, ModelManifest) and m.backend in self.plugins.backends:
                 keys = self.plugins.backends[m.backend].preprocess_keys(m)
@@ -117,12 +125,20 @@ class Registry:
             if isinstance(m, DatasetManifest) and m.loader in self.plugins.loaders:
                 keys = getattr(self.plugins.loaders[m.loader], "option_names", None)
                 out.extend(option_problems(str(path), "options", m.options, keys, f"loader '{m.loader}'"))
-            if isinstance(m, ModelManifest) and m.backend in self.plugins.backends and \
-                    (m.weights == "none") != self.plugins.backends[m.backend].parameter_free:
-                out.append(f"{path}: field 'weights': " + (
-                    f"backend '{m.backend}' builds parameter-free models: set `weights: none`"
-                    if m.weights != "none" else f"'none' declares a parameter-free model, but backend '{m.backend}' "
-                    "builds models with weights (pretrained, {random: SEED} or a checkpoint)"))
+            if (
+                isinstance(m, ModelManifest)
+                and m.backend in self.plugins.backends
+                and (m.weights == "none") != self.plugins.backends[m.backend].parameter_free
+            ):
+                out.append(
+                    f"{path}: field 'weights': "
+                    + (
+                        f"backend '{m.backend}' builds parameter-free models: set `weights: none`"
+                        if m.weights != "none"
+                        else f"'none' declares a parameter-free model, but backend '{m.backend}' "
+                        "builds models with weights (pretrained, {random: SEED} or a checkpoint)"
+                    )
+                )
             if isinstance(m, MetricManifest) and m.name in self.plugins.metrics:
                 metric = self.plugins.metrics[m.name]
                 try:
@@ -130,9 +146,11 @@ class Registry:
                 except BadInput as exc:
                     out.append(f"{path}: field 'params': {exc}")
                 if m.higher_is_better is not None and m.higher_is_better != metric.higher_is_better:
-                    out.append(f"{path}: field 'higher_is_better': {m.higher_is_better}, but metric '{m.name}' is "
-                               f"{'higher' if metric.higher_is_better else 'lower'}-is-better (its direction is its "
-                               "code's; omit the field or state it)")
+                    out.append(
+                        f"{path}: field 'higher_is_better': {m.higher_is_better}, but metric '{m.name}' is "
+                        f"{'higher' if metric.higher_is_better else 'lower'}-is-better (its direction is its "
+                        "code's; omit the field or state it)"
+                    )
             elif isinstance(m, ScoresManifest):
                 models = self.of_kind(ModelManifest)
                 out.extend(self._unknown(path, f"values.{k}", k, models, "model") for k in m.values if k not in models)
@@ -141,7 +159,9 @@ class Registry:
                     out.append(self._unknown(path, "dataset", m.dataset, self.of_kind(DatasetManifest), "dataset"))
                 for i, use in enumerate(m.metrics):
                     if not isinstance(self.entries.get(use.name), MetricManifest):
-                        out.append(self._unknown(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric"))
+                        out.append(
+                            self._unknown(path, f"metrics.{i}.name", use.name, self.of_kind(MetricManifest), "metric")
+                        )
                         continue
                     ks = m.sweep.k if m.sweep is not None and m.sweep.k else [None]
                     least = [m.max_samples, min(m.sweep.samples) if m.sweep is not None and m.sweep.samples else None]
@@ -155,7 +175,9 @@ class Registry:
                 if isinstance(m.models, list):
                     for i, model_id in enumerate(m.models):
                         if not isinstance(self.entries.get(model_id), ModelManifest):
-                            out.append(self._unknown(path, f"models.{i}", model_id, self.of_kind(ModelManifest), "model"))
+                            out.append(
+                                self._unknown(path, f"models.{i}", model_id, self.of_kind(ModelManifest), "model")
+                            )
                 elif not self._tagged(m.models):
                     out.append(f"{path}: field 'models': no model matches {m.models.model_dump()}")
                 if m.calibrate is not None and m.calibrate.pairs == "reference" and m.reference is None:
@@ -164,13 +186,21 @@ class Registry:
                     out.append(f"{path}: field 'reference': '{m.reference}' is not one of the suite's models")
                 for i, ds in enumerate(m.sweep.datasets or [] if m.sweep else []):
                     if not isinstance(self.entries.get(ds), DatasetManifest):
-                        out.append(self._unknown(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset"))
+                        out.append(
+                            self._unknown(path, f"sweep.datasets.{i}", ds, self.of_kind(DatasetManifest), "dataset")
+                        )
                 for i, probe in enumerate(m.probes):
                     if not isinstance(self.entries.get(probe.dataset), DatasetManifest):
-                        out.append(self._unknown(path, f"probes.{i}.dataset", probe.dataset, self.of_kind(DatasetManifest), "dataset"))
+                        out.append(
+                            self._unknown(
+                                path, f"probes.{i}.dataset", probe.dataset, self.of_kind(DatasetManifest), "dataset"
+                            )
+                        )
                     if probe.task not in self.plugins.tasks:
                         out.append(self._unknown(path, f"probes.{i}.task", probe.task, self.plugins.tasks, "task"))
-                known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | set(self.plugins.sample_scores())
+                known_scores = {x.name for x in self.of_kind(ScoresManifest).values()} | set(
+                    self.plugins.sample_scores()
+                )
                 for i, name in enumerate(m.scores):
                     if name not in known_scores:
                         out.append(self._unknown(path, f"scores.{i}", name, known_scores, "score"))

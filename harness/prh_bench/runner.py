@@ -90,23 +90,49 @@ def score_rows(job: ScoreJob, scores: JobScores, names: dict[str, list[str]]) ->
         matrix = scores.pair(a.id, b.id)
         for i, lx in enumerate(names[a.id]):
             for j, ly in enumerate(names[b.id]):
-                rows.append({"model_x": a.id, "model_y": b.id, "layer_x": lx, "layer_y": ly, "metric": job.metric.name,
-                             "params": params, "score": float(matrix[i, j])})
+                rows.append(
+                    {
+                        "model_x": a.id,
+                        "model_y": b.id,
+                        "layer_x": lx,
+                        "layer_y": ly,
+                        "metric": job.metric.name,
+                        "params": params,
+                        "score": float(matrix[i, j]),
+                    }
+                )
     return rows
 
 
 def run_suite(
-    registry: Registry, suite_id: str, cache: FeatureCache, *, device: str = "auto", force: bool = False,
-    progress: bool = True, max_samples: int | None = None, executor: Executor | None = None,
-    budget_gib: float | None = None, registry_dirs: tuple[Path, ...] = (), extra_models: tuple[str, ...] = (),
+    registry: Registry,
+    suite_id: str,
+    cache: FeatureCache,
+    *,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+    max_samples: int | None = None,
+    executor: Executor | None = None,
+    budget_gib: float | None = None,
+    registry_dirs: tuple[Path, ...] = (),
+    extra_models: tuple[str, ...] = (),
 ) -> SuiteRun:
     """Extract (or reuse) every model's features, then score every model pair at every layer pair with every
     metric, condition by condition. Work goes to the executor (this process by default); its results go to
     the cache first, so a run killed at any point resumes where it stopped. `extra_models` run beside the
     suite's own, under its conditions, metrics and preparation (a contributor's model against the zoo)."""
     # Absolute paths: Ray workers run in folders of their own.
-    spec = RunSpec(suite_id, str(cache.root.resolve()), tuple(str(Path(d).resolve()) for d in registry_dirs), device,
-                   force, max_samples, budget_gib or DEFAULT_BUDGET_GIB, extra_models=tuple(extra_models))
+    spec = RunSpec(
+        suite_id,
+        str(cache.root.resolve()),
+        tuple(str(Path(d).resolve()) for d in registry_dirs),
+        device,
+        force,
+        max_samples,
+        budget_gib or DEFAULT_BUDGET_GIB,
+        extra_models=tuple(extra_models),
+    )
     ctx = RunContext(spec, registry)
     used = ctx.device  # an unusable device, like bad metric parameters, is an error before any work
     suite, models = ctx.suite, list(ctx.models.values())
@@ -130,10 +156,18 @@ def run_suite(
         done = executor.extract(ctx, list(ctx.models), Target(condition=index), progress)
         outcomes += done
         ok = [o for o in done if o.status != "failed"]
-        PROGRESS.info("%s: features of %d models (%d failed) in %.1f s", cond.label, len(done), len(done) - len(ok),
-                      time.perf_counter() - t0)
-        model_scores += [{"condition": cond.label, "model": o.model, "score": k, "mean": v}
-                         for o in ok for k, v in (o.model_scores or {}).items()]
+        PROGRESS.info(
+            "%s: features of %d models (%d failed) in %.1f s",
+            cond.label,
+            len(done),
+            len(done) - len(ok),
+            time.perf_counter() - t0,
+        )
+        model_scores += [
+            {"condition": cond.label, "model": o.model, "score": k, "mean": v}
+            for o in ok
+            for k, v in (o.model_scores or {}).items()
+        ]
         timings["features"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         members = tuple(Member(o.model, o.key, cache.info(o.model, o.key)) for o in ok)
@@ -142,25 +176,54 @@ def run_suite(
         names = {m.id: m.info.layer_names + ([CONCAT] if suite.prepare.concat_layers else []) for m in members}
         rows, cal = [], []
         for use, (metric, params) in zip(suite.metrics, metrics, strict=True):
-            job = ScoreJob(metric, params, versions[use.name], suite.prepare, suite.calibrate, members,
-                           int(spec.budget_gib * 2**30), suite.reference, samples.group_codes)
+            job = ScoreJob(
+                metric,
+                params,
+                versions[use.name],
+                suite.prepare,
+                suite.calibrate,
+                members,
+                int(spec.budget_gib * 2**30),
+                suite.reference,
+                samples.group_codes,
+            )
             job.check_fits()
             t1 = time.perf_counter()
             job_scores = executor.score(ctx, job, progress)
-            PROGRESS.info("%s: %s of %d pairs (%d computed) in %.1f s", cond.label, use.name, len(job.unordered_pairs()),
-                          job_scores.result.computed, time.perf_counter() - t1)
+            PROGRESS.info(
+                "%s: %s of %d pairs (%d computed) in %.1f s",
+                cond.label,
+                use.name,
+                len(job.unordered_pairs()),
+                job_scores.result.computed,
+                time.perf_counter() - t1,
+            )
             rows += score_rows(job, job_scores, names)
             cal += job_scores.calibration()
             scored.append(ScoredJob(cond, len(samples), job_scores, names))
-            details = pair_details(job_scores, cache.root, ctx.member_features, names, cond.label, samples.ids,
-                                   [s.group for s in samples.samples])
+            details = pair_details(
+                job_scores,
+                cache.root,
+                ctx.member_features,
+                names,
+                cond.label,
+                samples.ids,
+                [s.group for s in samples.samples],
+            )
             approx["recall"] += details.recall
             approx["pairs"] += details.approximate
             terms.append(details.terms)
             unordered = job.unordered_pairs()
-            work.append({"condition": cond.label, "metric": use.name, "pairs": len(unordered),
-                         "pairs_computed": job_scores.result.computed, "nulls": len(job.null_pairs(unordered)),
-                         "nulls_computed": job_scores.result.nulls_computed})
+            work.append(
+                {
+                    "condition": cond.label,
+                    "metric": use.name,
+                    "pairs": len(unordered),
+                    "pairs_computed": job_scores.result.computed,
+                    "nulls": len(job.null_pairs(unordered)),
+                    "nulls_computed": job_scores.result.nulls_computed,
+                }
+            )
         columns = ["model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
         scores.append(pd.DataFrame(rows, columns=columns).assign(condition=cond.label))
         nulls.append(pd.DataFrame(cal).assign(condition=cond.label))
@@ -169,10 +232,25 @@ def run_suite(
     probes = run_probes(ctx, executor, progress, outcomes)
     timings["probes"] = time.perf_counter() - t0
     order = ["condition", "model_x", "model_y", "layer_x", "layer_y", "metric", "params", "score"]
-    return SuiteRun(suite, ctx.models, ctx.conditions, sizes, outcomes, pd.concat(scores)[order],
-                    pd.concat(nulls), pd.DataFrame(model_scores), probes, versions, str(used), timings, pair_work=work,
-                    scored=scored, approximate_search=approx, sample_terms=pd.concat(terms) if terms else pd.DataFrame(),
-                    max_samples=max_samples)
+    return SuiteRun(
+        suite,
+        ctx.models,
+        ctx.conditions,
+        sizes,
+        outcomes,
+        pd.concat(scores)[order],
+        pd.concat(nulls),
+        pd.DataFrame(model_scores),
+        probes,
+        versions,
+        str(used),
+        timings,
+        pair_work=work,
+        scored=scored,
+        approximate_search=approx,
+        sample_terms=pd.concat(terms) if terms else pd.DataFrame(),
+        max_samples=max_samples,
+    )
 
 
 def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: list[ModelOutcome]) -> pd.DataFrame:
@@ -184,18 +262,32 @@ def run_probes(ctx: RunContext, executor: Executor, progress: bool, outcomes: li
             ds, samples, _ = ctx.samples(Target(probe=probe.dataset))
         except PrhBenchError as exc:  # the alignment results are already computed: keep them, report this
             log.error("probe data set '%s' is unavailable: %s", probe.dataset, exc)
-            outcomes.append(ModelOutcome(f"probe:{probe.dataset}", "failed", error=str(exc),
-                                         condition=f"probe {probe.dataset}"))
+            outcomes.append(
+                ModelOutcome(f"probe:{probe.dataset}", "failed", error=str(exc), condition=f"probe {probe.dataset}")
+            )
             continue
         task = ctx.registry.plugins.tasks[probe.task]
         params = task.params(**probe.params)
-        readers = [mid for mid, m in ctx.models.items() if reads(m, samples) and (
-            task.sample_score is None or task.sample_score in ctx.registry.plugins.backends[m.backend].sample_score_names)]
+        readers = [
+            mid
+            for mid, m in ctx.models.items()
+            if reads(m, samples)
+            and (
+                task.sample_score is None
+                or task.sample_score in ctx.registry.plugins.backends[m.backend].sample_score_names
+            )
+        ]
         done = executor.extract(ctx, readers, Target(probe=probe.dataset), progress)
         outcomes += done
         for o in done:
             if o.status != "failed":
                 feats = ctx.features(o.model, o.key)
-                rows.append({"task": probe.task, "dataset": ds.id, "model": o.model,
-                             "score": task.evaluate(feats, samples, **params)})
+                rows.append(
+                    {
+                        "task": probe.task,
+                        "dataset": ds.id,
+                        "model": o.model,
+                        "score": task.evaluate(feats, samples, **params),
+                    }
+                )
     return pd.DataFrame(rows, columns=["task", "dataset", "model", "score"])

@@ -72,8 +72,9 @@ class SampleSet:
         take = np.floor(share).astype(int)
         shuffled = rng.permutation(len(sizes))  # equal remainders (samples without groups: all) drawn at random
         take[shuffled[np.argsort(-(share - take)[shuffled], kind="stable")][: n - take.sum()]] += 1
-        keep = np.concatenate([rng.choice(np.flatnonzero(codes == g), size=t, replace=False)
-                               for g, t in enumerate(take) if t])
+        keep = np.concatenate(
+            [rng.choice(np.flatnonzero(codes == g), size=t, replace=False) for g, t in enumerate(take) if t]
+        )
         return SampleSet(tuple(self.samples[i] for i in np.sort(keep)))
 
     @cached_property

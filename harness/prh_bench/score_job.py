@@ -36,8 +36,16 @@ def metric_code_digest(cls: type) -> str:
     bases (a plugin's own module). Editing any of them makes new entries even when no manifest version is
     bumped, so no stale score is ever read back."""
     align = Path(inspect.getfile(prepare)).parent
-    return files_digest([*align.glob("*.py"), *(Path(inspect.getfile(c)) for c in cls.__mro__
-                                              if c.__module__ not in ("builtins", "abc") and not c.__module__.startswith("typing"))])
+    return files_digest(
+        [
+            *align.glob("*.py"),
+            *(
+                Path(inspect.getfile(c))
+                for c in cls.__mro__
+                if c.__module__ not in ("builtins", "abc") and not c.__module__.startswith("typing")
+            ),
+        ]
+    )
 
 
 def doc_sha256(doc: object) -> str:
@@ -74,8 +82,10 @@ class ScoreJob:
         if self.calibrate.exchange == "auto":
             return "within_groups" if self.sample_groups is not None else "free"
         if self.calibrate.exchange == "within_groups" and self.sample_groups is None:
-            raise BadInput("calibrate.exchange: within_groups, but the data set's samples carry no groups (only "
-                           "loaders that know them, like photo_crops, set Sample.group); use auto or free")
+            raise BadInput(
+                "calibrate.exchange: within_groups, but the data set's samples carry no groups (only "
+                "loaders that know them, like photo_crops, set Sample.group); use auto or free"
+            )
         return self.calibrate.exchange
 
     def layers(self, m: Member) -> int:
@@ -105,10 +115,12 @@ class ScoreJob:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if self.least_nbytes(mid) <= self.budget else (lo, mid - 1)
-        raise BadInput(f"{self.metric.name}: the summaries of two models at N={n} take "
-                       f"{need / 2**30:.2f} GiB, over the memory budget of {self.budget / 2**30:g} GiB (--memory-budget); "
-                       f"at most N={lo} samples fit (--max-samples), or use a metric that needs no N x N matrix "
-                       "(the kNN family, linear CKA)")
+        raise BadInput(
+            f"{self.metric.name}: the summaries of two models at N={n} take "
+            f"{need / 2**30:.2f} GiB, over the memory budget of {self.budget / 2**30:g} GiB (--memory-budget); "
+            f"at most N={lo} samples fit (--max-samples), or use a metric that needs no N x N matrix "
+            "(the kNN family, linear CKA)"
+        )
 
     @cached_property
     def groups(self) -> list[list[Member]]:
@@ -159,9 +171,15 @@ class ScoreJob:
     @cached_property
     def scoring(self) -> dict[str, Any]:
         """What a pair's scores depend on besides its two feature entries."""
-        return {"format": PAIR_FORMAT, "metric": self.metric.name, "params": self.params, "version": self.version,
-                "code": metric_code_digest(type(self.metric)), "torch": torch.__version__,
-                "prepare": self.prepare.model_dump(mode="json")}
+        return {
+            "format": PAIR_FORMAT,
+            "metric": self.metric.name,
+            "params": self.params,
+            "version": self.version,
+            "code": metric_code_digest(type(self.metric)),
+            "torch": torch.__version__,
+            "prepare": self.prepare.model_dump(mode="json"),
+        }
 
     @cached_property
     def scoring_id(self) -> str:
@@ -178,5 +196,12 @@ class ScoreJob:
         assert self.calibrate is not None
         # A free null keeps the key it had before shuffles could be grouped; a grouped one is keyed by its groups.
         grouped = [doc_sha256(self.sample_groups)] if self.exchange == "within_groups" else []
-        return doc_sha256([self.scoring_id, self.calibrate.model_dump(mode="json", exclude={"exchange"}), a.info.digest,
-                     b.info.digest, *grouped])
+        return doc_sha256(
+            [
+                self.scoring_id,
+                self.calibrate.model_dump(mode="json", exclude={"exchange"}),
+                a.info.digest,
+                b.info.digest,
+                *grouped,
+            ]
+        )

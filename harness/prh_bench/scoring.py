@@ -63,8 +63,14 @@ class Summaries:
         for m in self.job.groups[g]:
             if m.id in models and m.id not in out:
                 if (found := self.cache.load(self.job, m)) is None:
-                    feats = prepare(self.load(m).tensors, prep.clamp_quantile, prep.l2_normalize, prep.concat_layers,
-                                    prep.clamp, prep.precision)
+                    feats = prepare(
+                        self.load(m).tensors,
+                        prep.clamp_quantile,
+                        prep.l2_normalize,
+                        prep.concat_layers,
+                        prep.clamp,
+                        prep.precision,
+                    )
                     found = summarize_layers(self.job.metric, feats, **self.job.params)
                     self.cache.save(self.job, m, found)
                 out[m.id] = found
@@ -81,8 +87,13 @@ class TileResult:
     nulls_computed: int = 0
 
 
-def _read(job: ScoreJob, cache: PairCache, pairs: list[tuple[Member, Member]], nulls: list[tuple[Member, Member]],
-          out: TileResult) -> tuple[list[tuple[Member, Member]], list[tuple[Member, Member]]]:
+def _read(
+    job: ScoreJob,
+    cache: PairCache,
+    pairs: list[tuple[Member, Member]],
+    nulls: list[tuple[Member, Member]],
+    out: TileResult,
+) -> tuple[list[tuple[Member, Member]], list[tuple[Member, Member]]]:
     """Read what is stored into `out`; return the pairs and the nulls still missing."""
     missing = []
     for a, b in pairs:
@@ -123,12 +134,25 @@ def run_tile(job: ScoreJob, cache: PairCache, summaries: Summaries, i: int, j: i
         out.computed += len(missing)
         for a, b in missing_nulls:
             assert job.calibrate is not None  # nulls are asked for only with calibrate
-            cal = calibrate_summaries(job.metric, both[a.id], both[b.id],
-                                      LayerScores(out.scores[(a.id, b.id)], job.metric.higher_is_better).best,
-                                      job.params, a.info.n, job.calibrate.permutations, job.calibrate.seed,
-                                      job.calibrate.alpha, job.sample_groups if job.exchange == "within_groups" else None)
-            row = {"model_x": a.id, "model_y": b.id, "metric": job.metric.name, **cal.as_dict(),
-                   "exchange": job.exchange}
+            cal = calibrate_summaries(
+                job.metric,
+                both[a.id],
+                both[b.id],
+                LayerScores(out.scores[(a.id, b.id)], job.metric.higher_is_better).best,
+                job.params,
+                a.info.n,
+                job.calibrate.permutations,
+                job.calibrate.seed,
+                job.calibrate.alpha,
+                job.sample_groups if job.exchange == "within_groups" else None,
+            )
+            row = {
+                "model_x": a.id,
+                "model_y": b.id,
+                "metric": job.metric.name,
+                **cal.as_dict(),
+                "exchange": job.exchange,
+            }
             cache.save_null(job, a, b, row, cal.null)
             out.nulls[(a.id, b.id)] = row
         out.nulls_computed += len(missing_nulls)
@@ -149,13 +173,21 @@ class JobScores:
         this run (a stored null may have been computed by a run that named the models otherwise)."""
         nulls = self.result.nulls
         # One column order whether a null was computed now or read back (calibration.csv is then byte-identical).
-        return [{"model_x": a.id, "model_y": b.id}
-                | {k: v for k, v in sorted(nulls[(a.id, b.id)].items()) if k not in ("model_x", "model_y")}
-                for a, b in self.job.pairs() if (a.id, b.id) in nulls]
+        return [
+            {"model_x": a.id, "model_y": b.id}
+            | {k: v for k, v in sorted(nulls[(a.id, b.id)].items()) if k not in ("model_x", "model_y")}
+            for a, b in self.job.pairs()
+            if (a.id, b.id) in nulls
+        ]
 
 
-def run_tiles(job: ScoreJob, cache: PairCache, load: Callable[[Member], Features], tiles: list[tuple[int, int]],
-              on_done: Callable[[], None] = lambda: None) -> TileResult:
+def run_tiles(
+    job: ScoreJob,
+    cache: PairCache,
+    load: Callable[[Member], Features],
+    tiles: list[tuple[int, int]],
+    on_done: Callable[[], None] = lambda: None,
+) -> TileResult:
     """The given tiles in order (rows of tiles share their group's summaries)."""
     summaries, out = Summaries(job, load, SummaryCache(cache.root)), TileResult()
     for i, j in tiles:
@@ -171,6 +203,8 @@ def collect(job: ScoreJob, cache: PairCache, computed: int = 0, nulls_computed: 
     missing, missing_nulls = _read(job, cache, pairs, job.null_pairs(pairs), out)
     if missing or missing_nulls:
         a, b = (missing or missing_nulls)[0]
-        raise PrhBenchError(f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {cache.root} after "
-                            "scoring (a Ray node that does not share the cache folder?)")
+        raise PrhBenchError(
+            f"the {job.metric.name} scores of {a.id} and {b.id} are missing from {cache.root} after "
+            "scoring (a Ray node that does not share the cache folder?)"
+        )
     return JobScores(job, out)

@@ -38,13 +38,17 @@ def resolve_path(ref: str, model_id: str, kind: str = "model") -> Path:
         root = Path(next(iter(spec.submodule_search_locations))).resolve()
         path = (root / rel).resolve()
         if not rel or Path(rel).is_absolute() or not path.is_relative_to(root):
-            raise BadInput(f"{who}: {what} path {ref!r} leaves the package '{package}'; a pkg:// path "
-                           "names a file inside the package, e.g. pkg://package/weights/model.pth")
+            raise BadInput(
+                f"{who}: {what} path {ref!r} leaves the package '{package}'; a pkg:// path "
+                "names a file inside the package, e.g. pkg://package/weights/model.pth"
+            )
     else:
         path = Path(os.path.expanduser(os.path.expandvars(ref)))
     if unset := sorted({a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", ref)} - set(os.environ)):
-        raise WeightsUnavailable(f"{who}: its {what} path {ref!r} needs the environment variable "
-                                 f"{', '.join(unset)}, which is not set; set it to the folder that holds the files")
+        raise WeightsUnavailable(
+            f"{who}: its {what} path {ref!r} needs the environment variable "
+            f"{', '.join(unset)}, which is not set; set it to the folder that holds the files"
+        )
     if not path.exists():
         raise WeightsUnavailable(f"{who}: {what} not found at {path}; fix the manifest's path")
     return path
@@ -82,8 +86,15 @@ def local_source_sha256(source: str, model_id: str, memo: Path | None = None) ->
         root = resolve_path(source, model_id).resolve()
     except (WeightsUnavailable, BadInput):
         return None  # loading fails with the message saying how to provide the files
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+    )
     h = hashlib.sha256()
     for f in files:  # a hub snapshot's files are links to its blobs: file_sha256 hashes what they point to
         h.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f, memo)}\n".encode())
@@ -121,9 +132,11 @@ def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Pa
     first download's hash is recorded and every later use is checked against it."""
     dst = download_path(url, sha256, cache_dir)
     if not dst.exists() and offline():
-        raise WeightsUnavailable(f"model '{model_id}': {url} is not in the cache ({dst}) and --offline forbids "
-                                 "downloading it; run once with the network, or download it yourself and set "
-                                 "`weights: {path: FILE, sha256: ...}` in the manifest")
+        raise WeightsUnavailable(
+            f"model '{model_id}': {url} is not in the cache ({dst}) and --offline forbids "
+            "downloading it; run once with the network, or download it yourself and set "
+            "`weights: {path: FILE, sha256: ...}` in the manifest"
+        )
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -137,8 +150,12 @@ def download(url: str, sha256: str | None, cache_dir: Path, model_id: str) -> Pa
         record = dst.with_name(dst.name + ".sha256")
         if not record.exists():
             record.write_text(sha256_of(dst))
-            log.warning("model '%s': no sha256 pinned for %s; recorded %s: pin it in the manifest",
-                        model_id, url, record.read_text())
+            log.warning(
+                "model '%s': no sha256 pinned for %s; recorded %s: pin it in the manifest",
+                model_id,
+                url,
+                record.read_text(),
+            )
         sha256 = record.read_text().strip()
     verify_sha256(dst, sha256, model_id)
     return dst
@@ -162,7 +179,11 @@ def checkpoint_status(m: ModelManifest, cache_dir: Path) -> str | None:
     if isinstance(w, UrlWeights):
         if download_path(w.url, w.sha256, cache_dir).is_file():
             return "local"
-        return f"unavailable: {w.url} is not in the cache and --offline forbids downloading it" if offline() else "download"
+        return (
+            f"unavailable: {w.url} is not in the cache and --offline forbids downloading it"
+            if offline()
+            else "download"
+        )
     return None
 
 
@@ -170,10 +191,14 @@ def refused_pickle(path: Path | str, exc: pickle.UnpicklingError) -> BadInput:
     """The error for a checkpoint torch.load(weights_only=True) refused: Python objects, or no checkpoint at all."""
     first = (str(exc).splitlines() or [""])[0]
     if "global" not in str(exc).lower():  # not a pickle of objects torch refused: no checkpoint at all
-        return BadInput(f"checkpoint {path} is not a file torch.load can read ({first}); the manifest's weights "
-                        "must name a state dict (.pth/.pt) or a .safetensors file")
-    return BadInput(f"checkpoint {path} holds Python objects besides tensors, refused (torch.load with "
-                    f"weights_only=True runs no pickled code); save a plain state dict or safetensors. ({first})")
+        return BadInput(
+            f"checkpoint {path} is not a file torch.load can read ({first}); the manifest's weights "
+            "must name a state dict (.pth/.pt) or a .safetensors file"
+        )
+    return BadInput(
+        f"checkpoint {path} holds Python objects besides tensors, refused (torch.load with "
+        f"weights_only=True runs no pickled code); save a plain state dict or safetensors. ({first})"
+    )
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -196,8 +221,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise refused_pickle(path, exc) from None
     except Exception as exc:  # noqa: BLE001 (a file that is no checkpoint fails anywhere inside torch.load)
-        raise BadInput(f"checkpoint {path} is not a file torch.load can read ({type(exc).__name__}: {exc}); "
-                       "the manifest's weights must name a state dict (.pth/.pt) or a .safetensors file") from None
+        raise BadInput(
+            f"checkpoint {path} is not a file torch.load can read ({type(exc).__name__}: {exc}); "
+            "the manifest's weights must name a state dict (.pth/.pt) or a .safetensors file"
+        ) from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -207,7 +234,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def adapt_state_dict(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: PathWeights | UrlWeights | PartsWeights,
+    state: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    w: PathWeights | UrlWeights | PartsWeights,
     model_id: str,
 ) -> dict[str, torch.Tensor]:
     """Rename checkpoint keys to the target's. `strip_prefix` keeps only keys under a prefix (the query encoder
@@ -244,8 +273,9 @@ def adapt_state_dict(
     return out
 
 
-def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights | PartsWeights, model_id: str,
-                    cache_dir: Path) -> Path:
+def load_checkpoint(
+    model: torch.nn.Module, w: PathWeights | UrlWeights | PartsWeights, model_id: str, cache_dir: Path
+) -> Path:
     """Fetch (or find) the checkpoint, check its sha256, adapt its keys and load it; every parameter the model
     has must come from the checkpoint, except those `drop` names."""
     if isinstance(w, UrlWeights):
@@ -265,14 +295,22 @@ def load_checkpoint(model: torch.nn.Module, w: PathWeights | UrlWeights | PartsW
     return path
 
 
-def build_with_weights(m: ModelManifest, create: Callable[[bool], torch.nn.Module], pretrained: str, host: str,
-                       cached_under: str, cache_dir: Path) -> torch.nn.Module:
+def build_with_weights(
+    m: ModelManifest,
+    create: Callable[[bool], torch.nn.Module],
+    pretrained: str,
+    host: str,
+    cached_under: str,
+    cache_dir: Path,
+) -> torch.nn.Module:
     """The model a manifest's `weights` ask for, from `create(pretrained)`: the library's pretrained weights
     (the error names them, the `host` they come from and where a connected run caches them), a seeded random
     initialisation, or a checkpoint file or URL loaded into the bare architecture."""
     if m.weights == "none":
-        raise BadInput(f"model '{m.id}': `weights: none` declares a parameter-free model; this architecture has "
-                       "weights (pretrained, {random: SEED} or a checkpoint)")
+        raise BadInput(
+            f"model '{m.id}': `weights: none` declares a parameter-free model; this architecture has "
+            "weights (pretrained, {random: SEED} or a checkpoint)"
+        )
     if m.weights == "pretrained":
         try:
             return create(True)

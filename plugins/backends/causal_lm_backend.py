@@ -63,12 +63,17 @@ class CausalLMExtractor(FeatureExtractor):
 
         self.opts = preprocess_options(m, OPTIONS)
         if self.opts["padding"] not in ("batch", "paper"):
-            raise BadInput(f"model '{m.id}': field 'preprocess.padding': expected 'batch' or 'paper', got "
-                           f"{self.opts['padding']!r}")
+            raise BadInput(
+                f"model '{m.id}': field 'preprocess.padding': expected 'batch' or 'paper', got {self.opts['padding']!r}"
+            )
         if m.layers.pool not in ("mean", "avg", "last"):
-            raise BadInput(f"model '{m.id}': field 'layers.pool': causal LMs pool by 'mean' or 'last', got '{m.layers.pool}'")
+            raise BadInput(
+                f"model '{m.id}': field 'layers.pool': causal LMs pool by 'mean' or 'last', got '{m.layers.pool}'"
+            )
         if m.layers.nodes is not None:
-            raise BadInput(f"model '{m.id}': field 'layers.nodes': causal LMs always give every hidden state; remove it")
+            raise BadInput(
+                f"model '{m.id}': field 'layers.nodes': causal LMs always give every hidden state; remove it"
+            )
         self.templates = prompt_templates(m)
         where, kw = model_location(m), hub_kwargs(m)
         dtype = torch_dtype(m.dtype)
@@ -85,9 +90,11 @@ class CausalLMExtractor(FeatureExtractor):
                 extra = {"device_map": self.opts["device_map"]} if self.opts["device_map"] else {}
                 model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw, **extra)
             else:
-                raise BadInput(f"model '{m.id}': field 'weights': causal LMs take 'pretrained' (from `source` and "
-                               "`revision`), a GGUF file ({path: FILE.gguf, sha256: ...}, or {parts: [...], file: "
-                               "FILE.gguf, sha256: ...}) or {random: SEED}")
+                raise BadInput(
+                    f"model '{m.id}': field 'weights': causal LMs take 'pretrained' (from `source` and "
+                    "`revision`), a GGUF file ({path: FILE.gguf, sha256: ...}, or {parts: [...], file: "
+                    "FILE.gguf, sha256: ...}) or {random: SEED}"
+                )
         except pickle.UnpicklingError as exc:  # a pytorch_model.bin with pickled objects (weights_only=True)
             raise refused_pickle(where, exc) from None
         except OSError as exc:
@@ -114,9 +121,11 @@ class CausalLMExtractor(FeatureExtractor):
         self.pad_to = max(len(ids) for ids in self.tokenizer(texts)["input_ids"])
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context is not None and self.pad_to > context:
-            raise BadInput(f"{self.where}: the longest text is {self.pad_to} tokens, beyond the model's context of "
-                           f"{context}; the paper's padding cuts nothing: shorten the texts, or use `padding: batch` "
-                           "(which cuts at preprocess.max_length)")
+            raise BadInput(
+                f"{self.where}: the longest text is {self.pad_to} tokens, beyond the model's context of "
+                f"{context}; the paper's padding cuts nothing: shorten the texts, or use `padding: batch` "
+                "(which cuts at preprocess.max_length)"
+            )
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
         return mean_over_templates([self.embed([t.format(text=s.text) for s in batch]) for t in self.templates])
@@ -125,12 +134,14 @@ class CausalLMExtractor(FeatureExtractor):
         if self.paper:  # as if the whole set were tokenised at once with padding="longest", then sliced
             if self.pad_to is None:
                 raise BadInput(f"{self.where}: the paper's padding needs every text first (extract() calls prepare)")
-            enc = self.tokenizer(texts, padding="max_length", max_length=self.pad_to, truncation=False,
-                                 return_tensors="pt")
+            enc = self.tokenizer(
+                texts, padding="max_length", max_length=self.pad_to, truncation=False, return_tensors="pt"
+            )
             nbytes = [len(t.encode("utf-8")) for t in texts]
         else:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.opts["max_length"],
-                                 return_tensors="pt")
+            enc = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.opts["max_length"], return_tensors="pt"
+            )
             nbytes = self.kept_bytes(texts, enc["input_ids"])
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         out = self.model(**enc, output_hidden_states=True)
@@ -139,9 +150,15 @@ class CausalLMExtractor(FeatureExtractor):
         # Cross-entropy of each next token whose context and target are both text (not padding), in bits, one
         # text at a time: a batch's float32 log-probabilities at once (16 x 300 tokens x 152k words) took 4 GB.
         target, scored = enc["input_ids"][:, 1:], mask[:, 1:] & mask[:, :-1]
-        bits = torch.stack([
-            (torch.nn.functional.cross_entropy(out.logits[i, :-1].float(), target[i], reduction="none") * scored[i]).sum()
-            for i in range(target.shape[0])]) / math.log(2)
+        bits = torch.stack(
+            [
+                (
+                    torch.nn.functional.cross_entropy(out.logits[i, :-1].float(), target[i], reduction="none")
+                    * scored[i]
+                ).sum()
+                for i in range(target.shape[0])
+            ]
+        ) / math.log(2)
         scored = torch.tensor(nbytes, dtype=torch.float32)
         return [*feats, bits.float().cpu() / scored, scored]
 
@@ -164,8 +181,9 @@ class CausalLMExtractor(FeatureExtractor):
 def is_gguf(m: ModelManifest) -> bool:
     """Whether the weights are a llama.cpp GGUF file (a path, or parts joined into one)."""
     w = m.weights
-    return (isinstance(w, PathWeights) and w.path.endswith(".gguf")) or (isinstance(w, PartsWeights) and
-                                                                          w.file.endswith(".gguf"))
+    return (isinstance(w, PathWeights) and w.path.endswith(".gguf")) or (
+        isinstance(w, PartsWeights) and w.file.endswith(".gguf")
+    )
 
 
 def dequantised_gguf(m: ModelManifest) -> str:
@@ -180,8 +198,14 @@ def dequantised_gguf(m: ModelManifest) -> str:
         verify_sha256(gguf, m.weights.sha256, m.id)
     # The folder's files are hashed once per file version (the cache's digest memo), not 6 GB again at every
     # load of a 1.5B model.
-    return str(derived_folder(cache_root() / "dequantised" / digest, lambda tmp: _dequantise(m, gguf, tmp),
-                              cache_root() / "digests", f"model '{m.id}'"))
+    return str(
+        derived_folder(
+            cache_root() / "dequantised" / digest,
+            lambda tmp: _dequantise(m, gguf, tmp),
+            cache_root() / "digests",
+            f"model '{m.id}'",
+        )
+    )
 
 
 def _dequantise(m: ModelManifest, gguf: Path, into: Path) -> None:
@@ -192,8 +216,9 @@ def _dequantise(m: ModelManifest, gguf: Path, into: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as exc:
-        raise WeightsUnavailable(f"model '{m.id}': reading a GGUF file needs the `gguf` package: pip install "
-                                 f"gguf ({exc})") from None
+        raise WeightsUnavailable(
+            f"model '{m.id}': reading a GGUF file needs the `gguf` package: pip install gguf ({exc})"
+        ) from None
     # transformers refuses save_pretrained on a model read from GGUF; its tensors are plain float32 by
     # now, so the config, the tokenizer and the tensors (tied ones once) make an ordinary folder.
     config = model.config

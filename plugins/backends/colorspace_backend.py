@@ -28,10 +28,22 @@ from prh_bench.plugin import (
 )
 
 SOURCES = ("cielab", "srgb", "pmi")
-PMI_OPTIONS = {"levels": 8, "radius": 4,
-               "photos": ["skimage:astronaut", "skimage:chelsea", "skimage:coffee", "skimage:rocket",
-                          "skimage:hubble_deep_field", "skimage:immunohistochemistry", "skimage:retina",
-                          "skimage:motorcycle", "sklearn:china", "sklearn:flower"]}
+PMI_OPTIONS = {
+    "levels": 8,
+    "radius": 4,
+    "photos": [
+        "skimage:astronaut",
+        "skimage:chelsea",
+        "skimage:coffee",
+        "skimage:rocket",
+        "skimage:hubble_deep_field",
+        "skimage:immunohistochemistry",
+        "skimage:retina",
+        "skimage:motorcycle",
+        "sklearn:china",
+        "sklearn:flower",
+    ],
+}
 
 
 def mean_rgb(sample: Sample) -> np.ndarray:
@@ -47,8 +59,12 @@ def ppmi_table(photos: tuple[str, ...], levels: int, radius: int) -> np.ndarray:
 
     bins = levels**3
     counts = np.zeros(bins * bins, dtype=np.int64)
-    offsets = [(dy, dx) for dy in range(0, radius + 1) for dx in range(-radius, radius + 1)
-               if (dy > 0 or dx > 0) and dy * dy + dx * dx <= radius * radius]
+    offsets = [
+        (dy, dx)
+        for dy in range(0, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if (dy > 0 or dx > 0) and dy * dy + dx * dx <= radius * radius
+    ]
     for ref in photos:
         rgb = np.asarray(load_photo(ref), dtype=np.int64)
         q = rgb * levels // 256

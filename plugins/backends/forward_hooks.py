@@ -23,8 +23,9 @@ class LayerHooks:
     """Forward hooks on the modules matching `patterns` (in network order per pattern). Names listed in
     `computed` are not modules: the extractor stores those outputs itself with `put`."""
 
-    def __init__(self, model: torch.nn.Module, patterns: Sequence[str], pool_mode: str, where: str,
-                 computed: Sequence[str] = ()):
+    def __init__(
+        self, model: torch.nn.Module, patterns: Sequence[str], pool_mode: str, where: str, computed: Sequence[str] = ()
+    ):
         self.pool_mode, self.where = pool_mode, where
         #: per-sample token mask (B x T, True = valid) for token outputs; None pools over all tokens
         self.mask: torch.Tensor | None = None

@@ -52,8 +52,10 @@ def _load(emb: Path, index: Path, *versions: tuple[int, int]) -> tuple[np.ndarra
     except (OSError, ValueError) as exc:
         raise BadInput(f"{emb.parent}: not a GloVe table ({type(exc).__name__}: {str(exc)[:200]})") from None
     if vectors.ndim != 2 or vectors.dtype.kind != "f" or vocab.shape[1] < 1 or len(vocab) != len(vectors):
-        raise BadInput(f"{emb}: expected a 2-D float table with one row per word of {index.name} ({len(vocab)} "
-                       f"words), got {vectors.dtype} of shape {vectors.shape}")
+        raise BadInput(
+            f"{emb}: expected a 2-D float table with one row per word of {index.name} ({len(vocab)} "
+            f"words), got {vectors.dtype} of shape {vectors.shape}"
+        )
     return vectors, {w: i for i, w in enumerate(vocab.iloc[:, 0].astype(str))}
 
 
@@ -69,8 +71,9 @@ class GloveExtractor(FeatureExtractor):
             self.vectors = rng.standard_normal(self.vectors.shape, dtype=np.float32)
 
     def __call__(self, batch: Sequence[Sample]) -> list[torch.Tensor]:
-        return mean_over_templates([[torch.stack([self.embed(s.id, t.format(text=s.text or "")) for s in batch])]
-                                    for t in self.templates])
+        return mean_over_templates(
+            [[torch.stack([self.embed(s.id, t.format(text=s.text or "")) for s in batch])] for t in self.templates]
+        )
 
     def embed(self, sid: str, text: str) -> torch.Tensor:
         rows = [self.vocab[t] for t in TOKEN.findall(text.lower()) if t in self.vocab]

@@ -13,5 +13,7 @@ def hub_file_status(repo: str, filenames: tuple[str, ...], revision: str | None 
             return "local"
     if not offline():
         return "download"
-    return (f"unavailable: {repo} is not in the Hugging Face cache (HF_HOME) and the hub is off; run once with the "
-            "network (the files are then cached), or point the manifest at local files")
+    return (
+        f"unavailable: {repo} is not in the Hugging Face cache (HF_HOME) and the hub is off; run once with the "
+        "network (the files are then cached), or point the manifest at local files"
+    )

@@ -52,8 +52,9 @@ def create_model(m: ModelManifest) -> tuple[torch.nn.Module, Any, str]:
         verify_sha256(path, m.weights.sha256, m.id)
         pretrained = str(path)
     else:
-        raise BadInput(f"model '{m.id}': field 'weights': open_clip takes a pretrained tag or a local path, not a "
-                       "URL or parts")
+        raise BadInput(
+            f"model '{m.id}': field 'weights': open_clip takes a pretrained tag or a local path, not a URL or parts"
+        )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except pickle.UnpicklingError as exc:  # a local checkpoint with pickled objects: that model fails, not the run

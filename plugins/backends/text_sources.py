@@ -45,8 +45,10 @@ def prompt_templates(m: ModelManifest, default: str = "{text}") -> list[str]:
     if "templates" in m.preprocess and "template" in m.preprocess:
         raise BadInput(f"model '{m.id}': field 'preprocess': give 'template' or 'templates', not both")
     if not (isinstance(templates, list) and templates and all(isinstance(t, str) and "{text}" in t for t in templates)):
-        raise BadInput(f"model '{m.id}': field 'preprocess.templates' must be a non-empty list of strings that each "
-                       "contain '{text}'")
+        raise BadInput(
+            f"model '{m.id}': field 'preprocess.templates' must be a non-empty list of strings that each "
+            "contain '{text}'"
+        )
     return templates
 
 

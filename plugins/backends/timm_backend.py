@@ -36,11 +36,13 @@ def create_model(m: ModelManifest) -> torch.nn.Module:
         try:
             return timm.create_model(m.source, pretrained=pretrained, **m.options)
         except TypeError as exc:  # an option create_model or the architecture does not take
-            raise BadInput(f"model '{m.id}': field 'options': timm.create_model('{m.source}') refused them ({exc})") from None
+            raise BadInput(
+                f"model '{m.id}': field 'options': timm.create_model('{m.source}') refused them ({exc})"
+            ) from None
 
-    return build_with_weights(m, create,
-                              f"pretrained weights for timm '{m.source}'", "the Hugging Face Hub", "HF_HOME",
-                              cache_root())
+    return build_with_weights(
+        m, create, f"pretrained weights for timm '{m.source}'", "the Hugging Face Hub", "HF_HOME", cache_root()
+    )
 
 
 #: what timm.data.resolve_data_config gives, and so what `preprocess` may override
@@ -79,6 +81,7 @@ class TimmBackend(ModelBackend):
 
     def preprocess_keys(self, m: ModelManifest) -> tuple[str, ...]:
         return DATA_CONFIG
+
     takes_options = True
 
     def load(self, manifest: ModelManifest, device: torch.device) -> FeatureExtractor:

@@ -36,8 +36,13 @@ def create_model(m: ModelManifest) -> torch.nn.Module:
     if m.source not in torchvision.models.list_models():
         raise BadInput(f"model '{m.id}': field 'source': '{m.source}' is not a torchvision model")
     return build_with_weights(
-        m, lambda pretrained: torchvision.models.get_model(m.source, weights="DEFAULT" if pretrained else None),
-        f"torchvision's pretrained weights for '{m.source}'", "download.pytorch.org", "TORCH_HOME", cache_root())
+        m,
+        lambda pretrained: torchvision.models.get_model(m.source, weights="DEFAULT" if pretrained else None),
+        f"torchvision's pretrained weights for '{m.source}'",
+        "download.pytorch.org",
+        "TORCH_HOME",
+        cache_root(),
+    )
 
 
 class TorchvisionExtractor(FeatureExtractor):
@@ -45,10 +50,15 @@ class TorchvisionExtractor(FeatureExtractor):
         from torchvision.transforms import v2
 
         cfg = preprocess_options(m, PREPROCESS)
-        self.transform = v2.Compose([
-            v2.PILToTensor(), v2.Resize(cfg["resize"], antialias=True), v2.CenterCrop(cfg["crop"]),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"]),
-        ])
+        self.transform = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.Resize(cfg["resize"], antialias=True),
+                v2.CenterCrop(cfg["crop"]),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(cfg["mean"], cfg["std"]),
+            ]
+        )
         self.device, self.dtype = device, torch_dtype(m.dtype)
         self.model = model.eval().to(device=device, dtype=self.dtype)
         patterns = m.layers.nodes or ["layer*", "avgpool"]

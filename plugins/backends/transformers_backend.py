@@ -32,7 +32,9 @@ class EncoderExtractor(FeatureExtractor):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if m.layers.pool not in ("mean", "avg", "cls"):
-            raise BadInput(f"model '{m.id}': field 'layers.pool': encoders pool by 'mean' or 'cls', got '{m.layers.pool}'")
+            raise BadInput(
+                f"model '{m.id}': field 'layers.pool': encoders pool by 'mean' or 'cls', got '{m.layers.pool}'"
+            )
         if m.layers.nodes is not None:
             raise BadInput(f"model '{m.id}': field 'layers.nodes': encoders always give every hidden state; remove it")
         where, kw = model_location(m), hub_kwargs(m)
@@ -44,9 +46,11 @@ class EncoderExtractor(FeatureExtractor):
             elif m.weights == "pretrained" or is_archive(m):
                 model = AutoModel.from_pretrained(where, **kw)
             else:
-                raise BadInput(f"model '{m.id}': field 'weights': the transformers backend takes 'pretrained' "
-                               "(from `source`, a hub id or a local folder), a zip of the model's folder in parts "
-                               "({parts: [...], file: NAME.zip, sha256: ...}) or {random: SEED}")
+                raise BadInput(
+                    f"model '{m.id}': field 'weights': the transformers backend takes 'pretrained' "
+                    "(from `source`, a hub id or a local folder), a zip of the model's folder in parts "
+                    "({parts: [...], file: NAME.zip, sha256: ...}) or {random: SEED}"
+                )
         except pickle.UnpicklingError as exc:  # a pytorch_model.bin with pickled objects (weights_only=True)
             raise refused_pickle(where, exc) from None
         except OSError as exc:
@@ -64,8 +68,9 @@ class EncoderExtractor(FeatureExtractor):
         return mean_over_templates([self.embed([t.format(text=s.text) for s in batch]) for t in self.templates])
 
     def embed(self, texts: list[str]) -> list[torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt").to(self.device)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(
+            self.device
+        )
         hidden = self.model(**enc, output_hidden_states=True).hidden_states
         if self.cls:
             return [h[:, 0].float().cpu() for h in hidden]

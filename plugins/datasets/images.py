@@ -56,24 +56,41 @@ def image_folder(m: DatasetManifest) -> SampleSet:
         root = Path(os.path.expandvars(raw)).expanduser()
     if not raw or not root.is_dir():
         hint = m.options.get("how_to_get", "")
-        raise BadInput(f"dataset '{m.id}': field 'options.path': no folder at '{raw}' (expanded: '{root}'). {hint}".strip())
+        raise BadInput(
+            f"dataset '{m.id}': field 'options.path': no folder at '{raw}' (expanded: '{root}'). {hint}".strip()
+        )
     labels, splits = m.options.get("labels"), m.options.get("splits")
     if labels not in (None, "folder"):
         raise BadInput(f"dataset '{m.id}': field 'options.labels': expected 'folder' or nothing, got {labels!r}")
-    if splits is not None and not (isinstance(splits, list) and splits and len(set(splits)) == len(splits)
-                                   and all(isinstance(s, str) and s and "/" not in s and s not in (".", "..")
-                                           for s in splits)):
-        raise BadInput(f"dataset '{m.id}': field 'options.splits': expected a list of distinct subfolder names, "
-                       f"got {splits!r}")
+    if splits is not None and not (
+        isinstance(splits, list)
+        and splits
+        and len(set(splits)) == len(splits)
+        and all(isinstance(s, str) and s and "/" not in s and s not in (".", "..") for s in splits)
+    ):
+        raise BadInput(
+            f"dataset '{m.id}': field 'options.splits': expected a list of distinct subfolder names, got {splits!r}"
+        )
     parts = {split: _images(m, root / split) for split in splits} if splits else {None: _images(m, root)}
     if labels == "folder" and any(len(r.parts) < 2 for files in parts.values() for _, r in files):
         raise BadInput(f"dataset '{m.id}': with labels: folder, every image must sit in a class subfolder of {root}")
-    classes = ({c: n for n, c in enumerate(sorted({r.parts[0] for files in parts.values() for _, r in files}))}
-               if labels == "folder" else {})
-    return SampleSet(tuple(
-        Sample(id=(f"{split}/" if split else "") + rel.as_posix(), image=open_image(path, m.id),
-               label=classes.get(rel.parts[0]), split=split)
-        for split, files in parts.items() for path, rel in (files[i] for i in subset(len(files), m.options))))
+    classes = (
+        {c: n for n, c in enumerate(sorted({r.parts[0] for files in parts.values() for _, r in files}))}
+        if labels == "folder"
+        else {}
+    )
+    return SampleSet(
+        tuple(
+            Sample(
+                id=(f"{split}/" if split else "") + rel.as_posix(),
+                image=open_image(path, m.id),
+                label=classes.get(rel.parts[0]),
+                split=split,
+            )
+            for split, files in parts.items()
+            for path, rel in (files[i] for i in subset(len(files), m.options))
+        )
+    )
 
 
 def _images(m: DatasetManifest, folder: Path) -> list[tuple[Path, Path]]:
@@ -92,11 +109,23 @@ def open_image(path: Path, dataset: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadInput(f"dataset '{dataset}': {path} is not a readable image ({type(exc).__name__}: {exc}); "
-                       "remove or replace it") from None
+        raise BadInput(
+            f"dataset '{dataset}': {path} is not a readable image ({type(exc).__name__}: {exc}); remove or replace it"
+        ) from None
 
 
-@takes_options("path", "split", "image_column", "text_column", "text_select", "id_column", "data_files", "passage_bytes", "limit", "seed")
+@takes_options(
+    "path",
+    "split",
+    "image_column",
+    "text_column",
+    "text_select",
+    "id_column",
+    "data_files",
+    "passage_bytes",
+    "limit",
+    "seed",
+)
 def hf_dataset(m: DatasetManifest) -> SampleSet:
     """A Hugging Face dataset: `options.path` (hub id or local folder), `split`, `image_column`, `text_column`,
     `text_select` (which element of a list column, or field of a struct column, is the text: the paper's WIT
@@ -109,17 +138,31 @@ def hf_dataset(m: DatasetManifest) -> SampleSet:
         import datasets
     except ModuleNotFoundError:
         raise BadInput(f"dataset '{m.id}' needs the `datasets` package: pip install 'prh-bench[hf]'") from None
-    opts = {"split": "train", "image_column": None, "text_column": None, "text_select": None, "id_column": None,
-            "data_files": None, "passage_bytes": None, **m.options}
+    opts = {
+        "split": "train",
+        "image_column": None,
+        "text_column": None,
+        "text_select": None,
+        "id_column": None,
+        "data_files": None,
+        "passage_bytes": None,
+        **m.options,
+    }
     if not opts.get("path"):
         raise BadInput(f"dataset '{m.id}': field 'options.path': expected a hub id or a local folder")
     try:
-        ds = datasets.load_dataset(opts["path"], revision=m.revision, split=opts["split"],
-                                   **({"data_files": opts["data_files"]} if opts["data_files"] else {}))
+        ds = datasets.load_dataset(
+            opts["path"],
+            revision=m.revision,
+            split=opts["split"],
+            **({"data_files": opts["data_files"]} if opts["data_files"] else {}),
+        )
     except RuntimeError as exc:  # datasets >= 4 refuses loading scripts: no code from a data set runs
-        raise BadInput(f"dataset '{m.id}': field 'options.path': '{opts['path']}' cannot be loaded ({str(exc)[:200]}); "
-                       "give a folder of data files (parquet, json, csv, imagefolder) or a hub id without a "
-                       "loading script") from None
+        raise BadInput(
+            f"dataset '{m.id}': field 'options.path': '{opts['path']}' cannot be loaded ({str(exc)[:200]}); "
+            "give a folder of data files (parquet, json, csv, imagefolder) or a hub id without a "
+            "loading script"
+        ) from None
     except (OSError, ValueError, ConnectionError) as exc:
         raise BadInput(
             f"dataset '{m.id}': cannot load '{opts['path']}'{' at revision ' + m.revision if m.revision else ''} "
@@ -155,18 +198,23 @@ def text_reader(dataset: str, feature: Any, opts: dict[str, Any]) -> Callable[[A
     col, select = opts["text_column"], opts["text_select"]
     where = f"dataset '{dataset}': column '{col}' ({feature})"
     # datasets 4+ has List and LargeList classes (Sequence became a function); 2.x and 3.x have a Sequence class
-    list_types = tuple(t for t in (getattr(datasets, n, None) for n in ("List", "LargeList", "Sequence"))
-                       if isinstance(t, type))
+    list_types = tuple(
+        t for t in (getattr(datasets, n, None) for n in ("List", "LargeList", "Sequence")) if isinstance(t, type)
+    )
     is_list = isinstance(feature, (list, *list_types))
     is_struct = isinstance(feature, dict)
     if is_list:
         if type(select) is not int:
-            raise BadInput(f"{where} holds a list of values per row; set options.text_select to the index of the "
-                           f"text to read (e.g. 0 for the first), got {select!r}")
+            raise BadInput(
+                f"{where} holds a list of values per row; set options.text_select to the index of the "
+                f"text to read (e.g. 0 for the first), got {select!r}"
+            )
     elif is_struct:
         if not isinstance(select, str) or select not in feature:
-            raise BadInput(f"{where} holds a struct per row; set options.text_select to one of its fields "
-                           f"{sorted(feature)}, got {select!r}")
+            raise BadInput(
+                f"{where} holds a struct per row; set options.text_select to one of its fields "
+                f"{sorted(feature)}, got {select!r}"
+            )
     elif select is not None:
         raise BadInput(f"{where} holds one value per row: remove options.text_select ({select!r})")
 
@@ -177,8 +225,10 @@ def text_reader(dataset: str, feature: Any, opts: dict[str, Any]) -> Callable[[A
             except (IndexError, KeyError, TypeError):
                 raise BadInput(f"{where}: row {row} has no element {select!r} ({value!r:.80})") from None
         if not isinstance(value, str):
-            raise BadInput(f"{where}: row {row}{f' element {select!r}' if select is not None else ''} is "
-                           f"{type(value).__name__}, not text ({value!r:.80})")
+            raise BadInput(
+                f"{where}: row {row}{f' element {select!r}' if select is not None else ''} is "
+                f"{type(value).__name__}, not text ({value!r:.80})"
+            )
         return value
 
     return read
@@ -189,9 +239,15 @@ def noise_images(m: DatasetManifest) -> SampleSet:
     """`count` images of i.i.d. uniform pixel noise, `size` x `size`, from `seed` (the 'pure noise' data type)."""
     opts = {"count": 250, "size": 224, "seed": 0, **m.options}
     rng = np.random.default_rng(opts["seed"])
-    return SampleSet(tuple(
-        Sample(id=f"noise/{opts['seed']}/{i}", image=Image.fromarray(rng.integers(0, 256, (opts["size"],) * 2 + (3,), dtype=np.uint8)))
-        for i in range(opts["count"])))
+    return SampleSet(
+        tuple(
+            Sample(
+                id=f"noise/{opts['seed']}/{i}",
+                image=Image.fromarray(rng.integers(0, 256, (opts["size"],) * 2 + (3,), dtype=np.uint8)),
+            )
+            for i in range(opts["count"])
+        )
+    )
 
 
 @hookimpl

@@ -48,7 +48,9 @@ def load_photo(ref: str) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-def crop_boxes(width: int, height: int, scales: list[float], grids: list[int]) -> list[tuple[str, tuple[int, int, int, int]]]:
+def crop_boxes(
+    width: int, height: int, scales: list[float], grids: list[int]
+) -> list[tuple[str, tuple[int, int, int, int]]]:
     """Square crops: for each scale s (side = s * short side) a g x g grid of evenly spaced positions."""
     boxes = []
     short = min(width, height)
@@ -68,7 +70,9 @@ def crop_boxes(width: int, height: int, scales: list[float], grids: list[int]) -
 def photo_crops(m: DatasetManifest) -> SampleSet:
     opts: dict[str, Any] = {"size": 256, "scales": [1.0, 0.7, 0.45], "grids": [1, 2, 3], **m.options}
     if not opts.get("photos"):
-        raise BadInput(f"dataset '{m.id}': field 'options.photos': expected a non-empty list like ['skimage:astronaut']")
+        raise BadInput(
+            f"dataset '{m.id}': field 'options.photos': expected a non-empty list like ['skimage:astronaut']"
+        )
     if len(opts["scales"]) != len(opts["grids"]):
         raise BadInput(f"dataset '{m.id}': fields 'options.scales' and 'options.grids' must have the same length")
     samples = []

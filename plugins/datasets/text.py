@@ -48,8 +48,10 @@ def passages(text: str, max_bytes: int) -> list[str]:
 def passage_bytes(m: DatasetManifest, cap: Any, text_only: bool) -> int | None:
     """`options.passage_bytes` checked: absent, or an integer >= 64 on a data set of texts alone."""
     if cap is not None and (type(cap) is not int or cap < 64 or not text_only):
-        raise BadInput(f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64 on a text-only "
-                       f"data set (text_column without image_column), got {cap!r}")
+        raise BadInput(
+            f"dataset '{m.id}': field 'options.passage_bytes': expected an integer >= 64 on a text-only "
+            f"data set (text_column without image_column), got {cap!r}"
+        )
     return cap
 
 

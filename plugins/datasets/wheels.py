@@ -31,9 +31,11 @@ from .images import subset
 #: the only globals a numpy-array pickle needs: protocol 2 rebuilds arrays with _reconstruct (numpy 1 wrote
 #: numpy.core, numpy 2 reads it as numpy._core) and writes Python 3 bytes as _codecs.encode(str, 'latin1');
 #: protocol 5 uses _frombuffer
-ARRAY_GLOBALS = {(f"numpy{core}.{mod}", fn) for core in (".core", "._core")
-                 for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))} | {
-                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+ARRAY_GLOBALS = {
+    (f"numpy{core}.{mod}", fn)
+    for core in (".core", "._core")
+    for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class ArrayUnpickler(pickle.Unpickler):
@@ -44,7 +46,7 @@ class ArrayUnpickler(pickle.Unpickler):
         if (module, name) not in ARRAY_GLOBALS:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not a numpy array's; refused")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]
+            module = "numpy._core." + module[len("numpy.core.") :]
         return super().find_class(module, name)
 
 
@@ -80,11 +82,16 @@ def mnist(m: DatasetManifest) -> SampleSet:
         x, y = data[MNIST_SPLITS.index(opts["split"])]
         x = np.asarray(x).reshape(len(x), 28, 28)
     except (TypeError, ValueError, IndexError) as exc:
-        raise BadInput(f"{who}: {opts['file']} is not MNIST's ((x, y), (x, y), (x, y)) of 784-pixel rows ({exc})") from None
+        raise BadInput(
+            f"{who}: {opts['file']} is not MNIST's ((x, y), (x, y), (x, y)) of 784-pixel rows ({exc})"
+        ) from None
     pixels = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-    return SampleSet(tuple(Sample(id=f"{opts['split']}/{i}", image=Image.fromarray(pixels[i]).convert("RGB"),
-                                  label=int(y[i]))
-                           for i in subset(len(x), opts)))
+    return SampleSet(
+        tuple(
+            Sample(id=f"{opts['split']}/{i}", image=Image.fromarray(pixels[i]).convert("RGB"), label=int(y[i]))
+            for i in subset(len(x), opts)
+        )
+    )
 
 
 @takes_options("dist", "folder", "size", "limit", "seed")
@@ -100,8 +107,13 @@ def twemoji(m: DatasetManifest) -> SampleSet:
         files = dist_folder(opts["dist"], opts["folder"], ".png", who)
     except WeightsUnavailable as exc:
         raise BadInput(str(exc)) from None
-    named = [(f, name.lower()) for f in files if re.fullmatch(r"[0-9a-f]{1,6}", f.stem)
-             and int(f.stem, 16) <= 0x10FFFF and (name := unicodedata.name(chr(int(f.stem, 16)), ""))]
+    named = [
+        (f, name.lower())
+        for f in files
+        if re.fullmatch(r"[0-9a-f]{1,6}", f.stem)
+        and int(f.stem, 16) <= 0x10FFFF
+        and (name := unicodedata.name(chr(int(f.stem, 16)), ""))
+    ]
     samples = []
     for i in subset(len(named), opts):
         path, name = named[i]

@@ -1,9 +1,9 @@
 """Alignment metrics between per-layer features, computed between every layer pair.
 
-    result = score_layers("mutual_knn", prepare(feats_x), prepare(feats_y), k=10)
-    result.matrix      # Lx x Ly scores
-    result.best        # max over layer pairs
-    result.best_index  # (i, j) of that pair
+result = score_layers("mutual_knn", prepare(feats_x), prepare(feats_y), k=10)
+result.matrix      # Lx x Ly scores
+result.best        # max over layer pairs
+result.best_index  # (i, j) of that pair
 """
 
 from __future__ import annotations
@@ -26,8 +26,21 @@ from .unit_matching import Permutation, SoftMatching
 
 _BUILTIN: dict[str, Metric] = {
     m.name: m
-    for m in (MutualKNN(), CycleKNN(), LCSKNN(), EditDistanceKNN(), CKA(), UnbiasedCKA(), CKNNA(), SVCCA(),
-              LinearRegression(), Procrustes(), Permutation(), SoftMatching(), RSA())
+    for m in (
+        MutualKNN(),
+        CycleKNN(),
+        LCSKNN(),
+        EditDistanceKNN(),
+        CKA(),
+        UnbiasedCKA(),
+        CKNNA(),
+        SVCCA(),
+        LinearRegression(),
+        Procrustes(),
+        Permutation(),
+        SoftMatching(),
+        RSA(),
+    )
 }
 METRICS: tuple[str, ...] = tuple(_BUILTIN)
 
@@ -59,8 +72,9 @@ def get_metric(metric: str | Metric) -> Metric:
 
 
 def _layers(feats: Layers) -> list[torch.Tensor]:
-    if hasattr(feats, "ndim") and feats.ndim not in (2, 3):
-        raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {tuple(feats.shape)}")
+    if (ndim := getattr(feats, "ndim", None)) is not None and ndim not in (2, 3):
+        shape = tuple(getattr(feats, "shape", ()))
+        raise BadInput(f"expected L x N x D features or a list of N x D tensors, got shape {shape}")
     layers = as_tensors(feats)
     if not layers:
         raise BadInput("no layers given")
@@ -98,11 +112,20 @@ def score_layers(
     sx, sy = summarize_layers(m, fx, **p), summarize_layers(m, fy, **p)
     scores = LayerScores(m.pair_scores(sx, sy, **p), m.higher_is_better)
     if permutations > 0:
-        cal = calibrate_summaries(m, sx, sy, scores.best, p, fx[0].shape[0], permutations, permutation_seed,
-                                  calibration_alpha)
+        cal = calibrate_summaries(
+            m, sx, sy, scores.best, p, fx[0].shape[0], permutations, permutation_seed, calibration_alpha
+        )
         scores = LayerScores(scores.matrix, m.higher_is_better, cal)
     return scores
 
 
-__all__ = ["METRICS", "Calibrated", "LayerScores", "Metric", "get_metric", "prepare", "score_layers",
-           "summarize_layers"]
+__all__ = [
+    "METRICS",
+    "Calibrated",
+    "LayerScores",
+    "Metric",
+    "get_metric",
+    "prepare",
+    "score_layers",
+    "summarize_layers",
+]

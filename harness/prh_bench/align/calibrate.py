@@ -34,14 +34,23 @@ class Calibrated:
     alpha: float
 
     def as_dict(self) -> dict[str, float]:
-        return {"observed": self.observed, "p_value": self.p_value, "calibrated": self.calibrated, "tau": self.tau,
-                "alpha": self.alpha, "null_normalized": self.null_normalized, "null_mean": float(self.null.mean()),
-                "null_std": float(self.null.std()), "null_q95": float(self.null.quantile(0.95)),
-                "permutations": len(self.null)}
+        return {
+            "observed": self.observed,
+            "p_value": self.p_value,
+            "calibrated": self.calibrated,
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "null_normalized": self.null_normalized,
+            "null_mean": float(self.null.mean()),
+            "null_std": float(self.null.std()),
+            "null_q95": float(self.null.quantile(0.95)),
+            "permutations": len(self.null),
+        }
 
 
-def calibrated_score(observed: float, null: torch.Tensor, alpha: float = 0.05, maximum: float = 1.0,
-                     higher_is_better: bool = True) -> tuple[float, float]:
+def calibrated_score(
+    observed: float, null: torch.Tensor, alpha: float = 0.05, maximum: float = 1.0, higher_is_better: bool = True
+) -> tuple[float, float]:
     """(tau, calibrated score) of the calibrated-similarity definition: tau is the ceil((1 - alpha)(R + 1))-th
     order statistic of the R null scores together with the observed one (the null's 1 - alpha critical value,
     counting the observation as one draw), and the score clamp((observed - tau) / (maximum - tau), 0, 1): 0 for
@@ -68,8 +77,16 @@ def within_groups(codes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def calibrate_summaries(
-    metric: Metric, sx: Sequence[Any], sy: Sequence[Any], observed: float, params: dict[str, Any], n: int,
-    permutations: int, seed: int = 0, alpha: float = 0.05, groups: Sequence[int] | None = None,
+    metric: Metric,
+    sx: Sequence[Any],
+    sy: Sequence[Any],
+    observed: float,
+    params: dict[str, Any],
+    n: int,
+    permutations: int,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: Sequence[int] | None = None,
 ) -> Calibrated:
     """The null of the best score over layer pairs, from summaries of N = n samples; with `groups` (each
     sample's group code) every shuffle moves samples only within their group."""
@@ -85,5 +102,12 @@ def calibrate_summaries(
     mean = float(null.mean())
     span = metric.maximum - mean
     tau, calibrated = calibrated_score(observed, null, alpha, metric.maximum, metric.higher_is_better)
-    return Calibrated(observed, null, (1 + exceed) / (permutations + 1), tau, calibrated,
-                      (observed - mean) / span if span != 0 else float("nan"), alpha)
+    return Calibrated(
+        observed,
+        null,
+        (1 + exceed) / (permutations + 1),
+        tau,
+        calibrated,
+        (observed - mean) / span if span != 0 else float("nan"),
+        alpha,
+    )

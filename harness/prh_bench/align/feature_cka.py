@@ -65,7 +65,8 @@ def feature_cosines(sx: Sequence[CentredFeatures], sy: Sequence[CentredFeatures]
             cross = a.x.T @ torch.cat([b.x for b in sy[j:end]], dim=1)
             cols = torch.tensor([b.x.shape[1] for b in sy[j:end]], device=cross.device)
             squares = torch.zeros(end - j, dtype=torch.float64, device=cross.device).index_add_(
-                0, torch.repeat_interleave(torch.arange(end - j, device=cross.device), cols), (cross * cross).sum(0))
+                0, torch.repeat_interleave(torch.arange(end - j, device=cross.device), cols), (cross * cross).sum(0)
+            )
             out[i, j:end] = squares
             j = end
     if sx[0].unbiased:

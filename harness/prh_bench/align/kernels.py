@@ -143,8 +143,9 @@ def _stacks(summaries: Sequence[FlatKernel], rows: int) -> Iterator[tuple[int, t
         i = j
 
 
-def _cosines(x: torch.Tensor, y: torch.Tensor, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel],
-             eps: float = 0.0) -> torch.Tensor:
+def _cosines(
+    x: torch.Tensor, y: torch.Tensor, sx: Sequence[FlatKernel], sy: Sequence[FlatKernel], eps: float = 0.0
+) -> torch.Tensor:
     """Inner products of stacked kernels (rows of x and y) over the product of their norms plus `eps` (in the
     units of the norms' product)."""
     split = _layout(sx[0].n).split
@@ -268,8 +269,9 @@ class KnnKernel:
         return KnnKernel(inv[self.cols[perm]], self.kv[perm], self.recip[perm], self.self_hsic)
 
 
-def _masked_hsic(a: torch.Tensor, b: torch.Tensor, t1: torch.Tensor, cols: torch.Tensor,
-                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _masked_hsic(
+    a: torch.Tensor, b: torch.Tensor, t1: torch.Tensor, cols: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unbiased HSIC(A, B) and HSIC(B, A) for C layer pairs at once, where A = M∘K and B = M∘L and each
     pair's mask M lies within the positions (i, cols[i, s]) of one layer's neighbour lists (P = N*k of them,
     in row order).
@@ -382,8 +384,9 @@ class CKNNA(Metric):
     def pair_scores(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any) -> torch.Tensor:
         return self.pair_scores_both(sx, sy, **params)[0]
 
-    def pair_scores_both(self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel],
-                         **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_scores_both(
+        self, sx: Sequence[KnnKernel], sy: Sequence[KnnKernel], **params: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Slot tables for the side with more layers, `chunk` layers at a time (a table takes N^2 bytes per
         layer); each layer of the other side is one pass per table."""
         if len(sx) > len(sy):

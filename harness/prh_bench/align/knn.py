@@ -136,8 +136,13 @@ class KNNMetric(Metric):
             return Neighbours(knn_indices(feats, params["k"]))
         idx = approximate_knn(feats, params["k"], params.get("nlist"), params.get("nprobe", 32))
         probe = Probe(*exact_rows(feats, params["k"], self.probe_rows))
-        PROGRESS.info("%s: approximate neighbours (ivf) of a layer of N=%d, D=%d: recall %.4f against exact search "
-                      "on %d rows", self.name, *feats.shape, probe.recall(idx), len(probe.rows))
+        PROGRESS.info(
+            "%s: approximate neighbours (ivf) of a layer of N=%d, D=%d: recall %.4f against exact search on %d rows",
+            self.name,
+            *feats.shape,
+            probe.recall(idx),
+            len(probe.rows),
+        )
         return Neighbours(idx, probe)
 
     def sample_terms(self, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
@@ -153,8 +158,10 @@ class KNNMetric(Metric):
         if not self.row_mean or x.probe is None or y.probe is None:
             return None
         rows = x.probe.rows
-        return (float(self.sample_terms(x.idx[rows], y.idx[rows], **params).mean()),
-                float(self.sample_terms(x.probe.exact, y.probe.exact, **params).mean()))
+        return (
+            float(self.sample_terms(x.idx[rows], y.idx[rows], **params).mean()),
+            float(self.sample_terms(x.probe.exact, y.probe.exact, **params).mean()),
+        )
 
     def check_n(self, n: int, **params: Any) -> None:
         super().check_n(n, **params)
@@ -171,15 +178,19 @@ class KNNMetric(Metric):
         out = {"idx": stack_idx(summaries)}  # L x N x k: 80 KB per layer at N = 1000, k = 10
         probes = [s.probe for s in summaries]
         if all(p is not None for p in probes):
-            out |= {"probe_rows": torch.stack([p.rows for p in probes if p is not None]),
-                    "probe_exact": torch.stack([p.exact for p in probes if p is not None])}
+            out |= {
+                "probe_rows": torch.stack([p.rows for p in probes if p is not None]),
+                "probe_exact": torch.stack([p.exact for p in probes if p is not None]),
+            }
         return out
 
     def summaries_from_tensors(self, tensors: dict[str, torch.Tensor]) -> list[Neighbours]:
         if "probe_rows" not in tensors:
             return [Neighbours(idx) for idx in tensors["idx"]]
-        return [Neighbours(idx, Probe(rows, exact)) for idx, rows, exact in
-                zip(tensors["idx"], tensors["probe_rows"], tensors["probe_exact"], strict=True)]
+        return [
+            Neighbours(idx, Probe(rows, exact))
+            for idx, rows, exact in zip(tensors["idx"], tensors["probe_rows"], tensors["probe_exact"], strict=True)
+        ]
 
 
 class MutualKNN(KNNMetric):
@@ -257,8 +268,9 @@ def sequence_sums(sx: Sequence[Neighbours], sy: Sequence[Neighbours], kind: str)
 def sequence_terms(x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """`_sequence_dp` of one pair of layers' lists (R x k each), row by row: R values."""
     rows = max(1, TABLE_BYTES // (x.shape[1] ** 2))
-    return torch.cat([_sequence_dp(x[None, r : r + rows], y[None, r : r + rows], kind)[0, 0]
-                      for r in range(0, x.shape[0], rows)])
+    return torch.cat(
+        [_sequence_dp(x[None, r : r + rows], y[None, r : r + rows], kind)[0, 0] for r in range(0, x.shape[0], rows)]
+    )
 
 
 class LCSKNN(KNNMetric):

@@ -62,10 +62,13 @@ class Metric(Parametrized, ABC):
 
     def cross_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
         """All layers of one group of models against all layers of another, in chunks of `chunk` y layers."""
-        return torch.cat([self.pair_scores(sx, sy[c : c + self.chunk], **params)
-                          for c in range(0, len(sy), self.chunk)], dim=1)
+        return torch.cat(
+            [self.pair_scores(sx, sy[c : c + self.chunk], **params) for c in range(0, len(sy), self.chunk)], dim=1
+        )
 
-    def cross_scores_both(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_scores_both(
+        self, sx: Sequence[Any], sy: Sequence[Any], **params: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`cross_scores` both ways, (x against y, y against x), for metrics that are not symmetric."""
         chunks = [self.pair_scores_both(sx, sy[c : c + self.chunk], **params) for c in range(0, len(sy), self.chunk)]
         return torch.cat([xy for xy, _ in chunks], dim=1), torch.cat([yx for _, yx in chunks], dim=0)
@@ -83,7 +86,9 @@ class Metric(Parametrized, ABC):
     def pair_scores(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> torch.Tensor:
         """Scores of every (x layer, y layer) pair from their summaries: an Lx x Ly float64 tensor."""
 
-    def pair_scores_both(self, sx: Sequence[Any], sy: Sequence[Any], **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_scores_both(
+        self, sx: Sequence[Any], sy: Sequence[Any], **params: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(pair_scores(sx, sy), pair_scores(sy, sx)), the second the transpose of the first when the metric is
         symmetric; metrics that get both from one pass override it."""
         xy = self.pair_scores(sx, sy, **params)

@@ -11,8 +11,9 @@ from ..lazy import torch
 from .metric import Metric
 
 
-def score_pairs(metric: Metric, summaries: Mapping[str, list[Any]], pairs: Sequence[tuple[str, str]],
-                params: dict[str, Any]) -> dict[tuple[str, str], torch.Tensor]:
+def score_pairs(
+    metric: Metric, summaries: Mapping[str, list[Any]], pairs: Sequence[tuple[str, str]], params: dict[str, Any]
+) -> dict[tuple[str, str], torch.Tensor]:
     """Layer x layer scores of the given model pairs, in both orders: (a, b) -> a's layers x b's.
 
     Repeatedly, the model in most of the remaining pairs (the first in `summaries` order on a tie) meets all

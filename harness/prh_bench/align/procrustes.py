@@ -65,13 +65,17 @@ class Procrustes(FittedMetric):
         # the rows, and per fold the training rows and the held-out rows in a basis of rank <= min(n, d)
         return 8 * n * d + (8 * params["folds"] * n * min(n, d) if params["fit"] == "cross_validated" else 0)
 
-    def pair_scores(self, sx: Sequence[Rows | FoldBases], sy: Sequence[Rows | FoldBases], **params: Any) -> torch.Tensor:
+    def pair_scores(
+        self, sx: Sequence[Rows | FoldBases], sy: Sequence[Rows | FoldBases], **params: Any
+    ) -> torch.Tensor:
         out = torch.empty(len(sx), len(sy), dtype=torch.float64)
         for a, x in enumerate(sx):
             for b, y in enumerate(sy):
                 if isinstance(x, FoldBases):
                     assert isinstance(y, FoldBases)  # one fit for every layer of a run
-                    out[a, b] = sum((_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces, strict=True)), 0.0) / len(x.folds)
+                    out[a, b] = sum(
+                        (_held_out_procrustes(fx, fy) for fx, fy in zip(x.pieces, y.pieces, strict=True)), 0.0
+                    ) / len(x.folds)
                 else:
                     out[a, b] = torch.linalg.svdvals(x.x.T @ y.x).sum()
         return out

@@ -65,8 +65,11 @@ class LinearRegression(Metric):
 
     name = "linear_regression"
     defaults = {"folds": 5, "alpha": "gcv", "seed": 0}
-    rules = {"folds": int_in(2), "seed": int_in(0),
-             "alpha": (lambda v: v == "gcv" or number_in(0)[0](v), "'gcv' or a number >= 0")}
+    rules = {
+        "folds": int_in(2),
+        "seed": int_in(0),
+        "alpha": (lambda v: v == "gcv" or number_in(0)[0](v), "'gcv' or a number >= 0"),
+    }
     symmetric = False
 
     def check_n(self, n: int, **params: Any) -> None:
@@ -95,7 +98,9 @@ class LinearRegression(Metric):
                 for a, xs in enumerate(sx):
                     p = xs.pieces[f]
                     z = p.u.T @ yc
-                    alpha = params["alpha"] if params["alpha"] != "gcv" else ridge_gcv(p.s, (z**2).sum(1), total, len(yc))
+                    alpha = (
+                        params["alpha"] if params["alpha"] != "gcv" else ridge_gcv(p.s, (z**2).sum(1), total, len(yc))
+                    )
                     pred = (p.a * (p.s / (p.s**2 + alpha))) @ z
                     sse[a] += float(((rte - pred) ** 2).sum())
             out[:, b] = 1 - sse / sst

@@ -64,7 +64,9 @@ class RankedRDM:
 def _rows(summaries: Sequence[RankedRDM]) -> torch.Tensor:
     """The summaries' `unit`s as one matrix: a view when they are consecutive rows of one model's stack."""
     first = summaries[0]
-    if first.stack is not None and all(s.stack is first.stack and s.row == first.row + i for i, s in enumerate(summaries)):
+    if first.stack is not None and all(
+        s.stack is first.stack and s.row == first.row + i for i, s in enumerate(summaries)
+    ):
         return first.stack[first.row : first.row + len(summaries)]
     return torch.stack([s.unit for s in summaries])
 

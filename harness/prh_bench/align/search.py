@@ -93,8 +93,9 @@ def _entries_above(s: torch.Tensor, floor: torch.Tensor, transposed: bool, group
     return at[s[at[:, 0], at[:, 1]] > floor[at[:, 0]]]
 
 
-def _best_of_entries(view: torch.Tensor, r: torch.Tensor, c: torch.Tensor, offset: int,
-                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _best_of_entries(
+    view: torch.Tensor, r: torch.Tensor, c: torch.Tensor, offset: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best of the entries (r, c) of `view` for each row, by (value desc, index asc), in k slots padded
     with -inf (and an index past every sample)."""
     order = c.sort().indices
@@ -112,8 +113,9 @@ def _best_of_entries(view: torch.Tensor, r: torch.Tensor, c: torch.Tensor, offse
     return _by_index(vals, idx)
 
 
-def _candidates(s: torch.Tensor, transposed: bool, offset: int, k: int,
-                best: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(
+    s: torch.Tensor, transposed: bool, offset: int, k: int, best: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's k best of block s (of s.T when `transposed`: s's columns are then the rows). Once a row's
     list holds k candidates of lower index, only entries above its k-th best value can enter; after a few
     blocks they are few, and are gathered sparsely instead of a topk over the block (a topk over the
@@ -129,8 +131,9 @@ def _candidates(s: torch.Tensor, transposed: bool, offset: int, k: int,
     return _best_of_block(view, offset, k)
 
 
-def _merge(best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, torch.Tensor],
-           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge(
+    best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best of two candidate lists whose indices all lie below the other's (`best` first), in index order."""
     vals, idx = torch.cat([best[0], new[0]], dim=1), torch.cat([best[1], new[1]], dim=1)
     if vals.shape[1] > k:
@@ -173,8 +176,7 @@ def knn_search(x: torch.Tensor, k: int, block: int | None = None) -> tuple[torch
     return _nearest_first(torch.cat([v for v, _ in best]), torch.cat([i for _, i in best]))
 
 
-def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: int = 32,
-                    seed: int = 0) -> torch.Tensor:
+def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: int = 32, seed: int = 0) -> torch.Tensor:
     """N x k indices of approximately the k nearest rows by inner product, self excluded: faiss's inverted-file
     index (IndexIVFFlat: k-means into `nlist` cells, default 4 sqrt(N); each query scans its `nprobe` nearest
     cells). Past some N exact search is too slow; the price is recall (`recall`) and the tie rule, which an
@@ -182,7 +184,9 @@ def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: i
     try:
         import faiss
     except ImportError:
-        raise BadInput("search: ivf needs faiss: pip install faiss-cpu (or faiss-gpu), or prh-bench's [faiss] extra") from None
+        raise BadInput(
+            "search: ivf needs faiss: pip install faiss-cpu (or faiss-gpu), or prh-bench's [faiss] extra"
+        ) from None
     n, d = x.shape
     if not 1 <= k < n:
         raise BadInput(f"k must be in [1, N-1] = [1, {n - 1}], got k={k}")
@@ -196,8 +200,10 @@ def approximate_knn(x: torch.Tensor, k: int, nlist: int | None = None, nprobe: i
     index.nprobe = min(nprobe, cells)
     found = torch.from_numpy(index.search(data, k + 1)[1])
     if (found < 0).any():  # faiss's mark of a slot that no probed cell could fill
-        raise BadInput(f"search: ivf found fewer than k+1 = {k + 1} candidates for some samples in {index.nprobe} of "
-                       f"{cells} cells; raise nprobe or lower nlist")
+        raise BadInput(
+            f"search: ivf found fewer than k+1 = {k + 1} candidates for some samples in {index.nprobe} of "
+            f"{cells} cells; raise nprobe or lower nlist"
+        )
     # Drop each row's own index where the search found it, else its last (the k+1-th) neighbour.
     own = found == torch.arange(n)[:, None]
     keep = ~own

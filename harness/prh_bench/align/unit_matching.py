@@ -50,7 +50,9 @@ class UnitMatching(FittedMetric):
             total += float((self.plan((xtr.T @ ytr).numpy()) * (xte.T @ yte).numpy()).sum())
         return total / len(x.folds)
 
-    def pair_scores(self, sx: Sequence[Rows | UnitFolds], sy: Sequence[Rows | UnitFolds], **params: Any) -> torch.Tensor:
+    def pair_scores(
+        self, sx: Sequence[Rows | UnitFolds], sy: Sequence[Rows | UnitFolds], **params: Any
+    ) -> torch.Tensor:
         return torch.tensor([[self.score(x, y) for y in sy] for x in sx], dtype=torch.float64)
 
 

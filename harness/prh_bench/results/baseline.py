@@ -61,21 +61,34 @@ def measured(res: Results) -> Measured:
     }
     scores = res.scores.assign(params=[params_key(p) for p in res.scores.params])
     tables: dict[Table, pd.DataFrame] = {"scores": scores, "probes": res.probes, "model_scores": res.model_scores}
-    return Measured(rec.suite_id, versions, rec.libraries,
-                    {t: frame[[*TABLES[t], VALUE[t]]] if not frame.empty else frame for t, frame in tables.items()})
+    return Measured(
+        rec.suite_id,
+        versions,
+        rec.libraries,
+        {t: frame[[*TABLES[t], VALUE[t]]] if not frame.empty else frame for t, frame in tables.items()},
+    )
 
 
 def write_baseline(run: Measured, path: Path, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
     """Freeze a run's scores into `path`: one score per line, so a deliberate update diffs readably."""
-    doc = {"format": FORMAT, "suite": run.suite,
-           "created": datetime.now(UTC).isoformat(timespec="seconds"),
-           "tolerance": tolerance or DEFAULT_TOLERANCE, "tolerances": DEFAULT_TABLE_TOLERANCES,
-           "versions": run.versions, "libraries": run.libraries}
+    doc = {
+        "format": FORMAT,
+        "suite": run.suite,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tolerance": tolerance or DEFAULT_TOLERANCE,
+        "tolerances": DEFAULT_TABLE_TOLERANCES,
+        "versions": run.versions,
+        "libraries": run.libraries,
+    }
     lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}," for k, v in doc.items()]
     for n, table in enumerate(TABLES):
         rows = [f"    {json.dumps(r)}" for r in run.tables[table].to_dict("records")]
         end = "" if n == len(TABLES) - 1 else ","
-        lines += [f"  {json.dumps(table)}: [", ",\n".join(rows), f"  ]{end}"] if rows else [f"  {json.dumps(table)}: []{end}"]
+        lines += (
+            [f"  {json.dumps(table)}: [", ",\n".join(rows), f"  ]{end}"]
+            if rows
+            else [f"  {json.dumps(table)}: []{end}"]
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n}\n", encoding="utf-8")
     return doc
@@ -165,8 +178,11 @@ def read_baseline(path: Path) -> Baseline:
     try:
         return Baseline.model_validate(doc)
     except ValidationError as exc:
-        problems = [f"field '{'.'.join(map(str, e['loc'])) or '(top level)'}': {e['msg']}"
-                    + (f", got {e['input']!r}"[:200] if e["type"] != "missing" else "") for e in exc.errors()[:10]]
+        problems = [
+            f"field '{'.'.join(map(str, e['loc'])) or '(top level)'}': {e['msg']}"
+            + (f", got {e['input']!r}"[:200] if e["type"] != "missing" else "")
+            for e in exc.errors()[:10]
+        ]
         raise BadInput(f"{path}: not a valid prh-bench baseline:\n  " + "\n  ".join(problems)) from None
 
 
@@ -234,14 +250,23 @@ def compare(baseline: Baseline, run: Measured, tol: dict[str, dict[str, float]])
         group = [c for c in keys if c not in ("layer_x", "layer_y")]
         for key, part in diffs.groupby(group, sort=False):
             worst = part.loc[part["diff"].abs().idxmax()]
-            res.moved.append(dict(zip(group, key, strict=True)) | {"table": table, "count": len(part),
-                             "baseline": float(worst.baseline), "run": float(worst.run), "diff": float(worst["diff"])}
-                             | ({"layers": f"{worst.layer_x} / {worst.layer_y}"} if table == "scores" else {}))
+            res.moved.append(
+                dict(zip(group, key, strict=True))
+                | {
+                    "table": table,
+                    "count": len(part),
+                    "baseline": float(worst.baseline),
+                    "run": float(worst.run),
+                    "diff": float(worst["diff"]),
+                }
+                | ({"layers": f"{worst.layer_x} / {worst.layer_y}"} if table == "scores" else {})
+            )
     return res
 
 
 def describe(res: CheckResult, tol: dict[str, dict[str, float]]) -> str:
     """The check's report: what failed, then what is only shown."""
+
     def name(r: dict[str, Any]) -> str:
         if r["table"] == "scores":
             return f"[{r['condition']}] {r['metric']} {r['model_x']} x {r['model_y']}"
@@ -251,10 +276,16 @@ def describe(res: CheckResult, tol: dict[str, dict[str, float]]) -> str:
 
     out = []
     if res.moved:
-        out.append(f"moved beyond tolerance ({len(res.moved)}; "
-                   + ", ".join(f"{t}: atol={v['atol']:g} rtol={v['rtol']:g}" for t, v in tol.items()) + "):")
-        out += [f"  {name(r)}: {r['baseline']:.6f} -> {r['run']:.6f} ({r['diff']:+.2e})"
-                + (f" at {r['layers']}, {r['count']} layer pair(s) moved" if "layers" in r else "") for r in res.moved]
+        out.append(
+            f"moved beyond tolerance ({len(res.moved)}; "
+            + ", ".join(f"{t}: atol={v['atol']:g} rtol={v['rtol']:g}" for t, v in tol.items())
+            + "):"
+        )
+        out += [
+            f"  {name(r)}: {r['baseline']:.6f} -> {r['run']:.6f} ({r['diff']:+.2e})"
+            + (f" at {r['layers']}, {r['count']} layer pair(s) moved" if "layers" in r else "")
+            for r in res.moved
+        ]
     for what, rows in (("missing from the run", res.missing), ("not in the baseline", res.unexpected)):
         if rows:
             pairs = list(dict.fromkeys(name(r) for r in rows))

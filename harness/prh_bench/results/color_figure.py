@@ -69,8 +69,10 @@ def color_figure(lb: Leaderboard, res: Results, cache: FeatureCache, out: Path) 
     shown = ranked[: PANELS - 1] + ranked[-1:] if len(ranked) > PANELS else ranked
     panels: list[tuple[str, np.ndarray, str]] = [(lb.reference, ref, "reference")]
     for model in shown:
-        pair = scores[((scores.model_x == lb.reference) & (scores.model_y == model))
-                      | ((scores.model_x == model) & (scores.model_y == lb.reference))]
+        pair = scores[
+            ((scores.model_x == lb.reference) & (scores.model_y == model))
+            | ((scores.model_x == model) & (scores.model_y == lb.reference))
+        ]
         best = pair.loc[pair.score.idxmax()]
         layer = best.layer_y if best.model_y == model else best.layer_x
         x = features(model, layer)
@@ -79,7 +81,8 @@ def color_figure(lb: Leaderboard, res: Results, cache: FeatureCache, out: Path) 
         mapped, residual = aligned(z, ref)
         row = lb.table.set_index("model").loc[model]
         stats = f"{lb.metric} {row.alignment_to_reference:.3f}" + (
-            f", p = {row.p_value:.3g}" if "p_value" in row and pd.notna(row.p_value) else "")
+            f", p = {row.p_value:.3g}" if "p_value" in row and pd.notna(row.p_value) else ""
+        )
         panels.append((f"{model} [{layer}]", mapped, f"{stats}\nresidual {residual:.2f}, MDS keeps {kept:.0%}"))
     plt = pyplot()
     cols = min(4, len(panels))
@@ -94,8 +97,10 @@ def color_figure(lb: Leaderboard, res: Results, cache: FeatureCache, out: Path) 
         ax.set_zlabel("L*", fontsize=6, labelpad=-8)
         ax.tick_params(labelsize=0, length=0)
         ax.view_init(elev=20, azim=-60)
-    fig.suptitle(f"{lb.suite.id}: {len(ref)} colours in each representation (classical MDS to 3-D, aligned to "
-                 f"{lb.reference} by rotation/reflection, scale and shift); each point in its own colour",
-                 fontsize=8)
+    fig.suptitle(
+        f"{lb.suite.id}: {len(ref)} colours in each representation (classical MDS to 3-D, aligned to "
+        f"{lb.reference} by rotation/reflection, scale and shift); each point in its own colour",
+        fontsize=8,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title above the first row's panel titles
     return save(fig, out / "colorspace")

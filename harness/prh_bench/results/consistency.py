@@ -59,10 +59,18 @@ def consistency(mats: dict[str, pd.DataFrame], metric: str, reference: str | Non
             if len(keep) >= 4:
                 rho, p = mantel(a.loc[keep, keep].to_numpy(float), b.loc[keep, keep].to_numpy(float))
                 ra, rb = ranking(a.loc[keep, keep], reference), ranking(b.loc[keep, keep], reference)
-                row |= {"matrix_spearman": rho, "mantel_p": p, "permutations": PERMUTATIONS,
-                        "ranking_spearman": float(stats.spearmanr(ra, rb).statistic)}
+                row |= {
+                    "matrix_spearman": rho,
+                    "mantel_p": p,
+                    "permutations": PERMUTATIONS,
+                    "ranking_spearman": float(stats.spearmanr(ra, rb).statistic),
+                }
             else:
-                row |= {"matrix_spearman": math.nan, "mantel_p": math.nan, "permutations": 0,
-                        "ranking_spearman": math.nan}
+                row |= {
+                    "matrix_spearman": math.nan,
+                    "mantel_p": math.nan,
+                    "permutations": 0,
+                    "ranking_spearman": math.nan,
+                }
             rows.append(row)
     return pd.DataFrame(rows)

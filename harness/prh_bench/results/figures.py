@@ -40,16 +40,24 @@ def matrix_figure(mat: pd.DataFrame, title: str, colorbar: str = "") -> Any:
     fig, ax = plt.subplots(figsize=(side, side * 0.9))
     im = ax.imshow(values, cmap="viridis")
     font = 7 if n <= 40 else max(3.5, 7 * 40 / n)
-    ax.set_xticks(range(n), mat.columns, rotation=60 if n <= 40 else 90, ha="right" if n <= 40 else "center",
-                  fontsize=font)
+    ax.set_xticks(
+        range(n), mat.columns, rotation=60 if n <= 40 else 90, ha="right" if n <= 40 else "center", fontsize=font
+    )
     ax.set_yticks(range(n), mat.index, fontsize=font)
     if n <= NUMBERED_CELLS:
         middle = np.nanmean(values)
         for i in range(n):
             for j in range(n):
                 if np.isfinite(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=max(4, 7 - n // 6),
-                            color="white" if values[i, j] < middle else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{values[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=max(4, 7 - n // 6),
+                        color="white" if values[i, j] < middle else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, label=colorbar)
     ax.set_title(title, fontsize=8 if n > NUMBERED_CELLS else 10)
     fig.tight_layout()
@@ -85,8 +93,15 @@ def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
     return v[:, top] * np.sqrt(kept), float(kept.sum() / np.clip(w, 0, None).sum())
 
 
-def sweep_figure(table: pd.DataFrame, best: pd.DataFrame, metric: str, title: str, reference: str | None,
-                 transform: str | None, by_n: bool) -> Any:
+def sweep_figure(
+    table: pd.DataFrame,
+    best: pd.DataFrame,
+    metric: str,
+    title: str,
+    reference: str | None,
+    transform: str | None,
+    by_n: bool,
+) -> Any:
     """A sweep's mean and spread of the best score over model pairs per condition (`table`, one row each): against
     the transform level, or against N on a log axis, with the chance level and the reference's pairs drawn, when
     the sweep varies the number of samples."""
@@ -103,11 +118,16 @@ def sweep_figure(table: pd.DataFrame, best: pd.DataFrame, metric: str, title: st
     if by_n:
         # One line per model paired with the reference, under the first k of a sweep of k.
         first = table[table.k.isna() | (table.k == table.k.iloc[0])]
-        pairs = best[(best.metric == metric) & ((best.model_x == reference) | (best.model_y == reference))] \
-            if reference else best[:0]
+        pairs = (
+            best[(best.metric == metric) & ((best.model_x == reference) | (best.model_y == reference))]
+            if reference
+            else best[:0]
+        )
         for (x, y), part in pairs.groupby(["model_x", "model_y"], sort=False):
             at = part.set_index("condition").score.reindex(first.condition)
-            ax.plot(first.n_samples, at.to_numpy(), lw=0.8, alpha=0.7, label=f"{y if x == reference else x} vs {reference}")
+            ax.plot(
+                first.n_samples, at.to_numpy(), lw=0.8, alpha=0.7, label=f"{y if x == reference else x} vs {reference}"
+            )
         ax.set_xscale("log")
         # Plain tick labels: log axes label with mathtext, which is off (ids are never TeX).
         ax.set_xticks(table.n_samples.unique(), [f"{n:,}" for n in table.n_samples.unique()], rotation=30, ha="right")

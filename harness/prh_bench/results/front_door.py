@@ -27,8 +27,15 @@ def load(source: str | Path, suite: str | None = None, registry_dirs: tuple[str 
     return store_results(registry, registry.get(suite, SuiteManifest), source)
 
 
-def run(suite: str, *, registry_dirs: tuple[str | Path, ...] = (), cache: str | Path | None = None,
-        out: str | Path | None = None, progress: bool = False, **options: Any) -> Results:
+def run(
+    suite: str,
+    *,
+    registry_dirs: tuple[str | Path, ...] = (),
+    cache: str | Path | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Results:
     """Run a suite as `prh-bench run` does (features from the cache or extracted, every pair scored), write its
     run folder (`out`, default prh-runs/SUITE/TIME) and return its results. `options`: device, max_samples,
     force, budget_gib, extra_models (models beside the suite's own)."""
@@ -40,8 +47,14 @@ def run(suite: str, *, registry_dirs: tuple[str | Path, ...] = (), cache: str | 
     from .run_folder import new_run_dir, suite_runs
 
     dirs = tuple(Path(d) for d in registry_dirs)
-    result = run_suite(Registry.load(load_plugins(), dirs), suite, FeatureCache(Path(cache) if cache else cache_root()),
-                       progress=progress, registry_dirs=dirs, **options)
+    result = run_suite(
+        Registry.load(load_plugins(), dirs),
+        suite,
+        FeatureCache(Path(cache) if cache else cache_root()),
+        progress=progress,
+        registry_dirs=dirs,
+        **options,
+    )
     folder = Path(out) if out is not None else new_run_dir(suite_runs(suite))
     write_run(result, folder)
     return Results.read(folder)

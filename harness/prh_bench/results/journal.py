@@ -57,8 +57,10 @@ def recover(root: Path) -> None:
     try:
         changes = json.loads(read_text(journal, "merge journal"))["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise PrhBenchError(f"{journal}: an interrupted merge's journal that cannot be read ({exc}); remove it "
-                            "and check the store with `prh-bench merge` again") from None
+        raise PrhBenchError(
+            f"{journal}: an interrupted merge's journal that cannot be read ({exc}); remove it "
+            "and check the store with `prh-bench merge` again"
+        ) from None
     for rel in changes:
         check_target(root, root / rel)
     _apply(root, changes, "new")

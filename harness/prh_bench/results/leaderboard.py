@@ -102,14 +102,26 @@ def correlate(x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[dict[str, Any
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(x), size=(RESAMPLES, len(x)))
     usable = [i for i in draws if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0]
-    for name, fn in (("pearson", lambda a, b: stats.pearsonr(a, b).statistic),
-                     ("spearman", lambda a, b: stats.spearmanr(a, b).statistic)):
+    for name, fn in (
+        ("pearson", lambda a, b: stats.pearsonr(a, b).statistic),
+        ("spearman", lambda a, b: stats.spearmanr(a, b).statistic),
+    ):
         boot = np.array([fn(x[i], y[i]) for i in usable])
-        perm = stats.permutation_test((x, y), fn, permutation_type="pairings", n_resamples=RESAMPLES,
-                                      random_state=np.random.default_rng(seed + 1))
+        perm = stats.permutation_test(
+            (x, y), fn, permutation_type="pairings", n_resamples=RESAMPLES, random_state=np.random.default_rng(seed + 1)
+        )
         low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) and len(x) >= MIN_BOOTSTRAP else (math.nan, math.nan)
-        out.append({"statistic": name, "r": float(fn(x, y)), "ci_low": float(low), "ci_high": float(high),
-                    "p_value": float(perm.pvalue), "n": len(x), "bootstrap_resamples": len(boot)})
+        out.append(
+            {
+                "statistic": name,
+                "r": float(fn(x, y)),
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "p_value": float(perm.pvalue),
+                "n": len(x),
+                "bootstrap_resamples": len(boot),
+            }
+        )
     return out
 
 
@@ -154,17 +166,27 @@ def correlate_partial(x: np.ndarray, y: np.ndarray, z: np.ndarray, seed: int = 0
     (y's residuals on z permuted and added back to its fit, add-one)."""
     rng = np.random.default_rng(seed)
     r = partial_r(x, y, z)
-    boot = [b for i in rng.integers(0, len(x), size=(RESAMPLES, len(x)))
-            if np.linalg.matrix_rank(np.column_stack([np.ones(len(x)), z[i]])) == z.shape[1] + 1
-            and not math.isnan(b := partial_r(x[i], y[i], z[i]))]
+    boot = [
+        b
+        for i in rng.integers(0, len(x), size=(RESAMPLES, len(x)))
+        if np.linalg.matrix_rank(np.column_stack([np.ones(len(x)), z[i]])) == z.shape[1] + 1
+        and not math.isnan(b := partial_r(x[i], y[i], z[i]))
+    ]
     design = np.column_stack([np.ones(len(x)), z])
     fit = design @ np.linalg.lstsq(design, y, rcond=None)[0]
     res = y - fit
     perm = [partial_r(x, fit + res[rng.permutation(len(y))], z) for _ in range(RESAMPLES)]
     hits = sum(1 for v in perm if not math.isnan(v) and abs(v) >= abs(r) * (1 - 1e-12))
     low, high = np.percentile(boot, [2.5, 97.5]) if boot and len(x) >= MIN_BOOTSTRAP else (math.nan, math.nan)
-    return {"statistic": "partial pearson", "r": r, "ci_low": float(low), "ci_high": float(high),
-            "p_value": (1 + hits) / (RESAMPLES + 1), "n": len(x), "bootstrap_resamples": len(boot)}
+    return {
+        "statistic": "partial pearson",
+        "r": r,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": (1 + hits) / (RESAMPLES + 1),
+        "n": len(x),
+        "bootstrap_resamples": len(boot),
+    }
 
 
 def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[dict[str, Any]]:
@@ -182,16 +204,28 @@ def grouped_correlations(table: pd.DataFrame, measure: str, score: str) -> list[
             continue
         x, y = ok[measure].to_numpy(float), ok[score].to_numpy(float)
         out += [{"models": models, "controls": "", **c} for c in correlate(x, y)]
-        controls = [c for c in SIZE_COLUMNS if ok[c].notna().all() and ok[c].nunique() > 1
-                    ][: max(0, len(ok) - 2 - MIN_PARTIAL_DF)]
+        controls = [c for c in SIZE_COLUMNS if ok[c].notna().all() and ok[c].nunique() > 1][
+            : max(0, len(ok) - 2 - MIN_PARTIAL_DF)
+        ]
         if controls:
-            out.append({"models": models, "controls": ", ".join(controls),
-                        **correlate_partial(x, y, ok[controls].to_numpy(float))})
+            out.append(
+                {
+                    "models": models,
+                    "controls": ", ".join(controls),
+                    **correlate_partial(x, y, ok[controls].to_numpy(float)),
+                }
+            )
     return out
 
 
-def build(registry: Registry, suite_id: str, res: Results, reference: str | None = None,
-          metric: str | None = None, verification: dict[str, str] | None = None) -> Leaderboard:
+def build(
+    registry: Registry,
+    suite_id: str,
+    res: Results,
+    reference: str | None = None,
+    metric: str | None = None,
+    verification: dict[str, str] | None = None,
+) -> Leaderboard:
     """The leaderboard of a run's (or a store's) first condition; `verification`: per model, how its results
     were checked (a results store's ledger, verify.verification_labels), shown as a column."""
     suite = registry.get(suite_id, SuiteManifest)
@@ -207,7 +241,9 @@ def build(registry: Registry, suite_id: str, res: Results, reference: str | None
     mat = alignment_matrix(best, metric, done)
     reference = reference or suite.reference
     if reference is not None and reference not in mat.index:
-        raise BadInput(f"reference '{reference}' has no results in {res.source}; models with results: {', '.join(done)}")
+        raise BadInput(
+            f"reference '{reference}' has no results in {res.source}; models with results: {', '.join(done)}"
+        )
     downstream = downstream_scores(registry, suite, res, condition)
     cal = res.calibration
     nulls = cal[(cal.metric == metric) & (cal.condition == condition)] if not cal.empty else cal
@@ -218,8 +254,12 @@ def build(registry: Registry, suite_id: str, res: Results, reference: str | None
     for mid in models:
         entry = res.record.models[mid]
         manifest = registry.entries.get(entry.manifest_id or mid)
-        row: dict[str, Any] = {"model": mid, "weights": entry.weights, "params": getattr(manifest, "params", None),
-                               "family": getattr(manifest, "family", None)}
+        row: dict[str, Any] = {
+            "model": mid,
+            "weights": entry.weights,
+            "params": getattr(manifest, "params", None),
+            "family": getattr(manifest, "family", None),
+        }
         if verification is not None:
             row["verification"] = verification.get(mid, "unverified")
         if mid in mat.index:
@@ -228,8 +268,11 @@ def build(registry: Registry, suite_id: str, res: Results, reference: str | None
                 null = null_of(nulls, mid, reference)
                 row |= {"p_value": null.get("p_value", math.nan), "calibrated": null.get("calibrated", math.nan)}
             if (partner := best_partner(mat, best, mid)) is not None:
-                row |= {"mean_alignment": partner.mean_alignment, "best_partner": partner.model,
-                        "best_layer_pair": partner.layer_pair}
+                row |= {
+                    "mean_alignment": partner.mean_alignment,
+                    "best_partner": partner.model,
+                    "best_layer_pair": partner.layer_pair,
+                }
         for name, values in downstream.items():
             row[name] = values.get(mid, math.nan)
         row["status"] = model_status(entry, mid in mat.index)
@@ -237,7 +280,9 @@ def build(registry: Registry, suite_id: str, res: Results, reference: str | None
     key = "alignment_to_reference" if reference else "mean_alignment"
     table = pd.DataFrame(rows)
     is_ref = table.model == reference
-    table = pd.concat([table[is_ref], table[~is_ref].sort_values(key, ascending=False, na_position="last", kind="stable")])
+    table = pd.concat(
+        [table[is_ref], table[~is_ref].sort_values(key, ascending=False, na_position="last", kind="stable")]
+    )
     table.insert(0, "rank", ["reference"] * int(is_ref.sum()) + [str(i) for i in range(1, int((~is_ref).sum()) + 1)])
     table, uncertainty = with_uncertainty(table, res, metric, condition, reference)
     table = table.assign(kind=table.weights.map(model_kind), **model_size(res.record, condition, table))
@@ -246,24 +291,52 @@ def build(registry: Registry, suite_id: str, res: Results, reference: str | None
         direction = "higher is better" if score_higher_is_better(registry, name) else "lower is better"
         for measure in ("alignment_to_reference", "mean_alignment"):
             if measure in table:
-                corr += [{"alignment": measure, "score": name, "score_direction": direction, **c}
-                         for c in grouped_correlations(table, measure, name)]
+                corr += [
+                    {"alignment": measure, "score": name, "score_direction": direction, **c}
+                    for c in grouped_correlations(table, measure, name)
+                ]
     binned = binned_view(table, key) if "tasks_solved" in table else pd.DataFrame()
     meta = LeaderboardMeta(
-        harness=__version__, suite=suite.id, suite_version=suite.version, metric=metric, metric_params=params,
-        reference=reference, n_samples=n, chance_level=chance, chance_source=chance_source,
-        calibration=NullSettings(permutations=int(nulls.permutations.iloc[0]), alpha=float(nulls.alpha.iloc[0]),
-                                 exchange=str(nulls.exchange.iloc[0]) if "exchange" in nulls else "free")
-        if not nulls.empty else None,
-        condition=condition, source=str(res.source), created=res.record.created,
+        harness=__version__,
+        suite=suite.id,
+        suite_version=suite.version,
+        metric=metric,
+        metric_params=params,
+        reference=reference,
+        n_samples=n,
+        chance_level=chance,
+        chance_source=chance_source,
+        calibration=NullSettings(
+            permutations=int(nulls.permutations.iloc[0]),
+            alpha=float(nulls.alpha.iloc[0]),
+            exchange=str(nulls.exchange.iloc[0]) if "exchange" in nulls else "free",
+        )
+        if not nulls.empty
+        else None,
+        condition=condition,
+        source=str(res.source),
+        created=res.record.created,
         manifest_versions={m: res.record.models[m].manifest_version for m in models},
-        dataset=res.record.conditions[0].dataset, libraries=res.record.libraries,
-        scores_sources={n: getattr(registry.score_table(n), "source", "computed by this harness from the run")
-                        for n in downstream},
+        dataset=res.record.conditions[0].dataset,
+        libraries=res.record.libraries,
+        scores_sources={
+            n: getattr(registry.score_table(n), "source", "computed by this harness from the run") for n in downstream
+        },
         solved_rule=f"a model solves a probe task at >= {SOLVED_FRACTION:.0%} of the best score among the suite's models",
-        uncertainty=uncertainty)
-    return Leaderboard(suite, metric, reference, condition, table.reset_index(drop=True), mat, pd.DataFrame(corr),
-                       binned, meta, res.consistency(metric))
+        uncertainty=uncertainty,
+    )
+    return Leaderboard(
+        suite,
+        metric,
+        reference,
+        condition,
+        table.reset_index(drop=True),
+        mat,
+        pd.DataFrame(corr),
+        binned,
+        meta,
+        res.consistency(metric),
+    )
 
 
 def model_status(entry: ModelEntry, scored: bool) -> str:
@@ -274,8 +347,9 @@ def model_status(entry: ModelEntry, scored: bool) -> str:
     return "failed" if any(r.status == "failed" for r in entry.runs) else "no results"
 
 
-def with_uncertainty(table: pd.DataFrame, res: Results, metric: str, condition: str,
-                     reference: str | None) -> tuple[pd.DataFrame, UncertaintySettings | None]:
+def with_uncertainty(
+    table: pd.DataFrame, res: Results, metric: str, condition: str, reference: str | None
+) -> tuple[pd.DataFrame, UncertaintySettings | None]:
     """The ranked table with each model's interval of alignment to the reference and of rank, its tier (adjacent
     ranks the paired tests cannot separate share one) and the Holm-adjusted p of the test against the next rank
     (results/uncertainty.py), from the run's per-sample terms; and what was done, for the page. Unchanged, with
@@ -291,19 +365,28 @@ def with_uncertainty(table: pd.DataFrame, res: Results, metric: str, condition: 
     values = part[ranked].to_numpy(dtype=float)
     score = aligned.reindex(ranked).to_numpy(dtype=float)
     if not np.allclose(values.mean(axis=0), score, rtol=0, atol=1e-9):
-        raise BadInput(f"{res.source}: sample_terms table: the mean terms of {metric} under {condition!r} are not the "
-                       "scores of the scores table; the run folder is mixed or edited: run the suite again")
+        raise BadInput(
+            f"{res.source}: sample_terms table: the mean terms of {metric} under {condition!r} are not the "
+            "scores of the scores table; the run folder is mixed or edited: run the suite again"
+        )
     codes = group_codes(part["group"].tolist())
     intervals = rank_intervals(values, codes)
     tests = adjacent_tests(values, codes)
     extra = pd.concat([intervals, tests[["tier", "p_next_holm"]]], axis=1).assign(model=ranked)
     extra = extra.rename(columns={"score_low": "ci_low", "score_high": "ci_high", "p_next_holm": "p_vs_next"})
-    table = table.merge(extra, on="model", how="left").astype({"rank_low": "Int64", "rank_high": "Int64", "tier": "Int64"})
+    table = table.merge(extra, on="model", how="left").astype(
+        {"rank_low": "Int64", "rank_high": "Int64", "tier": "Int64"}
+    )
     groups = int(codes.max()) + 1
     return table, UncertaintySettings(
-        resamples=UNCERTAINTY_RESAMPLES, samples=len(part), groups=groups, alpha=ALPHA,
-        test_floor=1 / (UNCERTAINTY_RESAMPLES + 1), tiers=int(tests.tier.max()),
-        grouped_by="the samples' groups (Sample.group)" if groups < len(part) else "none: each sample alone")
+        resamples=UNCERTAINTY_RESAMPLES,
+        samples=len(part),
+        groups=groups,
+        alpha=ALPHA,
+        test_floor=1 / (UNCERTAINTY_RESAMPLES + 1),
+        tiers=int(tests.tier.max()),
+        grouped_by="the samples' groups (Sample.group)" if groups < len(part) else "none: each sample alone",
+    )
 
 
 def score_higher_is_better(registry: Registry, name: str) -> bool:
@@ -334,8 +417,14 @@ def binned_view(table: pd.DataFrame, measure: str) -> pd.DataFrame:
     rows = []
     for solved, part in table.dropna(subset=[measure, "tasks_solved"]).groupby("tasks_solved"):
         vals = part[measure]
-        rows.append({"tasks_solved": int(solved), "models": len(vals), f"mean_{measure}": vals.mean(),
-                     "standard_error": vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan})
+        rows.append(
+            {
+                "tasks_solved": int(solved),
+                "models": len(vals),
+                f"mean_{measure}": vals.mean(),
+                "standard_error": vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -343,7 +432,9 @@ def binned_view(table: pd.DataFrame, measure: str) -> pd.DataFrame:
 SOLVED_FRACTION = 0.8
 
 
-def downstream_scores(registry: Registry, suite: SuiteManifest, res: Results, condition: str) -> dict[str, dict[str, float]]:
+def downstream_scores(
+    registry: Registry, suite: SuiteManifest, res: Results, condition: str
+) -> dict[str, dict[str, float]]:
     """Per score name, model -> value: from score tables, per-sample scores (bits per byte) and probe tasks from
     the run itself, and, with probes, the number of tasks each model solves."""
     out: dict[str, dict[str, float]] = {}
@@ -360,8 +451,11 @@ def downstream_scores(registry: Registry, suite: SuiteManifest, res: Results, co
         out["tasks_solved"] = solved
     for name in suite.scores:
         if name in registry.plugins.sample_scores():
-            ms = res.model_scores if not res.model_scores.empty else \
-                pd.DataFrame(columns=["condition", "model", "score", "mean"])
+            ms = (
+                res.model_scores
+                if not res.model_scores.empty
+                else pd.DataFrame(columns=["condition", "model", "score", "mean"])
+            )
             sub = ms[(ms.score == name) & (ms.condition == condition)]
             out[name] = dict(zip(sub.model, sub["mean"], strict=True))
         else:

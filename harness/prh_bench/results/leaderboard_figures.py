@@ -27,8 +27,7 @@ def cluster_order(mat: pd.DataFrame) -> list[str]:
 
 def leaderboard_heatmap(lb: Leaderboard, stem: Path) -> list[Path]:
     order = cluster_order(lb.matrix)
-    title = (f"{lb.suite.id}: {lb.metric}, max over layer pairs; rows and columns ordered by average-linkage "
-             "clustering")
+    title = f"{lb.suite.id}: {lb.metric}, max over layer pairs; rows and columns ordered by average-linkage clustering"
     return save(matrix_figure(lb.matrix.loc[order, order], title, lb.metric), stem)
 
 
@@ -100,9 +99,17 @@ def embedding_figure(lb: Leaderboard, stem: Path) -> list[Path]:
         ax.annotate(str(k), (x, y), fontsize=7, ha="center", va="center")
     key.axis("off")
     for k, name in enumerate(lb.matrix.index, start=1):
-        key.text(0, 1 - k / (len(xy) + 1), f"{k}  {name}", fontsize=7, va="center",
-                 color="C3" if random.iloc[k - 1] else "C0", transform=key.transAxes)
-    ax.set_title(f"{lb.suite.id}: classical MDS of -log({lb.metric}), stress-1 {stress:.2f}; "
-                 "red = random weights", fontsize=8)
+        key.text(
+            0,
+            1 - k / (len(xy) + 1),
+            f"{k}  {name}",
+            fontsize=7,
+            va="center",
+            color="C3" if random.iloc[k - 1] else "C0",
+            transform=key.transAxes,
+        )
+    ax.set_title(
+        f"{lb.suite.id}: classical MDS of -log({lb.metric}), stress-1 {stress:.2f}; red = random weights", fontsize=8
+    )
     ax.set_xticks([]), ax.set_yticks([])
     return save(fig, stem)

@@ -22,8 +22,11 @@ def read_ledger(store: Path) -> list[dict[str, Any]]:
     for n, line in enumerate(read_text(path, "verification ledger").splitlines(), 1):
         try:
             entry = json.loads(line)
-            if not (isinstance(entry, dict) and isinstance(entry.get("models"), list)
-                    and isinstance(entry.get("features"), dict)):
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("models"), list)
+                and isinstance(entry.get("features"), dict)
+            ):
                 raise ValueError("not a verification")
         except ValueError as exc:
             raise BadInput(f"{path}: line {n}: {exc}") from None

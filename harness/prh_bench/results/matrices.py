@@ -41,8 +41,9 @@ def alignment_matrix(best: pd.DataFrame, metric: str, order: list[str]) -> pd.Da
     return mat
 
 
-def chance_level(metric: Metric | None, name: str, params: dict[str, Any], n: int,
-                 calibration: pd.DataFrame | None = None) -> tuple[float, str]:
+def chance_level(
+    metric: Metric | None, name: str, params: dict[str, Any], n: int, calibration: pd.DataFrame | None = None
+) -> tuple[float, str]:
     """The score of unrelated representations and where the number comes from: the metric's closed form where it
     has one (Metric.chance_level: k/(N-1) for mutual_knn), else the mean of the run's permutation nulls when the
     suite asked for them. `metric` is None when no installed plugin provides `name`."""
@@ -70,7 +71,8 @@ def best_partner(mat: pd.DataFrame, best: pd.DataFrame, mid: str) -> Partner | N
     if others.empty:
         return None
     partner = others.idxmax()
-    pair = best[((best.model_x == mid) & (best.model_y == partner))
-                | ((best.model_x == partner) & (best.model_y == mid))].iloc[0]
+    pair = best[
+        ((best.model_x == mid) & (best.model_y == partner)) | ((best.model_x == partner) & (best.model_y == mid))
+    ].iloc[0]
     own, their = (pair.layer_x, pair.layer_y) if pair.model_x == mid else (pair.layer_y, pair.layer_x)
     return Partner(partner, float(others.max()), f"{own} / {their}", float(others.mean()))

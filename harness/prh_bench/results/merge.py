@@ -22,8 +22,10 @@ def merge(sources: list[Path], store: Path, ledger: tuple[str, str] | None = Non
     naming both, and nothing is written. A record the store holds without a null gains the source's null.
     `ledger`: (a file of the store, a line to append to it) in the same all-or-nothing change (a verification)."""
     if (store / RUN_RECORD).exists():
-        raise BadInput(f"{store} is a run folder: its results belong to its run. Merge into a folder of its own "
-                       f"(e.g. `prh-bench merge {store} --into STORE`)")
+        raise BadInput(
+            f"{store} is a run folder: its results belong to its run. Merge into a folder of its own "
+            f"(e.g. `prh-bench merge {store} --into STORE`)"
+        )
     if any(s.resolve() == store.resolve() for s in sources):
         raise BadInput(f"{store} is both a source and the store to merge into")
     store.mkdir(parents=True, exist_ok=True)
@@ -45,10 +47,11 @@ def merge(sources: list[Path], store: Path, ledger: tuple[str, str] | None = Non
                     same += 1
         if conflicts:
             more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-            raise BadInput(f"refusing to merge: {len(conflicts)} record(s) disagree with what {store} or another "
-                           "source holds (different versions, feature checksums, scores or nulls mean different "
-                           "results; rerun one side with the other's code and manifests):\n  "
-                           + "\n  ".join(conflicts[:10]) + more)
+            raise BadInput(
+                f"refusing to merge: {len(conflicts)} record(s) disagree with what {store} or another "
+                "source holds (different versions, feature checksums, scores or nulls mean different "
+                "results; rerun one side with the other's code and manifests):\n  " + "\n  ".join(conflicts[:10]) + more
+            )
         files = _write_records(store, [rec for rec, _ in new.values()], _appended(store, *ledger) if ledger else {})
     return {"added": len(new) - nulls, "nulls_added": nulls, "already_present": same, "files": files}
 
@@ -80,7 +83,9 @@ def _write_records(root: Path, records: Iterable[PairRecord], also: dict[str, di
         old = {r.identity(): r for r in (read_records(path, old_text) if old_text is not None else [])}
         old.update({r.identity(): r for r in recs})
         changes[path.relative_to(root).as_posix()] = {
-            "old": old_text, "new": json.dumps([r.model_dump(mode="json") for r in old.values()], indent=1)}
+            "old": old_text,
+            "new": json.dumps([r.model_dump(mode="json") for r in old.values()], indent=1),
+        }
     if changes or also:
         commit(root, changes | (also or {}))
     return len(changes)

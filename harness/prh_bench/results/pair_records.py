@@ -139,8 +139,15 @@ class PairRecord(_Record):
 
     def identity(self) -> tuple[str, ...]:
         """What names a record: two records with it describe the same measurement."""
-        return (self.condition.label, self.condition.dataset, self.model_x.id, self.model_y.id, self.metric,
-                params_key(self.params), params_key(self.prepare))
+        return (
+            self.condition.label,
+            self.condition.dataset,
+            self.model_x.id,
+            self.model_y.id,
+            self.metric,
+            params_key(self.params),
+            params_key(self.prepare),
+        )
 
     def provenance(self) -> dict[str, Any]:
         """Everything two records of one measurement must share to be the same result."""
@@ -149,12 +156,19 @@ class PairRecord(_Record):
     def check_shape(self, where: str) -> None:
         rows, cols = len(self.model_x.layers), len(self.model_y.layers)
         if len(self.scores) != rows or any(len(r) != cols for r in self.scores):
-            raise BadInput(f"{where}: scores must be {rows} x {cols} (the layers of {self.model_x.id} x "
-                           f"{self.model_y.id})")
+            raise BadInput(
+                f"{where}: scores must be {rows} x {cols} (the layers of {self.model_x.id} x {self.model_y.id})"
+            )
         cal = self.calibration
-        if cal is not None and (cal.model_x, cal.model_y, cal.metric) != (self.model_x.id, self.model_y.id, self.metric):
-            raise BadInput(f"{where}: field 'calibration': the {cal.metric} null of {cal.model_x} x {cal.model_y} in "
-                           f"a {self.metric} record of {self.model_x.id} x {self.model_y.id}")
+        if cal is not None and (cal.model_x, cal.model_y, cal.metric) != (
+            self.model_x.id,
+            self.model_y.id,
+            self.metric,
+        ):
+            raise BadInput(
+                f"{where}: field 'calibration': the {cal.metric} null of {cal.model_x} x {cal.model_y} in "
+                f"a {self.metric} record of {self.model_x.id} x {self.model_y.id}"
+            )
 
 
 def record_path(root: Path, condition: str, model_x: str, model_y: str) -> Path:
@@ -245,29 +259,54 @@ def _get(doc: dict[str, Any], field: str) -> Any:
 
 
 def describe(rec: PairRecord) -> str:
-    return (f"{rec.model_x.id} x {rec.model_y.id}, {rec.metric} {params_key(rec.params)}, "
-            f"condition '{rec.condition.label}'")
+    return (
+        f"{rec.model_x.id} x {rec.model_y.id}, {rec.metric} {params_key(rec.params)}, condition '{rec.condition.label}'"
+    )
 
 
-def job_records(scores: JobScores, cond: Condition, n: int, models: dict[str, ModelManifest],
-                names: dict[str, list[str]]) -> list[PairRecord]:
+def job_records(
+    scores: JobScores, cond: Condition, n: int, models: dict[str, ModelManifest], names: dict[str, list[str]]
+) -> list[PairRecord]:
     """One record per ordered model pair a job reports."""
     from .. import __version__
 
     job = scores.job
     nulls = {(r["model_x"], r["model_y"]): r for r in scores.calibration()}
-    condition = ConditionRef(label=cond.label, dataset=cond.dataset.id, dataset_version=cond.dataset.version,
-                             dataset_revision=cond.dataset.revision, transform=cond.transform, level=cond.level,
-                             n_samples=n)
+    condition = ConditionRef(
+        label=cond.label,
+        dataset=cond.dataset.id,
+        dataset_version=cond.dataset.version,
+        dataset_revision=cond.dataset.revision,
+        transform=cond.transform,
+        level=cond.level,
+        n_samples=n,
+    )
 
     def ref(m: Any) -> ModelRef:
         manifest = models[m.id]
-        return ModelRef(id=m.id, revision=manifest.revision, manifest_version=manifest.version,
-                        features_sha256=m.info.digest, layers=names[m.id])
+        return ModelRef(
+            id=m.id,
+            revision=manifest.revision,
+            manifest_version=manifest.version,
+            features_sha256=m.info.digest,
+            layers=names[m.id],
+        )
 
-    return [PairRecord(format=RESULTS_FORMAT, condition=condition, metric=job.metric.name, params=job.params,
-                       metric_version=job.version, prepare=job.scoring["prepare"], code_sha256=job.scoring["code"],
-                       torch=job.scoring["torch"], prh_bench=__version__, model_x=ref(a), model_y=ref(b),
-                       scores=scores.pair(a.id, b.id).tolist(),
-                       calibration=CalibrationRef.model_validate(nulls[(a.id, b.id)]) if (a.id, b.id) in nulls else None)
-            for a, b in job.pairs()]
+    return [
+        PairRecord(
+            format=RESULTS_FORMAT,
+            condition=condition,
+            metric=job.metric.name,
+            params=job.params,
+            metric_version=job.version,
+            prepare=job.scoring["prepare"],
+            code_sha256=job.scoring["code"],
+            torch=job.scoring["torch"],
+            prh_bench=__version__,
+            model_x=ref(a),
+            model_y=ref(b),
+            scores=scores.pair(a.id, b.id).tolist(),
+            calibration=CalibrationRef.model_validate(nulls[(a.id, b.id)]) if (a.id, b.id) in nulls else None,
+        )
+        for a, b in job.pairs()
+    ]

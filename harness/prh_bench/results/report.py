@@ -54,22 +54,33 @@ def md_table(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A Markdown table whose text cells cannot inject markup (model ids, errors, citations come from users)."""
     # Every column that is not numeric: pandas 3 gives text the dtype `str`, not object (the regression that let
     # '<img onerror=...>' through), and a column of mixed values is object.
-    text = {c: table[c].map(lambda v: md_text(v) if isinstance(v, str) else v)
-            for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])}
+    text = {
+        c: table[c].map(lambda v: md_text(v) if isinstance(v, str) else v)
+        for c in table.columns
+        if not pd.api.types.is_numeric_dtype(table[c])
+    }
     shown = table.assign(**text).rename(columns=md_text)
     shown = shown.astype(object).where(shown.notna(), None)  # an empty cell, not 'nan' (the reference's own row)
     return shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
 
 
-def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelEntry], reference: str | None) -> pd.DataFrame:
+def ranking(
+    mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelEntry], reference: str | None
+) -> pd.DataFrame:
     """Models ranked by mean alignment to the others, each with its best partner (and its alignment to the
     reference)."""
     rows = []
     for mid in mat.index:
         if (partner := best_partner(mat, best, mid)) is None:
             continue
-        row = {"model": mid, "weights": models[mid].weights, "mean_alignment": partner.mean_alignment,
-               "most_aligned_with": partner.model, "score": partner.score, "layer_pair": partner.layer_pair}
+        row = {
+            "model": mid,
+            "weights": models[mid].weights,
+            "mean_alignment": partner.mean_alignment,
+            "most_aligned_with": partner.model,
+            "score": partner.score,
+            "layer_pair": partner.layer_pair,
+        }
         if reference is not None and reference in mat.columns:
             row[f"to_{reference}"] = mat.loc[mid, reference]
         rows.append(row)
@@ -78,34 +89,53 @@ def ranking(mat: pd.DataFrame, best: pd.DataFrame, models: dict[str, ModelEntry]
     return table
 
 
-def write_matrix(res: Results, best: pd.DataFrame, metric: str, label: str, stem: str, metric_of: MetricLookup,
-                 run_dir: Path, files: dict[str, str]) -> None:
+def write_matrix(
+    res: Results,
+    best: pd.DataFrame,
+    metric: str,
+    label: str,
+    stem: str,
+    metric_of: MetricLookup,
+    run_dir: Path,
+    files: dict[str, str],
+) -> None:
     """Matrix CSV, heatmap PNG and ranking Markdown of one metric under one condition."""
     sub = best[(best.metric == metric) & (best.condition == label)]
     order = [m for m in res.record.models if m in set(sub.model_x) | set(sub.model_y)]
     mat = alignment_matrix(sub, metric, order)
-    csv, png, md = (run_dir / f"{kind}_{stem}.{ext}" for kind, ext in
-                    (("alignment", "csv"), ("heatmap", "png"), ("ranking", "md")))
+    csv, png, md = (
+        run_dir / f"{kind}_{stem}.{ext}" for kind, ext in (("alignment", "csv"), ("heatmap", "png"), ("ranking", "md"))
+    )
     mat.to_csv(csv, float_format="%.6f")
     params, n = res.params(metric), res.n_samples(label)
     heatmap(mat, f"{res.suite}: {metric} {params_key(params)}, max over layer pairs, {label}, N={n}", png)
     table = ranking(mat, sub, res.record.models, res.record.suite.reference)
     cal = res.calibration
-    chance, how = chance_level(metric_of(metric), metric, params, n, cal[cal.condition == label] if not cal.empty else None)
-    failed = "".join(f"\n- **failed**: {md_text(mid)}: {md_text(r.error)}" for mid, m in res.record.models.items()
-                     for r in m.runs if r.condition == label and r.status == "failed")
+    chance, how = chance_level(
+        metric_of(metric), metric, params, n, cal[cal.condition == label] if not cal.empty else None
+    )
+    failed = "".join(
+        f"\n- **failed**: {md_text(mid)}: {md_text(r.error)}"
+        for mid, m in res.record.models.items()
+        for r in m.runs
+        if r.condition == label and r.status == "failed"
+    )
     md.write_text(
         f"# {res.suite}: models ranked by mean {metric} alignment\n\n"
         f"Dataset `{label}` ({n} samples), metric `{metric}` {params_key(params)}, "
         f"score = max over layer pairs. Chance level: {chance:.4f} ({how}).\n\n"
-        + md_table(table) + "\n" + failed + "\n",
+        + md_table(table)
+        + "\n"
+        + failed
+        + "\n",
         encoding="utf-8",
     )
     files.update({f"matrix_{stem}": str(csv), f"heatmap_{stem}": str(png), f"ranking_{stem}": str(md)})
 
 
-def write_sweep(res: Results, best: pd.DataFrame, metric: str, metric_of: MetricLookup, run_dir: Path,
-                files: dict[str, str]) -> None:
+def write_sweep(
+    res: Results, best: pd.DataFrame, metric: str, metric_of: MetricLookup, run_dir: Path, files: dict[str, str]
+) -> None:
     """Mean and spread over model pairs of the best score, per condition, with the chance level at its N, as
     CSV and a line plot (figures.sweep_figure)."""
     rows = []
@@ -114,15 +144,32 @@ def write_sweep(res: Results, best: pd.DataFrame, metric: str, metric_of: Metric
         n = res.n_samples(cond.label)
         cal = res.calibration[res.calibration.condition == cond.label] if not res.calibration.empty else None
         chance = chance_level(metric_of(metric), metric, sub.params.iloc[0], n, cal)[0] if len(sub) else float("nan")
-        rows.append({"condition": cond.label, "dataset": cond.dataset.id, "level": cond.level, "k": cond.k,
-                     "n_samples": n, "pairs": len(sub), "mean": sub.score.mean(),
-                     "std": sub.score.std(ddof=1) if len(sub) > 1 else 0.0, "chance": chance})
+        rows.append(
+            {
+                "condition": cond.label,
+                "dataset": cond.dataset.id,
+                "level": cond.level,
+                "k": cond.k,
+                "n_samples": n,
+                "pairs": len(sub),
+                "mean": sub.score.mean(),
+                "std": sub.score.std(ddof=1) if len(sub) > 1 else 0.0,
+                "chance": chance,
+            }
+        )
     table = pd.DataFrame(rows)
     csv, png = run_dir / f"sweep_{metric}.csv", run_dir / f"sweep_{metric}.png"
     table.to_csv(csv, index=False, float_format="%.6g")
     conditions = res.record.conditions
-    fig = sweep_figure(table, best, metric, f"{res.suite}: {metric}", res.record.suite.reference,
-                       conditions[0].transform, any(c.samples is not None for c in conditions))
+    fig = sweep_figure(
+        table,
+        best,
+        metric,
+        f"{res.suite}: {metric}",
+        res.record.suite.reference,
+        conditions[0].transform,
+        any(c.samples is not None for c in conditions),
+    )
     fig.savefig(png, dpi=120)
     pyplot().close(fig)
     files.update({f"sweep_{metric}": str(csv), f"sweep_plot_{metric}": str(png)})
@@ -131,19 +178,50 @@ def write_sweep(res: Results, best: pd.DataFrame, metric: str, metric_of: Metric
 def results_of(run: SuiteRun, run_dir: Path) -> Results:
     """A finished run as Results, its record stamped with this machine and the library versions."""
     record = RunRecord(
-        harness=HarnessEntry(prh_bench=__version__, python=sys.version.split()[0], platform=platform.platform(),
-                             torch_threads=torch.get_num_threads()),
+        harness=HarnessEntry(
+            prh_bench=__version__,
+            python=sys.version.split()[0],
+            platform=platform.platform(),
+            torch_threads=torch.get_num_threads(),
+        ),
         libraries=library_versions(LIBRARIES),
-        created=datetime.now(UTC).isoformat(timespec="seconds"), max_samples=run.max_samples,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        max_samples=run.max_samples,
         suite=run.suite,
-        conditions=[ConditionEntry(label=c.label, dataset=c.dataset, transform=c.transform, level=c.level, k=c.k,
-                                   samples=c.samples, n_samples=run.n_samples[c.label]) for c in run.conditions],
-        models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
-                                weights=m.weights_label,
-                                runs=[ModelRun(condition=o.condition, status=o.status, cache_key=o.key, layers=o.layers,
-                                               widths=o.widths or [], seconds=round(o.seconds, 3), error=o.error)
-                                      for o in run.outcomes if o.model == mid])
-                for mid, m in run.models.items()},
+        conditions=[
+            ConditionEntry(
+                label=c.label,
+                dataset=c.dataset,
+                transform=c.transform,
+                level=c.level,
+                k=c.k,
+                samples=c.samples,
+                n_samples=run.n_samples[c.label],
+            )
+            for c in run.conditions
+        ],
+        models={
+            mid: ModelEntry(
+                manifest_id=m.manifest_id,
+                manifest_version=m.version,
+                revision=m.revision,
+                weights=m.weights_label,
+                runs=[
+                    ModelRun(
+                        condition=o.condition,
+                        status=o.status,
+                        cache_key=o.key,
+                        layers=o.layers,
+                        widths=o.widths or [],
+                        seconds=round(o.seconds, 3),
+                        error=o.error,
+                    )
+                    for o in run.outcomes
+                    if o.model == mid
+                ],
+            )
+            for mid, m in run.models.items()
+        },
         metrics={u.name: MetricEntry(version=run.metric_versions[u.name]) for u in run.suite.metrics},
         device=run.device,
         pair_work=[PairWork.model_validate(w) for w in run.pair_work],
@@ -159,7 +237,9 @@ def write_run(run: SuiteRun, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     res = results_of(run, run_dir)
     files: dict[str, str] = {}
-    records = [r for job in run.scored for r in job_records(job.scores, job.condition, job.n, run.models, job.layer_names)]
+    records = [
+        r for job in run.scored for r in job_records(job.scores, job.condition, job.n, run.models, job.layer_names)
+    ]
     if records:
         write_records(run_dir / RESULTS_DIR, records)
         files["results"] = str(run_dir / RESULTS_DIR)

@@ -71,8 +71,10 @@ class Results:
         cal = tables["calibration"]
         if cal is not None and not cal.empty and "alpha" not in cal:
             # written before the calibrated score followed calibrated-similarity: not comparable
-            raise BadInput(f"{folder}: permutation nulls without the calibrated-similarity score (an older run); "
-                           "run the suite again")
+            raise BadInput(
+                f"{folder}: permutation nulls without the calibrated-similarity score (an older run); "
+                "run the suite again"
+            )
         scores = scores.assign(params=_parsed_params(folder, scores, metrics))
         return cls(folder, record, scores, **{k: _empty() if v is None else v for k, v in tables.items()})
 
@@ -105,8 +107,9 @@ class Results:
     def n_samples(self, condition: str) -> int:
         n = self.record.n_samples(condition)
         if n is None:
-            raise BadInput(f"{self.source}: run.json gives no sample count of condition '{condition}'; run the suite "
-                           "again")
+            raise BadInput(
+                f"{self.source}: run.json gives no sample count of condition '{condition}'; run the suite again"
+            )
         return n
 
     def params(self, metric: str) -> dict[str, Any]:
@@ -117,10 +120,23 @@ class Results:
     @property
     def models(self) -> pd.DataFrame:
         """One row per model and condition: weights, manifest version, status, layers, widest layer, seconds."""
-        return pd.DataFrame([{"model": mid, "weights": m.weights, "manifest_version": m.manifest_version,
-                              "condition": r.condition, "status": r.status, "layers": r.layers,
-                              "widest": max(r.widths) if r.widths else None, "seconds": r.seconds, "error": r.error}
-                             for mid, m in self.record.models.items() for r in m.runs])
+        return pd.DataFrame(
+            [
+                {
+                    "model": mid,
+                    "weights": m.weights,
+                    "manifest_version": m.manifest_version,
+                    "condition": r.condition,
+                    "status": r.status,
+                    "layers": r.layers,
+                    "widest": max(r.widths) if r.widths else None,
+                    "seconds": r.seconds,
+                    "error": r.error,
+                }
+                for mid, m in self.record.models.items()
+                for r in m.runs
+            ]
+        )
 
     def best(self, metric: str | None = None, condition: str | None = None) -> pd.DataFrame:
         """Per model pair: its best layer pair and score (every metric and condition unless named)."""
@@ -137,12 +153,16 @@ class Results:
                 raise BadInput(f"{self.source}: no {name} {value!r}; it has {known}")
         return self.scores[(self.scores.metric == metric) & (self.scores.condition == condition)]
 
-    def matrix(self, metric: str | None = None, condition: str | None = None,
-               models: list[str] | None = None) -> pd.DataFrame:
+    def matrix(
+        self, metric: str | None = None, condition: str | None = None, models: list[str] | None = None
+    ) -> pd.DataFrame:
         """Model x model: each pair's best score over layer pairs (entry [a, b] is metric(b, a), the PRH code's
         orientation); the first metric and condition unless named, every model of the run unless `models`."""
-        return alignment_matrix(self.best(metric or self.metrics[0], condition), metric or self.metrics[0],
-                                list(self.record.models) if models is None else models)
+        return alignment_matrix(
+            self.best(metric or self.metrics[0], condition),
+            metric or self.metrics[0],
+            list(self.record.models) if models is None else models,
+        )
 
     def consistency(self, metric: str) -> pd.DataFrame:
         """With several conditions: how alike each one's matrix and ranking is to the first's and the previous
@@ -160,8 +180,10 @@ class Results:
         if swapped:
             pair = table[(table.model_x == y) & (table.model_y == x)]
         if pair.empty:
-            raise BadInput(f"{self.source}: no scores of {x} x {y}; models with scores: "
-                           f"{sorted(set(table.model_x) | set(table.model_y))}")
+            raise BadInput(
+                f"{self.source}: no scores of {x} x {y}; models with scores: "
+                f"{sorted(set(table.model_x) | set(table.model_y))}"
+            )
         grid = pair.pivot(index="layer_x", columns="layer_y", values="score")
         grid = grid.loc[list(dict.fromkeys(pair.layer_x)), list(dict.fromkeys(pair.layer_y))]
         if swapped:
@@ -174,8 +196,14 @@ class Results:
         layers and the layer of y that gives it: where in x the alignment with y lives."""
         grid = self.layers(x, y, metric, condition)
         depth = [i / max(1, len(grid) - 1) for i in range(len(grid))]
-        return pd.DataFrame({"layer": grid.index, "depth": depth, "best_score": grid.max(axis=1).to_numpy(),
-                             "best_layer_of_" + y: grid.idxmax(axis=1).to_numpy()})
+        return pd.DataFrame(
+            {
+                "layer": grid.index,
+                "depth": depth,
+                "best_score": grid.max(axis=1).to_numpy(),
+                "best_layer_of_" + y: grid.idxmax(axis=1).to_numpy(),
+            }
+        )
 
     def plot_layers(self, x: str, y: str, metric: str | None = None, condition: str | None = None) -> Figure:
         """The pair's layer x layer heatmap beside its alignment by depth of x (a matplotlib Figure, made without
@@ -183,8 +211,12 @@ class Results:
         from .figures import layer_pair_figure
 
         metric, condition = metric or self.metrics[0], condition or self.conditions[0]
-        return layer_pair_figure(self.layers(x, y, metric, condition), self.by_depth(x, y, metric, condition),
-                                 f"{self.suite}: {x} x {y}, {metric} on {condition}", metric)
+        return layer_pair_figure(
+            self.layers(x, y, metric, condition),
+            self.by_depth(x, y, metric, condition),
+            f"{self.suite}: {x} x {y}, {metric} on {condition}",
+            metric,
+        )
 
 
 def _read_checked(folder: Path, name: str, record: RunRecord) -> pd.DataFrame | None:
@@ -194,9 +226,11 @@ def _read_checked(folder: Path, name: str, record: RunRecord) -> pd.DataFrame | 
         return table
     known = {c.label for c in record.conditions if c.n_samples is not None}
     if unknown := sorted(set(table.condition.astype(str)) - known):
-        raise BadInput(f"{folder / 'run.json'}: field 'conditions': no entry with n_samples for condition "
-                       f"{unknown[0]!r} of the {name} table (it lists {sorted(known)}); the run folder is incomplete "
-                       "or mixed: run the suite again")
+        raise BadInput(
+            f"{folder / 'run.json'}: field 'conditions': no entry with n_samples for condition "
+            f"{unknown[0]!r} of the {name} table (it lists {sorted(known)}); the run folder is incomplete "
+            "or mixed: run the suite again"
+        )
     return table
 
 

@@ -54,7 +54,9 @@ def latest_run(runs_root: Path, suite: str) -> Path:
     folder = suite_runs(suite, runs_root)
     runs = sorted(p for p in folder.glob("*") if (p / RUN_RECORD).exists() and has_scores(p))
     if not runs:
-        raise BadInput(f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first")
+        raise BadInput(
+            f"no stored results of suite '{suite}' under {folder}; run `prh-bench run --suite {suite}` first"
+        )
     return runs[-1]
 
 
@@ -75,8 +77,10 @@ def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
     would disagree on which is the run's), and so is a file that is no such table."""
     parquet, csv = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
     if parquet.exists() and csv.exists():
-        raise BadInput(f"{run_dir} holds both {csv.name} and {parquet.name}; a run writes one. Remove the one that "
-                       "is not this run's")
+        raise BadInput(
+            f"{run_dir} holds both {csv.name} and {parquet.name}; a run writes one. Remove the one that "
+            "is not this run's"
+        )
     path = parquet if parquet.exists() else csv if csv.exists() else None
     if path is None:
         return None
@@ -92,5 +96,3 @@ def slug(text: str) -> str:
     """A file name's part from free text (a condition label like 'pocket-photos gaussian_noise=0.5')."""
     out = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
     return out if out.strip(".") else "_" * max(1, len(out))  # never '', '.' or '..': a path part, not a way up
-
-

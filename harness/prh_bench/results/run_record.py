@@ -149,8 +149,10 @@ def read_run_record(run_dir: Path) -> RunRecord:
     if not isinstance(doc, dict):
         raise BadInput(f"{path}: not a run record (a JSON object is expected)")
     if isinstance(doc.get("format"), int) and doc["format"] > RUN_FORMAT:
-        raise BadInput(f"{path}: run record format {doc['format']} is newer than this prh-bench reads ({RUN_FORMAT}); "
-                       "upgrade prh-bench")
+        raise BadInput(
+            f"{path}: run record format {doc['format']} is newer than this prh-bench reads ({RUN_FORMAT}); "
+            "upgrade prh-bench"
+        )
     try:
         return RunRecord.model_validate(migrate(doc))
     except ValidationError as exc:

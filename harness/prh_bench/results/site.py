@@ -20,8 +20,10 @@ def publish(src: Path, dest: Path) -> Path:
         here = Path(folder)
         for name in dirs + files:
             if (here / name).is_symlink() or not ((here / name).is_dir() or (here / name).is_file()):
-                raise BadInput(f"{here / name}: the bundle holds a link or a special file; publish copies plain "
-                               "files and folders only (rebuild the bundle with `prh-bench leaderboard`)")
+                raise BadInput(
+                    f"{here / name}: the bundle holds a link or a special file; publish copies plain "
+                    "files and folders only (rebuild the bundle with `prh-bench leaderboard`)"
+                )
         out = target / here.relative_to(src)
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             raise BadInput(f"{out}: expected a folder (or nothing) to publish into; it is a link or a file")

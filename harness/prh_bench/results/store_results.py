@@ -37,36 +37,67 @@ def store_results(registry: Registry, suite: SuiteManifest, store: Path, extra: 
     n_samples = None
     for rec, path in scan(store).values():
         key = (rec.metric, params_key(rec.params))
-        if (rec.condition.label != cond.label or rec.condition.dataset != cond.dataset.id or key not in wanted
-                or params_key(rec.prepare) != prepare or not {rec.model_x.id, rec.model_y.id} <= set(models)):
+        if (
+            rec.condition.label != cond.label
+            or rec.condition.dataset != cond.dataset.id
+            or key not in wanted
+            or params_key(rec.prepare) != prepare
+            or not {rec.model_x.id, rec.model_y.id} <= set(models)
+        ):
             continue
         params, version = wanted[key]
         if rec.metric_version != version:
             raise BadInput(f"{path}: {rec.metric} version {rec.metric_version}, but the registry's is {version}")
         if rec.condition.dataset_version != cond.dataset.version:
-            raise BadInput(f"{path}: dataset {cond.dataset.id} version {rec.condition.dataset_version}, but the "
-                           f"registry's is {cond.dataset.version}")
+            raise BadInput(
+                f"{path}: dataset {cond.dataset.id} version {rec.condition.dataset_version}, but the "
+                f"registry's is {cond.dataset.version}"
+            )
         for ref in (rec.model_x, rec.model_y):
             if (old := seen.setdefault(ref.id, ref)) != ref:
-                raise BadInput(f"{store} holds results of '{ref.id}' from different features or manifest versions "
-                               f"({old.features_sha256[:12]} v{old.manifest_version} vs {ref.features_sha256[:12]} "
-                               f"v{ref.manifest_version}); merge results of one version only")
+                raise BadInput(
+                    f"{store} holds results of '{ref.id}' from different features or manifest versions "
+                    f"({old.features_sha256[:12]} v{old.manifest_version} vs {ref.features_sha256[:12]} "
+                    f"v{ref.manifest_version}); merge results of one version only"
+                )
             if ref.manifest_version != models[ref.id].version:
-                raise BadInput(f"{path}: '{ref.id}' manifest version {ref.manifest_version}, but the registry's is "
-                               f"{models[ref.id].version}")
+                raise BadInput(
+                    f"{path}: '{ref.id}' manifest version {ref.manifest_version}, but the registry's is "
+                    f"{models[ref.id].version}"
+                )
         n_samples = rec.condition.n_samples
-        rows += [{"condition": cond.label, "model_x": rec.model_x.id, "model_y": rec.model_y.id, "layer_x": lx,
-                  "layer_y": ly, "metric": rec.metric, "params": params, "score": rec.scores[i][j]}
-                 for i, lx in enumerate(rec.model_x.layers) for j, ly in enumerate(rec.model_y.layers)]
+        rows += [
+            {
+                "condition": cond.label,
+                "model_x": rec.model_x.id,
+                "model_y": rec.model_y.id,
+                "layer_x": lx,
+                "layer_y": ly,
+                "metric": rec.metric,
+                "params": params,
+                "score": rec.scores[i][j],
+            }
+            for i, lx in enumerate(rec.model_x.layers)
+            for j, ly in enumerate(rec.model_y.layers)
+        ]
         if rec.calibration is not None:
             nulls.append({**rec.calibration.model_dump(), "condition": cond.label})
     if not rows:
-        raise BadInput(f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
-                       "preparation and models)")
+        raise BadInput(
+            f"{store} holds no results of suite '{suite.id}' (condition '{cond.label}', its metrics, "
+            "preparation and models)"
+        )
     record = RunRecord(
-        created=datetime.now(UTC).isoformat(timespec="seconds"), source=str(store), suite=suite,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=str(store),
+        suite=suite,
         conditions=[ConditionEntry(label=cond.label, dataset=cond.dataset, n_samples=n_samples)],
-        models={mid: ModelEntry(manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision,
-                                weights=m.weights_label) for mid, m in models.items()},
-        metrics={u.name: MetricEntry(version=registry.get(u.name).version) for u in suite.metrics})
+        models={
+            mid: ModelEntry(
+                manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision, weights=m.weights_label
+            )
+            for mid, m in models.items()
+        },
+        metrics={u.name: MetricEntry(version=registry.get(u.name).version) for u in suite.metrics},
+    )
     return Results(store, record, pd.DataFrame(rows), calibration=pd.DataFrame(nulls))

@@ -91,8 +91,9 @@ def fields_digest(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_root: Path,
-         with_features: bool) -> Submission:
+def pack(
+    registry: Registry, run_dir: Path, models: list[str], out: Path, cache_root: Path, with_features: bool
+) -> Submission:
     """Pack the records of `run_dir` that involve `models` (and, with_features, those models' cache entries
     under `cache_root`) into the zip file `out`."""
     from ..features import FeatureCache
@@ -103,17 +104,22 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
     records = [rec for rec, _ in scan(run_dir).values() if {rec.model_x.id, rec.model_y.id} & set(models)]
     if not records:
         raise BadInput(f"{run_dir} holds no pair records of {', '.join(models)} (did the run score them?)")
-    digests = {(ref.id, rec.condition.label): ref.features_sha256 for rec in records for ref in (rec.model_x, rec.model_y)}
+    digests = {
+        (ref.id, rec.condition.label): ref.features_sha256 for rec in records for ref in (rec.model_x, rec.model_y)
+    }
     members: dict[str, bytes | Path] = {}
     claimed, features = [], []
     for mid in models:
         entry = run.models[mid]
         manifest = registry.get(entry.manifest_id or mid, ModelManifest)
         if manifest.version != entry.manifest_version:
-            raise BadInput(f"'{mid}' ran at manifest version {entry.manifest_version}; the registry's is now "
-                           f"{manifest.version}: run it again")
-        claimed.append(ClaimedModel(id=mid, manifest_version=entry.manifest_version,
-                                    manifest_sha256=manifest_digest(manifest)))
+            raise BadInput(
+                f"'{mid}' ran at manifest version {entry.manifest_version}; the registry's is now "
+                f"{manifest.version}: run it again"
+            )
+        claimed.append(
+            ClaimedModel(id=mid, manifest_version=entry.manifest_version, manifest_sha256=manifest_digest(manifest))
+        )
         members[f"manifests/{mid}.yaml"] = registry.paths[manifest.id]
         for r in entry.runs if with_features else []:
             if (want := digests.get((mid, r.condition))) is None:
@@ -124,8 +130,10 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
             except CorruptEntry as exc:
                 raise BadInput(f"the cache entry {path} of '{mid}' is damaged ({exc}); run the suite again") from None
             if got != want:
-                raise BadInput(f"the features of '{mid}' under '{r.condition}' in the cache ({path}) are not the ones "
-                               "its records name (extracted again since, or another cache: set PRH_BENCH_CACHE)")
+                raise BadInput(
+                    f"the features of '{mid}' under '{r.condition}' in the cache ({path}) are not the ones "
+                    "its records name (extracted again since, or another cache: set PRH_BENCH_CACHE)"
+                )
             member = f"features/{mid}/{path.name}"
             members[member] = path
             features.append(FeatureFile(model=mid, condition=r.condition, features_sha256=want, path=member))
@@ -135,9 +143,17 @@ def pack(registry: Registry, run_dir: Path, models: list[str], out: Path, cache_
         by_file.setdefault(name, []).append(rec.model_dump(mode="json"))
     members |= {name: json.dumps(recs, indent=1).encode() for name, recs in by_file.items()}
     files = [MemberFile(path=name, sha256=_sha256(data), bytes=_size(data)) for name, data in sorted(members.items())]
-    claim = Submission(format=SUBMISSION_FORMAT, suite=run.suite_id, suite_version=run.suite.version,
-                       created=datetime.now(UTC).isoformat(timespec="seconds"), prh_bench=__version__,
-                       max_samples=run.max_samples, models=claimed, features=features, files=files)
+    claim = Submission(
+        format=SUBMISSION_FORMAT,
+        suite=run.suite_id,
+        suite_version=run.suite.version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        prh_bench=__version__,
+        max_samples=run.max_samples,
+        models=claimed,
+        features=features,
+        files=files,
+    )
     with atomic_file(out, ".zip", SUBMISSION_FILE) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(CLAIM, claim.model_dump_json(indent=1))
         for name, data in sorted(members.items()):
@@ -176,10 +192,14 @@ def unpack(path: Path, dest: Path) -> tuple[Submission, list[str]]:
             raise BadInput(f"{path}: {CLAIM}: {first_problem(exc)}") from None
         listed = {f.path: f for f in claim.files}
         if (need := sum(f.bytes for f in claim.files)) > (free := shutil.disk_usage(dest).free):
-            raise BadInput(f"{path}: its files take {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
-                           f"under {dest}")
-        problems = [f"{name}: in the archive but not in {CLAIM}'s file list" for name in names
-                    if name != CLAIM and name not in listed]
+            raise BadInput(
+                f"{path}: its files take {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free under {dest}"
+            )
+        problems = [
+            f"{name}: in the archive but not in {CLAIM}'s file list"
+            for name in names
+            if name != CLAIM and name not in listed
+        ]
         for name, f in listed.items():
             if name not in names:
                 problems.append(f"{name}: listed in {CLAIM} but not in the archive")
@@ -217,4 +237,3 @@ def submitted_records(folder: Path) -> list[PairRecord]:
     """The records of an unpacked submission."""
     root = folder / "results"
     return [rec for rec, _ in scan(root).values()] if root.is_dir() else []
-

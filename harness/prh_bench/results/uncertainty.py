@@ -44,8 +44,9 @@ def ranks(means: np.ndarray) -> np.ndarray:
     return 1 + (means[:, None, :] > means[:, :, None]).sum(axis=2)
 
 
-def rank_intervals(terms: np.ndarray, codes: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
-                   level: float = 0.95) -> pd.DataFrame:
+def rank_intervals(
+    terms: np.ndarray, codes: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95
+) -> pd.DataFrame:
     """Per model (column of terms): percentile intervals of its mean term and of its rank over group resamples."""
     means = bootstrap_means(terms, codes, resamples, seed)
     r = ranks(means)
@@ -76,8 +77,9 @@ def holm(values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def adjacent_tests(terms: np.ndarray, codes: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
-                   alpha: float = ALPHA) -> pd.DataFrame:
+def adjacent_tests(
+    terms: np.ndarray, codes: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, alpha: float = ALPHA
+) -> pd.DataFrame:
     """Models in rank order (columns of terms, best first): for each model and the next one down, the mean
     difference, the paired test's p, Holm's adjustment over the adjacent pairs, whether they are separable at
     alpha, and each model's tier: a run of adjacent ranks that the tests cannot tell apart shares one."""
@@ -87,6 +89,12 @@ def adjacent_tests(terms: np.ndarray, codes: np.ndarray, resamples: int = RESAMP
     adj = holm(p) if p else np.array([])
     separable = adj < alpha
     tier = np.concatenate([[1], 1 + np.cumsum(separable)]).astype(int)
-    return pd.DataFrame({"difference_to_next": [float(d.mean()) for d in diffs] + [np.nan],
-                         "p_next": [*p, np.nan], "p_next_holm": [*list(adj), np.nan],
-                         "separable_from_next": [*list(separable), pd.NA], "tier": tier})
+    return pd.DataFrame(
+        {
+            "difference_to_next": [float(d.mean()) for d in diffs] + [np.nan],
+            "p_next": [*p, np.nan],
+            "p_next_holm": [*list(adj), np.nan],
+            "separable_from_next": [*list(separable), pd.NA],
+            "tier": tier,
+        }
+    )

@@ -71,16 +71,27 @@ class Verification:
 
     def add(self, check: str, problems: list[str], ok_detail: str) -> None:
         more = f"; ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
-        self.findings.append(Finding(check, not problems, "; ".join(problems[:MAX_SHOWN]) + more if problems else ok_detail))
+        self.findings.append(
+            Finding(check, not problems, "; ".join(problems[:MAX_SHOWN]) + more if problems else ok_detail)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
     def ledger_entry(self) -> dict[str, Any]:
-        return {"submission_sha256": self.submission_sha256, "suite": self.suite, "models": self.models,
-                "features": self.features, "records": self.records, "recomputed": self.recomputed, "seed": self.seed,
-                "max_deviation": self.max_deviation, "tolerance": self.tolerance, "prh_bench": __version__,
-                "verified_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        return {
+            "submission_sha256": self.submission_sha256,
+            "suite": self.suite,
+            "models": self.models,
+            "features": self.features,
+            "records": self.records,
+            "recomputed": self.recomputed,
+            "seed": self.seed,
+            "max_deviation": self.max_deviation,
+            "tolerance": self.tolerance,
+            "prh_bench": __version__,
+            "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
 
 
 def pass_probability(records: int, sampled: int, tampered: int) -> float:
@@ -92,14 +103,30 @@ def pass_probability(records: int, sampled: int, tampered: int) -> float:
 
 
 def pass_table(records: int, sampled: int) -> list[dict[str, float]]:
-    counts = sorted({t for t in (1, math.ceil(records * 0.01), math.ceil(records * 0.05), math.ceil(records * 0.1))
-                     if 1 <= t <= records})
+    counts = sorted(
+        {
+            t
+            for t in (1, math.ceil(records * 0.01), math.ceil(records * 0.05), math.ceil(records * 0.1))
+            if 1 <= t <= records
+        }
+    )
     return [{"tampered": t, "pass_probability": pass_probability(records, sampled, t)} for t in counts]
 
 
-def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DEFAULT_SAMPLE, seed: int | None = None,
-           atol: float = 2e-3, rtol: float = 0.0, device: str = "cpu", registry_dirs: tuple[Path, ...] = (),
-           reextract: bool = False, progress: bool = False) -> tuple[Verification, Path]:
+def verify(
+    registry: Registry,
+    path: Path,
+    cache_root: Path,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int | None = None,
+    atol: float = 2e-3,
+    rtol: float = 0.0,
+    device: str = "cpu",
+    registry_dirs: tuple[Path, ...] = (),
+    reextract: bool = False,
+    progress: bool = False,
+) -> tuple[Verification, Path]:
     """Check the submission at `path` (see the module's text). The sample's seed is drawn at random unless
     given: a submitter who knew it could edit only the records it leaves out; the report names it, so the same
     sample can be drawn again. Returns the verification and the scratch folder the submission was unpacked
@@ -107,23 +134,37 @@ def verify(registry: Registry, path: Path, cache_root: Path, *, sample: int = DE
     seed = secrets.randbelow(2**63) if seed is None else seed
     scratch = Path(tempfile.mkdtemp(prefix="prh-verify-"))
     claim, problems = unpack(path, scratch)
-    v = Verification(str(path), sha256_of(path), claim.suite, [m.id for m in claim.models], seed=seed,
-                     tolerance={"atol": atol, "rtol": rtol})
+    v = Verification(
+        str(path),
+        sha256_of(path),
+        claim.suite,
+        [m.id for m in claim.models],
+        seed=seed,
+        tolerance={"atol": atol, "rtol": rtol},
+    )
     v.add("files", problems, f"{len(claim.files)} files match the sha256 their claim lists")
     if problems:
         return v, scratch
     suite = registry.get(claim.suite, SuiteManifest)
-    v.add("suite", [] if suite.version == claim.suite_version else
-          [f"'{suite.id}' is at version {suite.version} here, the submission ran version {claim.suite_version}"],
-          f"'{suite.id}' version {suite.version}")
-    v.add("manifests", manifest_problems(registry, claim), f"{len(claim.models)} claimed model manifests are the "
-          "registry's (version and the fields that change features)")
+    v.add(
+        "suite",
+        []
+        if suite.version == claim.suite_version
+        else [f"'{suite.id}' is at version {suite.version} here, the submission ran version {claim.suite_version}"],
+        f"'{suite.id}' version {suite.version}",
+    )
+    v.add(
+        "manifests",
+        manifest_problems(registry, claim),
+        f"{len(claim.models)} claimed model manifests are the registry's (version and the fields that change features)",
+    )
     if not v.passed:
         return v, scratch
     records = submitted_records(scratch)
     v.records = len(records)
     Checker(registry, suite, claim, records, scratch, cache_root, registry_dirs, device, reextract, progress).run(
-        v, sample)
+        v, sample
+    )
     return v, scratch
 
 
@@ -132,47 +173,79 @@ def manifest_problems(registry: Registry, claim: Submission) -> list[str]:
     for c in claim.models:
         m = registry.entries.get(c.id.partition("@")[0])
         if not isinstance(m, ModelManifest):
-            out.append(f"model '{c.id}' is not in the registry: add its manifest (manifests/{c.id}.yaml in the "
-                       "submission) to a folder given with --registry")
+            out.append(
+                f"model '{c.id}' is not in the registry: add its manifest (manifests/{c.id}.yaml in the "
+                "submission) to a folder given with --registry"
+            )
         elif m.version != c.manifest_version:
-            out.append(f"model '{c.id}': the submission ran manifest version {c.manifest_version}, the registry's "
-                       f"is {m.version}")
+            out.append(
+                f"model '{c.id}': the submission ran manifest version {c.manifest_version}, the registry's "
+                f"is {m.version}"
+            )
         elif manifest_digest(m) != c.manifest_sha256:
-            out.append(f"model '{c.id}': the submission's manifest differs from the registry's in fields that change "
-                       "features (backend, source, weights, layers, preprocessing, dtype), at the same version")
+            out.append(
+                f"model '{c.id}': the submission's manifest differs from the registry's in fields that change "
+                "features (backend, source, weights, layers, preprocessing, dtype), at the same version"
+            )
     return out
 
 
 class Checker:
     """The record checks of one submission, against this machine's registry, samples and features."""
 
-    def __init__(self, registry: Registry, suite: SuiteManifest, claim: Submission, records: list[PairRecord],
-                 folder: Path, cache_root: Path, registry_dirs: tuple[Path, ...], device: str, reextract: bool,
-                 progress: bool):
+    def __init__(
+        self,
+        registry: Registry,
+        suite: SuiteManifest,
+        claim: Submission,
+        records: list[PairRecord],
+        folder: Path,
+        cache_root: Path,
+        registry_dirs: tuple[Path, ...],
+        device: str,
+        reextract: bool,
+        progress: bool,
+    ):
         from ..context import RunContext, RunSpec
 
         self.registry, self.suite, self.claim, self.records, self.folder = registry, suite, claim, records, folder
         self.claimed = {m.id for m in claim.models}
-        self.ctx = RunContext(RunSpec(suite.id, str(cache_root), tuple(str(d) for d in registry_dirs), device,
-                                      max_samples=claim.max_samples,
-                                      extra_models=tuple(sorted({c.partition("@")[0] for c in self.claimed}))), registry)
+        self.ctx = RunContext(
+            RunSpec(
+                suite.id,
+                str(cache_root),
+                tuple(str(d) for d in registry_dirs),
+                device,
+                max_samples=claim.max_samples,
+                extra_models=tuple(sorted({c.partition("@")[0] for c in self.claimed})),
+            ),
+            registry,
+        )
         self.conditions = {c.label: i for i, c in enumerate(self.ctx.conditions)}
         self.suite_metrics = {label: self._metrics(label) for label in self.conditions}
         self.reextract, self.progress = reextract, progress
         self.features: dict[tuple[str, str], Any] = {}  # (model, condition) -> Features used to recompute
 
     def run(self, v: Verification, sample: int) -> None:
-        v.add("records", self.record_problems(), f"{len(self.records)} records name the suite's conditions, metrics, "
-              "parameters, preparation and the registry's manifest versions")
+        v.add(
+            "records",
+            self.record_problems(),
+            f"{len(self.records)} records name the suite's conditions, metrics, "
+            "parameters, preparation and the registry's manifest versions",
+        )
         if not v.passed:
             return
-        v.add("features", self.feature_problems(), "every feature checksum the records name is the submitted "
-              "file's or this machine's")
+        v.add(
+            "features",
+            self.feature_problems(),
+            "every feature checksum the records name is the submitted file's or this machine's",
+        )
         if not v.passed:
             return
         for c in self.claim.models:
-            v.features[c.id] = sorted({ref.features_sha256 for r in self.records for ref in (r.model_x, r.model_y)
-                                       if ref.id == c.id})
+            v.features[c.id] = sorted(
+                {ref.features_sha256 for r in self.records for ref in (r.model_x, r.model_y) if ref.id == c.id}
+            )
         order = sorted(self.records, key=lambda r: r.identity())
         rng = np.random.default_rng(v.seed)
         picked = [order[i] for i in sorted(rng.choice(len(order), size=min(sample, len(order)), replace=False))]
@@ -184,8 +257,12 @@ class Checker:
             if why:
                 problems.append(f"{describe(rec)}: {why}")
         v.recomputed, v.max_deviation = len(picked), worst
-        v.add("scores", problems, f"{len(picked)} of {len(order)} records recomputed (seed {v.seed}): every score within "
-              f"atol {v.tolerance['atol']:g} + rtol {v.tolerance['rtol']:g} x |score| (largest difference {worst:.3g})")
+        v.add(
+            "scores",
+            problems,
+            f"{len(picked)} of {len(order)} records recomputed (seed {v.seed}): every score within "
+            f"atol {v.tolerance['atol']:g} + rtol {v.tolerance['rtol']:g} x |score| (largest difference {worst:.3g})",
+        )
         v.pass_probability = pass_table(len(order), len(picked))
 
     def _metrics(self, label: str) -> dict[tuple[str, str], tuple[Any, dict[str, Any], int]]:
@@ -194,7 +271,11 @@ class Checker:
         out = {}
         for use in self.suite.metrics:
             metric, params = self.registry.metric(use.name, cond.metric_params(use.params))
-            out[(metric.name, json.dumps(params, sort_keys=True))] = (metric, params, self.registry.get(use.name).version)
+            out[(metric.name, json.dumps(params, sort_keys=True))] = (
+                metric,
+                params,
+                self.registry.get(use.name).version,
+            )
         return out
 
     def record_problems(self) -> list[str]:
@@ -209,8 +290,10 @@ class Checker:
                 continue
             ds = self.ctx.conditions[index].dataset
             if (rec.condition.dataset, rec.condition.dataset_version) != (ds.id, ds.version):
-                out.append(f"{where}: data set {rec.condition.dataset} version {rec.condition.dataset_version}, the "
-                           f"registry's is {ds.id} version {ds.version}")
+                out.append(
+                    f"{where}: data set {rec.condition.dataset} version {rec.condition.dataset_version}, the "
+                    f"registry's is {ds.id} version {ds.version}"
+                )
             found = self.suite_metrics[rec.condition.label].get((rec.metric, json.dumps(rec.params, sort_keys=True)))
             if found is None:
                 out.append(f"{where}: not a metric with parameters of suite '{self.suite.id}'")
@@ -223,9 +306,13 @@ class Checker:
                 if m is None:
                     out.append(f"{where}: '{ref.id}' is not a model of suite '{self.suite.id}' nor a claimed one")
                 elif m.version != ref.manifest_version:
-                    out.append(f"{where}: '{ref.id}' manifest version {ref.manifest_version}, the registry's is {m.version}")
+                    out.append(
+                        f"{where}: '{ref.id}' manifest version {ref.manifest_version}, the registry's is {m.version}"
+                    )
             if rec.calibration is not None and not math.isclose(rec.calibration.observed, best(rec), abs_tol=1e-9):
-                out.append(f"{where}: its null's observed score {rec.calibration.observed} is not its best score {best(rec)}")
+                out.append(
+                    f"{where}: its null's observed score {rec.calibration.observed} is not its best score {best(rec)}"
+                )
         return out
 
     def feature_problems(self) -> list[str]:
@@ -238,8 +325,11 @@ class Checker:
         for rec in self.records:
             for ref in (rec.model_x, rec.model_y):
                 named.setdefault((ref.id, rec.condition.label), set()).add(ref.features_sha256)
-        out = [f"'{m}' under '{c}': the records name {len(s)} different feature checksums" for (m, c), s in named.items()
-               if len(s) > 1]
+        out = [
+            f"'{m}' under '{c}': the records name {len(s)} different feature checksums"
+            for (m, c), s in named.items()
+            if len(s) > 1
+        ]
         submitted = {(f.model, f.condition): f for f in self.claim.features}
         for (mid, label), f in submitted.items():
             if mid not in self.claimed:  # another model's features are checked against this machine's, never taken
@@ -254,8 +344,10 @@ class Checker:
                 out.append(f"{f.path}: not a valid feature file ({exc})")
                 continue
             if meta["sha256"] not in named[(mid, label)] or meta["sha256"] != f.features_sha256:
-                out.append(f"{f.path}: its checksum {meta['sha256'][:12]}... is not the {next(iter(named[(mid, label)]))[:12]}"
-                           f"... the records of '{mid}' under '{label}' name (swapped or re-extracted features)")
+                out.append(
+                    f"{f.path}: its checksum {meta['sha256'][:12]}... is not the {next(iter(named[(mid, label)]))[:12]}"
+                    f"... the records of '{mid}' under '{label}' name (swapped or re-extracted features)"
+                )
                 continue
             try:
                 doc = json.loads(meta.get("key_doc", "{}"))
@@ -282,9 +374,11 @@ class Checker:
                 elif o.model in self.claimed and (o.model, label) in self.features:
                     out += self.reextracted_problems(o.model, label, feats)
                 else:
-                    out.append(f"'{o.model}' under '{label}': the records name features {min(named[(o.model, label)])[:12]}"
-                               f"..., this machine's are {digest[:12]}... (other weights, code or library versions: run "
-                               "both sides with the same prh-bench and constraints.txt)")
+                    out.append(
+                        f"'{o.model}' under '{label}': the records name features {min(named[(o.model, label)])[:12]}"
+                        f"..., this machine's are {digest[:12]}... (other weights, code or library versions: run "
+                        "both sides with the same prh-bench and constraints.txt)"
+                    )
         return out
 
     def key_problems(self, where: str, doc: dict[str, Any], mid: str, label: str) -> list[str]:
@@ -292,12 +386,16 @@ class Checker:
         from ..context import Target
 
         out = []
-        if not isinstance(doc.get("model"), dict) or fields_digest(doc["model"]) != manifest_digest(self.ctx.models[mid]):
+        if not isinstance(doc.get("model"), dict) or fields_digest(doc["model"]) != manifest_digest(
+            self.ctx.models[mid]
+        ):
             out.append(f"{where}: extracted from another manifest of '{mid}' than the registry's (or at another dtype)")
         _, samples, _ = self.ctx.samples(Target(condition=self.conditions[label]))
         if (doc.get("n_samples"), doc.get("sample_content")) != (len(samples), samples.digest):
-            out.append(f"{where}: extracted from other samples than '{label}' has here ({doc.get('n_samples')} vs "
-                       f"{len(samples)} samples, or other content)")
+            out.append(
+                f"{where}: extracted from other samples than '{label}' has here ({doc.get('n_samples')} vs "
+                f"{len(samples)} samples, or other content)"
+            )
         return out
 
     def reextracted_problems(self, mid: str, label: str, feats: Any) -> list[str]:
@@ -318,14 +416,18 @@ class Checker:
         from ..align import prepare, score_layers
         from ..align.prepare import CONCAT
 
-        metric, params, _ = self.suite_metrics[rec.condition.label][(rec.metric, json.dumps(rec.params, sort_keys=True))]
+        metric, params, _ = self.suite_metrics[rec.condition.label][
+            (rec.metric, json.dumps(rec.params, sort_keys=True))
+        ]
         p = self.suite.prepare
         sides = []
         for ref in (rec.model_x, rec.model_y):
             feats = self.features[(ref.id, rec.condition.label)]
             if ref.layers != feats.layer_names + ([CONCAT] if p.concat_layers else []):
                 return f"'{ref.id}' layers {ref.layers} are not its features' {feats.layer_names}", math.inf
-            sides.append(prepare(feats.tensors, p.clamp_quantile, p.l2_normalize, p.concat_layers, p.clamp, p.precision))
+            sides.append(
+                prepare(feats.tensors, p.clamp_quantile, p.l2_normalize, p.concat_layers, p.clamp, p.precision)
+            )
         try:
             got = score_layers(metric, sides[0], sides[1], **params).matrix.double().numpy()
         except BadInput as exc:  # features that do not fit together (another N): a failed check, not a crash
@@ -338,8 +440,10 @@ class Checker:
         bad = diff > tolerance["atol"] + tolerance["rtol"] * np.abs(np.nan_to_num(claimed))
         if bad.any():
             i, j = np.unravel_index(int(np.argmax(np.where(bad, diff, -1))), diff.shape)
-            return (f"layer pair ({rec.model_x.layers[i]}, {rec.model_y.layers[j]}) claims {claimed[i, j]:.6g}, its "
-                    f"features give {got[i, j]:.6g}"), worst
+            return (
+                f"layer pair ({rec.model_x.layers[i]}, {rec.model_y.layers[j]}) claims {claimed[i, j]:.6g}, its "
+                f"features give {got[i, j]:.6g}"
+            ), worst
         return "", worst
 
 
