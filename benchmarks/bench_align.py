@@ -22,6 +22,7 @@ import time
 
 import torch
 from fresh_process import in_fresh_process
+from measured import recorded
 
 from prh_bench.align import get_metric, prepare, summarize_layers
 from prh_bench.align.pair_batches import score_pairs
@@ -161,7 +162,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="time the baseline on 40 pairs per metric and extrapolate")
     ap.add_argument("--case2-sample", type=int, default=30, help="baseline pairs timed for case 2")
     ap.add_argument("--repeat", type=int, default=3, help="engine and floor runs; the best is reported")
+    ap.add_argument("--record", action="store_true", help="also write the figures to docs/measured/")
     args = ap.parse_args()
+    with recorded("bench_align", args.record):
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={N}, k={K}\n")
 

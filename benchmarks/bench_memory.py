@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from fresh_process import in_fresh_process
+from measured import recorded
 
 from prh_bench.align import get_metric
 from prh_bench.features import FeatureCache, Features
@@ -74,7 +75,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 and 16 models")
     ap.add_argument("--budget", type=float, default=2.0, help="GiB of summaries the budgeted runs may hold")
+    ap.add_argument("--record", action="store_true", help="also write the figures to docs/measured/")
     args = ap.parse_args()
+    with recorded("bench_memory", args.record):
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
     small, large = (4, 16) if args.quick else (10, 40)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; models of {LAYERS} layers x {WIDTH}, N={N}; "

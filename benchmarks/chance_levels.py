@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from measured import recorded
 from tabulate import tabulate
 
 from prh_bench.align import METRICS, prepare, score_layers
@@ -42,7 +43,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--fitted-n", type=int, default=320, help="samples for the in-sample vs cross-validated table")
+    ap.add_argument("--record", action="store_true", help="also write the figures to docs/measured/")
     args = ap.parse_args()
+    with recorded("chance_levels", args.record):
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
     rows = []
     for name in METRICS:
         mean, sd = score(name, args.n, args.width, args.seeds, **PARAMS.get(name, {}))
