@@ -26,13 +26,20 @@ DOCS = Path(__file__).parents[1] / "docs" / "measured"
 
 
 def _commit() -> str:
+    """HEAD, and whether the code (not the documentation these files go into) differs from it."""
+    root = DOCS.parents[1]
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True, cwd=DOCS.parents[1]
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=root
+        )
+        code = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "harness", "plugins", "registry", "benchmarks"],
+            cwd=root,
+            check=False,
         )
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
+        return "an unknown commit"
+    return head.stdout.strip() + (" with uncommitted changes to the code" if code.returncode else "")
 
 
 class _Tee(io.TextIOBase):
