@@ -4,6 +4,7 @@ context, and nothing reaches back; imports inside functions count too (they are 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 HARNESS = Path(__file__).parents[1] / "harness" / "prh_bench"
@@ -133,3 +134,20 @@ def test_the_version_is_written_once() -> None:
     assert 'dynamic = ["version"]' in (root / "pyproject.toml").read_text(encoding="utf-8")
     cited = re.search(r"^version: (\S+)$", (root / "CITATION.cff").read_text(encoding="utf-8"), re.M)
     assert cited is not None and cited.group(1) == prh_bench.__version__
+
+
+def test_measured_figures_in_the_docs_come_from_their_benchmark() -> None:
+    """Each docs/measured/NAME.md a page includes exists, is written by benchmarks/NAME.py (`--record`), and says
+    the command, the commit and the machine's load it was measured under."""
+    root = Path(__file__).parents[1]
+    included = {
+        m
+        for page in (root / "docs").glob("*.md")
+        for m in re.findall(r'--8<-- "docs/measured/([a-z_]+)\.md"', page.read_text(encoding="utf-8"))
+    }
+    assert included >= {"chance_levels", "bench_align", "bench_memory"}
+    for name in included:
+        bench = (root / "benchmarks" / f"{name}.py").read_text(encoding="utf-8")
+        assert f'recorded("{name}", args.record)' in bench
+        text = (root / "docs" / "measured" / f"{name}.md").read_text(encoding="utf-8")
+        assert text.startswith(f"`python benchmarks/{name}.py") and "--record` at " in text and "load average" in text

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import BadInput
 from .documents import Finite
-from .matrices import params_key
+from .matrices import params_keys
 from .results import Results
 
 FORMAT = 2  # 2: per-table tolerances
@@ -59,7 +59,7 @@ def measured(res: Results) -> Measured:
         "datasets": {c.dataset.id: c.dataset.version for c in rec.conditions},
         "n_samples": {c.label: c.n_samples for c in rec.conditions},
     }
-    scores = res.scores.assign(params=[params_key(p) for p in res.scores.params])
+    scores = res.scores.assign(params=params_keys(res.scores.params))
     tables: dict[Table, pd.DataFrame] = {"scores": scores, "probes": res.probes, "model_scores": res.model_scores}
     return Measured(
         rec.suite_id,

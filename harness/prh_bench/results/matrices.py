@@ -4,7 +4,7 @@ alignment matrix, each model's best partner, and the chance level a score is rea
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,13 @@ from ..align.metric import Metric
 def params_key(params: Mapping[str, Any]) -> str:
     """A metric's parameters as the canonical text that files and baselines key scores by."""
     return json.dumps(dict(params), sort_keys=True)
+
+
+def params_keys(column: Iterable[Mapping[str, Any]]) -> list[str]:
+    """`params_key` of every row of a parameter column, each shared dict written once (a long table's rows of
+    one metric share one)."""
+    done: dict[int, str] = {}
+    return [done[id(p)] if id(p) in done else done.setdefault(id(p), params_key(p)) for p in column]
 
 
 def best_pairs(scores: pd.DataFrame) -> pd.DataFrame:

@@ -171,7 +171,8 @@ def limits(lb: Leaderboard) -> list[str]:
             f"are nearer {u.groups} than {u.samples}, and every interval and test here counts groups."
         )
     measure = "alignment_to_reference" if lb.reference else "mean_alignment"
-    kinds = dict(t.dropna(subset=[measure]).groupby("kind")) if "kind" in t else {}
+    # A comprehension, not dict(groupby): dict() would take the groupby's `keys` attribute for a mapping's.
+    kinds = {k: part for k, part in t.dropna(subset=[measure]).groupby("kind")} if "kind" in t else {}  # noqa: C416
     if "random" in kinds and "trained" in kinds:
         rnd, trn = kinds["random"], kinds["trained"]
         text = (

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import BadInput
 from .consistency import consistency
-from .matrices import alignment_matrix, best_pairs, params_key
+from .matrices import alignment_matrix, best_pairs, params_keys
 from .run_folder import read_table, write_table
 from .run_record import RunRecord, read_run_record, write_run_record
 
@@ -85,7 +85,7 @@ class Results:
         for name in TABLES:
             table = getattr(self, name)
             if name == "scores":
-                table = table.assign(params=[params_key(p) for p in table.params])
+                table = table.assign(params=params_keys(table.params))
             elif table.empty:
                 continue
             files[name] = str(write_table(table, folder, name))
