@@ -46,7 +46,7 @@ class Measured:
     suite: str
     versions: dict[str, Any]
     libraries: dict[str, str]
-    tables: dict[Table, pd.DataFrame]  # per table of TABLES: its key columns and value (parameters as text)
+    tables: dict[Table, pd.DataFrame]  # per table of TABLES, as the run wrote it (parameters as text)
 
 
 def measured(res: Results) -> Measured:
@@ -61,12 +61,7 @@ def measured(res: Results) -> Measured:
     }
     scores = res.scores.assign(params=params_keys(res.scores.params))
     tables: dict[Table, pd.DataFrame] = {"scores": scores, "probes": res.probes, "model_scores": res.model_scores}
-    return Measured(
-        rec.suite_id,
-        versions,
-        rec.libraries,
-        {t: frame[[*TABLES[t], VALUE[t]]] if not frame.empty else frame for t, frame in tables.items()},
-    )
+    return Measured(rec.suite_id, versions, rec.libraries, tables)
 
 
 def write_baseline(run: Measured, path: Path, tolerance: dict[str, float] | None = None) -> dict[str, Any]:
