@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 
+from measured import recorded
+
 CHILD = """
 import json, resource, sys, time, torch
 from prh_bench.context import load_samples
@@ -36,7 +38,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs=2, default=[160, 640])
     ap.add_argument("--models", nargs="*", default=["dinov2-s", "efficientnet-lite2"])
+    ap.add_argument("--record", action="store_true", help="also write the figures to docs/measured/")
     args = ap.parse_args()
+    with recorded("bench_extract_memory", args.record):
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
     env = {**os.environ, "PRH_BENCH_PLUGINS": ""}
     for model in args.models:
         rows = []
