@@ -68,7 +68,7 @@ def recorded(name: str, record: bool) -> Iterator[None]:
         yield
     after = os.getloadavg()
     command = "python " + shlex.join(["benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]])
-    busy = max(before[0], after[0]) > 0.5 * (os.cpu_count() or 1)
+    busy = before[0] > 0.5 * (os.cpu_count() or 1)  # before: the benchmark's own work is in the load after
     conditions = (
         f"`{command}` at {_commit()}, {started:%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__} with {torch.get_num_threads()} "

@@ -145,7 +145,7 @@ def test_measured_figures_in_the_docs_come_from_their_benchmark() -> None:
         for page in (root / "docs").glob("*.md")
         for m in re.findall(r'--8<-- "docs/measured/([a-z_]+)\.md"', page.read_text(encoding="utf-8"))
     }
-    assert included >= {"chance_levels", "bench_align", "bench_memory"}
+    assert included >= {"chance_levels", "bench_align", "bench_memory", "bench_extract_memory"}
     for name in included:
         bench = (root / "benchmarks" / f"{name}.py").read_text(encoding="utf-8")
         assert f'recorded("{name}", args.record)' in bench
