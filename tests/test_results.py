@@ -11,6 +11,7 @@ from prh_bench.results.pair_records import disagreement, read_records
 from prh_bench.results.run_folder import PARQUET_ROWS, read_table, write_table
 
 from .conftest import cli, write_yaml
+from .test_merge import record as merge_record
 
 pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
 
@@ -124,34 +125,7 @@ def test_suites_sharing_models_share_their_pairs_and_results_merge(
     ],
 )
 def test_a_malformed_results_file_is_bad_input_naming_file_and_field(tmp_path: Path, change, message: str) -> None:
-    record = {
-        "format": 1,
-        "condition": {
-            "label": "d",
-            "dataset": "d",
-            "dataset_version": 1,
-            "dataset_revision": None,
-            "transform": None,
-            "level": None,
-            "n_samples": 10,
-        },
-        "metric": "cka",
-        "params": {},
-        "metric_version": 1,
-        "prepare": {},
-        "code_sha256": "c",
-        "torch": "t",
-        "prh_bench": "v",
-        "scores": [[0.1, 0.2]],
-        "model_x": {"id": "x", "revision": None, "manifest_version": 1, "features_sha256": "a" * 64, "layers": ["l"]},
-        "model_y": {
-            "id": "y",
-            "revision": None,
-            "manifest_version": 1,
-            "features_sha256": "b" * 64,
-            "layers": ["l1", "l2"],
-        },
-    }
+    record = merge_record(score=0.1)
     path = tmp_path / "d" / "x" / "y.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps([record]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from prh_bench.pair_cache import PairCache
 from prh_bench.score_job import Member, ScoreJob
 from prh_bench.scoring import collect, run_tiles
 
-from .test_faults import registry
+from .test_faults import command, registry
 
 pytestmark = pytest.mark.slow  # runs models end to end, or kills, races or spawns processes
 
@@ -157,23 +156,7 @@ def test_ray_executor_equals_the_local_executor(tmp_path: Path) -> None:
             "OMP_NUM_THREADS": "1",
         }
         out = tmp_path / executor
-        cmd = [
-            sys.executable,
-            "-c",
-            "from prh_bench.cli import main; main()",
-            "--quiet",
-            "--registry",
-            str(reg),
-            "run",
-            "--suite",
-            "faulty",
-            "--out",
-            str(out),
-            "--executor",
-            executor,
-            "--memory-budget",
-            "2.3e-4",
-        ]
+        cmd = command(reg, out, "--executor", executor)  # the fault tests' run, on this executor
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr
         outs[executor] = (out / "scores.csv").read_text()
