@@ -31,8 +31,10 @@ from .matrices import params_key
 from .run_folder import RESULTS_DIR, RUN_RECORD, slug
 
 if TYPE_CHECKING:
+    from ..align.metric import Metric
     from ..context import Condition
-    from ..manifest import ModelManifest
+    from ..manifest import ModelManifest, SuiteManifest
+    from ..registry import Registry
     from ..scoring import JobScores
 
 RESULTS_FORMAT: Literal[1] = 1
@@ -136,6 +138,10 @@ class PairRecord(_Record):
     def _plain_document(cls, doc: Any) -> Any:
         _plain(doc)
         return doc
+
+    def metric_key(self) -> tuple[str, str]:
+        """The record's metric and parameters, as `suite_metrics` keys a suite's."""
+        return self.metric, params_key(self.params)
 
     def identity(self) -> tuple[str, ...]:
         """What names a record: two records with it describe the same measurement."""
@@ -310,3 +316,15 @@ def job_records(
         )
         for a, b in job.pairs()
     ]
+
+
+def suite_metrics(
+    registry: Registry, suite: SuiteManifest, cond: Condition
+) -> dict[tuple[str, str], tuple[Metric, dict[str, Any], int]]:
+    """The measurements a record of the suite under `cond` may name: (metric, parameters as canonical text), as
+    `PairRecord.metric_key` gives them, -> (the metric, its parameters (a sweep's k applied), its version)."""
+    out = {}
+    for use in suite.metrics:
+        metric, params = registry.metric(use.name, cond.metric_params(use.params))
+        out[(metric.name, params_key(params))] = (metric, params, registry.get(use.name).version)
+    return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -16,7 +15,7 @@ from ..manifest import SuiteManifest
 from ..registry import Registry
 from .ledger import verified_models
 from .matrices import params_key
-from .pair_records import ModelRef, scan
+from .pair_records import ModelRef, scan, suite_metrics
 from .results import Results
 from .run_record import ConditionEntry, MetricEntry, ModelEntry, RunRecord
 
@@ -28,15 +27,12 @@ def store_results(registry: Registry, suite: SuiteManifest, store: Path, extra: 
 
     cond = suite_conditions(registry, suite)[0]
     models = {m.id: m for m in registry.suite_models(suite, [*verified_models(store, suite.id), *extra])}
-    wanted: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}  # (metric, params) -> (params, version)
-    for use in suite.metrics:
-        metric, params = registry.metric(use.name, use.params)
-        wanted[(metric.name, params_key(params))] = (params, registry.get(use.name).version)
+    wanted = suite_metrics(registry, suite, cond)
     prepare = params_key(suite.prepare.model_dump(mode="json"))
     rows, nulls, seen = [], [], dict[str, ModelRef]()
     n_samples = None
     for rec, path in scan(store).values():
-        key = (rec.metric, params_key(rec.params))
+        key = rec.metric_key()
         if (
             rec.condition.label != cond.label
             or rec.condition.dataset != cond.dataset.id
@@ -45,7 +41,7 @@ def store_results(registry: Registry, suite: SuiteManifest, store: Path, extra: 
             or not {rec.model_x.id, rec.model_y.id} <= set(models)
         ):
             continue
-        params, version = wanted[key]
+        _, params, version = wanted[key]
         if rec.metric_version != version:
             raise BadInput(f"{path}: {rec.metric} version {rec.metric_version}, but the registry's is {version}")
         if rec.condition.dataset_version != cond.dataset.version:

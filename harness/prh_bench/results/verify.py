@@ -34,7 +34,7 @@ from ..file_hash import sha256_of
 from ..manifest import ModelManifest, SuiteManifest
 from ..registry import Registry
 from .ledger import read_ledger
-from .pair_records import PairRecord, describe, scan
+from .pair_records import PairRecord, describe, scan, suite_metrics
 from .submission import Submission, fields_digest, manifest_digest, submitted_records, unpack
 
 DEFAULT_SAMPLE = 20
@@ -222,7 +222,10 @@ class Checker:
             registry,
         )
         self.conditions = {c.label: i for i, c in enumerate(self.ctx.conditions)}
-        self.suite_metrics = {label: self._metrics(label) for label in self.conditions}
+        self.suite_metrics = {
+            label: suite_metrics(self.registry, self.suite, self.ctx.conditions[i])
+            for label, i in self.conditions.items()
+        }
         self.reextract, self.progress = reextract, progress
         self.features: dict[tuple[str, str], Any] = {}  # (model, condition) -> Features used to recompute
 
@@ -265,19 +268,6 @@ class Checker:
         )
         v.pass_probability = pass_table(len(order), len(picked))
 
-    def _metrics(self, label: str) -> dict[tuple[str, str], tuple[Any, dict[str, Any], int]]:
-        """(metric name, parameters as JSON) -> (metric, parameters, version) of the suite under a condition."""
-        cond = self.ctx.conditions[self.conditions[label]]
-        out = {}
-        for use in self.suite.metrics:
-            metric, params = self.registry.metric(use.name, cond.metric_params(use.params))
-            out[(metric.name, json.dumps(params, sort_keys=True))] = (
-                metric,
-                params,
-                self.registry.get(use.name).version,
-            )
-        return out
-
     def record_problems(self) -> list[str]:
         out = [] if self.records else ["the submission holds no pair records"]
         prepare = self.suite.prepare.model_dump(mode="json")
@@ -294,7 +284,7 @@ class Checker:
                     f"{where}: data set {rec.condition.dataset} version {rec.condition.dataset_version}, the "
                     f"registry's is {ds.id} version {ds.version}"
                 )
-            found = self.suite_metrics[rec.condition.label].get((rec.metric, json.dumps(rec.params, sort_keys=True)))
+            found = self.suite_metrics[rec.condition.label].get(rec.metric_key())
             if found is None:
                 out.append(f"{where}: not a metric with parameters of suite '{self.suite.id}'")
             elif found[2] != rec.metric_version:
@@ -416,9 +406,7 @@ class Checker:
         from ..align import prepare, score_layers
         from ..align.prepare import CONCAT
 
-        metric, params, _ = self.suite_metrics[rec.condition.label][
-            (rec.metric, json.dumps(rec.params, sort_keys=True))
-        ]
+        metric, params, _ = self.suite_metrics[rec.condition.label][rec.metric_key()]
         p = self.suite.prepare
         sides = []
         for ref in (rec.model_x, rec.model_y):
