@@ -13,16 +13,16 @@ from .run_folder import RUN_RECORD
 def load(source: str | Path, suite: str | None = None, registry_dirs: tuple[str | Path, ...] = ()) -> Results:
     """A run folder's results; or a results store's (`prh-bench merge`) for `suite`: its first condition, the
     suite's models and those verifications added to it."""
-    from ..manager import load_plugins
-    from ..manifest import SuiteManifest
-    from ..registry import Registry
-    from .store_results import store_results
-
     source = Path(source)
     if (source / RUN_RECORD).is_file():
         return Results.read(source)
     if suite is None:
         raise BadInput(f"{source}: not a run folder (no {RUN_RECORD}); a results store needs suite=...")
+    from ..manager import load_plugins  # a store needs the registry (a run folder does not)
+    from ..manifest import SuiteManifest
+    from ..registry import Registry
+    from .store_results import store_results
+
     registry = Registry.load(load_plugins(), [Path(d) for d in registry_dirs])
     return store_results(registry, registry.get(suite, SuiteManifest), source)
 
