@@ -201,12 +201,9 @@ def results_of(run: SuiteRun, run_dir: Path) -> Results:
             for c in run.conditions
         ],
         models={
-            mid: ModelEntry(
-                manifest_id=m.manifest_id,
-                manifest_version=m.version,
-                revision=m.revision,
-                weights=m.weights_label,
-                runs=[
+            mid: ModelEntry.of(
+                m,
+                [
                     ModelRun(
                         condition=o.condition,
                         status=o.status,

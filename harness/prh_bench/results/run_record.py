@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import BadInput
-from ..manifest import DatasetManifest, SuiteManifest
+from ..manifest import DatasetManifest, ModelManifest, SuiteManifest
 from .documents import first_problem, read_json
 from .run_folder import RUN_RECORD
 
@@ -38,6 +38,17 @@ class ModelEntry(_Record):
     revision: str | None = None
     weights: str = ""
     runs: list[ModelRun] = []
+
+    @classmethod
+    def of(cls, manifest: ModelManifest, runs: list[ModelRun] | None = None) -> ModelEntry:
+        """A model's entry from its manifest (and what its runs did)."""
+        return cls(
+            manifest_id=manifest.manifest_id,
+            manifest_version=manifest.version,
+            revision=manifest.revision,
+            weights=manifest.weights_label,
+            runs=runs or [],
+        )
 
     def run_under(self, condition: str) -> ModelRun | None:
         return next((r for r in self.runs if r.condition == condition), None)

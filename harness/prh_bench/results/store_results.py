@@ -88,12 +88,7 @@ def store_results(registry: Registry, suite: SuiteManifest, store: Path, extra: 
         source=str(store),
         suite=suite,
         conditions=[ConditionEntry(label=cond.label, dataset=cond.dataset, n_samples=n_samples)],
-        models={
-            mid: ModelEntry(
-                manifest_id=m.manifest_id, manifest_version=m.version, revision=m.revision, weights=m.weights_label
-            )
-            for mid, m in models.items()
-        },
+        models={mid: ModelEntry.of(m) for mid, m in models.items()},
         metrics={u.name: MetricEntry(version=registry.get(u.name).version) for u in suite.metrics},
     )
     return Results(store, record, pd.DataFrame(rows), calibration=pd.DataFrame(nulls))
