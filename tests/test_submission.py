@@ -179,34 +179,13 @@ def test_the_sample_bounds_what_a_tampered_submission_gets_past(contribution: di
     assert pass_probability(4, 4, 1) == 0.0 and pass_probability(100, 20, 5) == pytest.approx(
         1 * 0.8 * 0.7979798 * 0.7959184 * 0.7938144 * 0.7916667, rel=1e-6
     )
-    result = cli_json(
-        "--registry",
-        contribution["zoo"],
-        "--registry",
-        contribution["mine"],
-        "verify",
-        contribution["sub"],
-        "--sample",
-        "2",
-        "--seed",
-        "3",
-    )
+    c = contribution
+    verify_two = ("--registry", c["zoo"], "--registry", c["mine"], "verify", c["sub"], "--sample", "2")
+    result = cli_json(*verify_two, "--seed", "3")
     assert result["passed"] and result["recomputed"] == 2 and result["seed"] == 3
     assert result["pass_probability"] == [{"tampered": 1, "pass_probability": 0.5}]
     # Unless given, the seed is drawn anew: a submitter cannot know which records will be recomputed.
-    seeds = {
-        cli_json(
-            "--registry",
-            contribution["zoo"],
-            "--registry",
-            contribution["mine"],
-            "verify",
-            contribution["sub"],
-            "--sample",
-            "2",
-        )["seed"]
-        for _ in range(2)
-    }
+    seeds = {cli_json(*verify_two)["seed"] for _ in range(2)}
     assert len(seeds) == 2
 
 
